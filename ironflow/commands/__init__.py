@@ -1,0 +1,40 @@
+"""Commands: the frozen values a workflow yields, and the builders that check their input."""
+
+from ironflow.commands.classes import (
+    COMMAND_TYPES,
+    UNSET,
+    Command,
+    Compensate,
+    Invoke,
+    InvokeAsync,
+    Map,
+    Parallel,
+    Publish,
+    RunStep,
+    Sleep,
+    SleepUntil,
+    WaitEvent,
+)
+from ironflow.commands.event import Event
+from ironflow.commands.function import Function, function
+from ironflow.commands.retry import RetryPolicy
+
+__all__ = [
+    "COMMAND_TYPES",
+    "UNSET",
+    "Command",
+    "Compensate",
+    "Event",
+    "Function",
+    "Invoke",
+    "InvokeAsync",
+    "Map",
+    "Parallel",
+    "Publish",
+    "RetryPolicy",
+    "RunStep",
+    "Sleep",
+    "SleepUntil",
+    "WaitEvent",
+    "function",
+]
