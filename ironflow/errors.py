@@ -44,9 +44,7 @@ class WaitTimeoutError(IronflowError):
 class InvokeError(IronflowError):
     """A child run started by ``step.invoke`` failed or timed out (never retried)."""
 
-    def __init__(
-        self, message: str = "", *, function_id: str = "", child_run_id: str = ""
-    ) -> None:
+    def __init__(self, message: str = "", *, function_id: str = "", child_run_id: str = "") -> None:
         super().__init__(message)
         self.function_id = function_id
         self.child_run_id = child_run_id

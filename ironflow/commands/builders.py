@@ -30,7 +30,7 @@ ON_ERROR = ("fail_fast", "all_settled")
 
 def check_name(name: Any, what: str = "step name") -> str:
     """Return ``name`` if it is a non-blank string, else fail naming it."""
-    if type(name) is not str or not name.strip():
+    if type(name) is not str or not name or name.isspace():
         raise ValueError(f"{what} must be a non-empty string, got {name!r}")
     return name
 
@@ -83,7 +83,7 @@ def run(
     timeout: DurationLike | None = None,
 ) -> RunStep:
     """Run ``fn(*args)`` as a step: executed once, its JSON result memoized."""
-    if type(name) is not str or not name.strip():
+    if type(name) is not str or not name or name.isspace():
         check_name(name)
     if not callable(fn):
         _check_callable(fn, f"the function of step {name!r}")
@@ -135,14 +135,16 @@ def parallel(
     """Run each ``branch(s)`` concurrently; yields back their results in branch order."""
     check_name(name)
     if isinstance(branches, str | bytes) or not isinstance(branches, Iterable):
-        raise TypeError(f"branches of parallel {name!r} must be a list of callables, got {branches!r}")
+        raise TypeError(
+            f"branches of parallel {name!r} must be a list of callables, got {branches!r}"
+        )
     branch_list = tuple(branches)
     for index, branch in enumerate(branch_list):
         _check_callable(branch, f"branch {index} of parallel {name!r}")
     return Parallel(name, branch_list, _check_concurrency(concurrency), _check_on_error(on_error))
 
 
-def map(  # noqa: A001 - the contract's name; shadows the builtin only inside this module
+def map(
     name: str,
     items: Iterable[Any],
     fn: Callable[..., Any],
@@ -189,4 +191,3 @@ def compensate(name: str, fn: Callable[..., Any], *args: Any) -> Compensate:
     check_name(name)
     _check_callable(fn, f"the undo of step {name!r}")
     return Compensate(name, fn, args)
-

@@ -20,7 +20,9 @@ def _triggers(on: Any) -> tuple[str, ...]:
         return ()
     names = [on] if isinstance(on, str) else on
     if not isinstance(names, list | tuple) or not names:
-        raise ValueError(f"on= must be an event name, a wildcard like 'order.*', or a list; got {on!r}")
+        raise ValueError(
+            f"on= must be an event name, a wildcard like 'order.*', or a list; got {on!r}"
+        )
     return tuple(check_name(name, "trigger event name").strip() for name in names)
 
 
@@ -42,7 +44,10 @@ class Function:
 
 
 def function(
-    *, id: str, on: str | list[str] | tuple[str, ...] | None = None, retry: RetryPolicy | None = None
+    *,
+    id: str,
+    on: str | list[str] | tuple[str, ...] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Callable[[WorkflowFn], Function]:
     """Declare a workflow; ``on`` names the events that start it, ``retry`` its steps' default."""
     check_name(id, "function id")

@@ -45,11 +45,13 @@ def _convert(value: Any, path: str) -> Any:
                 return _convert(base(value), path)
         if isinstance(value, dict):
             return _convert(dict(value), path)
-        return _convert(list(value), path)
+        items: Any = value
+        return _convert(list(items), path)
     raise NotJSONError(
         f"{path} is a {kind.__module__}.{kind.__qualname__} ({_short(value)}), which is not "
         f"JSON-serializable; return dicts, lists, strings, numbers, bools or None "
-        f"(attrs classes and dataclasses work when the step function's return annotation names them)"
+        f"(attrs classes and dataclasses work when the step function's return annotation "
+        f"names them)"
     )
 
 

@@ -17,12 +17,16 @@ def _duration(value: Any) -> pendulum.Duration:
 
 def _check_attempts(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_attempts must be an int >= 1 (it counts the first try), got {value!r}")
+        raise ValueError(
+            f"max_attempts must be an int >= 1 (it counts the first try), got {value!r}"
+        )
 
 
 def _check_backoff(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and value >= 1.0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value >= 1.0)
     ):
         raise ValueError(f"backoff must be a finite number >= 1.0, got {value!r}")
 
@@ -40,9 +44,13 @@ class RetryPolicy:
     """
 
     max_attempts: int = attrs.field(default=3, validator=_check_attempts)
-    initial_delay: pendulum.Duration = attrs.field(default="1s", converter=_duration)
+    initial_delay: pendulum.Duration = attrs.field(
+        default=pendulum.duration(seconds=1), converter=_duration
+    )
     backoff: float = attrs.field(default=2.0, validator=_check_backoff)
-    max_delay: pendulum.Duration = attrs.field(default="5m", converter=_duration)
+    max_delay: pendulum.Duration = attrs.field(
+        default=pendulum.duration(minutes=5), converter=_duration
+    )
     jitter: float = attrs.field(default=0.0, validator=_check_jitter)
 
     def delay_seconds(self, failed_attempt: int, roll: float = 0.0) -> float:

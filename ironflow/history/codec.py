@@ -53,8 +53,12 @@ def event_from_dict(data: Any) -> HistoryEvent:
     body = {key: value for key, value in data.items() if key != "type"}
     try:
         event: HistoryEvent = converter.structure(body, cls)
-    except Exception as exc:  # noqa: BLE001 - cattrs raises a tree of errors; flatten it
-        detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else str(exc)
+    except Exception as exc:
+        detail = (
+            "; ".join(cattrs.transform_error(exc))
+            if isinstance(exc, cattrs.BaseValidationError)
+            else str(exc)
+        )
         raise ValueError(f"malformed {kind} event {data!r}: {detail}") from exc
     return event
 
@@ -70,7 +74,7 @@ def loads(text: str) -> list[HistoryEvent]:
     if isinstance(data, dict) and "events" in data:
         data = data["events"]
     if not isinstance(data, list):
-        raise ValueError("a history must be a JSON list of events (or {\"events\": [...]})")
+        raise ValueError('a history must be a JSON list of events (or {"events": [...]})')
     return [event_from_dict(item) for item in data]
 
 

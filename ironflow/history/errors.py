@@ -61,7 +61,7 @@ def make_instance(cls: type[BaseException], message: str) -> BaseException:
         exc = cls(message)
         if _message(exc) == message:
             return exc
-    except Exception:  # noqa: BLE001 - any constructor may refuse one argument
+    except Exception:
         pass
     exc = cls.__new__(cls)
     exc.args = (message,)

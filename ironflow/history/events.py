@@ -20,7 +20,7 @@ class ErrorInfo:
 
     type: str
     message: str
-    traceback: str | None = None
+    traceback: str | None = attrs.field(default=None, eq=False)
 
 
 # --- written by the runtime --------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""``ctx``: what a workflow may ask about its run, all of it deterministic."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import uuid as _uuid
+from typing import TYPE_CHECKING, Any
+
+from ironflow.commands.event import Event
+
+if TYPE_CHECKING:
+    from ironflow.interpreter.interpreter import Interpreter
+
+
+class ReplayLog:
+    """A logger that says nothing while the workflow is replaying recorded history."""
+
+    def __init__(self, ctx: Context, logger: logging.Logger) -> None:
+        self._ctx = ctx
+        self.logger = logger
+
+    def _log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        if not self._ctx.is_replaying:
+            kwargs.setdefault("extra", {"run_id": self._ctx.run_id})
+            self.logger.log(level, msg, *args, **kwargs)
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.DEBUG, msg, *args, **kwargs)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.WARNING, msg, *args, **kwargs)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.ERROR, msg, *args, **kwargs)
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("exc_info", True)
+        self._log(logging.ERROR, msg, *args, **kwargs)
+
+
+class Context:
+    """The workflow's view of its run: ``event``, ``run_id``, ``now()``, ``uuid()`` and more."""
+
+    def __init__(self, interpreter: Interpreter, run_id: str, function_id: str, event: Event):
+        self._interpreter = interpreter
+        self.run_id = run_id
+        self.function_id = function_id
+        self.event = event
+        self._counter = 0
+        self._log: ReplayLog | None = None
+
+    def now(self) -> _dt.datetime:
+        """The time of the history event being processed: the same live and on replay."""
+        now: _dt.datetime = self._interpreter.now
+        return now
+
+    def _digest(self) -> bytes:
+        self._counter += 1
+        return hashlib.sha256(f"{self.run_id}\x00{self._counter}".encode()).digest()
+
+    def uuid(self) -> _uuid.UUID:
+        """A version-4 UUID seeded from the run id and a per-run counter."""
+        return _uuid.UUID(bytes=self._digest()[:16], version=4)
+
+    def random(self) -> float:
+        """A float in [0, 1) seeded from the run id and a per-run counter."""
+        return (int.from_bytes(self._digest()[:8], "big") >> 11) / float(1 << 53)
+
+    def patched(self, change_id: str) -> bool:
+        """True where the new code path applies: new runs, and old runs past their history."""
+        return self._interpreter.patched(change_id)
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the code re-executes what history already records."""
+        return self._interpreter.is_replaying
+
+    @property
+    def log(self) -> ReplayLog:
+        """A logger (``ironflow.workflow.<function id>``) silent while replaying."""
+        if self._log is None:
+            logger = logging.getLogger(f"ironflow.workflow.{self.function_id}")
+            self._log = ReplayLog(self, logger)
+        return self._log
+
+    def __repr__(self) -> str:
+        return f"<Context run_id={self.run_id!r} function={self.function_id!r}>"

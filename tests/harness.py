@@ -1,0 +1,153 @@
+"""A tiny runtime for tests: carries out Decisions with scripted outcomes, appends events."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable
+from typing import Any
+
+import pendulum
+
+from ironflow.commands import Event
+from ironflow.commands.jsonvalue import to_json_value
+from ironflow.history import (
+    ChildCompleted,
+    ChildFailed,
+    ChildStarted,
+    EventPublished,
+    RunCancelled,
+    RunResumed,
+    RunStarted,
+    StepCompleted,
+    StepFailed,
+    TimerFired,
+    WaitMatched,
+    WaitTimedOut,
+    converter,
+    encode_error,
+)
+from ironflow.errors import NonRetryableError
+from ironflow.interpreter import Decision, Interpreter, Work, replay
+
+T0 = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+class Sim:
+    """Drives one run: ``complete``/``fail``/``fire``/... append runtime events and feed them."""
+
+    def __init__(self, flow: Any, data: Any = None, *, run_id: str = "run-1", check: bool = True):
+        self.flow = flow
+        self.interp = Interpreter(flow)
+        self.history: list[Any] = []
+        self.now = T0
+        self.check = check
+        self.decisions: list[tuple[int, Decision]] = []
+        fid = getattr(flow, "id", "flow")
+        self.feed(RunStarted, run_id=run_id, function_id=fid, event=Event("ev-1", fid, data, T0))
+
+    @property
+    def decision(self) -> Decision:
+        return self.decisions[-1][1]
+
+    @property
+    def pending(self) -> dict[str, Work]:
+        return {work.id: work for work in self.decision.pending}
+
+    def tick(self, seconds: float = 1.0) -> None:
+        self.now = self.now + _dt.timedelta(seconds=seconds)
+
+    def feed(self, cls: type, **fields: Any) -> Decision:
+        return self.feed_many([(cls, fields)])
+
+    def feed_many(self, items: list[tuple[type, dict[str, Any]]]) -> Decision:
+        batch = []
+        for cls, fields in items:
+            fields.setdefault("ts", self.now)
+            batch.append(cls(seq=len(self.history) + len(batch), **fields))
+        self.history.extend(batch)
+        decision = self.interp.feed(batch)
+        self.decisions.append((len(self.history), decision))
+        if self.check:
+            assert replay(self.flow, list(self.history)) == decision, "replay differs from live"
+        if decision.events:
+            self.history.extend(decision.events)
+            again = self.interp.feed(decision.events)
+            assert not again.events, again
+        return decision
+
+    # runtime outcomes --------------------------------------------------------------------------
+
+    def complete(self, sid: str, result: Any = None) -> Decision:
+        attempt = self.pending[sid].attempt
+        value = to_json_value(converter.unstructure(result))
+        return self.feed(StepCompleted, id=sid, attempt=attempt, result=value)
+
+    def fail(self, sid: str, error: BaseException, retryable: bool | None = None) -> Decision:
+        attempt = self.pending[sid].attempt
+        if retryable is None:
+            retryable = not isinstance(error, NonRetryableError)
+        return self.feed(
+            StepFailed, id=sid, attempt=attempt, error=encode_error(error), retryable=retryable
+        )
+
+    def execute(self, sid: str) -> Decision:
+        """Run the pending step's function for real, as a runtime would."""
+        work = self.pending[sid]
+        command: Any = work.command
+        try:
+            result = command.fn(*command.args)
+        except Exception as exc:  # noqa: BLE001
+            return self.fail(sid, exc)
+        return self.complete(sid, result)
+
+    def fire(self, sid: str) -> Decision:
+        return self.feed(TimerFired, id=sid)
+
+    def match(self, sid: str, name: str, data: Any = None, event_id: str = "ev-2") -> Decision:
+        return self.feed(WaitMatched, id=sid, event=Event(event_id, name, data, self.now))
+
+    def time_out(self, sid: str) -> Decision:
+        return self.feed(WaitTimedOut, id=sid)
+
+    def child_started(self, sid: str, child: str = "child-1") -> Decision:
+        return self.feed(ChildStarted, id=sid, child_run_id=child)
+
+    def child_completed(self, sid: str, output: Any, child: str = "child-1") -> Decision:
+        return self.feed(ChildCompleted, id=sid, child_run_id=child, output=output)
+
+    def child_failed(self, sid: str, error: BaseException, child: str = "child-1") -> Decision:
+        return self.feed(ChildFailed, id=sid, child_run_id=child, error=encode_error(error))
+
+    def published(self, sid: str, event_id: str = "pub-1") -> Decision:
+        return self.feed(EventPublished, id=sid, event_id=event_id)
+
+    def cancel(self, compensate: bool = False) -> Decision:
+        return self.feed(RunCancelled, reason="test", compensate=compensate)
+
+    def resume(self) -> Decision:
+        return self.feed(RunResumed, reason="test")
+
+    def run_all(self, limit: int = 10_000, choose: Callable[[list[Work]], Work] | None = None) -> Decision:
+        """Carry out pending work until the run ends: steps really run, timers fire, in order."""
+        for _ in range(limit):
+            if self.decision.done:
+                return self.decision
+            pending = list(self.decision.pending)
+            if not pending:
+                raise AssertionError(f"run is stuck: {self.decision}")
+            work = choose(pending) if choose else pending[0]
+            if work.kind in ("run", "undo"):
+                self.execute(work.id)
+            elif work.kind in ("sleep", "sleep_until"):
+                self.fire(work.id)
+            elif work.kind == "wait_event":
+                self.time_out(work.id)
+            elif work.kind == "publish":
+                self.published(work.id, f"pub-{work.id}")
+            elif work.kind == "invoke_async":
+                self.child_started(work.id, f"child-{work.id}")
+            elif work.kind == "invoke":
+                self.child_completed(work.id, {"child": work.id}, f"child-{work.id}")
+            else:
+                raise AssertionError(f"unknown work {work}")
+        raise AssertionError("run did not finish")
