@@ -218,14 +218,14 @@ def _roll(run_id: str, sid: str, attempt: int) -> float:
     return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
 
 
-_combined: dict[type, type | None] = {}
+_combined: dict[type, Any] = {}
 
 
-def _step_error_class(cls: type[BaseException]) -> type | None:
+def _step_error_class(cls: type[BaseException]) -> Any:
     """A class that is both ``StepError`` and ``cls``, so either ``except`` catches it."""
     if cls in _combined:
         return _combined[cls]
-    made: type | None
+    made: Any
     if issubclass(cls, StepError) or not issubclass(cls, Exception):
         made = None
     else:
