@@ -13,10 +13,12 @@ from ironflow.errors import (
     StepTimeoutError,
     WaitTimeoutError,
 )
+from ironflow.runtime import Engine, Run
 
 __all__ = [
     "CancelledError",
     "DuplicateStepError",
+    "Engine",
     "Event",
     "Function",
     "InvokeError",
@@ -24,6 +26,7 @@ __all__ = [
     "NonDeterminismError",
     "NonRetryableError",
     "RetryPolicy",
+    "Run",
     "StepError",
     "StepTimeoutError",
     "WaitTimeoutError",

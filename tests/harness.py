@@ -10,7 +10,9 @@ import pendulum
 
 from ironflow.commands import Event
 from ironflow.commands.jsonvalue import to_json_value
+from ironflow.errors import NonRetryableError
 from ironflow.history import (
+    DECISION_EVENTS,
     ChildCompleted,
     ChildFailed,
     ChildStarted,
@@ -24,9 +26,10 @@ from ironflow.history import (
     WaitMatched,
     WaitTimedOut,
     converter,
+    dumps,
     encode_error,
+    loads,
 )
-from ironflow.errors import NonRetryableError
 from ironflow.interpreter import Decision, Interpreter, Work, replay
 
 T0 = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -77,13 +80,23 @@ class Sim:
 
     # runtime outcomes --------------------------------------------------------------------------
 
-    def complete(self, sid: str, result: Any = None) -> Decision:
-        attempt = self.pending[sid].attempt
+    def complete(self, sid: str, result: Any = None, *, attempt: int | None = None) -> Decision:
+        """``attempt`` defaults to the pending one; give it for work no longer pending."""
+        if attempt is None:
+            attempt = self.pending[sid].attempt
         value = to_json_value(converter.unstructure(result))
         return self.feed(StepCompleted, id=sid, attempt=attempt, result=value)
 
-    def fail(self, sid: str, error: BaseException, retryable: bool | None = None) -> Decision:
-        attempt = self.pending[sid].attempt
+    def fail(
+        self,
+        sid: str,
+        error: BaseException,
+        retryable: bool | None = None,
+        *,
+        attempt: int | None = None,
+    ) -> Decision:
+        if attempt is None:
+            attempt = self.pending[sid].attempt
         if retryable is None:
             retryable = not isinstance(error, NonRetryableError)
         return self.feed(
@@ -96,7 +109,7 @@ class Sim:
         command: Any = work.command
         try:
             result = command.fn(*command.args)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return self.fail(sid, exc)
         return self.complete(sid, result)
 
@@ -127,7 +140,9 @@ class Sim:
     def resume(self) -> Decision:
         return self.feed(RunResumed, reason="test")
 
-    def run_all(self, limit: int = 10_000, choose: Callable[[list[Work]], Work] | None = None) -> Decision:
+    def run_all(
+        self, limit: int = 10_000, choose: Callable[[list[Work]], Work] | None = None
+    ) -> Decision:
         """Carry out pending work until the run ends: steps really run, timers fire, in order."""
         for _ in range(limit):
             if self.decision.done:
@@ -151,3 +166,50 @@ class Sim:
             else:
                 raise AssertionError(f"unknown work {work}")
         raise AssertionError("run did not finish")
+
+    # inspecting the history ---------------------------------------------------------------------
+
+    def events(self, cls: type | tuple[type, ...]) -> list[Any]:
+        """The history events of type ``cls``, in order."""
+        return [event for event in self.history if isinstance(event, cls)]
+
+    def scheduled_ids(self) -> list[str]:
+        """The ids of all commands the history records as scheduled, in order."""
+        return [event.id for event in self.history if type(event).__name__ == "CommandScheduled"]
+
+    def verify(self, *, sizes: tuple[int, ...] = (1, 2, 3, 5)) -> Decision:
+        """Replay the whole recorded history and check it agrees with the live run.
+
+        A fresh replay, a replay through JSON text (``dumps``/``loads``) and feeds split into
+        batches of each of ``sizes`` must all decide nothing new and end in the live state.
+        """
+        full = replay(self.flow, list(self.history))
+        assert not full.events, f"a replay of the full history decided more: {full.events}"
+        assert same_state(full, self.decision), (full, self.decision)
+        assert replay(self.flow, loads(dumps(self.history))) == full, "JSON round trip differs"
+        for size in sizes:
+            interp = Interpreter(self.flow)
+            last = None
+            for start in range(0, len(self.history), size):
+                last = interp.feed(self.history[start : start + size])
+            assert last == full, f"feeding batches of {size} differs: {last} != {full}"
+            assert interp.events_processed == len(self.history)
+        return full
+
+
+def same_state(a: Decision, b: Decision) -> bool:
+    """True if two decisions agree on everything but what is new (commands, events)."""
+    return (
+        a.pending == b.pending
+        and a.done == b.done
+        and a.status == b.status
+        and a.output == b.output
+        and Decision.__eq__(
+            Decision((), (), (), False, "", None, a.error),
+            Decision((), (), (), False, "", None, b.error),
+        )
+    )
+
+
+def is_decision_event(event: Any) -> bool:
+    return isinstance(event, DECISION_EVENTS)

@@ -183,7 +183,7 @@ def publish(name: str, event: str, data: Any = None) -> Publish:
     """Emit the event ``event`` exactly once; yields back the event id."""
     check_name(name)
     check_name(event, "event name")
-    return Publish(name, event, _json(data, f"data of publish {name!r}"))
+    return Publish(name, event.strip(), _json(data, f"data of publish {name!r}"))
 
 
 def compensate(name: str, fn: Callable[..., Any], *args: Any) -> Compensate:

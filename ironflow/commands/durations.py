@@ -26,7 +26,13 @@ def parse_duration(value: Any, *, what: str = "duration") -> pendulum.Duration:
     seconds = _seconds(value, what)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{what} must be positive and finite, got {value!r}; {_DURATION_HELP}")
-    return pendulum.duration(seconds=seconds)
+    try:
+        duration = pendulum.duration(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{what} {value!r} is too long; {_DURATION_HELP}") from None
+    if duration.total_seconds() <= 0:
+        raise ValueError(f"{what} {value!r} is shorter than a microsecond; {_DURATION_HELP}")
+    return duration
 
 
 def _seconds(value: Any, what: str) -> float:

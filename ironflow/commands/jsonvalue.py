@@ -31,6 +31,8 @@ def _convert(value: Any, path: str) -> Any:
     if kind is dict:
         out = {}
         for key, item in value.items():
+            if type(key) is not str and isinstance(key, str):
+                key = str.__str__(key)  # a str subclass such as a str-valued Enum member
             if type(key) is not str:
                 raise NotJSONError(
                     f"{path} has the key {key!r} of type {type(key).__name__}; "
@@ -40,9 +42,13 @@ def _convert(value: Any, path: str) -> Any:
         return out
     if isinstance(value, str | int | float | list | tuple | dict):
         # Subclasses (enums, named tuples, ...) are stored as their plain base value.
-        for base in (bool, int, float, str):
-            if isinstance(value, base):
-                return _convert(base(value), path)
+        # Their own ``__str__``/``__int__`` may say something else (``str(E.A) == "E.A"``).
+        if isinstance(value, str):
+            return str.__str__(value)
+        if isinstance(value, int):
+            return int.__int__(value)
+        if isinstance(value, float):
+            return _convert(float.__float__(value), path)
         if isinstance(value, dict):
             return _convert(dict(value), path)
         items: Any = value

@@ -24,15 +24,38 @@ def parse_timestamp(value: Any) -> pendulum.DateTime:
     """A stored timestamp (ISO 8601 with offset, or a datetime) as a UTC pendulum DateTime."""
     if isinstance(value, _dt.datetime):
         return pendulum.instance(value).in_timezone("UTC")
-    parsed = pendulum.parse(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a timestamp: {value!r}")
+    parsed = pendulum.parse(value, tz=None)
     if not isinstance(parsed, _dt.datetime):
         raise ValueError(f"not a timestamp: {value!r}")
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValueError(f"timestamp {value!r} has no offset")
     return pendulum.instance(parsed).in_timezone("UTC")
 
 
 converter.register_unstructure_hook(_dt.datetime, _unstructure_datetime)
 converter.register_structure_hook(_dt.datetime, lambda value, _: parse_timestamp(value))
 converter.register_structure_hook(Any, lambda value, _: value)
+
+# History events are read with strict scalars: a JSON 5 where a string belongs is malformed
+# input, not the string "5" (cattrs' default converter would quietly coerce it).
+_history_converter = converter.copy()
+
+
+def _strict(kind: type, accepted: tuple[type, ...]) -> None:
+    def structure(value: Any, _: Any) -> Any:
+        if type(value) not in accepted:
+            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return kind(value)
+
+    _history_converter.register_structure_hook(kind, structure)
+
+
+_strict(str, (str,))
+_strict(int, (int,))
+_strict(float, (int, float))
+_strict(bool, (bool,))
 
 
 def event_to_dict(event: HistoryEvent) -> dict[str, Any]:
@@ -52,7 +75,7 @@ def event_from_dict(data: Any) -> HistoryEvent:
         raise ValueError(f"unknown history event type {kind!r}; known types: {known}")
     body = {key: value for key, value in data.items() if key != "type"}
     try:
-        event: HistoryEvent = converter.structure(body, cls)
+        event: HistoryEvent = _history_converter.structure(body, cls)
     except Exception as exc:
         detail = (
             "; ".join(cattrs.transform_error(exc))
@@ -70,12 +93,19 @@ def dumps(history: list[HistoryEvent], *, indent: int | None = 2) -> str:
 
 def loads(text: str) -> list[HistoryEvent]:
     """A history from JSON text: a list of events, or an object with an ``events`` list."""
-    data = json.loads(text)
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"a history must be JSON text: {exc}") from exc
     if isinstance(data, dict) and "events" in data:
         data = data["events"]
     if not isinstance(data, list):
         raise ValueError('a history must be a JSON list of events (or {"events": [...]})')
     return [event_from_dict(item) for item in data]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON: a history holds no NaN or infinity")
 
 
 def load_path(path: str | Path) -> list[HistoryEvent]:

@@ -65,7 +65,34 @@ def make_instance(cls: type[BaseException], message: str) -> BaseException:
         pass
     exc = cls.__new__(cls)
     exc.args = (message,)
+    try:
+        str(exc)
+    except Exception:
+        # Its ``__str__`` reads attributes only its ``__init__`` sets: say the stored message.
+        exc = _plain_str_class(cls).__new__(_plain_str_class(cls))
+        exc.args = (message,)
     return exc
+
+
+_plain_str_classes: dict[type, type[BaseException]] = {}
+
+
+def _plain_str_class(cls: type[BaseException]) -> type[BaseException]:
+    """A subclass of ``cls`` that prints its stored message and encodes as ``cls``."""
+    made = _plain_str_classes.get(cls)
+    if made is None:
+        made = type(
+            cls.__name__,
+            (cls,),
+            {
+                "_ironflow_original": cls,
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__str__": lambda self: str(self.args[0]),
+            },
+        )
+        _plain_str_classes[cls] = made
+    return made
 
 
 def decode_error(info: ErrorInfo) -> BaseException:

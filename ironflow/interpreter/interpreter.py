@@ -327,6 +327,10 @@ class Interpreter:
         self.default_retry: RetryPolicy = retry if retry is not None else DEFAULT_RETRY
         self.events: list[HistoryEvent] = []
         self.events_processed = 0
+        # What the history records, known a whole batch ahead: ``is_replaying`` and
+        # ``patched`` must see the decisions that follow the event being folded.
+        self._last_decision_seq = -1
+        self._recorded_patches: set[str] = set()
         self._suspend_keys: set[tuple[str, int]] = set()
         self._dead: set[int] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -383,9 +387,6 @@ class Interpreter:
         self._suspended: list[_Slot] = []
         self._patches: dict[str, bool] = {}
         self._pos = -1
-        self._scanned = 0
-        self._last_decision_seq = -1
-        self._recorded_patches: set[str] = set()
 
     # --- feeding -----------------------------------------------------------------------------
 
@@ -397,8 +398,10 @@ class Interpreter:
         tentative = self._tent_cmds
         waiting = self._waiting
         start = expected = len(history)
+        batch = events if type(events) is list else list(events)
+        self._look_ahead(batch)
         event: Any
-        for event in events:
+        for event in batch:
             seq = event.seq
             if seq != expected:
                 raise ValueError(
@@ -462,19 +465,17 @@ class Interpreter:
 
     # --- what the context asks -----------------------------------------------------------------
 
-    def _scan(self) -> None:
-        history = self.events
-        for event in history[self._scanned :]:
+    def _look_ahead(self, batch: list[Any]) -> None:
+        """Note the recorded decisions of a batch before folding it, for ``is_replaying``."""
+        for event in batch:
             if isinstance(event, _DECISION_TYPES):
-                self._last_decision_seq = event.seq
+                self._last_decision_seq = max(self._last_decision_seq, event.seq)
                 if isinstance(event, PatchMarked):
                     self._recorded_patches.add(event.change_id)
-        self._scanned = len(history)
 
     @property
     def is_replaying(self) -> bool:
         """True while the event being folded is followed by decisions already recorded."""
-        self._scan()
         return self._pos < self._last_decision_seq
 
     def patched(self, change_id: str) -> bool:
@@ -483,7 +484,6 @@ class Interpreter:
         known = self._patches.get(change_id)
         if known is not None:
             return known
-        self._scan()
         value = change_id in self._recorded_patches or not self.is_replaying
         if value:
             self._add_other(("patch", change_id), PatchMarked, {"change_id": change_id}, None)
@@ -532,7 +532,8 @@ class Interpreter:
             return slot.detail
         command = slot.command
         detail: dict[str, Any] = {}
-        if slot.due is not None:
+        # Only a timed command's own deadline; a retry's due changes and is in ``Work.due``.
+        if slot.due is not None and slot.kind in _TIMED_KINDS:
             detail["due"] = _iso(slot.due)
         if isinstance(command, WaitEvent):
             detail["event"] = command.event

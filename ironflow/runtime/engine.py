@@ -1,0 +1,1012 @@
+"""The embedded engine: runs workflows durably on SQLite.
+
+One thread drives (``run_until_idle`` or ``serve``): it folds new events into each run's
+interpreter and commits the events and the decisions together, many runs per transaction.
+Step bodies run on the executor's threads and come back as outcomes through a queue. Every
+write to a run's history happens under that run's lease, so one run has one writer.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from ironflow.commands.builders import check_name
+from ironflow.commands.durations import parse_duration
+from ironflow.commands.event import MISSING, Event, lookup
+from ironflow.commands.function import Function, check_workflow_fn
+from ironflow.commands.jsonvalue import NotJSONError, to_json_value
+from ironflow.errors import CancelledError, NonDeterminismError
+from ironflow.history.errors import decode_error, encode_error
+from ironflow.history.events import (
+    ChildCompleted,
+    ChildFailed,
+    ChildStarted,
+    ErrorInfo,
+    EventPublished,
+    HistoryEvent,
+    RunCancelled,
+    RunResumed,
+    RunStarted,
+    StepCompleted,
+    StepFailed,
+    TimerFired,
+    WaitMatched,
+    WaitTimedOut,
+)
+from ironflow.interpreter import Decision, Interpreter, Work
+from ironflow.runtime import rows
+from ironflow.runtime.clock import SystemClock
+from ironflow.runtime.executor import Executor, Job, Outcome
+from ironflow.runtime.models import TERMINAL, Run, RunError
+from ironflow.runtime.store import SQLiteStore, parse_url
+
+Input = tuple[type, dict[str, Any]]
+_STEP_KINDS = ("run", "undo")
+_INBOX_TYPES: dict[str, type] = {
+    "WaitMatched": WaitMatched,
+    "ChildCompleted": ChildCompleted,
+    "ChildFailed": ChildFailed,
+    "RunCancelled": RunCancelled,
+    "RunResumed": RunResumed,
+}
+
+
+def canonical(value: Any) -> str:
+    """The JSON text two equal match values share (key order does not matter)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@attrs.define
+class _Live:
+    """A run this engine holds the lease of, with its cached interpreter."""
+
+    run_id: str
+    function: Function
+    interpreter: Interpreter
+    next_seq: int
+    event_pos: int
+    parent_run_id: str | None
+    parent_step_id: str | None
+    notify_parent: bool
+    in_flight: dict[str, int] = attrs.Factory(dict)
+    decision: Decision | None = None
+
+
+class Engine:
+    """Runs registered workflows durably. See the README for the whole API."""
+
+    def __init__(
+        self,
+        store: Any = None,
+        *,
+        clock: Any = None,
+        durability: str = "full",
+        lease: Any = "30s",
+        max_workers: int | None = None,
+        poll: Any = "1s",
+    ) -> None:
+        if isinstance(store, SQLiteStore):
+            self.store = store
+        else:
+            self.store = SQLiteStore(parse_url(store), durability=durability)
+        if clock is not None and not callable(getattr(clock, "now", None)):
+            raise TypeError(
+                f"clock must have a now() method returning an aware datetime, got {clock!r}"
+            )
+        self.clock = clock if clock is not None else SystemClock()
+        self.lease = parse_duration(lease, what="lease")
+        self.poll = parse_duration(poll, what="poll interval").total_seconds()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.functions: dict[str, Function] = {}
+        self._live: dict[str, _Live] = {}
+        self._results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._outcomes: list[Outcome] = []
+        self._outstanding = 0  # jobs submitted whose outcome this engine has not drained yet
+        self._executor = Executor(self._results, max_workers)
+        self._drive_lock = threading.RLock()
+        self._done = threading.Condition()
+        self._serving = False
+        self._stopping = threading.Event()
+        self._next_renewal_us = 0
+        self.stats = {"runs_taken": 0, "steps_executed": 0, "commits": 0}
+
+    # --- registration ------------------------------------------------------------------------
+
+    def register(self, fn: Any) -> Function:
+        """Make a function declared with ``@ironflow.function`` runnable by this engine."""
+        if not isinstance(fn, Function):
+            check_workflow_fn(fn)
+            raise TypeError(
+                f"register() takes a function declared with @ironflow.function(id=...), got "
+                f"{getattr(fn, '__qualname__', fn)!r}"
+            )
+        self.functions[fn.id] = fn
+        return fn
+
+    def _function(self, function: Any) -> Function:
+        fid = function.id if isinstance(function, Function) else function
+        if type(fid) is not str or not fid.strip():
+            raise ValueError(
+                f"function must be a function id or a declared function, got {function!r}"
+            )
+        found = self.functions.get(fid)
+        if found is None:
+            known = ", ".join(sorted(self.functions)) or "none"
+            raise ValueError(f"unknown function {fid!r}; registered functions: {known}")
+        return found
+
+    # --- time ------------------------------------------------------------------------------
+
+    def _now(self) -> tuple[_dt.datetime, int]:
+        now = rows.utc(self.clock.now())
+        return now, rows.to_us(now)
+
+    # --- starting runs -----------------------------------------------------------------------
+
+    def start(self, function_id: Any, data: Any = None, *, run_id: str | None = None) -> str:
+        """Start a run of ``function_id`` with ``data``; a given ``run_id`` is idempotent."""
+        function = self._function(function_id)
+        payload = _json(data, "start data")
+        if run_id is not None:
+            check_name(run_id, "run id")
+        now, now_us = self._now()
+        with self.store.transaction() as conn:
+            rid = run_id or uuid.uuid4().hex
+            existing = conn.execute("SELECT function_id FROM runs WHERE id = ?", (rid,)).fetchone()
+            if existing is not None:
+                if existing[0] != function.id:
+                    raise ValueError(
+                        f"run id {rid!r} already belongs to a run of {existing[0]!r}, "
+                        f"not {function.id!r}"
+                    )
+                return rid
+            event = Event(uuid.uuid4().hex, function.id, payload, now)
+            self._create_run(conn, rid, function.id, event, now_us)
+        self._wake()
+        return rid
+
+    def _create_run(
+        self,
+        conn: Any,
+        run_id: str,
+        function_id: str,
+        event: Event,
+        now_us: int,
+        parent: tuple[str, str, bool] | None = None,
+    ) -> None:
+        pos = conn.execute("SELECT COALESCE(MAX(pos), 0) FROM events").fetchone()[0]
+        parent_run, parent_step, notify = parent if parent else (None, None, False)
+        conn.execute(
+            "INSERT INTO runs (id, function_id, status, parent_run_id, parent_step_id, "
+            "notify_parent, trigger, created_us, updated_us, next_seq, ready, event_pos) "
+            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 1, 1, ?)",
+            (
+                run_id,
+                function_id,
+                parent_run,
+                parent_step,
+                int(notify),
+                rows.dumps(rows._event_body(event)),
+                now_us,
+                now_us,
+                pos,
+            ),
+        )
+        started = RunStarted(0, event.ts, run_id, function_id, event, parent_run)
+        conn.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(started)))
+
+    def emit(self, name: str, data: Any = None, *, idempotency_key: str | None = None) -> list[str]:
+        """Emit an event: start the functions it triggers and satisfy matching waits."""
+        check_name(name, "event name")
+        payload = _json(data, f"data of event {name!r}")
+        if idempotency_key is not None:
+            check_name(idempotency_key, "idempotency key")
+        now, _ = self._now()
+        with self.store.transaction() as conn:
+            started = self._emit_in(conn, name, payload, uuid.uuid4().hex, idempotency_key, now)
+        self._wake()
+        return started
+
+    def _emit_in(
+        self,
+        conn: Any,
+        name: str,
+        data: Any,
+        event_id: str,
+        idempotency_key: str | None,
+        now: _dt.datetime,
+    ) -> list[str]:
+        if idempotency_key is not None:
+            row = conn.execute(
+                "SELECT started FROM events WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+            if row is not None:
+                return list(json.loads(row[0]))
+        now_us = rows.to_us(now)
+        cursor = conn.execute(
+            "INSERT INTO events (id, name, data, ts_us, idempotency_key) VALUES (?, ?, ?, ?, ?)",
+            (event_id, name, rows.dumps(data), now_us, idempotency_key),
+        )
+        pos = cursor.lastrowid
+        event = Event(event_id, name, data, now)
+        self._match_waits(conn, event, now_us)
+        started = []
+        for function in self.functions.values():
+            if function.triggered_by(name):
+                run_id = uuid.uuid4().hex
+                self._create_run(conn, run_id, function.id, event, now_us)
+                started.append(run_id)
+        conn.execute("UPDATE events SET started = ? WHERE pos = ?", (rows.dumps(started), pos))
+        return started
+
+    def _match_waits(self, conn: Any, event: Event, now_us: int) -> None:
+        """Hand ``event`` to the first matching wait of each run waiting for it."""
+        paths = conn.execute(
+            "SELECT DISTINCT match_path FROM waits WHERE event_name = ?", (event.name,)
+        ).fetchall()
+        found: dict[str, tuple[int, str]] = {}
+        for (path,) in paths:
+            if path is None:
+                hits = conn.execute(
+                    "SELECT run_id, step_id, seq FROM waits "
+                    "WHERE event_name = ? AND match_path IS NULL",
+                    (event.name,),
+                ).fetchall()
+            else:
+                value = lookup(event, path)
+                if value is MISSING:
+                    continue
+                hits = conn.execute(
+                    "SELECT run_id, step_id, seq FROM waits "
+                    "WHERE event_name = ? AND match_path = ? AND match_key = ?",
+                    (event.name, path, canonical(value)),
+                ).fetchall()
+            for run_id, step_id, seq in hits:
+                if run_id not in found or seq < found[run_id][0]:
+                    found[run_id] = (seq, step_id)
+        body = rows._event_body(event)
+        for run_id, (_, step_id) in found.items():
+            self._consume(conn, run_id, step_id, event.id)
+            conn.execute(
+                "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (?, 'WaitMatched', ?, ?)",
+                (run_id, now_us, rows.dumps({"id": step_id, "event": body})),
+            )
+            conn.execute("UPDATE runs SET ready = 1 WHERE id = ?", (run_id,))
+
+    def _consume(self, conn: Any, run_id: str, step_id: str, event_id: str) -> None:
+        conn.execute("DELETE FROM waits WHERE run_id = ? AND step_id = ?", (run_id, step_id))
+        conn.execute("DELETE FROM timers WHERE run_id = ? AND step_id = ?", (run_id, step_id))
+        conn.execute("INSERT OR IGNORE INTO consumed VALUES (?, ?)", (run_id, event_id))
+
+    # --- driving -----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._results.put(None)
+
+    def run_until_idle(self) -> None:
+        """Do all work due now (steps, due timers, matched events); return when none is left."""
+        with self._drive_lock:
+            while True:
+                if self._tick():
+                    continue
+                if self._outstanding:
+                    self._wait_for_outcome(self._executor.expire() or 0.05)
+                    continue
+                return
+
+    def _wait_for_outcome(self, timeout: float) -> None:
+        try:
+            item = self._results.get(timeout=timeout)
+        except queue.Empty:
+            return
+        if item is not None:
+            self._outcomes.append(item)
+
+    def _drain(self) -> list[Outcome]:
+        outcomes, self._outcomes = self._outcomes, []
+        while True:
+            try:
+                item = self._results.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                outcomes.append(item)
+        self._outstanding -= len(outcomes)
+        return outcomes
+
+    def _tick(self, dispatch: bool = True) -> bool:
+        """One round of work; True if anything happened. ``dispatch=False`` starts no step."""
+        self._executor.expire()
+        now, now_us = self._now()
+        self._renew_leases(now_us)
+        work: dict[str, list[Input]] = {}
+        timers: dict[str, list[tuple[str, str, int]]] = {}
+        for outcome in self._drain():
+            job = outcome.job
+            live = self._live.get(job.run_id)
+            if live is not None and live.in_flight.get(job.step_id) == job.attempt:
+                del live.in_flight[job.step_id]
+            self.stats["steps_executed"] += 1
+            if outcome.ok:
+                item: Input = (
+                    StepCompleted,
+                    {"id": job.step_id, "attempt": job.attempt, "result": outcome.result},
+                )
+            else:
+                item = (
+                    StepFailed,
+                    {
+                        "id": job.step_id,
+                        "attempt": job.attempt,
+                        "error": outcome.error,
+                        "retryable": outcome.retryable,
+                    },
+                )
+            work.setdefault(job.run_id, []).append(item)
+        if not self.functions:
+            return bool(work)
+        marks = ",".join("?" * len(self.functions))
+        fids = tuple(self.functions)
+        for run_id, step_id, kind, attempt in self.store.query(
+            "SELECT t.run_id, t.step_id, t.kind, t.attempt FROM timers t "
+            "JOIN runs r ON r.id = t.run_id WHERE t.due_us <= ? AND r.status != 'blocked' "
+            f"AND r.function_id IN ({marks}) AND (r.lease_owner IS NULL OR r.lease_owner = ? "
+            "OR r.lease_until_us < ?) ORDER BY t.due_us LIMIT 1000",
+            (now_us, *fids, self.worker_id, now_us),
+        ):
+            timers.setdefault(run_id, []).append((step_id, kind, attempt))
+            work.setdefault(run_id, [])
+        for (run_id,) in self.store.query(
+            "SELECT id FROM runs WHERE ((ready = 1 AND status != 'blocked') OR "
+            "(status IN ('pending', 'running') AND (lease_owner IS NULL OR lease_until_us < ?))) "
+            f"AND function_id IN ({marks}) AND (lease_owner IS NULL OR lease_owner = ? "
+            "OR lease_until_us < ?) LIMIT 1000",
+            (now_us, *fids, self.worker_id, now_us),
+        ):
+            work.setdefault(run_id, [])
+        if not work:
+            return False
+        jobs: list[Job] = []
+        with self.store.transaction() as conn:
+            for run_id, inputs in work.items():
+                self._drive(conn, run_id, inputs, timers.get(run_id, ()), now, now_us, jobs)
+        self.stats["commits"] += 1
+        if dispatch:
+            self._outstanding += len(jobs)
+            for job in jobs:
+                self._executor.submit(job)
+        return True
+
+    def _renew_leases(self, now_us: int) -> None:
+        if now_us < self._next_renewal_us or not self._live:
+            return
+        lease_us = int(self.lease.total_seconds() * 1_000_000)
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET lease_until_us = ? WHERE lease_owner = ?",
+                (now_us + lease_us, self.worker_id),
+            )
+        self._next_renewal_us = now_us + lease_us // 3
+
+    def _acquire(self, conn: Any, run_id: str, now_us: int) -> _Live | None:
+        live = self._live.get(run_id)
+        if live is not None:
+            return live
+        row = conn.execute(
+            "SELECT function_id, status, next_seq, event_pos, parent_run_id, parent_step_id, "
+            "notify_parent FROM runs WHERE id = ?",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        function_id, status, next_seq, event_pos, parent_run, parent_step, notify = row
+        function = self.functions.get(function_id)
+        if function is None or status in TERMINAL or status == "blocked":
+            return None
+        lease_us = int(self.lease.total_seconds() * 1_000_000)
+        taken = conn.execute(
+            "UPDATE runs SET lease_owner = ?, lease_until_us = ? WHERE id = ? AND "
+            "(lease_owner IS NULL OR lease_owner = ? OR lease_until_us < ?)",
+            (self.worker_id, now_us + lease_us, run_id, self.worker_id, now_us),
+        ).rowcount
+        if not taken:
+            return None
+        self.stats["runs_taken"] += 1
+        history = [
+            rows.decode(*row)
+            for row in conn.execute(
+                "SELECT seq, type, ts_us, body FROM history WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            )
+        ]
+        interpreter = Interpreter(function)
+        live = _Live(
+            run_id,
+            function,
+            interpreter,
+            len(history),
+            event_pos,
+            parent_run,
+            parent_step,
+            bool(notify),
+        )
+        live.decision = interpreter.feed(history)
+        if len(history) != next_seq:
+            raise RuntimeError(
+                f"run {run_id!r}: history has {len(history)} events, row says {next_seq}"
+            )
+        self._live[run_id] = live
+        return live
+
+    def _drive(
+        self,
+        conn: Any,
+        run_id: str,
+        inputs: list[Input],
+        timers: Iterable[tuple[str, str, int]],
+        now: _dt.datetime,
+        now_us: int,
+        jobs: list[Job],
+    ) -> None:
+        conn.execute("SAVEPOINT drive")
+        try:
+            live = self._acquire(conn, run_id, now_us)
+            if live is None:
+                conn.execute("RELEASE drive")
+                return
+            self._drive_live(conn, live, inputs, timers, now, now_us, jobs)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO drive")
+            conn.execute("RELEASE drive")
+            self._block(conn, run_id, exc, now_us)
+            return
+        conn.execute("RELEASE drive")
+
+    def _block(self, conn: Any, run_id: str, exc: BaseException, now_us: int) -> None:
+        live = self._live.pop(run_id, None)
+        if live is not None:
+            live.in_flight.clear()
+        info = encode_error(exc, with_traceback=not isinstance(exc, NonDeterminismError))
+        conn.execute(
+            "UPDATE runs SET status = 'blocked', error = ?, ready = 0, lease_owner = NULL, "
+            "lease_until_us = NULL, updated_us = ? WHERE id = ?",
+            (rows.dumps(_error_body(info)), now_us, run_id),
+        )
+
+    def _drive_live(
+        self,
+        conn: Any,
+        live: _Live,
+        inputs: list[Input],
+        timers: Iterable[tuple[str, str, int]],
+        now: _dt.datetime,
+        now_us: int,
+        jobs: list[Job],
+    ) -> None:
+        run_id = live.run_id
+        interpreter = live.interpreter
+        decision = live.decision or interpreter.feed(())
+        live.decision = None
+        for step_id, kind, _attempt in timers:
+            conn.execute("DELETE FROM timers WHERE run_id = ? AND step_id = ?", (run_id, step_id))
+            if kind == "sleep":
+                inputs.append((TimerFired, {"id": step_id}))
+            elif kind == "wait":
+                conn.execute(
+                    "DELETE FROM waits WHERE run_id = ? AND step_id = ?", (run_id, step_id)
+                )
+                inputs.append((WaitTimedOut, {"id": step_id}))
+            elif kind == "invoke":
+                inputs.append(
+                    (
+                        ChildFailed,
+                        {
+                            "id": step_id,
+                            "child_run_id": f"{run_id}/{step_id}",
+                            "error": ErrorInfo("TimeoutError", "invoke timed out"),
+                        },
+                    )
+                )
+        for pos, kind, _ts, body in conn.execute(
+            "SELECT pos, type, ts_us, body FROM inbox WHERE run_id = ? ORDER BY pos", (run_id,)
+        ).fetchall():
+            conn.execute("DELETE FROM inbox WHERE pos = ?", (pos,))
+            inputs.append(_inbox_input(kind, json.loads(body)))
+        appended: list[HistoryEvent] = []
+        while True:
+            batch = self._accepted(live, decision, inputs, now)
+            inputs = []
+            if batch:
+                appended.extend(batch)
+                decision = interpreter.feed(batch)
+            if decision.events:
+                appended.extend(decision.events)
+                interpreter.feed(decision.events)
+            live.next_seq = len(interpreter.events)
+            if decision.done:
+                break
+            inputs = self._apply(conn, live, decision, now, now_us)
+            if not inputs:
+                break
+        if appended:
+            conn.executemany(
+                "INSERT INTO history VALUES (?, ?, ?, ?, ?)",
+                [(run_id, *rows.encode(event)) for event in appended],
+            )
+        if decision.done:
+            self._finish(conn, live, decision, now_us)
+            return
+        due_steps = [
+            work
+            for work in decision.pending
+            if work.kind in _STEP_KINDS and (work.due is None or rows.to_us(work.due) <= now_us)
+        ]
+        status = "running" if due_steps or live.in_flight else "waiting"
+        if status == "running":
+            conn.execute(
+                "UPDATE runs SET status = 'running', next_seq = ?, ready = 0, updated_us = ? "
+                "WHERE id = ?",
+                (live.next_seq, now_us, run_id),
+            )
+            for work in due_steps:
+                if live.in_flight.get(work.id) != work.attempt:
+                    live.in_flight[work.id] = work.attempt
+                    jobs.append(_job(run_id, work))
+        else:
+            conn.execute(
+                "UPDATE runs SET status = 'waiting', next_seq = ?, ready = 0, updated_us = ?, "
+                "lease_owner = NULL, lease_until_us = NULL WHERE id = ?",
+                (live.next_seq, now_us, run_id),
+            )
+            del self._live[run_id]
+
+    def _accepted(
+        self, live: _Live, decision: Decision, inputs: list[Input], now: _dt.datetime
+    ) -> list[HistoryEvent]:
+        """Number the inputs the run still expects; drop stale ones (a late duplicate)."""
+        if not inputs:
+            return []
+        pending = {work.id: work for work in decision.pending}
+        batch: list[HistoryEvent] = []
+        seq = live.next_seq
+        for cls, fields in inputs:
+            sid = fields.get("id")
+            if sid is not None:
+                work = pending.get(sid)
+                if work is None:
+                    continue
+                if cls in (StepCompleted, StepFailed):
+                    if work.attempt != fields["attempt"]:
+                        continue
+                    pending.pop(sid)
+                elif cls is not ChildStarted:
+                    pending.pop(sid)
+            batch.append(cls(seq=seq, ts=now, **fields))
+            seq += 1
+        return batch
+
+    def _apply(
+        self, conn: Any, live: _Live, decision: Decision, now: _dt.datetime, now_us: int
+    ) -> list[Input]:
+        """Index the new work (timers, waits), start children, publish; return new inputs."""
+        run_id = live.run_id
+        inputs: list[Input] = []
+        for work in decision.commands:
+            kind = work.kind
+            due_us = None if work.due is None else rows.to_us(rows.as_datetime(work.due))
+            if kind in _STEP_KINDS:
+                if due_us is not None and due_us > now_us:
+                    self._timer(conn, run_id, work.id, "retry", due_us, work.attempt)
+            elif kind in ("sleep", "sleep_until"):
+                assert due_us is not None
+                self._timer(conn, run_id, work.id, "sleep", due_us, 1)
+            elif kind == "wait_event":
+                found = self._register_wait(conn, live, work)
+                if found is not None:
+                    inputs.append((WaitMatched, {"id": work.id, "event": found}))
+                else:
+                    assert due_us is not None
+                    self._timer(conn, run_id, work.id, "wait", due_us, 1)
+            elif kind in ("invoke", "invoke_async"):
+                inputs.append(self._start_child(conn, live, work, now, now_us))
+                if kind == "invoke" and due_us is not None:
+                    self._timer(conn, run_id, work.id, "invoke", due_us, 1)
+            elif kind == "publish":
+                detail = work.detail
+                event_id = detail["event_id"]
+                self._emit_in(conn, detail["event"], detail["data"], event_id, event_id, now)
+                inputs.append((EventPublished, {"id": work.id, "event_id": event_id}))
+        return inputs
+
+    def _timer(
+        self, conn: Any, run_id: str, step_id: str, kind: str, due_us: int, attempt: int
+    ) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO timers VALUES (?, ?, ?, ?, ?)",
+            (run_id, step_id, kind, due_us, attempt),
+        )
+
+    def _register_wait(self, conn: Any, live: _Live, work: Work) -> Event | None:
+        """Index a wait; if an event emitted since the run started matches, take it now."""
+        detail = work.detail
+        name, path = detail["event"], detail.get("match")
+        key = None if path is None else canonical(detail.get("match_value"))
+        for event_id, data, ts_us in conn.execute(
+            "SELECT id, data, ts_us FROM events WHERE name = ? AND pos > ? AND id NOT IN "
+            "(SELECT event_id FROM consumed WHERE run_id = ?) ORDER BY pos",
+            (name, live.event_pos, live.run_id),
+        ).fetchall():
+            event = Event(event_id, name, json.loads(data), rows.from_us(ts_us))
+            if path is None or (
+                (value := lookup(event, path)) is not MISSING and canonical(value) == key
+            ):
+                conn.execute(
+                    "INSERT OR IGNORE INTO consumed VALUES (?, ?)", (live.run_id, event_id)
+                )
+                return event
+        conn.execute(
+            "INSERT OR REPLACE INTO waits VALUES (?, ?, ?, ?, ?, ?)",
+            (live.run_id, work.id, name, path, key, live.next_seq),
+        )
+        return None
+
+    def _start_child(
+        self, conn: Any, live: _Live, work: Work, now: _dt.datetime, now_us: int
+    ) -> Input:
+        detail = work.detail
+        child_id, function_id = detail["child_run_id"], detail["function"]
+        if function_id not in self.functions and work.kind == "invoke":
+            known = ", ".join(sorted(self.functions)) or "none"
+            return (
+                ChildFailed,
+                {
+                    "id": work.id,
+                    "child_run_id": child_id,
+                    "error": ErrorInfo(
+                        "LookupError",
+                        f"unknown function {function_id!r}; registered functions: {known}",
+                    ),
+                },
+            )
+        exists = conn.execute("SELECT 1 FROM runs WHERE id = ?", (child_id,)).fetchone()
+        if exists is None:
+            event = Event(uuid.uuid4().hex, function_id, detail["data"], now)
+            parent = (live.run_id, work.id, work.kind == "invoke")
+            self._create_run(conn, child_id, function_id, event, now_us, parent)
+        return (ChildStarted, {"id": work.id, "child_run_id": child_id})
+
+    def _finish(self, conn: Any, live: _Live, decision: Decision, now_us: int) -> None:
+        run_id = live.run_id
+        error = None
+        if decision.error is not None and decision.status != "completed":
+            error = rows.dumps(_error_body(encode_error(decision.error, with_traceback=True)))
+        output = rows.dumps(decision.output) if decision.status == "completed" else None
+        conn.execute(
+            "UPDATE runs SET status = ?, output = ?, error = ?, next_seq = ?, ready = 0, "
+            "updated_us = ?, ended_us = ?, lease_owner = NULL, lease_until_us = NULL "
+            "WHERE id = ?",
+            (decision.status, output, error, live.next_seq, now_us, now_us, run_id),
+        )
+        conn.execute("DELETE FROM timers WHERE run_id = ?", (run_id,))
+        conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
+        conn.execute("DELETE FROM inbox WHERE run_id = ?", (run_id,))
+        if live.parent_run_id and live.notify_parent:
+            if decision.status == "completed":
+                kind, body = (
+                    "ChildCompleted",
+                    {
+                        "id": live.parent_step_id,
+                        "child_run_id": run_id,
+                        "output": decision.output,
+                    },
+                )
+            else:
+                failure = decision.error or CancelledError("child run was cancelled")
+                kind, body = (
+                    "ChildFailed",
+                    {
+                        "id": live.parent_step_id,
+                        "child_run_id": run_id,
+                        "error": _error_body(encode_error(failure)),
+                    },
+                )
+            conn.execute(
+                "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (?, ?, ?, ?)",
+                (live.parent_run_id, kind, now_us, rows.dumps(body)),
+            )
+            conn.execute("UPDATE runs SET ready = 1 WHERE id = ?", (live.parent_run_id,))
+        self._live.pop(run_id, None)
+        with self._done:
+            self._done.notify_all()
+
+    # --- long-running worker ------------------------------------------------------------------
+
+    def serve(
+        self, *, install_signals: bool = True, on_idle: Callable[[], None] | None = None
+    ) -> None:
+        """Work until ``stop()`` or SIGTERM/SIGINT: then finish what is held and return."""
+        previous: dict[int, Any] = {}
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda *_: self.stop())
+        self._serving = True
+        self._stopping.clear()
+        try:
+            with self._drive_lock:
+                while not self._stopping.is_set():
+                    if self._tick():
+                        continue
+                    if on_idle is not None:
+                        on_idle()
+                    self._wait_for_outcome(self._idle_timeout())
+                # Graceful stop: let running steps finish and commit them, then let go.
+                while self._outstanding - len(self._outcomes) > 0:
+                    self._wait_for_outcome(self._executor.expire() or 0.05)
+                self._tick(dispatch=False)
+                self._release_all()
+        finally:
+            self._serving = False
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _release_all(self) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = ?",
+                (self.worker_id,),
+            )
+        self._live.clear()
+
+    def _idle_timeout(self) -> float:
+        timeout = self.poll
+        nearest = self._executor.expire()
+        if nearest is not None:
+            timeout = min(timeout, nearest)
+        if not getattr(self.clock, "is_virtual", False):
+            row = self.store.query("SELECT MIN(due_us) FROM timers")
+            if row and row[0][0] is not None:
+                _, now_us = self._now()
+                timeout = min(timeout, max(0.0, (row[0][0] - now_us) / 1e6))
+        return max(timeout, 0.0)
+
+    def stop(self) -> None:
+        """Ask ``serve()`` to stop taking work and return once what it holds is committed."""
+        self._stopping.set()
+        self._wake()
+
+    def close(self) -> None:
+        """Stop the executor and close the database."""
+        self._executor.shutdown(wait=True)
+        self.store.close()
+
+    # --- waiting for results ------------------------------------------------------------------
+
+    def wait(self, run_id: str, timeout: float | None = None) -> Any:
+        """The run's output once it ends, or raise its error; drives the engine if idle."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id)
+            if run.status in TERMINAL or run.status == "blocked":
+                return _outcome_of(run)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"run {run_id!r} is still {run.status} after {timeout}s")
+            if self._serving:
+                with self._done:
+                    self._done.wait(min(remaining or 1.0, 1.0))
+                continue
+            self.run_until_idle()
+            run = self.get_run(run_id)
+            if run.status in TERMINAL or run.status == "blocked":
+                continue
+            row = self.store.query("SELECT MIN(due_us) FROM timers")
+            next_due = row[0][0] if row else None
+            if getattr(self.clock, "is_virtual", False) or next_due is None:
+                raise TimeoutError(
+                    f"run {run_id!r} is {run.status} and nothing is due: it waits for an event, "
+                    f"a timer in the future or another worker (advance the clock, emit the "
+                    f"event, or call serve())"
+                )
+            _, now_us = self._now()
+            pause = max(0.0, (next_due - now_us) / 1e6)
+            if remaining is not None:
+                pause = min(pause, remaining)
+            time.sleep(min(pause, self.poll))
+
+    # --- inspection and control --------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        """The stored run ``run_id``; ``KeyError`` naming it if there is none."""
+        found = self.store.query(
+            "SELECT id, function_id, status, output, error, created_us, updated_us, ended_us, "
+            "parent_run_id FROM runs WHERE id = ?",
+            (run_id,),
+        )
+        if not found:
+            raise KeyError(f"no run with id {run_id!r}")
+        return _run(found[0])
+
+    def list_runs(
+        self, status: str | None = None, function: str | None = None, limit: int | None = None
+    ) -> list[Run]:
+        """Runs, newest first, optionally filtered by status and function id."""
+        sql = (
+            "SELECT id, function_id, status, output, error, created_us, updated_us, ended_us, "
+            "parent_run_id FROM runs"
+        )
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if function is not None:
+            where.append("function_id = ?")
+            params.append(function)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_us DESC, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_run(row) for row in self.store.query(sql, params)]
+
+    def history(self, run_id: str) -> list[HistoryEvent]:
+        """The run's history events, in order."""
+        self.get_run(run_id)
+        return [
+            rows.decode(*row)
+            for row in self.store.query(
+                "SELECT seq, type, ts_us, body FROM history WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            )
+        ]
+
+    def cancel(self, run_id: str, *, compensate: bool = False, reason: str = "") -> None:
+        """Cancel a run and its child runs; ``compensate=True`` runs its undos first."""
+        self.get_run(run_id)
+        _, now_us = self._now()
+        with self.store.transaction() as conn:
+            self._cancel_in(conn, run_id, compensate, reason or "cancelled", now_us)
+        self._wake()
+
+    def _cancel_in(
+        self, conn: Any, run_id: str, compensate: bool, reason: str, now_us: int
+    ) -> None:
+        status, next_seq = conn.execute(
+            "SELECT status, next_seq FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
+        if status in TERMINAL:
+            return
+        if status == "blocked":
+            event = RunCancelled(next_seq, rows.from_us(now_us), reason, False)
+            conn.execute(
+                "INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(event))
+            )
+            conn.execute(
+                "UPDATE runs SET status = 'cancelled', next_seq = ?, ended_us = ?, updated_us = ? "
+                "WHERE id = ?",
+                (next_seq + 1, now_us, now_us, run_id),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (?, 'RunCancelled', ?, ?)",
+                (run_id, now_us, rows.dumps({"reason": reason, "compensate": compensate})),
+            )
+            conn.execute("UPDATE runs SET ready = 1 WHERE id = ?", (run_id,))
+        for (child,) in conn.execute(
+            "SELECT id FROM runs WHERE parent_run_id = ? AND status NOT IN "
+            "('completed', 'failed', 'cancelled')",
+            (run_id,),
+        ).fetchall():
+            self._cancel_in(conn, child, compensate, f"parent run {run_id} was cancelled", now_us)
+
+    def resume(self, run_id: str) -> None:
+        """Resume a ``blocked`` run (after a code fix) or a ``failed`` one (failed step reruns)."""
+        run = self.get_run(run_id)
+        _, now_us = self._now()
+        with self.store.transaction() as conn:
+            if run.status == "blocked":
+                conn.execute(
+                    "UPDATE runs SET status = 'running', error = NULL, ready = 1, "
+                    "lease_owner = NULL, updated_us = ? WHERE id = ?",
+                    (now_us, run_id),
+                )
+            elif run.status == "failed":
+                conn.execute(
+                    "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (?, 'RunResumed', ?, ?)",
+                    (run_id, now_us, rows.dumps({"reason": "resumed"})),
+                )
+                conn.execute(
+                    "UPDATE runs SET status = 'running', error = NULL, ended_us = NULL, "
+                    "ready = 1, updated_us = ? WHERE id = ?",
+                    (now_us, run_id),
+                )
+            else:
+                raise ValueError(
+                    f"run {run_id!r} is {run.status}; only failed or blocked runs can be resumed"
+                )
+        self._live.pop(run_id, None)
+        self._wake()
+
+
+def _json(value: Any, what: str) -> Any:
+    try:
+        return to_json_value(value, what)
+    except NotJSONError as exc:
+        raise TypeError(str(exc)) from None
+
+
+def _error_body(info: ErrorInfo) -> dict[str, Any]:
+    return {"type": info.type, "message": info.message, "traceback": info.traceback}
+
+
+def _inbox_input(kind: str, body: dict[str, Any]) -> Input:
+    cls = _INBOX_TYPES[kind]
+    if cls is WaitMatched:
+        return (cls, {"id": body["id"], "event": rows.event_from_body(body["event"])})
+    if cls is ChildFailed:
+        error = body["error"]
+        return (
+            cls,
+            {
+                "id": body["id"],
+                "child_run_id": body["child_run_id"],
+                "error": ErrorInfo(error["type"], error["message"], error.get("traceback")),
+            },
+        )
+    return (cls, body)
+
+
+def _job(run_id: str, work: Work) -> Job:
+    command: Any = work.command
+    timeout = getattr(command, "timeout", None)
+    return Job(
+        run_id,
+        work.id,
+        work.attempt,
+        command.fn,
+        command.args,
+        None if timeout is None else timeout.total_seconds(),
+    )
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    run_id, function_id, status, output, error, created, updated, ended, parent = row
+    run_error = None
+    if error is not None:
+        body = json.loads(error)
+        run_error = RunError(body["type"], body["message"], body.get("traceback"))
+    return Run(
+        id=run_id,
+        function=function_id,
+        status=status,
+        output=None if output is None else json.loads(output),
+        error=run_error,
+        created_at=None if created is None else rows.from_us(created),
+        updated_at=None if updated is None else rows.from_us(updated),
+        ended_at=None if ended is None else rows.from_us(ended),
+        parent_run_id=parent,
+    )
+
+
+def _outcome_of(run: Run) -> Any:
+    if run.status == "completed":
+        return run.output
+    error = run.error or RunError(
+        "ironflow.errors.CancelledError", f"run {run.id} was {run.status}"
+    )
+    if run.status == "cancelled":
+        raise CancelledError(error.message)
+    if run.status == "blocked":
+        raise NonDeterminismError(error.message)
+    raise decode_error(ErrorInfo(error.type, error.message))

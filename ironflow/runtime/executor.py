@@ -1,0 +1,199 @@
+"""Runs step bodies: sync ones on a bounded thread pool, async ones on an event loop thread.
+
+Results come back through a queue as ``Outcome`` values; the engine commits them. A body's
+``timeout=`` is real time, measured here, whatever clock the engine uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ironflow.commands.jsonvalue import NotJSONError, to_json_value
+from ironflow.errors import NonRetryableError, StepTimeoutError
+from ironflow.history.codec import converter
+from ironflow.history.errors import encode_error
+from ironflow.history.events import ErrorInfo
+
+
+@attrs.frozen
+class Job:
+    run_id: str
+    step_id: str
+    attempt: int
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    timeout: float | None = None
+
+
+@attrs.frozen
+class Outcome:
+    job: Job
+    ok: bool
+    result: Any = None
+    error: ErrorInfo | None = None
+    retryable: bool = True
+
+
+def serialize_result(value: Any, step_id: str) -> Any:
+    """A step's return value as JSON (attrs/dataclass via cattrs); ``NotJSONError`` if not."""
+    return to_json_value(converter.unstructure(value), f"the result of step {step_id!r}")
+
+
+def _outcome(job: Job, value: Any) -> Outcome:
+    try:
+        return Outcome(job, True, serialize_result(value, job.step_id))
+    except NotJSONError as exc:
+        return Outcome(job, False, error=encode_error(TypeError(str(exc))), retryable=False)
+
+
+def _failure(job: Job, exc: BaseException) -> Outcome:
+    retryable = not isinstance(exc, NonRetryableError)
+    return Outcome(job, False, error=encode_error(exc, with_traceback=True), retryable=retryable)
+
+
+def _timed_out(job: Job) -> Outcome:
+    error = StepTimeoutError(f"step {job.step_id!r} ran longer than its timeout of {job.timeout}s")
+    return Outcome(job, False, error=encode_error(error), retryable=True)
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
+    )
+
+
+class Executor:
+    """Executes jobs concurrently and puts their ``Outcome`` on ``results``."""
+
+    def __init__(self, results: queue.SimpleQueue[Any], max_workers: int | None = None):
+        self.results = results
+        self.max_workers = max_workers or min(32, (os.cpu_count() or 1) * 4)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._deadlines: dict[tuple[str, str, int], float] = {}
+        self.in_flight = 0
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            self.in_flight += 1
+            if job.timeout is not None:
+                self._deadlines[(job.run_id, job.step_id, job.attempt)] = (
+                    time.monotonic() + job.timeout
+                )
+        if is_async(job.fn):
+            self._submit_async(job)
+        else:
+            self._pool_get().submit(self._run_sync, job)
+
+    def _pool_get(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self.max_workers, thread_name_prefix="ironflow-step"
+            )
+        return self._pool
+
+    def _finish(self, outcome: Outcome) -> None:
+        job = outcome.job
+        with self._lock:
+            self.in_flight -= 1
+            if job.timeout is not None:
+                key = (job.run_id, job.step_id, job.attempt)
+                if self._deadlines.pop(key, None) is None:
+                    return  # already reported as timed out
+        self.results.put(outcome)
+
+    def _run_sync(self, job: Job) -> None:
+        try:
+            value = job.fn(*job.args)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_await(value))
+        except BaseException as exc:
+            self._finish(_failure(job, exc))
+            return
+        self._finish(_outcome(job, value))
+
+    def _submit_async(self, job: Job) -> None:
+        loop = self._loop_get()
+        asyncio.run_coroutine_threadsafe(self._run_async(job), loop)
+
+    async def _run_async(self, job: Job) -> None:
+        try:
+            coro = job.fn(*job.args)
+            if job.timeout is not None:
+                value = await asyncio.wait_for(coro, job.timeout)
+            else:
+                value = await coro
+        except TimeoutError:
+            if job.timeout is not None:
+                self._finish(_timed_out(job))
+            else:
+                self._finish(_failure(job, TimeoutError()))
+            return
+        except BaseException as exc:
+            self._finish(_failure(job, exc))
+            return
+        self._finish(_outcome(job, value))
+
+    def _loop_get(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="ironflow-async", daemon=True
+                )
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
+    def expire(self) -> float | None:
+        """Report sync jobs past their deadline as timed out; seconds to the next deadline."""
+        now = time.monotonic()
+        expired: list[tuple[str, str, int]] = []
+        nearest: float | None = None
+        with self._lock:
+            for key, deadline in self._deadlines.items():
+                if deadline <= now:
+                    expired.append(key)
+                elif nearest is None or deadline < nearest:
+                    nearest = deadline
+            for key in expired:
+                del self._deadlines[key]
+                self.in_flight -= 1
+        for run_id, step_id, attempt in expired:
+            job = Job(run_id, step_id, attempt, _never, ())
+            self.results.put(Outcome(job, False, error=_timeout_info(step_id), retryable=True))
+        return None if nearest is None else max(0.0, nearest - now)
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=not wait)
+            self._pool = None
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._loop_thread is not None and wait:
+                self._loop_thread.join(timeout=5)
+            self._loop = None
+
+
+def _timeout_info(step_id: str) -> ErrorInfo:
+    return encode_error(StepTimeoutError(f"step {step_id!r} ran longer than its timeout"))
+
+
+def _never() -> None:  # pragma: no cover - placeholder function of a synthesized job
+    raise AssertionError("never called")
+
+
+async def _await(value: Any) -> Any:
+    return await value

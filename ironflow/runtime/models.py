@@ -1,0 +1,39 @@
+"""What the engine reports about runs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import attrs
+
+STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled", "blocked")
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@attrs.frozen
+class RunError:
+    """Why a run failed: the exception class (module-qualified unless builtin) and message."""
+
+    type: str
+    message: str
+    traceback: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class Run:
+    """A run as stored: ``status`` is one of ``STATUSES``."""
+
+    id: str
+    function: str
+    status: str
+    output: Any = None
+    error: RunError | None = None
+    created_at: _dt.datetime | None = None
+    updated_at: _dt.datetime | None = None
+    ended_at: _dt.datetime | None = None
+    parent_run_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL

@@ -1,0 +1,117 @@
+"""History events to table rows and back, fast: replay from the store reads these in bulk."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ironflow.commands.event import Event
+from ironflow.history.codec import converter, parse_timestamp
+from ironflow.history.events import (
+    EVENT_TYPES,
+    ChildFailed,
+    ErrorInfo,
+    HistoryEvent,
+    RetryScheduled,
+    RunFailed,
+    RunStarted,
+    StepFailed,
+    WaitMatched,
+)
+
+UTC = _dt.UTC
+EPOCH = _dt.datetime(1970, 1, 1, tzinfo=UTC)
+_US = _dt.timedelta(microseconds=1)
+
+
+def to_us(ts: _dt.datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact)."""
+    delta = ts - EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(us: int) -> _dt.datetime:
+    """Integer microseconds since the epoch as an aware UTC datetime."""
+    return EPOCH + _dt.timedelta(microseconds=us)
+
+
+def utc(ts: _dt.datetime) -> _dt.datetime:
+    """``ts`` as a plain aware UTC datetime (what every stored timestamp is)."""
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError(f"clock returned a naive datetime {ts!r}; clocks must return aware times")
+    return from_us(to_us(ts))
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _event_body(event: Event) -> dict[str, Any]:
+    return {"id": event.id, "name": event.name, "data": event.data, "ts": to_us(event.ts)}
+
+
+def event_from_body(body: dict[str, Any]) -> Event:
+    return Event(body["id"], body["name"], body["data"], from_us(body["ts"]))
+
+
+def _error_body(error: ErrorInfo) -> dict[str, Any]:
+    return {"type": error.type, "message": error.message, "traceback": error.traceback}
+
+
+def _error(body: dict[str, Any]) -> ErrorInfo:
+    return ErrorInfo(body["type"], body["message"], body.get("traceback"))
+
+
+def encode(event: HistoryEvent) -> tuple[int, str, int, str]:
+    """``(seq, type, ts_us, body_json)`` for the history table."""
+    cls = type(event)
+    body: dict[str, Any] = converter.unstructure(event)
+    del body["seq"], body["ts"]
+    if cls is RunStarted or cls is WaitMatched:
+        body["event"] = _event_body(event.event)  # type: ignore[union-attr]
+    elif cls is RetryScheduled:
+        body["at"] = to_us(event.at)  # type: ignore[union-attr]
+    return (event.seq, cls.__name__, to_us(event.ts), dumps(body))
+
+
+def _plain(cls: type) -> Callable[[int, _dt.datetime, dict[str, Any]], HistoryEvent]:
+    def build(seq: int, ts: _dt.datetime, body: dict[str, Any]) -> HistoryEvent:
+        event: HistoryEvent = cls(seq=seq, ts=ts, **body)
+        return event
+
+    return build
+
+
+_DECODERS: dict[str, Callable[[int, _dt.datetime, dict[str, Any]], HistoryEvent]] = {
+    name: _plain(cls) for name, cls in EVENT_TYPES.items()
+}
+_DECODERS["RunStarted"] = lambda seq, ts, b: RunStarted(
+    seq, ts, b["run_id"], b["function_id"], event_from_body(b["event"]), b.get("parent_run_id")
+)
+_DECODERS["WaitMatched"] = lambda seq, ts, b: WaitMatched(
+    seq, ts, b["id"], event_from_body(b["event"])
+)
+_DECODERS["StepFailed"] = lambda seq, ts, b: StepFailed(
+    seq, ts, b["id"], b["attempt"], _error(b["error"]), b["retryable"]
+)
+_DECODERS["ChildFailed"] = lambda seq, ts, b: ChildFailed(
+    seq, ts, b["id"], b["child_run_id"], _error(b["error"])
+)
+_DECODERS["RunFailed"] = lambda seq, ts, b: RunFailed(seq, ts, _error(b["error"]))
+_DECODERS["RetryScheduled"] = lambda seq, ts, b: RetryScheduled(
+    seq, ts, b["id"], b["attempt"], from_us(b["at"]), b.get("jitter", 0.0)
+)
+
+
+def decode(seq: int, kind: str, ts_us: int, body: str) -> HistoryEvent:
+    """The history event a row made by ``encode`` holds."""
+    return _DECODERS[kind](seq, EPOCH + ts_us * _US, json.loads(body))
+
+
+def as_datetime(value: Any) -> _dt.datetime:
+    """A due time from a Work item (datetime or ISO string) as an aware datetime."""
+    if isinstance(value, _dt.datetime):
+        return value
+    return parse_timestamp(value)

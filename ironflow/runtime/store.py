@@ -1,0 +1,219 @@
+"""The SQLite store: schema, migrations and the queries the engine needs.
+
+Schema changes go through sqlite-utils; the hot paths (appending history, reading it back)
+use plain prepared statements on the same connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+TERMINAL = ("completed", "failed", "cancelled")
+DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+
+
+class StoreError(ValueError):
+    """The database cannot be used by ironflow (not one of ours, or from a newer version)."""
+
+
+def parse_url(store: Any) -> str:
+    """The SQLite path a store argument names: a path, ``sqlite:///path`` or ``:memory:``."""
+    if store is None:
+        return "ironflow.db"
+    if isinstance(store, Path):
+        return str(store)
+    if not isinstance(store, str) or not store.strip():
+        raise ValueError(f"store must be a path, 'sqlite:///path.db' or ':memory:', got {store!r}")
+    if store.startswith("sqlite://"):
+        path = store[len("sqlite://") :]
+        if path.startswith("/"):
+            path = path[1:]  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
+        if not path:
+            raise ValueError(f"store URL {store!r} names no file; use 'sqlite:///path.db'")
+        return path
+    if "://" in store:
+        scheme = store.split("://", 1)[0]
+        raise ValueError(
+            f"store URL {store!r}: the {scheme!r} backend is not available yet; "
+            f"use a SQLite path, 'sqlite:///path.db' or ':memory:'"
+        )
+    return store
+
+
+class SQLiteStore:
+    """One SQLite database holding runs, history, timers, waits, events and leases."""
+
+    def __init__(self, path: str, *, durability: str = "full", busy_timeout: float = 10.0):
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
+        self.path = path
+        self.durability = durability
+        self.lock = threading.RLock()
+        self.conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+        )
+        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if path != ":memory:":
+            self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute(f"PRAGMA synchronous = {DURABILITY[durability]}")
+        self.db = sqlite_utils.Database(self.conn)
+        self._migrate()
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    # --- schema ----------------------------------------------------------------------------
+
+    def schema_version(self) -> int | None:
+        if "ironflow_meta" not in self.db.table_names():
+            return None
+        row = self.conn.execute(
+            "SELECT value FROM ironflow_meta WHERE key = 'schema_version'"
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def _migrate(self) -> None:
+        with self.lock:
+            tables = set(self.db.table_names())
+            version = self.schema_version()
+            if version is None and tables:
+                raise StoreError(
+                    f"{self.path} is a SQLite database but not an ironflow one "
+                    f"(it has tables {sorted(tables)[:5]} and no ironflow_meta)"
+                )
+            if version is not None and version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has ironflow schema version {version}, newer than this "
+                    f"ironflow understands ({SCHEMA_VERSION}); upgrade ironflow"
+                )
+            if version == SCHEMA_VERSION:
+                return
+            with self.transaction():
+                self._create_v1()
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO ironflow_meta (key, value) "
+                    "VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+
+    def _create_v1(self) -> None:
+        db = self.db
+        db.create_table("ironflow_meta", {"key": str, "value": str}, pk="key")
+        db.create_table(
+            "runs",
+            {
+                "id": str,
+                "function_id": str,
+                "status": str,
+                "parent_run_id": str,
+                "parent_step_id": str,
+                "notify_parent": int,
+                "trigger": str,
+                "output": str,
+                "error": str,
+                "created_us": int,
+                "updated_us": int,
+                "ended_us": int,
+                "next_seq": int,
+                "ready": int,
+                "lease_owner": str,
+                "lease_until_us": int,
+                "event_pos": int,
+            },
+            pk="id",
+            not_null={"function_id", "status", "next_seq", "ready", "created_us"},
+        )
+        db["runs"].create_index(["ready", "status"], index_name="runs_ready")
+        db["runs"].create_index(["status", "lease_until_us"], index_name="runs_status_lease")
+        db["runs"].create_index(["function_id", "status"], index_name="runs_function")
+        db["runs"].create_index(["parent_run_id"], index_name="runs_parent")
+        self.conn.execute(
+            "CREATE TABLE history (run_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+            "type TEXT NOT NULL, ts_us INTEGER NOT NULL, body TEXT NOT NULL, "
+            "PRIMARY KEY (run_id, seq)) WITHOUT ROWID"
+        )
+        # History is append-only: the database itself refuses updates and deletes.
+        self.conn.execute(
+            "CREATE TRIGGER history_no_update BEFORE UPDATE ON history "
+            "BEGIN SELECT RAISE(ABORT, 'history is append-only'); END"
+        )
+        self.conn.execute(
+            "CREATE TRIGGER history_no_delete BEFORE DELETE ON history "
+            "BEGIN SELECT RAISE(ABORT, 'history is append-only'); END"
+        )
+        db.create_table(
+            "timers",
+            {"run_id": str, "step_id": str, "kind": str, "due_us": int, "attempt": int},
+            pk=("run_id", "step_id"),
+            not_null={"kind", "due_us"},
+        )
+        db["timers"].create_index(["due_us"], index_name="timers_due")
+        db.create_table(
+            "waits",
+            {
+                "run_id": str,
+                "step_id": str,
+                "event_name": str,
+                "match_path": str,
+                "match_key": str,
+                "seq": int,
+            },
+            pk=("run_id", "step_id"),
+            not_null={"event_name", "seq"},
+        )
+        db["waits"].create_index(
+            ["event_name", "match_path", "match_key"], index_name="waits_match"
+        )
+        self.conn.execute(
+            "CREATE TABLE events (pos INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+            "name TEXT NOT NULL, data TEXT NOT NULL, ts_us INTEGER NOT NULL, "
+            "idempotency_key TEXT UNIQUE, started TEXT NOT NULL DEFAULT '[]')"
+        )
+        db["events"].create_index(["name", "pos"], index_name="events_name")
+        db.create_table("consumed", {"run_id": str, "event_id": str}, pk=("run_id", "event_id"))
+        self.conn.execute(
+            "CREATE TABLE inbox (pos INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, "
+            "type TEXT NOT NULL, ts_us INTEGER NOT NULL, body TEXT NOT NULL)"
+        )
+        db["inbox"].create_index(["run_id", "pos"], index_name="inbox_run")
+
+    # --- transactions ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the store's lock; rolled back on error."""
+        with self.lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def savepoint(self, name: str = "run") -> Iterator[None]:
+        """A nested unit inside a transaction: undone alone if it raises."""
+        conn = self.conn
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        conn.execute(f"RELEASE {name}")
+
+    def query(self, sql: str, params: Any = ()) -> list[Any]:
+        with self.lock:
+            return self.conn.execute(sql, params).fetchall()

@@ -1,0 +1,43 @@
+"""``VirtualClock``: time that moves only when a test says so."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+from typing import Any
+
+from ironflow.commands.durations import parse_duration, parse_instant
+
+
+class VirtualClock:
+    """A clock for ``Engine(clock=...)``: ``advance("7d")`` skips a week at once."""
+
+    is_virtual = True
+
+    def __init__(self, start: Any = None) -> None:
+        if start is None:
+            start = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
+        self._now = parse_instant(start, what="VirtualClock start")
+        self._lock = threading.Lock()
+
+    def now(self) -> _dt.datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, duration: Any) -> _dt.datetime:
+        """Move time forward by ``duration`` (same forms as ``step.sleep``); the new time."""
+        step = parse_duration(duration, what="advance duration")
+        with self._lock:
+            self._now = self._now + step
+            return self._now
+
+    def set(self, when: Any) -> None:
+        """Jump to ``when`` (an aware datetime or ISO string), never backwards."""
+        target = parse_instant(when, what="VirtualClock time")
+        with self._lock:
+            if target < self._now:
+                raise ValueError(f"VirtualClock cannot go back from {self._now} to {target}")
+            self._now = target
+
+    def __repr__(self) -> str:
+        return f"VirtualClock({self._now.isoformat()!r})"
