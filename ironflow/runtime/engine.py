@@ -49,6 +49,8 @@ from ironflow.interpreter import Decision, Interpreter, Work
 from ironflow.runtime import rows
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.executor import Executor, Job, Outcome
+from ironflow.runtime.faults import ENABLED as _FAULTS
+from ironflow.runtime.faults import crash_point
 from ironflow.runtime.models import TERMINAL, Run, RunError
 from ironflow.runtime.store import SQLiteStore, parse_url
 
@@ -383,6 +385,9 @@ class Engine:
             for run_id, inputs in work.items():
                 self._drive(conn, run_id, inputs, timers.get(run_id, ()), now, now_us, jobs)
         self.stats["commits"] += 1
+        if _FAULTS:
+            crash_point("commit")
+            crash_point("dispatch")
         if dispatch:
             self._outstanding += len(jobs)
             for job in jobs:
@@ -501,6 +506,8 @@ class Engine:
         live.decision = None
         for step_id, kind, _attempt in timers:
             conn.execute("DELETE FROM timers WHERE run_id = ? AND step_id = ?", (run_id, step_id))
+            if _FAULTS:
+                crash_point("timer-fire")
             if kind == "sleep":
                 inputs.append((TimerFired, {"id": step_id}))
             elif kind == "wait":
@@ -523,6 +530,8 @@ class Engine:
             "SELECT pos, type, ts_us, body FROM inbox WHERE run_id = ? ORDER BY pos", (run_id,)
         ).fetchall():
             conn.execute("DELETE FROM inbox WHERE pos = ?", (pos,))
+            if _FAULTS and kind == "WaitMatched":
+                crash_point("event-deliver")
             inputs.append(_inbox_input(kind, json.loads(body)))
         appended: list[HistoryEvent] = []
         while True:

@@ -23,6 +23,8 @@ from ironflow.errors import NonRetryableError, StepTimeoutError
 from ironflow.history.codec import converter
 from ironflow.history.errors import encode_error
 from ironflow.history.events import ErrorInfo
+from ironflow.runtime.faults import ENABLED as _FAULTS
+from ironflow.runtime.faults import crash_point
 
 
 @attrs.frozen
@@ -115,6 +117,8 @@ class Executor:
         self.results.put(outcome)
 
     def _run_sync(self, job: Job) -> None:
+        if _FAULTS:
+            crash_point("step-start")
         try:
             value = job.fn(*job.args)
             if inspect.isawaitable(value):
@@ -122,6 +126,8 @@ class Executor:
         except BaseException as exc:
             self._finish(_failure(job, exc))
             return
+        if _FAULTS:
+            crash_point("step-end")
         self._finish(_outcome(job, value))
 
     def _submit_async(self, job: Job) -> None:
