@@ -20,8 +20,12 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(PY) -m pytest
 
+demo: $(STAMP)
+	$(PY) -m examples.demo
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.replay
+	$(PY) -m benchmarks.engine
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

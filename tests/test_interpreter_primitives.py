@@ -1052,7 +1052,7 @@ def test_branch_may_return_a_command_or_a_generator():
 
 def test_map_calls_fn_with_item_namespace_and_index():
     def per_item(item, s, index):
-        assert s is step
+        assert s.run is step.run and s.sleep is step.sleep
         return s.run(f"item-{item['k']}", echo, [item["k"], index])
 
     def flow(ctx):
@@ -1404,6 +1404,7 @@ def test_ctx_event_and_run_id():
     def flow(ctx):
         return {"run": ctx.run_id, "name": ctx.event.name, "data": ctx.event.data,
                 "id": ctx.event.id}
+        yield  # pragma: no cover - makes this a generator
 
     sim = Sim(flow, {"k": [1]}, run_id="the-run")
     assert output_of(sim.decision) == {

@@ -198,4 +198,8 @@ def _loaded_after_import(module: str) -> list[str]:
     "module", ["ironflow.interpreter", "ironflow.commands", "ironflow.history", "ironflow.step"]
 )
 def test_importing_the_core_loads_no_storage_network_or_runtime(module: str) -> None:
-    assert _loaded_after_import(module) == []
+    loaded = _loaded_after_import(module)
+    assert loaded == [], (
+        f"`import {module}` also loaded {loaded}: the pure core must not pull in storage or the "
+        f"runtime (if ironflow/__init__.py re-exports Engine, import it lazily via __getattr__)"
+    )

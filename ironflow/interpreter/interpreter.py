@@ -493,8 +493,12 @@ class Interpreter:
     # --- deciding ------------------------------------------------------------------------------
 
     def _decide(self) -> Decision:
+        # A registered undo is recorded even if its task was abandoned in the same batch: it
+        # still runs should the run fail, and its completion must name a recorded command.
         fresh: list[_Slot | _Other] = [
-            slot for slot in self._tent_cmds.values() if not slot.task.abandoned
+            slot
+            for slot in self._tent_cmds.values()
+            if not slot.task.abandoned or slot.kind == "compensate"
         ]
         fresh.extend(self._tent_other.values())
         fresh.sort(key=lambda item: item.order)
@@ -1155,6 +1159,11 @@ class Interpreter:
         if slot is None:
             for other in self._tent_cmds.values():
                 if other.task.prefix[:-1] == event.scope:
+                    slot = other
+                    break
+        if slot is None:  # the same command moved to another scope?
+            for other in self._tent_cmds.values():
+                if other.command.name == event.name and not other.task.abandoned:
                     slot = other
                     break
         if slot is None:
