@@ -45,12 +45,12 @@ from ironflow.history import (
     encode_error,
     event_from_dict,
     event_to_dict,
-    load_path,
     loads,
     type_name,
 )
 from ironflow.history.errors import RemoteError
 from ironflow.interpreter import replay
+from ironflow.testing.golden import load_path
 
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
 NYC = dt.timezone(dt.timedelta(hours=-5))

@@ -398,7 +398,8 @@ def test_exhausted_retries_raise_the_original_class_and_step_error():
         sim.fail("charge", ValueError("card declined"))
     assert output_of(sim.decision) == "handled"
     assert len(sim.events(RetryScheduled)) == 2
-    for decision in (sim.decision, replay(flow, sim.history), replay(flow, loads(dumps(sim.history)))):
+    replays = [replay(flow, sim.history), replay(flow, loads(dumps(sim.history)))]
+    for decision in [sim.decision, *replays]:
         assert decision.output == "handled"
     assert len(caught) == 3  # live, replay, replay through JSON
     for exc in caught:
@@ -685,7 +686,7 @@ def test_matched_event_data_is_a_copy():
     sim.match("w", "e", {"k": 1})
     sim.execute("after")
     assert output_of(sim.decision) == {"k": 1, "mutated": True}
-    recorded = [e for e in sim.history if type(e).__name__ == "WaitMatched"][0]
+    recorded = next(e for e in sim.history if type(e).__name__ == "WaitMatched")
     assert recorded.event.data == {"k": 1}
     sim.verify()
 
@@ -771,7 +772,9 @@ def test_parallel_ids_are_scoped_by_name_and_index():
 
 def test_nested_scopes_append_further():
     def inner(s, label):
-        return s.map("inner", ["a", "b"], lambda item, s, i: s.run("leaf", echo, f"{label}{item}{i}"))
+        return s.map(
+            "inner", ["a", "b"], lambda item, s, i: s.run("leaf", echo, f"{label}{item}{i}")
+        )
 
     def branch(label):
         def gen(s):

@@ -125,13 +125,17 @@ class MapPlan:
 
 
 ARG_KINDS = st.sampled_from(["const", "uuid", "random", "last"])
+RUNS = st.builds(Run, attempts=st.integers(1, 3), jitter=st.booleans(), arg=ARG_KINDS)
 LEAVES = st.one_of(
-    st.builds(Run, attempts=st.integers(1, 3), jitter=st.booleans(), arg=ARG_KINDS),
+    RUNS,
     st.builds(Sleep, seconds=st.integers(1, 600)),
+    RUNS,
     st.builds(Wait, timeout=st.integers(1, 600), match=st.booleans()),
     st.builds(Rand, kind=st.sampled_from(["uuid", "random", "now"])),
+    RUNS,
     st.builds(Undo, arg=ARG_KINDS),
-    st.just(Raise()),
+    # A planned uncaught error now and then, so that runs fail and compensate.
+    st.integers(0, 7).map(lambda n: Raise() if n == 7 else Run()),
 )
 CONCURRENCY = st.none() | st.integers(1, 3)
 ON_ERROR = st.sampled_from(["fail_fast", "all_settled"])
@@ -171,7 +175,7 @@ def blocks(par_depth: int, try_depth: int, max_size: int) -> st.SearchStrategy[t
     return st.lists(st.one_of(*options), max_size=max_size).map(tuple)
 
 
-PLANS = blocks(0, 0, 6)
+PLANS = blocks(0, 0, 8)
 
 
 def cost(block: tuple[Any, ...]) -> int:
@@ -304,6 +308,8 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text("k", max_size=2), inner),
     max_leaves=4,
 )
+OUTCOMES = st.sampled_from(["ok"] * 8 + ["retry"] * 3 + ["fatal"])
+MATCHED = st.sampled_from([True, True, True, False])
 ERRORS = st.sampled_from([ValueError("bad value"), RuntimeError("broken"), KeyError("missing")])
 
 
@@ -376,7 +382,7 @@ def drive(data: Any, plan: tuple[Any, ...]) -> Driven:
             work = pending[index]
             seq = len(history) + len(batch)
             if work.kind in ("run", "undo"):
-                outcome = data.draw(st.sampled_from(["ok", "retry", "fatal"]), f"{work.id}")
+                outcome = data.draw(OUTCOMES, work.id)
                 ts = at(work.due)
                 if outcome == "ok":
                     value = data.draw(JSON, f"{work.id} result")
@@ -391,7 +397,7 @@ def drive(data: Any, plan: tuple[Any, ...]) -> Driven:
                 batch.append(TimerFired(seq, at(work.due), work.id))
             else:
                 assert work.kind == "wait_event", work
-                if data.draw(st.booleans(), f"{work.id} matched"):
+                if data.draw(MATCHED, f"{work.id} matched"):
                     payload = data.draw(JSON, f"{work.id} data")
                     event = Event(f"e{seq}", "evt", payload, at(None))
                     batch.append(WaitMatched(seq, at(None), work.id, event))

@@ -5,7 +5,6 @@ from ironflow.history.codec import (
     dumps,
     event_from_dict,
     event_to_dict,
-    load_path,
     loads,
     parse_timestamp,
 )
@@ -66,7 +65,6 @@ __all__ = [
     "encode_error",
     "event_from_dict",
     "event_to_dict",
-    "load_path",
     "loads",
     "parse_timestamp",
     "type_name",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from pathlib import Path
 from typing import Any
 
 import cattrs
@@ -106,11 +105,6 @@ def loads(text: str) -> list[HistoryEvent]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON: a history holds no NaN or infinity")
-
-
-def load_path(path: str | Path) -> list[HistoryEvent]:
-    """A history read from a JSON file written by ``ironflow runs export``."""
-    return loads(Path(path).read_text(encoding="utf-8"))
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

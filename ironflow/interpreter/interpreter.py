@@ -52,7 +52,7 @@ from ironflow.errors import (
     WaitTimeoutError,
 )
 from ironflow.history.codec import converter, parse_timestamp
-from ironflow.history.errors import decode_error, encode_error
+from ironflow.history.errors import RemoteError, decode_error, encode_error
 from ironflow.history.events import (
     ChildCompleted,
     ChildFailed,
@@ -226,8 +226,8 @@ def _step_error_class(cls: type[BaseException]) -> Any:
     if cls in _combined:
         return _combined[cls]
     made: Any
-    if issubclass(cls, StepError) or not issubclass(cls, Exception):
-        made = None
+    if issubclass(cls, StepError | RemoteError) or not issubclass(cls, Exception):
+        made = None  # a RemoteError stands for a class not loaded here: plain StepError
     else:
         try:
             made = type(
@@ -449,6 +449,9 @@ class Interpreter:
             if handler is None:
                 raise TypeError(f"not a history event: {event!r}")
             handler(event)
+            if kind is RunResumed:  # resuming a failed run refolds into fresh state
+                tentative = self._tent_cmds
+                waiting = self._waiting
         self.events_processed += expected - start
         return self._decide()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ironflow.history.codec import load_path, loads
+from ironflow.history.codec import loads
 from ironflow.history.events import HistoryEvent
 from ironflow.interpreter import Decision
 from ironflow.interpreter import replay as _replay
@@ -15,6 +15,11 @@ def replay(flow: Any, history: Any) -> Decision:
     """Replay ``history`` (a list of events, JSON text, or a path to a file written by
     ``ironflow runs export``) with ``flow``; raises ``NonDeterminismError`` on divergence."""
     return _replay(flow, load_history(history))
+
+
+def load_path(path: str | Path) -> list[HistoryEvent]:
+    """A history read from a JSON file written by ``ironflow runs export``."""
+    return loads(Path(path).read_text(encoding="utf-8"))
 
 
 def load_history(history: Any) -> list[HistoryEvent]:
