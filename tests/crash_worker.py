@@ -118,9 +118,7 @@ def flow(ctx: Any) -> Any:
     fetched = yield step.run("fetch", body, "fetch", data["n"])
     flaky_result = yield step.run("flaky", flaky, "flaky")
     yield step.sleep("nap", SLEEP)
-    approval = yield step.wait_for_event(
-        "approval", event=EVENT, match="data.key", timeout="1h"
-    )
+    approval = yield step.wait_for_event("approval", event=EVENT, match="data.key", timeout="1h")
     pair = yield step.parallel(
         "pair",
         [

@@ -181,17 +181,25 @@ class Sim:
         """Replay the whole recorded history and check it agrees with the live run.
 
         A fresh replay, a replay through JSON text (``dumps``/``loads``) and feeds split into
-        batches of each of ``sizes`` must all decide nothing new and end in the live state.
+        batches of each of ``sizes`` units must all decide nothing new and end in the live
+        state. A unit is a runtime event with the decision events recorded right after it:
+        a batch never separates the two (``ctx.patched`` must see a run's decisions whole).
         """
         full = replay(self.flow, list(self.history))
         assert not full.events, f"a replay of the full history decided more: {full.events}"
         assert same_state(full, self.decision), (full, self.decision)
         assert replay(self.flow, loads(dumps(self.history))) == full, "JSON round trip differs"
+        units: list[list[Any]] = []
+        for event in self.history:
+            if units and is_decision_event(event):
+                units[-1].append(event)
+            else:
+                units.append([event])
         for size in sizes:
             interp = Interpreter(self.flow)
             last = None
-            for start in range(0, len(self.history), size):
-                last = interp.feed(self.history[start : start + size])
+            for start in range(0, len(units), size):
+                last = interp.feed([e for unit in units[start : start + size] for e in unit])
             assert last == full, f"feeding batches of {size} differs: {last} != {full}"
             if not any(isinstance(event, RunResumed) for event in self.history):
                 assert interp.events_processed == len(self.history)  # resuming refolds

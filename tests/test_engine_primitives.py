@@ -66,6 +66,24 @@ def calls() -> Calls:
     return Calls()
 
 
+def idle(engine: Engine, timeout: float = 20.0) -> None:
+    """``run_until_idle`` that fails the test instead of hanging it."""
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            engine.run_until_idle()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"run_until_idle did not return within {timeout}s"
+    if errors:
+        raise errors[0]
+
+
 def status(engine: Engine, run_id: str) -> str:
     return engine.get_run(run_id).status
 
@@ -608,6 +626,33 @@ def test_invoke_timeout_raises_invoke_error(engine, clock):
     engine.run_until_idle()
     out = engine.get_run(rid).output
     assert out.startswith("timed out") and "timed out" in out[len("timed out") :]
+
+
+def test_child_finishing_after_its_invoke_timed_out_leaves_the_engine_idle(engine, clock):
+    @ironflow.function(id="slow-child2")
+    def child(ctx):
+        yield step.sleep("long", "1d")
+        return "late"
+
+    @ironflow.function(id="hurried2")
+    def parent(ctx):
+        try:
+            return (yield step.invoke("call", child, timeout="1h"))
+        except InvokeError:
+            return "gave up"
+
+    engine.register(child)
+    engine.register(parent)
+    rid = engine.start("hurried2")
+    engine.run_until_idle()
+    clock.advance("1h")
+    engine.run_until_idle()
+    assert engine.get_run(rid).output == "gave up"
+    clock.advance("1d")
+    idle(engine)  # the child's late completion must not make the finished parent runnable
+    [kid] = engine.list_runs(function="slow-child2")
+    assert kid.status == "completed" and kid.output == "late"
+    assert engine.get_run(rid).output == "gave up"
 
 
 def test_invoke_async_returns_child_run_id_and_child_runs(engine, calls, clock):

@@ -259,6 +259,9 @@ def test_retry_policy_counts_the_first_try_and_backs_off_from_the_failure_time()
     assert retry.at == T0.add(seconds=11)
     (work,) = sim.decision.commands
     assert (work.id, work.attempt, work.due) == ("flaky", 2, T0.add(seconds=11))
+    # The retry's due is in Work.due, not in the command's detail (the same live and cold).
+    assert work.detail == {"max_attempts": 3}
+    assert replay(flow, sim.history).pending[0].detail == {"max_attempts": 3}
     assert sim.pending["flaky"].attempt == 2
 
     sim.tick(5)
@@ -1643,6 +1646,97 @@ def test_resume_after_compensations_ran_and_fail_again():
         sim.execute(work.id)
     assert order == ["compensate:c", "compensate:b", "compensate:a"]
     assert str(sim.decision.error) == "second"
+    sim.verify()
+
+
+def two_branches(ctx):
+    def chain(s):
+        first = yield s.run("b", echo, "B")
+        second = yield s.run("c", echo, first + "C")
+        return second
+
+    return (yield step.parallel("p", [lambda s: s.run("a", echo, "A"), chain]))
+
+
+def test_resume_replays_in_one_batch_with_work_decided_after_the_resume():
+    sim = Sim(two_branches)
+    # In one batch: branch 1 moves on to "c" and branch 0 fails, failing the run at once.
+    sim.feed_many(
+        [
+            (StepCompleted, {"id": "p/1/b", "attempt": 1, "result": "B"}),
+            (StepFailed, {"id": "p/0/a", "attempt": 1, "retryable": False,
+                          "error": ErrorInfo("ValueError", "x")}),
+        ]
+    )
+    assert sim.decision.status == "failed"
+    assert "p/1/c" not in sim.scheduled_ids()
+    decision = sim.resume()
+    assert [w.id for w in decision.commands] == ["p/1/c", "p/0/a"]
+    assert decision.commands[1].attempt == 2
+    sim.complete("p/1/c", "BC")
+    # A cold replay of everything in one feed folds the resume and what followed it.
+    assert replay(two_branches, sim.history).pending == sim.decision.pending
+    sim.complete("p/0/a", "A")
+    assert output_of(sim.decision) == ["A", "BC"]
+    sim.verify()
+
+
+def test_resume_makes_abandoned_in_flight_branches_pending_again():
+    def flow(ctx):
+        return (
+            yield step.parallel("p", [lambda s: s.run("a", echo), lambda s: s.run("b", echo)])
+        )
+
+    sim = Sim(flow)
+    sim.fail("p/0/a", ValueError("x"), retryable=False)
+    assert sim.decision.pending == ()
+    decision = sim.resume()
+    assert {w.id for w in decision.pending} == {"p/0/a", "p/1/b"}
+    assert [w.id for w in decision.commands] == ["p/0/a"]  # "p/1/b" was scheduled before
+    sim.complete("p/1/b", "B")
+    sim.complete("p/0/a", "A")
+    assert output_of(sim.decision) == ["A", "B"]
+    sim.verify()
+
+
+def test_resume_keeps_a_late_completion_of_an_abandoned_branch():
+    def flow(ctx):
+        return (
+            yield step.parallel("p", [lambda s: s.run("a", echo), lambda s: s.run("b", echo)])
+        )
+
+    sim = Sim(flow)
+    sim.fail("p/0/a", ValueError("x"), retryable=False)
+    sim.complete("p/1/b", "B", attempt=1)  # ignored while failed ...
+    decision = sim.resume()
+    assert [w.id for w in decision.pending] == ["p/0/a"]  # ... and kept on resume
+    sim.complete("p/0/a", "A")
+    assert output_of(sim.decision) == ["A", "B"]
+    sim.verify()
+
+
+def test_undo_registered_by_a_branch_abandoned_in_the_same_batch_still_runs():
+    def branch(s):
+        yield s.run("a", echo)
+        yield s.compensate("a", undo, "undo a")
+        yield s.run("a2", echo)
+
+    def flow(ctx):
+        yield step.parallel("p", [branch, lambda s: s.run("b", echo)])
+
+    sim = Sim(flow)
+    sim.feed_many(
+        [
+            (StepCompleted, {"id": "p/0/a", "attempt": 1, "result": None}),
+            (StepFailed, {"id": "p/1/b", "attempt": 1, "retryable": False,
+                          "error": ErrorInfo("ValueError", "b failed")}),
+        ]
+    )
+    assert "p/0/compensate:a" in sim.scheduled_ids()
+    assert "p/0/a2" not in sim.scheduled_ids()
+    assert [w.id for w in sim.decision.commands] == ["p/0/compensate:a"]
+    sim.execute("p/0/compensate:a")
+    assert sim.decision.status == "failed" and str(sim.decision.error) == "b failed"
     sim.verify()
 
 

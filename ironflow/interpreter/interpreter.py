@@ -501,7 +501,7 @@ class Interpreter:
         fresh: list[_Slot | _Other] = [
             slot
             for slot in self._tent_cmds.values()
-            if not slot.task.abandoned or slot.kind == "compensate"
+            if not slot.task.abandoned
         ]
         fresh.extend(self._tent_other.values())
         fresh.sort(key=lambda item: item.order)

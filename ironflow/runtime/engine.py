@@ -123,6 +123,8 @@ class Engine:
         self._stopping = threading.Event()
         self._next_renewal_us = 0
         self.stats = {"runs_taken": 0, "steps_executed": 0, "commits": 0}
+        # Test kit hook: step functions replaced by step name (see ironflow.testing.mock_steps).
+        self.step_mocks: dict[str, Callable[..., Any]] = {}
 
     # --- registration ------------------------------------------------------------------------
 
@@ -572,7 +574,7 @@ class Engine:
             for work in due_steps:
                 if live.in_flight.get(work.id) != work.attempt:
                     live.in_flight[work.id] = work.attempt
-                    jobs.append(_job(run_id, work))
+                    jobs.append(_job(run_id, work, self.step_mocks))
         else:
             conn.execute(
                 "UPDATE runs SET status = 'waiting', next_seq = ?, ready = 0, updated_us = ?, "
@@ -976,14 +978,14 @@ def _inbox_input(kind: str, body: dict[str, Any]) -> Input:
     return (cls, body)
 
 
-def _job(run_id: str, work: Work) -> Job:
+def _job(run_id: str, work: Work, mocks: dict[str, Callable[..., Any]]) -> Job:
     command: Any = work.command
     timeout = getattr(command, "timeout", None)
     return Job(
         run_id,
         work.id,
         work.attempt,
-        command.fn,
+        mocks.get(command.name, command.fn) if mocks else command.fn,
         command.args,
         None if timeout is None else timeout.total_seconds(),
     )

@@ -3,6 +3,15 @@
 from ironflow.testing import strategies
 from ironflow.testing.check import check_workflow
 from ironflow.testing.clock import VirtualClock
-from ironflow.testing.golden import load_history, replay
+from ironflow.testing.golden import load_history, load_path, replay
+from ironflow.testing.mocks import mock_steps
 
-__all__ = ["VirtualClock", "check_workflow", "load_history", "replay", "strategies"]
+__all__ = [
+    "VirtualClock",
+    "check_workflow",
+    "load_history",
+    "load_path",
+    "mock_steps",
+    "replay",
+    "strategies",
+]

@@ -71,7 +71,8 @@ def check_workflow(
                     _report(
                         flow,
                         "the outcome depends on where the worker crashed:\n"
-                        f"  without crashes: {_summary(calm)}\n  with crashes:    {_summary(outcome)}",
+                        f"  without crashes: {_summary(calm)}\n"
+                        f"  with crashes:    {_summary(outcome)}",
                         outcome.actions,
                     )
                 )

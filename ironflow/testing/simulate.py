@@ -78,7 +78,10 @@ class _Epoch:
 
 
 def _skewed_now(tz: Any = None) -> _dt.datetime:
-    base = START + _dt.timedelta(days=_Epoch.current * 3 + 1, microseconds=_Epoch.current * 7919)
+    # Each epoch moves every field (day, hour, minute, second, microsecond) by a different
+    # amount, so code branching on any of them sees a change.
+    skew = _dt.timedelta(days=1, hours=7, minutes=13, seconds=17, microseconds=7919)
+    base = START + skew * _Epoch.current
     return base if tz is not None else base.replace(tzinfo=None)
 
 

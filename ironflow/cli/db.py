@@ -1,0 +1,152 @@
+"""Which database a command uses, and opening it without changing it when only reading.
+
+Read-only commands (``runs list/show/export``, ``replay``) never create a database and never
+write to one: they open it through SQLite's read-only URI (``mode=ro``). When no ``-wal`` or
+``-journal`` file sits beside the database (nobody has it open, everything is in the main file)
+they add ``immutable=1`` too, so that not even the empty ``-wal``/``-shm`` side files a
+read-only WAL reader would leave behind are created. A worker that starts meanwhile writes to a
+new ``-wal`` file, not to the main file, so that snapshot stays consistent.
+
+Commands that write check the file the same read-only way before the engine opens it
+read-write: the engine's store switches a file to WAL mode as it opens it, which would change a
+SQLite file that turns out not to be an ironflow database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import sqlite_utils
+
+from ironflow.cli.errors import CLIError, one_line
+from ironflow.runtime import Engine, SQLiteStore, StoreError
+from ironflow.runtime.store import SCHEMA_VERSION, parse_url
+
+DEFAULT_DB = "ironflow.db"
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def db_path(url: str | None) -> str:
+    """The SQLite path ``--db`` names (default ``ironflow.db``); ``CLIError`` if unusable."""
+    try:
+        return parse_url(url if url is not None else DEFAULT_DB)
+    except ValueError as exc:
+        raise CLIError(one_line(exc)) from None
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A connection that cannot write to ``path`` (see the module docstring)."""
+    full = os.path.abspath(path)
+    quiescent = not any(os.path.exists(full + suffix) for suffix in ("-wal", "-journal"))
+    query = "mode=ro&immutable=1" if quiescent else "mode=ro"
+    uri = f"file:{urllib.parse.quote(full)}?{query}"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+def check_database(path: str, *, writable: bool = False) -> None:
+    """Fail with ``CLIError`` unless ``path`` is an existing ironflow database; reads only.
+
+    ``writable=True`` (a command about to open it read-write) also accepts an empty file,
+    which the engine initializes like a new one.
+    """
+    if path == ":memory:":
+        raise CLIError("--db :memory: holds nothing between commands; give a database file")
+    if not os.path.exists(path):
+        raise CLIError(f"database {path} does not exist")
+    if os.path.isdir(path):
+        raise CLIError(f"{path} is a directory, not an ironflow database")
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not header and writable:
+        return
+    if header != SQLITE_HEADER:
+        raise CLIError(f"{path} is not an ironflow database (not a SQLite file)")
+    try:
+        conn = connect_readonly(path)
+    except sqlite3.Error as exc:
+        raise CLIError(f"cannot open {path}: {one_line(exc)}") from None
+    try:
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if "ironflow_meta" not in tables:
+            if not tables and writable:
+                return
+            raise CLIError(
+                f"{path} is a SQLite database but not an ironflow one (no ironflow_meta table)"
+            )
+        row = conn.execute(
+            "SELECT value FROM ironflow_meta WHERE key = 'schema_version'"
+        ).fetchone()
+    except sqlite3.Error as exc:
+        raise CLIError(f"{path} is not a usable ironflow database: {one_line(exc)}") from None
+    finally:
+        conn.close()
+    version = row[0] if row else None
+    if version != str(SCHEMA_VERSION):
+        raise CLIError(
+            f"{path} has ironflow schema version {version}; this ironflow reads version "
+            f"{SCHEMA_VERSION}"
+        )
+
+
+def check_writable(path: str, *, create: bool) -> None:
+    """Before opening ``path`` read-write: it is ours, or absent and ``create`` allows that."""
+    if create and (path == ":memory:" or not os.path.exists(path)):
+        return
+    check_database(path, writable=True)
+
+
+class ReadOnlyStore(SQLiteStore):
+    """The engine's store on a read-only connection: its read queries, and no writes."""
+
+    def __init__(self, path: str) -> None:  # no super().__init__: it would migrate
+        self.path = path
+        self.durability = "full"
+        self.lock = threading.RLock()
+        self.conn = connect_readonly(path)
+        self.db = sqlite_utils.Database(self.conn)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        raise RuntimeError(f"{self.path} is open read-only")
+        yield self.conn  # pragma: no cover - makes this a generator
+
+
+@contextlib.contextmanager
+def reading(url: str | None) -> Iterator[Engine]:
+    """An engine on the existing database ``url`` names that can only read it."""
+    path = db_path(url)
+    check_database(path)
+    try:
+        engine = Engine(ReadOnlyStore(path))
+    except sqlite3.Error as exc:
+        raise CLIError(f"cannot open {path}: {one_line(exc)}") from None
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def open_engine(path: str, *, create: bool, **settings: Any) -> Engine:
+    """An engine that may write ``path`` (created only if ``create``); ``CLIError`` if not."""
+    check_writable(path, create=create)
+    try:
+        return Engine(path, **settings)
+    except (StoreError, sqlite3.Error, OSError, ValueError) as exc:
+        raise CLIError(f"cannot open {path}: {one_line(exc)}") from None
+
+
+def same_database(a: str, b: str) -> bool:
+    if ":memory:" in (a, b):
+        return False
+    return os.path.realpath(a) == os.path.realpath(b)

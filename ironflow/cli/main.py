@@ -1,0 +1,477 @@
+"""The ``ironflow`` command line: run a worker, start and inspect runs, check replays.
+
+Bad input (malformed JSON, an unknown function or run, a missing or foreign database) prints
+one line ``ironflow: error: ...`` on stderr, exits 2 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ironflow.cli import render
+from ironflow.cli.app import App, load_app
+from ironflow.cli.db import check_writable, db_path, open_engine, reading
+from ironflow.cli.errors import CLIError, one_line
+from ironflow.commands.builders import check_name
+from ironflow.errors import NonDeterminismError
+from ironflow.history import RunStarted, dumps, loads
+from ironflow.interpreter import replay as replay_history
+from ironflow.runtime import STATUSES, Engine
+from ironflow.runtime.rows import from_us
+
+F = Callable[..., Any]
+
+
+class IronflowGroup(click.Group):
+    """A group whose errors, usage errors included, are one line on stderr."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"ironflow: error: {one_line(exc.format_message())}{hint}", err=True)
+            code = exc.exit_code
+        except click.ClickException as exc:
+            click.echo(f"ironflow: error: {one_line(exc.format_message())}", err=True)
+            code = exc.exit_code
+        except click.Abort:
+            click.echo("ironflow: aborted", err=True)
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def db_option(fn: F) -> F:
+    return click.option(
+        "--db",
+        metavar="URL",
+        envvar="IRONFLOW_DB",
+        default=None,
+        help="SQLite file or sqlite:///path (default: $IRONFLOW_DB, then ./ironflow.db).",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+
+
+def app_option(required: bool) -> Callable[[F], F]:
+    return click.option(
+        "--app",
+        "app_spec",
+        metavar="APP",
+        envvar="IRONFLOW_APP",
+        required=required,
+        help="module:engine or module:function, importable from here (default: $IRONFLOW_APP).",
+    )
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def parse_data(text: str | None, what: str) -> Any:
+    """A JSON argument (``-`` reads stdin); ``None`` when absent."""
+    if text is None:
+        return None
+    if text == "-":
+        text = click.get_text_stream("stdin").read()
+
+    def reject(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=reject)
+    except ValueError as exc:
+        raise CLIError(f"malformed JSON for {what}: {one_line(exc)}") from None
+
+
+def checked_name(value: str, what: str) -> str:
+    try:
+        check_name(value, what)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(one_line(exc)) from None
+    return value
+
+
+def loaded_app(spec: str, db: str | None) -> App:
+    """Import ``spec``; when ``--db`` is given, vet that database first (imports may write)."""
+    if db is not None:
+        check_writable(db_path(db), create=True)
+    return load_app(spec)
+
+
+@click.group(cls=IronflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ironflow", prog_name="ironflow")
+def cli() -> None:
+    """ironflow: durable workflows as plain Python generators, run on SQLite."""
+
+
+# --- worker -----------------------------------------------------------------------------------
+
+
+class Reporter:
+    """``serve(on_idle=...)``: one line whenever the work done or the next timer changed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.last: tuple[Any, ...] | None = None
+
+    def next_timer(self) -> _dt.datetime | None:
+        row = self.engine.store.query("SELECT MIN(due_us) FROM timers")
+        return from_us(row[0][0]) if row and row[0][0] is not None else None
+
+    def summary(self) -> str:
+        stats = self.engine.stats
+        return f"{stats['runs_taken']} runs taken, {stats['steps_executed']} steps executed"
+
+    def __call__(self) -> None:
+        due = self.next_timer()
+        key = (self.engine.stats["runs_taken"], self.engine.stats["steps_executed"], due)
+        if key == self.last:
+            return
+        self.last = key
+        if due is None:
+            timer = "no timers"
+        else:
+            wait = (due - self.engine.clock.now()).total_seconds()
+            timer = f"next timer {render.when(due)} UTC (in {render.duration(max(wait, 0))})"
+        click.echo(f"[{render.when(self.engine.clock.now())}] idle: {self.summary()}; {timer}")
+
+
+@cli.command()
+@click.argument("app")
+@db_option
+def worker(app: str, db: str | None) -> None:
+    """Run the workflows of APP until SIGTERM or Ctrl-C (module:engine or module:function)."""
+    engine = loaded_app(app, db).engine_on(db, create=True)
+    if not engine.functions:
+        raise CLIError(f"{app} registers no functions: engine.register(...) some first")
+    names = ", ".join(sorted(engine.functions))
+    click.echo(
+        f"ironflow worker {engine.worker_id} on {engine.store.path}: functions {names} "
+        f"(SIGTERM or Ctrl-C stops)"
+    )
+    reporter = Reporter(engine)
+    try:
+        engine.serve(install_signals=True, on_idle=reporter)
+    finally:
+        engine.close()
+    click.echo(f"worker stopped: {reporter.summary()}")
+
+
+# --- start and emit ---------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("function_id")
+@click.argument("data", required=False)
+@app_option(required=True)
+@click.option("--run-id", default=None, help="Run id to use; starting it again starts nothing.")
+@db_option
+@json_option
+def start(
+    function_id: str,
+    data: str | None,
+    app_spec: str,
+    run_id: str | None,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Start a run of FUNCTION_ID with the JSON DATA ('-' reads stdin); prints its run id."""
+    payload = parse_data(data, "DATA")
+    if run_id is not None:
+        checked_name(run_id, "run id")
+    app = loaded_app(app_spec, db)
+    app.function(function_id)
+    engine = app.engine_on(db, create=True)
+    try:
+        started = engine.start(function_id, payload, run_id=run_id)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(one_line(exc)) from None
+    finally:
+        engine.close()
+    if as_json:
+        print_json({"run_id": started})
+    else:
+        click.echo(started)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("data", required=False)
+@click.option("--idempotency-key", default=None, help="The same key twice is one event.")
+@app_option(required=False)
+@db_option
+@json_option
+def emit(
+    name: str,
+    data: str | None,
+    idempotency_key: str | None,
+    app_spec: str | None,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Emit the event NAME with JSON DATA; prints the ids of the runs it started.
+
+    Without --app only runs already waiting for NAME can take it (the functions an event
+    starts are known to the code, not the database), and the database must exist.
+    """
+    checked_name(name, "event name")
+    payload = parse_data(data, "DATA")
+    if idempotency_key is not None:
+        checked_name(idempotency_key, "idempotency key")
+    if app_spec is None:
+        engine = open_engine(db_path(db), create=False)
+    else:
+        engine = loaded_app(app_spec, db).engine_on(db, create=True)
+    try:
+        started = engine.emit(name, payload, idempotency_key=idempotency_key)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(one_line(exc)) from None
+    finally:
+        engine.close()
+    if as_json:
+        print_json({"event": name, "run_ids": started})
+        return
+    for rid in started:
+        click.echo(rid)
+    if not started:
+        click.echo(f"ironflow: event {name!r} emitted; it started no runs", err=True)
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+@cli.group()
+def runs() -> None:
+    """Inspect and control runs."""
+
+
+def get_run(engine: Engine, run_id: str) -> Any:
+    try:
+        return engine.get_run(run_id)
+    except KeyError:
+        raise CLIError(f"no run {run_id!r} in {engine.store.path}") from None
+
+
+@runs.command("list")
+@click.option(
+    "--status", type=click.Choice(STATUSES), default=None, help="Only runs in this state."
+)
+@click.option("--function", "function_id", default=None, help="Only runs of this function id.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest N runs."
+)
+@db_option
+@json_option
+def list_runs(
+    status: str | None, function_id: str | None, limit: int, db: str | None, as_json: bool
+) -> None:
+    """List runs, newest first."""
+    with reading(db) as engine:
+        found = engine.list_runs(status=status, function=function_id, limit=limit)
+    if as_json:
+        print_json([render.run_json(run) for run in found])
+    elif not found:
+        click.echo("no runs")
+    else:
+        for line in render.runs_table(found):
+            click.echo(line)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@db_option
+@json_option
+def show_run(run_id: str, db: str | None, as_json: bool) -> None:
+    """Show a run's timeline: each step with its kind, status, attempts and duration."""
+    with reading(db) as engine:
+        run = get_run(engine, run_id)
+        history = engine.history(run_id)
+    line = render.timeline(history, run.status)
+    if as_json:
+        print_json(
+            {
+                "run": render.run_json(run),
+                "steps": [view.to_json() for view in line.steps],
+                "markers": [marker.to_json() for marker in line.markers],
+            }
+        )
+        return
+    for text in render.timeline_lines(run, line):
+        click.echo(text)
+
+
+@runs.command("export")
+@click.argument("run_id")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to this file."
+)
+@db_option
+def export_run(run_id: str, output: str | None, db: str | None) -> None:
+    """Print a run's history as JSON (for `ironflow replay` and ironflow.testing.replay)."""
+    with reading(db) as engine:
+        get_run(engine, run_id)
+        text = dumps(engine.history(run_id))
+    if output is None:
+        click.echo(text)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    except OSError as exc:
+        raise CLIError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+def _control(db: str | None, run_id: str, allowed: tuple[str, ...], verb: str) -> Engine:
+    """Vet the run read-only, then open the database for writing."""
+    with reading(db) as engine:
+        run = get_run(engine, run_id)
+    if run.status not in allowed:
+        raise CLIError(
+            f"run {run_id!r} is {run.status}; only {' or '.join(allowed)} runs can be {verb}"
+        )
+    return open_engine(db_path(db), create=False)
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--compensate", is_flag=True, help="Run the registered undos first.")
+@click.option("--reason", default="", help="Recorded in the run's history.")
+@db_option
+@json_option
+def cancel_run(run_id: str, compensate: bool, reason: str, db: str | None, as_json: bool) -> None:
+    """Cancel a run (and its child runs); a worker finishes a run that is not blocked."""
+    active = ("pending", "running", "waiting", "blocked")
+    engine = _control(db, run_id, active, "cancelled")
+    try:
+        engine.cancel(run_id, compensate=compensate, reason=reason)
+        status = engine.get_run(run_id).status
+    except (KeyError, ValueError) as exc:
+        raise CLIError(one_line(exc)) from None
+    finally:
+        engine.close()
+    if as_json:
+        print_json({"run_id": run_id, "status": status, "cancel_requested": True})
+    elif status == "cancelled":
+        click.echo(f"run {run_id} cancelled")
+    else:
+        click.echo(f"run {run_id}: cancel requested; a worker will cancel it (now {status})")
+
+
+@runs.command("resume")
+@click.argument("run_id")
+@db_option
+@json_option
+def resume_run(run_id: str, db: str | None, as_json: bool) -> None:
+    """Resume a failed or blocked run: completed steps are kept, the failed one runs again."""
+    engine = _control(db, run_id, ("failed", "blocked"), "resumed")
+    try:
+        engine.resume(run_id)
+        status = engine.get_run(run_id).status
+    except (KeyError, ValueError) as exc:
+        raise CLIError(one_line(exc)) from None
+    finally:
+        engine.close()
+    if as_json:
+        print_json({"run_id": run_id, "status": status})
+    else:
+        click.echo(f"run {run_id} resumed; a worker will continue it")
+
+
+# --- replay -----------------------------------------------------------------------------------
+
+
+def _history_of(source: str, db: str | None) -> tuple[list[Any], str]:
+    """The history in the JSON file ``source``, or of the run ``source`` in ``--db``."""
+    if os.path.isfile(source):
+        try:
+            with open(source, encoding="utf-8") as handle:
+                return loads(handle.read()), source
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"{source}: {one_line(exc)}") from None
+    if source.endswith(".json"):
+        raise CLIError(f"file {source} does not exist")
+    path = db_path(db)
+    if not os.path.exists(path):
+        raise CLIError(f"{source} is not a file, and database {path} does not exist")
+    with reading(db) as engine:
+        get_run(engine, source)
+        return engine.history(source), f"run {source}"
+
+
+@cli.command("replay")
+@click.argument("app")
+@click.argument("file_or_run_id", metavar="FILE_OR_RUN_ID")
+@db_option
+@json_option
+@click.pass_context
+def replay_cmd(
+    ctx: click.Context, app: str, file_or_run_id: str, db: str | None, as_json: bool
+) -> None:
+    """Check that APP's code replays a recorded history exactly.
+
+    Exit 0 if it does; else print where replay diverged and exit 1. FILE_OR_RUN_ID is a file
+    written by `ironflow runs export` or the id of a run in --db.
+    """
+    history, origin = _history_of(file_or_run_id, db)
+    if not history or not isinstance(history[0], RunStarted):
+        raise CLIError(f"{origin}: a history starts with a RunStarted event")
+    function_id = history[0].function_id
+    flow = load_app(app).flow_for(function_id)
+    try:
+        decision = replay_history(flow, history)
+    except NonDeterminismError as exc:
+        if as_json:
+            print_json(
+                {
+                    "ok": False,
+                    "function": function_id,
+                    "events": len(history),
+                    "position": exc.position,
+                    "error": str(exc),
+                }
+            )
+        else:
+            click.echo(f"{origin} does not replay with {app}:")
+            click.echo(str(exc))
+        ctx.exit(1)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {one_line(exc)}"
+        if as_json:
+            print_json({"ok": False, "function": function_id, "error": message})
+        else:
+            click.echo(f"{origin}: replay with {app} raised {message}")
+        ctx.exit(1)
+    if as_json:
+        print_json(
+            {"ok": True, "function": function_id, "events": len(history), "status": decision.status}
+        )
+    else:
+        click.echo(
+            f"ok: {origin} ({len(history)} events, {function_id}, {decision.status}) replays "
+            f"exactly with {app}"
+        )
+
+
+def main(args: Any = None) -> Any:
+    """The ``ironflow`` console script."""
+    return cli.main(args=args, prog_name="ironflow")
