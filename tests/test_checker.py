@@ -9,6 +9,7 @@ import pytest
 from examples import order, saga
 from ironflow.testing import check_workflow
 from ironflow.testing.simulate import Simulation
+from ironflow.testing.strategies import Tape
 
 
 @pytest.mark.parametrize(

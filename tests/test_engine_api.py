@@ -85,7 +85,7 @@ def calls() -> Calls:
     return Calls()
 
 
-def idle(engine: Engine, timeout: float = 20.0) -> None:
+def idle(engine: Engine, timeout: float = 10.0) -> None:
     """``run_until_idle`` that fails the test instead of hanging it."""
     errors: list[BaseException] = []
 
