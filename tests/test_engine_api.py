@@ -686,14 +686,15 @@ def test_register_rejects_undeclared_functions(engine):
     def plain(ctx):
         yield step.sleep("x", "1s")
 
-    with pytest.raises(TypeError, match="ironflow.function"):
+    with pytest.raises(TypeError, match=r"ironflow\.function"):
         engine.register(plain)
     with pytest.raises(TypeError):
         engine.register(lambda ctx: None)
 
 
 @pytest.mark.parametrize(
-    "url", ["postgresql://user@localhost/app", "postgres://db", "mysql://x/y", "", "   ", "sqlite://"]
+    "url",
+    ["postgresql://user@localhost/app", "postgres://db", "mysql://x/y", "", "   ", "sqlite://"],
 )
 def test_bad_store_urls_are_refused_and_create_nothing(tmp_path, monkeypatch, url):
     monkeypatch.chdir(tmp_path)
@@ -705,7 +706,7 @@ def test_bad_store_urls_are_refused_and_create_nothing(tmp_path, monkeypatch, ur
 
 def test_postgres_url_says_not_available_yet(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="postgresql.*not available yet"):
+    with pytest.raises(ValueError, match=r"postgresql.*not available yet"):
         Engine("postgresql://user@localhost/app")
 
 
@@ -897,8 +898,7 @@ def test_a_dead_workers_lease_is_honoured_until_it_expires(db, clock, calls):
     until = int((clock.now() + _dt.timedelta(seconds=30)).timestamp() * 1_000_000)
     with engine.store.transaction() as conn:
         conn.execute(
-            "UPDATE runs SET lease_owner = 'dead-host:1:deadbeef', lease_until_us = ? "
-            "WHERE id = ?",
+            "UPDATE runs SET lease_owner = 'dead-host:1:deadbeef', lease_until_us = ? WHERE id = ?",
             (until, rid),
         )
     idle(engine)

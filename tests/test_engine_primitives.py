@@ -531,7 +531,9 @@ def test_parallel_fail_fast_raises_the_branch_error(engine):
     @ironflow.function(id="ff", retry=NO_RETRY)
     def flow(ctx):
         try:
-            yield step.parallel("p", [lambda s: s.run("ok", int, "1"), lambda s: s.run("bad", boom)])
+            yield step.parallel(
+                "p", [lambda s: s.run("ok", int, "1"), lambda s: s.run("bad", boom)]
+            )
         except KeyError as exc:
             return f"caught {exc.step_id}"
         return "no error"
@@ -578,7 +580,11 @@ def test_invoke_child_failure_raises_invoke_error(engine):
         try:
             yield step.invoke("call", "bad-child")
         except InvokeError as exc:
-            return {"msg": str(exc), "child": exc.child_run_id, "cause": type(exc.__cause__).__name__}
+            return {
+                "msg": str(exc),
+                "child": exc.child_run_id,
+                "cause": type(exc.__cause__).__name__,
+            }
         return "no error"
 
     @ironflow.function(id="uncaught")

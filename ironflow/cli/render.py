@@ -191,6 +191,7 @@ class StepView:
     seq: int
     scheduled_at: _dt.datetime
     fingerprint: str = ""
+    started_at: _dt.datetime | None = None  # when the work began, if not when scheduled
     status: str = "scheduled"
     attempts: int = 0
     ended_at: _dt.datetime | None = None
@@ -216,6 +217,10 @@ class StepView:
         except (IndexError, ValueError):
             return 0
 
+    @property
+    def seconds(self) -> float | None:
+        return between(self.started_at or self.scheduled_at, self.ended_at)
+
     def finish(self, status: str, ts: _dt.datetime) -> None:
         self.status = status
         self.ended_at = ts
@@ -231,7 +236,7 @@ class StepView:
             "attempts": self.attempts or None,
             "scheduled_at": iso(self.scheduled_at),
             "ended_at": iso(self.ended_at),
-            "duration_s": between(self.scheduled_at, self.ended_at),
+            "duration_s": self.seconds,
             "due": iso(self.due),
             "output": self.output if self.has_output else None,
             "error": None
@@ -327,7 +332,7 @@ def timeline(history: Sequence[HistoryEvent], run_status: str) -> Timeline:
             view.attempts = max(view.attempts, event.attempt)
             view.status, view.due, view.ended_at = "retrying", parse_timestamp(event.at), None
         elif isinstance(event, CompensationScheduled):
-            view.status, view.attempts = "running", 1
+            view.status, view.attempts, view.started_at = "running", 1, event.ts
         elif isinstance(event, TimerFired):
             view.finish("completed", event.ts)
         elif isinstance(event, WaitMatched):
@@ -394,18 +399,18 @@ def step_detail(view: StepView) -> str:
     kind, detail = view.kind, view.detail
     parts: list[str] = []
     if kind in ("sleep", "sleep_until") and view.due is not None:
-        parts.append(f"until {when(view.due)}")
+        parts.append(f"until {when(view.due)} UTC")
     elif kind == "wait_event":
         what = f"event {detail.get('event')!r}"
         if detail.get("match"):
             what += f" where {detail['match']} == {excerpt(detail.get('match_value'), 30)}"
         parts.append(what)
         if view.status == "waiting" and view.due is not None:
-            parts.append(f"timeout {when(view.due)}")
+            parts.append(f"timeout {when(view.due)} UTC")
     elif kind in ("invoke", "invoke_async"):
         parts.append(f"child {detail.get('child_run_id') or detail.get('function')}")
         if view.status == "running" and view.due is not None:
-            parts.append(f"timeout {when(view.due)}")
+            parts.append(f"timeout {when(view.due)} UTC")
     elif kind == "publish":
         parts.append(f"event {detail.get('event')!r}")
     elif kind in GROUPS:
@@ -413,9 +418,9 @@ def step_detail(view: StepView) -> str:
         if detail.get("concurrency"):
             parts.append(f"concurrency {detail['concurrency']}")
     elif kind == "compensate":
-        parts.append(f"undo {view.fingerprint}")
+        parts.append(f"undo: {view.fingerprint}()")
     if view.status == "retrying":
-        parts.append(f"attempt {view.attempts} at {when(view.due)}")
+        parts.append(f"attempt {view.attempts} at {when(view.due)} UTC")
     if view.error is not None:
         parts.append("error " + error_text(view.error))
     elif view.has_output and kind != "invoke_async":
@@ -454,7 +459,7 @@ def timeline_lines(run: Run, line: Timeline) -> list[str]:
             view.kind,
             view.status,
             str(view.attempts) if view.attempts else "-",
-            duration(between(view.scheduled_at, view.ended_at)),
+            duration(view.seconds),
             step_detail(view),
         ]
         rows.append((view.seq, cells, view.status))

@@ -501,7 +501,7 @@ class Interpreter:
         fresh: list[_Slot | _Other] = [
             slot
             for slot in self._tent_cmds.values()
-            if not slot.task.abandoned
+            if not slot.task.abandoned or slot.kind == "compensate"
         ]
         fresh.extend(self._tent_other.values())
         fresh.sort(key=lambda item: item.order)
@@ -540,7 +540,7 @@ class Interpreter:
         command = slot.command
         detail: dict[str, Any] = {}
         # Only a timed command's own deadline; a retry's due changes and is in ``Work.due``.
-        if slot.due is not None and slot.kind in _TIMED_KINDS:
+        if slot.due is not None:
             detail["due"] = _iso(slot.due)
         if isinstance(command, WaitEvent):
             detail["event"] = command.event

@@ -373,8 +373,8 @@ class Engine:
             timers.setdefault(run_id, []).append((step_id, kind, attempt))
             work.setdefault(run_id, [])
         for (run_id,) in self.store.query(
-            "SELECT id FROM runs WHERE ((ready = 1 AND status NOT IN ('blocked', 'completed', 'failed', "
-            "'cancelled')) OR "
+            "SELECT id FROM runs WHERE ((ready = 1 AND "
+            "status NOT IN ('blocked', 'completed', 'failed', 'cancelled')) OR "
             "(status IN ('pending', 'running') AND (lease_owner IS NULL OR lease_until_us < ?))) "
             f"AND function_id IN ({marks}) AND (lease_owner IS NULL OR lease_owner = ? "
             "OR lease_until_us < ?) LIMIT 1000",
