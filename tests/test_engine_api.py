@@ -207,6 +207,22 @@ def test_get_run_error_types_builtin_and_module_qualified(engine):
     assert run.error.message == "straight from the workflow"
 
 
+def test_wait_on_a_run_that_needs_the_clock_raises_timeout_error(engine, clock):
+    @ironflow.function(id="napper")
+    def flow(ctx):
+        yield step.sleep("nap", "1h")
+        return "rested"
+
+    engine.register(flow)
+    rid = engine.start("napper")
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match="advance the clock"):
+        engine.wait(rid)
+    assert time.monotonic() - began < 5
+    clock.advance("1h")
+    assert engine.wait(rid, timeout=10) == "rested"
+
+
 def test_list_runs_filters(engine, clock):
     @ironflow.function(id="ok")
     def ok(ctx):

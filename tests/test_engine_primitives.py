@@ -25,7 +25,13 @@ from ironflow import (
     WaitTimeoutError,
     step,
 )
-from ironflow.history import EventPublished, StepCompleted, StepFailed, WaitMatched
+from ironflow.history import (
+    CommandScheduled,
+    EventPublished,
+    StepCompleted,
+    StepFailed,
+    WaitMatched,
+)
 from ironflow.testing import VirtualClock
 
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -477,22 +483,17 @@ def test_map_items_run_at_the_same_time_and_keep_order(engine, calls):
 
 
 def test_map_respects_concurrency_and_empty_items(engine):
-    lock = threading.Lock()
-    state = {"now": 0, "max": 0}
+    barrier = threading.Barrier(2, timeout=10)  # two items in flight do meet
 
-    def tracked(item):
-        with lock:
-            state["now"] += 1
-            state["max"] = max(state["max"], state["now"])
-        with lock:
-            state["now"] -= 1
+    def paired(item):
+        barrier.wait()
         return item
 
-    @ironflow.function(id="windowed")
+    @ironflow.function(id="windowed", retry=NO_RETRY)
     def flow(ctx):
-        none = yield step.map("empty", [], lambda item, s, i: s.run("x", tracked, item))
+        none = yield step.map("empty", [], lambda item, s, i: s.run("x", paired, item))
         some = yield step.map(
-            "m", list(range(6)), lambda item, s, i: s.run("x", tracked, item), concurrency=2
+            "m", list(range(6)), lambda item, s, i: s.run("x", paired, item), concurrency=2
         )
         return {"none": none, "some": some}
 
@@ -500,7 +501,14 @@ def test_map_respects_concurrency_and_empty_items(engine):
     rid = engine.start("windowed")
     engine.run_until_idle()
     assert engine.get_run(rid).output == {"none": [], "some": [0, 1, 2, 3, 4, 5]}
-    assert state["max"] <= 2
+    in_flight, most = set(), 0
+    for event in engine.history(rid):
+        if isinstance(event, CommandScheduled) and event.kind == "run":
+            in_flight.add(event.id)
+            most = max(most, len(in_flight))
+        elif isinstance(event, StepCompleted):
+            in_flight.discard(event.id)
+    assert most == 2
 
 
 def test_steps_of_two_different_runs_run_at_the_same_time(engine, calls):
@@ -1076,3 +1084,83 @@ def test_start_with_run_id_is_idempotent(engine, calls):
     with pytest.raises(ValueError, match="job-1"):
         engine.start("other", run_id="job-1")
     assert len(engine.list_runs()) == 1
+
+
+# --- errors and determinism across restarts ------------------------------------------------
+
+
+class OutOfStock(Exception):
+    pass
+
+
+def _reserve(sku):
+    raise OutOfStock(f"no {sku}")
+
+
+def _identity(value):
+    return value
+
+
+def test_step_error_class_is_catchable_live_and_after_a_cold_replay(tmp_path, clock):
+    @ironflow.function(id="catcher", retry=NO_RETRY)
+    def flow(ctx):
+        try:
+            yield step.run("reserve", _reserve, "widget")
+        except OutOfStock as exc:
+            caught = f"{type(exc).__name__}: {exc}"
+        token = str(ctx.uuid())
+        saved = yield step.run("save", _identity, token)
+        yield step.sleep("nap", "1h")  # the next engine rebuilds this run by replay
+        again = yield step.run("again", _identity, token)
+        return {"caught": caught, "same_uuid": saved == again == token, "now": str(ctx.now())}
+
+    path = str(tmp_path / "x.db")
+    one = Engine(path, clock=clock)
+    one.register(flow)
+    rid = one.start("catcher")
+    one.run_until_idle()
+    assert one.get_run(rid).status == "waiting"
+    one.close()
+    clock.advance("1h")
+    two = Engine(path, clock=clock)
+    two.register(flow)
+    two.run_until_idle()
+    out = two.get_run(rid).output
+    assert out == {
+        "caught": "OutOfStock: no widget",
+        "same_uuid": True,
+        "now": "2026-01-01 01:00:00+00:00",
+    }
+    two.close()
+
+
+def test_duplicate_step_name_fails_the_run(engine, calls):
+    @ironflow.function(id="dupe")
+    def flow(ctx):
+        yield step.run("same", calls.hit, "one")
+        yield step.run("same", calls.hit, "two")
+
+    engine.register(flow)
+    rid = engine.start("dupe")
+    engine.run_until_idle()
+    run = engine.get_run(rid)
+    assert run.status == "failed"
+    assert run.error.type == "ironflow.errors.DuplicateStepError"
+    assert "'same'" in run.error.message
+    assert calls.counts == {"one": 1}
+
+
+def test_invoke_of_an_unknown_function_raises_invoke_error(engine):
+    @ironflow.function(id="lost")
+    def flow(ctx):
+        try:
+            yield step.invoke("call", "not-registered")
+        except InvokeError as exc:
+            return str(exc)
+
+    engine.register(flow)
+    rid = engine.start("lost")
+    engine.run_until_idle()
+    out = engine.get_run(rid).output
+    assert "not-registered" in out
+    assert engine.list_runs(function="not-registered") == []

@@ -28,6 +28,8 @@ class App:
     def function(self, function_id: str) -> Function:
         """The function ``function_id`` of this app; ``CLIError`` naming the known ones."""
         found = self.functions.get(function_id)
+        if found is None and self.flow is not None:
+            raise CLIError(self._plain())
         if found is None:
             known = ", ".join(repr(fid) for fid in sorted(self.functions)) or "none"
             raise CLIError(f"unknown function {function_id!r}; {self.spec} declares {known}")
@@ -36,6 +38,17 @@ class App:
     def flow_for(self, function_id: str) -> Any:
         """The workflow to replay a recorded run of ``function_id`` with."""
         return self.flow if self.flow is not None else self.function(function_id)
+
+    def _plain(self) -> str:
+        return (
+            f"{self.spec} is a plain generator function; declare it with "
+            f"@ironflow.function(id=...) to run it"
+        )
+
+    def close(self, engine: Engine) -> None:
+        """Close ``engine`` if the CLI opened it (an app's own engine is the app's)."""
+        if engine is not self.engine:
+            engine.close()
 
     def engine_on(self, url: str | None, *, create: bool) -> Engine:
         """The engine to run this app on the database ``--db`` names.
@@ -47,11 +60,8 @@ class App:
         source = self.engine
         if source is not None and (url is None or same_database(db_path(url), source.store.path)):
             return source
-        if not self.functions:
-            raise CLIError(
-                f"{self.spec} is a plain generator function; declare it with "
-                f"@ironflow.function(id=...) to run it"
-            )
+        if self.flow is not None:
+            raise CLIError(self._plain())
         settings: dict[str, Any] = {}
         if source is not None:
             settings = {

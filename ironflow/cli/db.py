@@ -52,7 +52,7 @@ def connect_readonly(path: str) -> sqlite3.Connection:
 def check_database(path: str, *, writable: bool = False) -> None:
     """Fail with ``CLIError`` unless ``path`` is an existing ironflow database; reads only.
 
-    ``writable=True`` (a command about to open it read-write) also accepts an empty file,
+    ``writable=True`` (a command that may create the database) also accepts an empty file,
     which the engine initializes like a new one.
     """
     if path == ":memory:":
@@ -69,7 +69,7 @@ def check_database(path: str, *, writable: bool = False) -> None:
     if not header and writable:
         return
     if header != SQLITE_HEADER:
-        raise CLIError(f"{path} is not an ironflow database (not a SQLite file)")
+        raise CLIError(f"{path} is not an ironflow database (not even a SQLite file)")
     try:
         conn = connect_readonly(path)
     except sqlite3.Error as exc:
@@ -81,9 +81,7 @@ def check_database(path: str, *, writable: bool = False) -> None:
         if "ironflow_meta" not in tables:
             if not tables and writable:
                 return
-            raise CLIError(
-                f"{path} is a SQLite database but not an ironflow one (no ironflow_meta table)"
-            )
+            raise CLIError(f"{path} is not an ironflow database (a SQLite file without ours)")
         row = conn.execute(
             "SELECT value FROM ironflow_meta WHERE key = 'schema_version'"
         ).fetchone()
@@ -100,10 +98,10 @@ def check_database(path: str, *, writable: bool = False) -> None:
 
 
 def check_writable(path: str, *, create: bool) -> None:
-    """Before opening ``path`` read-write: it is ours, or absent and ``create`` allows that."""
+    """Before opening ``path`` read-write: it is ours, or ``create`` allows a new one there."""
     if create and (path == ":memory:" or not os.path.exists(path)):
         return
-    check_database(path, writable=True)
+    check_database(path, writable=create)
 
 
 class ReadOnlyStore(SQLiteStore):

@@ -92,7 +92,7 @@ def parse_data(text: str | None, what: str) -> Any:
     if text is None:
         return None
     if text == "-":
-        text = click.get_text_stream("stdin").read()
+        text = sys.stdin.read()
 
     def reject(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
@@ -160,8 +160,15 @@ class Reporter:
 @click.argument("app")
 @db_option
 def worker(app: str, db: str | None) -> None:
-    """Run the workflows of APP until SIGTERM or Ctrl-C (module:engine or module:function)."""
-    engine = loaded_app(app, db).engine_on(db, create=True)
+    """Run APP's workflows until SIGTERM or Ctrl-C.
+
+    APP is module:engine (an Engine) or module:function (a function declared with
+    @ironflow.function), importable from the working directory. A module's engine keeps its
+    own database unless --db (or $IRONFLOW_DB) names another. The database is created if
+    missing.
+    """
+    loaded = loaded_app(app, db)
+    engine = loaded.engine_on(db, create=True)
     if not engine.functions:
         raise CLIError(f"{app} registers no functions: engine.register(...) some first")
     names = ", ".join(sorted(engine.functions))
@@ -173,7 +180,7 @@ def worker(app: str, db: str | None) -> None:
     try:
         engine.serve(install_signals=True, on_idle=reporter)
     finally:
-        engine.close()
+        loaded.close(engine)
     click.echo(f"worker stopped: {reporter.summary()}")
 
 
@@ -195,7 +202,10 @@ def start(
     db: str | None,
     as_json: bool,
 ) -> None:
-    """Start a run of FUNCTION_ID with the JSON DATA ('-' reads stdin); prints its run id."""
+    """Start a run; prints its run id.
+
+    DATA is the JSON the run's event carries ('-' reads it from stdin).
+    """
     payload = parse_data(data, "DATA")
     if run_id is not None:
         checked_name(run_id, "run id")
@@ -207,7 +217,7 @@ def start(
     except (TypeError, ValueError) as exc:
         raise CLIError(one_line(exc)) from None
     finally:
-        engine.close()
+        app.close(engine)
     if as_json:
         print_json({"run_id": started})
     else:
@@ -229,25 +239,27 @@ def emit(
     db: str | None,
     as_json: bool,
 ) -> None:
-    """Emit the event NAME with JSON DATA; prints the ids of the runs it started.
+    """Emit an event; prints the ids of the runs it started.
 
-    Without --app only runs already waiting for NAME can take it (the functions an event
-    starts are known to the code, not the database), and the database must exist.
+    DATA is the event's JSON ('-' reads it from stdin). Without --app only runs already
+    waiting for NAME can take it (the functions an event starts are known to the code, not
+    the database), and the database must exist.
     """
     checked_name(name, "event name")
     payload = parse_data(data, "DATA")
     if idempotency_key is not None:
         checked_name(idempotency_key, "idempotency key")
+    app = App("") if app_spec is None else loaded_app(app_spec, db)
     if app_spec is None:
         engine = open_engine(db_path(db), create=False)
     else:
-        engine = loaded_app(app_spec, db).engine_on(db, create=True)
+        engine = app.engine_on(db, create=True)
     try:
         started = engine.emit(name, payload, idempotency_key=idempotency_key)
     except (TypeError, ValueError) as exc:
         raise CLIError(one_line(exc)) from None
     finally:
-        engine.close()
+        app.close(engine)
     if as_json:
         print_json({"event": name, "run_ids": started})
         return
@@ -302,7 +314,11 @@ def list_runs(
 @db_option
 @json_option
 def show_run(run_id: str, db: str | None, as_json: bool) -> None:
-    """Show a run's timeline: each step with its kind, status, attempts and duration."""
+    """Show a run's timeline.
+
+    Each step with its kind, status, attempts, duration, and what it returned, raised or
+    waits for; parallel branches are indented under their parallel. Times are UTC.
+    """
     with reading(db) as engine:
         run = get_run(engine, run_id)
         history = engine.history(run_id)
@@ -327,7 +343,10 @@ def show_run(run_id: str, db: str | None, as_json: bool) -> None:
 )
 @db_option
 def export_run(run_id: str, output: str | None, db: str | None) -> None:
-    """Print a run's history as JSON (for `ironflow replay` and ironflow.testing.replay)."""
+    """Print a run's history as JSON.
+
+    The file `ironflow replay` and ironflow.history.load_path read back.
+    """
     with reading(db) as engine:
         get_run(engine, run_id)
         text = dumps(engine.history(run_id))
@@ -359,7 +378,11 @@ def _control(db: str | None, run_id: str, allowed: tuple[str, ...], verb: str) -
 @db_option
 @json_option
 def cancel_run(run_id: str, compensate: bool, reason: str, db: str | None, as_json: bool) -> None:
-    """Cancel a run (and its child runs); a worker finishes a run that is not blocked."""
+    """Cancel a run and its child runs.
+
+    A blocked run is cancelled at once; any other is cancelled by the next worker that drives
+    it.
+    """
     active = ("pending", "running", "waiting", "blocked")
     engine = _control(db, run_id, active, "cancelled")
     try:
@@ -382,7 +405,10 @@ def cancel_run(run_id: str, compensate: bool, reason: str, db: str | None, as_js
 @db_option
 @json_option
 def resume_run(run_id: str, db: str | None, as_json: bool) -> None:
-    """Resume a failed or blocked run: completed steps are kept, the failed one runs again."""
+    """Resume a failed or blocked run.
+
+    Completed steps are kept and the failed step runs again; a worker carries it on.
+    """
     engine = _control(db, run_id, ("failed", "blocked"), "resumed")
     try:
         engine.resume(run_id)
@@ -427,7 +453,7 @@ def _history_of(source: str, db: str | None) -> tuple[list[Any], str]:
 def replay_cmd(
     ctx: click.Context, app: str, file_or_run_id: str, db: str | None, as_json: bool
 ) -> None:
-    """Check that APP's code replays a recorded history exactly.
+    """Check that APP's code replays a recorded history.
 
     Exit 0 if it does; else print where replay diverged and exit 1. FILE_OR_RUN_ID is a file
     written by `ironflow runs export` or the id of a run in --db.

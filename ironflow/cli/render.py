@@ -464,7 +464,8 @@ def timeline_lines(run: Run, line: Timeline) -> list[str]:
         ]
         rows.append((view.seq, cells, view.status))
     for marker in line.markers:
-        cells = ["*", marker.kind, "", "-", "-", f"{when(marker.ts)} UTC {marker.text}".strip()]
+        text = "" if marker.text == marker.kind else marker.text
+        cells = ["*", marker.kind, "", "-", "-", f"{when(marker.ts)} UTC {text}".strip()]
         rows.append((marker.seq, cells, ""))
     if line.markers:  # markers go after the step scheduled just before them
         rows = _interleave(rows)

@@ -16,7 +16,7 @@ converter = cattrs.Converter()
 
 
 def _unstructure_datetime(value: _dt.datetime) -> str:
-    return pendulum.instance(value).in_timezone("UTC").isoformat()
+    return value.astimezone(_dt.UTC).isoformat()
 
 
 def parse_timestamp(value: Any) -> pendulum.DateTime:

@@ -392,6 +392,15 @@ class Interpreter:
 
     def feed(self, events: Iterable[HistoryEvent]) -> Decision:
         """Fold ``events`` (the next ones of the history, in order) and decide."""
+        self.record(events)
+        return self._decide()
+
+    def decide(self) -> Decision:
+        """The decision for the history folded so far (what ``feed`` returns)."""
+        return self._decide()
+
+    def record(self, events: Iterable[HistoryEvent]) -> None:
+        """Fold ``events`` without deciding: for a runtime appending a decision's own events."""
         handlers = self._handlers
         history = self.events
         append = history.append
@@ -453,7 +462,6 @@ class Interpreter:
                 tentative = self._tent_cmds
                 waiting = self._waiting
         self.events_processed += expected - start
-        return self._decide()
 
     def _refeed(self) -> None:
         """Fold the stored history again from scratch (used when a failed run resumes)."""
@@ -540,7 +548,7 @@ class Interpreter:
         command = slot.command
         detail: dict[str, Any] = {}
         # Only a timed command's own deadline; a retry's due changes and is in ``Work.due``.
-        if slot.due is not None:
+        if slot.due is not None and slot.kind in _TIMED_KINDS:
             detail["due"] = _iso(slot.due)
         if isinstance(command, WaitEvent):
             detail["event"] = command.event

@@ -14,10 +14,11 @@ import os
 import queue
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -82,8 +83,90 @@ class _Live:
     parent_run_id: str | None
     parent_step_id: str | None
     notify_parent: bool
-    in_flight: dict[str, int] = attrs.Factory(dict)
     decision: Decision | None = None
+
+
+class _Broken(Exception):
+    """A run could not be driven (its history and code diverge, or a bug): park it."""
+
+    def __init__(self, run_id: str, error: BaseException) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+        self.error = error
+
+
+@attrs.define
+class _Batch:
+    """What one driving transaction writes, gathered so that it is written in bulk."""
+
+    history: list[tuple[Any, ...]] = attrs.Factory(list)
+    running: list[tuple[Any, ...]] = attrs.Factory(list)
+    waiting: list[tuple[Any, ...]] = attrs.Factory(list)
+    ended: list[tuple[Any, ...]] = attrs.Factory(list)
+    notify: list[tuple[Any, ...]] = attrs.Factory(list)
+    timers_done: list[tuple[str, str]] = attrs.Factory(list)
+    waits_done: list[tuple[str, str]] = attrs.Factory(list)
+    jobs: list[Job] = attrs.Factory(list)
+    parked: list[str] = attrs.Factory(list)
+    finished: list[str] = attrs.Factory(list)
+
+    def write(self, conn: Any, owner: str, now_us: int) -> None:
+        if self.timers_done:
+            conn.executemany(
+                "DELETE FROM timers WHERE run_id = ? AND step_id = ?", self.timers_done
+            )
+        if self.waits_done:
+            conn.executemany("DELETE FROM waits WHERE run_id = ? AND step_id = ?", self.waits_done)
+        if self.history:
+            conn.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", self.history)
+        expected = len(self.running) + len(self.waiting) + len(self.ended)
+        changed = 0
+        if self.running:
+            changed += conn.executemany(
+                "UPDATE runs SET status = 'running', next_seq = ?, ready = 0, updated_us = ? "
+                f"WHERE id = ? AND lease_owner = '{_quote(owner)}'",
+                self.running,
+            ).rowcount
+        if self.waiting:
+            changed += conn.executemany(
+                "UPDATE runs SET status = 'waiting', next_seq = ?, ready = 0, updated_us = ?, "
+                f"lease_owner = NULL, lease_until_us = NULL WHERE id = ? "
+                f"AND lease_owner = '{_quote(owner)}'",
+                self.waiting,
+            ).rowcount
+        if self.ended:
+            changed += conn.executemany(
+                "UPDATE runs SET status = ?, output = ?, error = ?, next_seq = ?, ready = 0, "
+                "updated_us = ?, ended_us = ?, lease_owner = NULL, lease_until_us = NULL "
+                f"WHERE id = ? AND lease_owner = '{_quote(owner)}'",
+                self.ended,
+            ).rowcount
+            ended = [(run_id,) for run_id in self.finished]
+            conn.executemany("DELETE FROM timers WHERE run_id = ?", ended)
+            conn.executemany("DELETE FROM waits WHERE run_id = ?", ended)
+            conn.executemany("DELETE FROM inbox WHERE run_id = ?", ended)
+        if changed != expected:
+            # A run's lease moved to another worker under us: write nothing of this batch.
+            raise sqlite3.IntegrityError(f"lease lost: {changed} of {expected} runs still ours")
+        if self.notify:
+            conn.executemany(
+                "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (?, ?, ?, ?)", self.notify
+            )
+            conn.executemany(
+                "UPDATE runs SET ready = 1 WHERE id = ?", [(row[0],) for row in self.notify]
+            )
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _marks(values: Any) -> str:
+    return ",".join("?" * len(values))
+
+
+def _chunks(values: list[str], size: int = 400) -> list[list[str]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
 
 
 class Engine:
@@ -113,6 +196,8 @@ class Engine:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.functions: dict[str, Function] = {}
         self._live: dict[str, _Live] = {}
+        # Steps handed to the executor and not yet committed, per run: never dispatched twice.
+        self._in_flight: dict[str, dict[str, int]] = {}
         self._results: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._outcomes: list[Outcome] = []
         self._outstanding = 0  # jobs submitted whose outcome this engine has not drained yet
@@ -339,9 +424,9 @@ class Engine:
         timers: dict[str, list[tuple[str, str, int]]] = {}
         for outcome in self._drain():
             job = outcome.job
-            live = self._live.get(job.run_id)
-            if live is not None and live.in_flight.get(job.step_id) == job.attempt:
-                del live.in_flight[job.step_id]
+            in_flight = self._in_flight.get(job.run_id)
+            if in_flight is not None and in_flight.get(job.step_id) == job.attempt:
+                del in_flight[job.step_id]
             self.stats["steps_executed"] += 1
             if outcome.ok:
                 item: Input = (
@@ -383,10 +468,27 @@ class Engine:
             work.setdefault(run_id, [])
         if not work:
             return False
-        jobs: list[Job] = []
-        with self.store.transaction() as conn:
-            for run_id, inputs in work.items():
-                self._drive(conn, run_id, inputs, timers.get(run_id, ()), now, now_us, jobs)
+        while True:
+            try:
+                with self.store.transaction() as conn:
+                    jobs = self._drive_all(conn, work, timers, now, now_us)
+                break
+            except _Broken as broken:
+                # The whole batch was rolled back: interpreters that moved on in memory are
+                # dropped (rebuilt from the store on next use); the broken run is parked.
+                for run_id in work:
+                    self._live.pop(run_id, None)
+                with self.store.transaction() as conn:
+                    self._block(conn, broken.run_id, broken.error, now_us)
+                del work[broken.run_id]
+                if not work:
+                    return True
+            except sqlite3.IntegrityError:
+                # Another worker took one of these runs (our lease ran out): let all go.
+                for run_id in work:
+                    self._live.pop(run_id, None)
+                    self._in_flight.pop(run_id, None)
+                return True
         self.stats["commits"] += 1
         if _FAULTS:
             crash_point("commit")
@@ -408,84 +510,122 @@ class Engine:
             )
         self._next_renewal_us = now_us + lease_us // 3
 
-    def _acquire(self, conn: Any, run_id: str, now_us: int) -> _Live | None:
-        live = self._live.get(run_id)
-        if live is not None:
-            return live
-        row = conn.execute(
-            "SELECT function_id, status, next_seq, event_pos, parent_run_id, parent_step_id, "
-            "notify_parent FROM runs WHERE id = ?",
-            (run_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        function_id, status, next_seq, event_pos, parent_run, parent_step, notify = row
-        function = self.functions.get(function_id)
-        if function is None or status in TERMINAL or status == "blocked":
-            return None
+    def _acquire_all(self, conn: Any, run_ids: list[str], now_us: int) -> None:
+        """Take the leases of ``run_ids`` that are free and rebuild their interpreters."""
         lease_us = int(self.lease.total_seconds() * 1_000_000)
-        taken = conn.execute(
-            "UPDATE runs SET lease_owner = ?, lease_until_us = ? WHERE id = ? AND "
-            "(lease_owner IS NULL OR lease_owner = ? OR lease_until_us < ?)",
-            (self.worker_id, now_us + lease_us, run_id, self.worker_id, now_us),
-        ).rowcount
-        if not taken:
-            return None
-        self.stats["runs_taken"] += 1
-        history = [
-            rows.decode(*row)
-            for row in conn.execute(
-                "SELECT seq, type, ts_us, body FROM history WHERE run_id = ? ORDER BY seq",
-                (run_id,),
-            )
-        ]
-        interpreter = Interpreter(function)
-        live = _Live(
-            run_id,
-            function,
-            interpreter,
-            len(history),
-            event_pos,
-            parent_run,
-            parent_step,
-            bool(notify),
-        )
-        live.decision = interpreter.feed(history)
-        if len(history) != next_seq:
-            raise RuntimeError(
-                f"run {run_id!r}: history has {len(history)} events, row says {next_seq}"
-            )
-        self._live[run_id] = live
-        return live
+        fids = tuple(self.functions)
+        for chunk in _chunks(run_ids):
+            taken = conn.execute(
+                "UPDATE runs SET lease_owner = ?, lease_until_us = ? "
+                f"WHERE id IN ({_marks(chunk)}) "
+                "AND status NOT IN ('completed', 'failed', 'cancelled', 'blocked') "
+                f"AND function_id IN ({_marks(fids)}) "
+                "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until_us < ?) "
+                "RETURNING id, function_id, next_seq, event_pos, parent_run_id, parent_step_id, "
+                "notify_parent",
+                (self.worker_id, now_us + lease_us, *chunk, *fids, self.worker_id, now_us),
+            ).fetchall()
+            if not taken:
+                continue
+            histories: dict[str, list[HistoryEvent]] = {row[0]: [] for row in taken}
+            ids = list(histories)
+            for run_id, *row in conn.execute(
+                "SELECT run_id, seq, type, ts_us, body FROM history "
+                f"WHERE run_id IN ({_marks(ids)}) ORDER BY run_id, seq",
+                ids,
+            ):
+                histories[run_id].append(rows.decode(*row))
+            for run_id, function_id, next_seq, event_pos, parent_run, parent_step, notify in taken:
+                history = histories[run_id]
+                if len(history) != next_seq:
+                    raise RuntimeError(
+                        f"run {run_id!r}: history has {len(history)} events, row says {next_seq}"
+                    )
+                self.stats["runs_taken"] += 1
+                function = self.functions[function_id]
+                interpreter = Interpreter(function)
+                live = _Live(
+                    run_id,
+                    function,
+                    interpreter,
+                    next_seq,
+                    event_pos,
+                    parent_run,
+                    parent_step,
+                    bool(notify),
+                )
+                self._live[run_id] = live
+                try:
+                    live.decision = interpreter.feed(history)
+                except Exception as exc:
+                    raise _Broken(run_id, exc) from exc
 
-    def _drive(
+    def _drive_all(
         self,
         conn: Any,
-        run_id: str,
-        inputs: list[Input],
-        timers: Iterable[tuple[str, str, int]],
+        work: dict[str, list[Input]],
+        timers: dict[str, list[tuple[str, str, int]]],
         now: _dt.datetime,
         now_us: int,
-        jobs: list[Job],
-    ) -> None:
-        conn.execute("SAVEPOINT drive")
-        try:
-            live = self._acquire(conn, run_id, now_us)
-            if live is None:
-                conn.execute("RELEASE drive")
-                return
-            self._drive_live(conn, live, inputs, timers, now, now_us, jobs)
-        except Exception as exc:
-            conn.execute("ROLLBACK TO drive")
-            conn.execute("RELEASE drive")
-            self._block(conn, run_id, exc, now_us)
-            return
-        conn.execute("RELEASE drive")
+    ) -> list[Job]:
+        cold = [run_id for run_id in work if run_id not in self._live]
+        if cold:
+            self._acquire_all(conn, cold, now_us)
+        drivable = [run_id for run_id in work if run_id in self._live]
+        inbox: dict[str, list[Input]] = {}
+        for chunk in _chunks(drivable):
+            found = conn.execute(
+                f"DELETE FROM inbox WHERE run_id IN ({_marks(chunk)}) "
+                "RETURNING pos, run_id, type, body",
+                chunk,
+            ).fetchall()
+            for _pos, run_id, kind, body in sorted(found):
+                if _FAULTS and kind == "WaitMatched":
+                    crash_point("event-deliver")
+                inbox.setdefault(run_id, []).append(_inbox_input(kind, json.loads(body)))
+        batch = _Batch()
+        for run_id in drivable:
+            live = self._live[run_id]
+            inputs = work[run_id]
+            for step_id, kind, _attempt in timers.get(run_id, ()):
+                if _FAULTS:
+                    crash_point("timer-fire")
+                batch.timers_done.append((run_id, step_id))
+                if kind == "sleep":
+                    inputs.append((TimerFired, {"id": step_id}))
+                elif kind == "wait":
+                    batch.waits_done.append((run_id, step_id))
+                    inputs.append((WaitTimedOut, {"id": step_id}))
+                elif kind == "invoke":
+                    inputs.append(
+                        (
+                            ChildFailed,
+                            {
+                                "id": step_id,
+                                "child_run_id": f"{run_id}/{step_id}",
+                                "error": ErrorInfo("TimeoutError", "invoke timed out"),
+                            },
+                        )
+                    )
+            inputs.extend(inbox.get(run_id, ()))
+            try:
+                self._drive_live(conn, live, inputs, now, now_us, batch)
+            except Exception as exc:
+                raise _Broken(run_id, exc) from exc
+        batch.write(conn, self.worker_id, now_us)
+        for run_id in batch.parked:
+            self._live.pop(run_id, None)
+        for run_id in batch.finished:
+            self._live.pop(run_id, None)
+            self._in_flight.pop(run_id, None)
+        if batch.finished:
+            with self._done:
+                self._done.notify_all()
+        return batch.jobs
 
     def _block(self, conn: Any, run_id: str, exc: BaseException, now_us: int) -> None:
-        live = self._live.pop(run_id, None)
-        if live is not None:
-            live.in_flight.clear()
+        self._live.pop(run_id, None)
+        self._in_flight.pop(run_id, None)
         info = encode_error(exc, with_traceback=not isinstance(exc, NonDeterminismError))
         conn.execute(
             "UPDATE runs SET status = 'blocked', error = ?, ready = 0, lease_owner = NULL, "
@@ -498,91 +638,48 @@ class Engine:
         conn: Any,
         live: _Live,
         inputs: list[Input],
-        timers: Iterable[tuple[str, str, int]],
         now: _dt.datetime,
         now_us: int,
-        jobs: list[Job],
+        batch: _Batch,
     ) -> None:
         run_id = live.run_id
         interpreter = live.interpreter
-        decision = live.decision or interpreter.feed(())
+        decision = live.decision or interpreter.decide()
         live.decision = None
-        for step_id, kind, _attempt in timers:
-            conn.execute("DELETE FROM timers WHERE run_id = ? AND step_id = ?", (run_id, step_id))
-            if _FAULTS:
-                crash_point("timer-fire")
-            if kind == "sleep":
-                inputs.append((TimerFired, {"id": step_id}))
-            elif kind == "wait":
-                conn.execute(
-                    "DELETE FROM waits WHERE run_id = ? AND step_id = ?", (run_id, step_id)
-                )
-                inputs.append((WaitTimedOut, {"id": step_id}))
-            elif kind == "invoke":
-                inputs.append(
-                    (
-                        ChildFailed,
-                        {
-                            "id": step_id,
-                            "child_run_id": f"{run_id}/{step_id}",
-                            "error": ErrorInfo("TimeoutError", "invoke timed out"),
-                        },
-                    )
-                )
-        for pos, kind, _ts, body in conn.execute(
-            "SELECT pos, type, ts_us, body FROM inbox WHERE run_id = ? ORDER BY pos", (run_id,)
-        ).fetchall():
-            conn.execute("DELETE FROM inbox WHERE pos = ?", (pos,))
-            if _FAULTS and kind == "WaitMatched":
-                crash_point("event-deliver")
-            inputs.append(_inbox_input(kind, json.loads(body)))
-        appended: list[HistoryEvent] = []
         while True:
-            batch = self._accepted(live, decision, inputs, now)
+            accepted = self._accepted(live, decision, inputs, now)
             inputs = []
-            if batch:
-                appended.extend(batch)
-                decision = interpreter.feed(batch)
+            if accepted:
+                batch.history.extend((run_id, *rows.encode(event)) for event in accepted)
+                decision = interpreter.feed(accepted)
             if decision.events:
-                appended.extend(decision.events)
-                interpreter.feed(decision.events)
+                batch.history.extend((run_id, *rows.encode(event)) for event in decision.events)
+                interpreter.record(decision.events)
             live.next_seq = len(interpreter.events)
             if decision.done:
                 break
             inputs = self._apply(conn, live, decision, now, now_us)
             if not inputs:
                 break
-        if appended:
-            conn.executemany(
-                "INSERT INTO history VALUES (?, ?, ?, ?, ?)",
-                [(run_id, *rows.encode(event)) for event in appended],
-            )
         if decision.done:
-            self._finish(conn, live, decision, now_us)
+            self._finish(live, decision, now_us, batch)
             return
+        in_flight = self._in_flight.setdefault(run_id, {})
         due_steps = [
             work
             for work in decision.pending
             if work.kind in _STEP_KINDS and (work.due is None or rows.to_us(work.due) <= now_us)
         ]
-        status = "running" if due_steps or live.in_flight else "waiting"
-        if status == "running":
-            conn.execute(
-                "UPDATE runs SET status = 'running', next_seq = ?, ready = 0, updated_us = ? "
-                "WHERE id = ?",
-                (live.next_seq, now_us, run_id),
-            )
+        if due_steps or in_flight:
+            batch.running.append((live.next_seq, now_us, run_id))
             for work in due_steps:
-                if live.in_flight.get(work.id) != work.attempt:
-                    live.in_flight[work.id] = work.attempt
-                    jobs.append(_job(run_id, work, self.step_mocks))
+                if in_flight.get(work.id) != work.attempt:
+                    in_flight[work.id] = work.attempt
+                    batch.jobs.append(_job(run_id, work, self.step_mocks))
         else:
-            conn.execute(
-                "UPDATE runs SET status = 'waiting', next_seq = ?, ready = 0, updated_us = ?, "
-                "lease_owner = NULL, lease_until_us = NULL WHERE id = ?",
-                (live.next_seq, now_us, run_id),
-            )
-            del self._live[run_id]
+            batch.waiting.append((live.next_seq, now_us, run_id))
+            batch.parked.append(run_id)
+            self._in_flight.pop(run_id, None)
 
     def _accepted(
         self, live: _Live, decision: Decision, inputs: list[Input], now: _dt.datetime
@@ -699,30 +796,19 @@ class Engine:
             self._create_run(conn, child_id, function_id, event, now_us, parent)
         return (ChildStarted, {"id": work.id, "child_run_id": child_id})
 
-    def _finish(self, conn: Any, live: _Live, decision: Decision, now_us: int) -> None:
+    def _finish(self, live: _Live, decision: Decision, now_us: int, batch: _Batch) -> None:
         run_id = live.run_id
         error = None
         if decision.error is not None and decision.status != "completed":
             error = rows.dumps(_error_body(encode_error(decision.error, with_traceback=True)))
         output = rows.dumps(decision.output) if decision.status == "completed" else None
-        conn.execute(
-            "UPDATE runs SET status = ?, output = ?, error = ?, next_seq = ?, ready = 0, "
-            "updated_us = ?, ended_us = ?, lease_owner = NULL, lease_until_us = NULL "
-            "WHERE id = ?",
-            (decision.status, output, error, live.next_seq, now_us, now_us, run_id),
-        )
-        conn.execute("DELETE FROM timers WHERE run_id = ?", (run_id,))
-        conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
-        conn.execute("DELETE FROM inbox WHERE run_id = ?", (run_id,))
+        batch.ended.append((decision.status, output, error, live.next_seq, now_us, now_us, run_id))
+        batch.finished.append(run_id)
         if live.parent_run_id and live.notify_parent:
             if decision.status == "completed":
                 kind, body = (
                     "ChildCompleted",
-                    {
-                        "id": live.parent_step_id,
-                        "child_run_id": run_id,
-                        "output": decision.output,
-                    },
+                    {"id": live.parent_step_id, "child_run_id": run_id, "output": decision.output},
                 )
             else:
                 failure = decision.error or CancelledError("child run was cancelled")
@@ -734,14 +820,7 @@ class Engine:
                         "error": _error_body(encode_error(failure)),
                     },
                 )
-            conn.execute(
-                "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (?, ?, ?, ?)",
-                (live.parent_run_id, kind, now_us, rows.dumps(body)),
-            )
-            conn.execute("UPDATE runs SET ready = 1 WHERE id = ?", (live.parent_run_id,))
-        self._live.pop(run_id, None)
-        with self._done:
-            self._done.notify_all()
+            batch.notify.append((live.parent_run_id, kind, now_us, rows.dumps(body)))
 
     # --- long-running worker ------------------------------------------------------------------
 

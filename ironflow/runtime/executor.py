@@ -7,7 +7,6 @@ Results come back through a queue as ``Outcome`` values; the engine commits them
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import inspect
 import os
 import queue
@@ -80,7 +79,9 @@ class Executor:
     def __init__(self, results: queue.SimpleQueue[Any], max_workers: int | None = None):
         self.results = results
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) * 4)
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -96,15 +97,27 @@ class Executor:
                 )
         if is_async(job.fn):
             self._submit_async(job)
-        else:
-            self._pool_get().submit(self._run_sync, job)
+            return
+        self._jobs.put(job)
+        with self._lock:
+            # Grow the pool only when every thread is busy: a bounded pool, started lazily.
+            if self._idle == 0 and len(self._threads) < self.max_workers:
+                thread = threading.Thread(
+                    target=self._work, name=f"ironflow-step-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._idle -= 1
 
-    def _pool_get(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                self.max_workers, thread_name_prefix="ironflow-step"
-            )
-        return self._pool
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self._run_sync(job)
+            with self._lock:
+                self._idle += 1
 
     def _finish(self, outcome: Outcome) -> None:
         job = outcome.job
@@ -183,9 +196,12 @@ class Executor:
         return None if nearest is None else max(0.0, nearest - now)
 
     def shutdown(self, wait: bool = True) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=not wait)
-            self._pool = None
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in threads:
+                thread.join(timeout=30)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._loop_thread is not None and wait:

@@ -7,8 +7,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from ironflow.commands.event import Event
-from ironflow.history.codec import converter, parse_timestamp
+from ironflow.history.codec import parse_timestamp
 from ironflow.history.events import (
     EVENT_TYPES,
     ChildFailed,
@@ -64,15 +66,22 @@ def _error(body: dict[str, Any]) -> ErrorInfo:
     return ErrorInfo(body["type"], body["message"], body.get("traceback"))
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(a.name for a in attrs.fields(cls) if a.name not in ("seq", "ts"))
+    for cls in EVENT_TYPES.values()
+}
+
+
 def encode(event: HistoryEvent) -> tuple[int, str, int, str]:
     """``(seq, type, ts_us, body_json)`` for the history table."""
     cls = type(event)
-    body: dict[str, Any] = converter.unstructure(event)
-    del body["seq"], body["ts"]
+    body = {name: getattr(event, name) for name in _FIELDS[cls]}
     if cls is RunStarted or cls is WaitMatched:
-        body["event"] = _event_body(event.event)  # type: ignore[union-attr]
+        body["event"] = _event_body(body["event"])
     elif cls is RetryScheduled:
-        body["at"] = to_us(event.at)  # type: ignore[union-attr]
+        body["at"] = to_us(body["at"])
+    elif "error" in body:
+        body["error"] = _error_body(body["error"])
     return (event.seq, cls.__name__, to_us(event.ts), dumps(body))
 
 

@@ -57,14 +57,23 @@ class SQLiteStore:
         self.path = path
         self.durability = durability
         self.lock = threading.RLock()
-        self.conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-        )
+        try:
+            self.conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            )
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot open the database {path!r}: {exc}") from None
         self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        self.db = sqlite_utils.Database(self.conn)
+        try:
+            self._check_ours()
+        except BaseException:
+            self.conn.close()
+            raise
+        # Only now, knowing the file is ours (or new), may its journal mode change.
         if path != ":memory:":
             self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"PRAGMA synchronous = {DURABILITY[durability]}")
-        self.db = sqlite_utils.Database(self.conn)
         self._migrate()
 
     def close(self) -> None:
@@ -81,20 +90,26 @@ class SQLiteStore:
         ).fetchone()
         return int(row[0]) if row else None
 
+    def _check_ours(self) -> None:
+        try:
+            tables = set(self.db.table_names())
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a SQLite database ({exc})") from None
+        version = self.schema_version()
+        if version is None and tables:
+            raise StoreError(
+                f"{self.path} is a SQLite database but not an ironflow one "
+                f"(it has tables {sorted(tables)[:5]} and no ironflow_meta)"
+            )
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has ironflow schema version {version}, newer than this "
+                f"ironflow understands ({SCHEMA_VERSION}); upgrade ironflow"
+            )
+
     def _migrate(self) -> None:
         with self.lock:
-            tables = set(self.db.table_names())
             version = self.schema_version()
-            if version is None and tables:
-                raise StoreError(
-                    f"{self.path} is a SQLite database but not an ironflow one "
-                    f"(it has tables {sorted(tables)[:5]} and no ironflow_meta)"
-                )
-            if version is not None and version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has ironflow schema version {version}, newer than this "
-                    f"ironflow understands ({SCHEMA_VERSION}); upgrade ironflow"
-                )
             if version == SCHEMA_VERSION:
                 return
             with self.transaction():

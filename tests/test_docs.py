@@ -1,0 +1,62 @@
+"""Every ```python block of the documentation runs on its own and its assertions hold.
+
+One test per block, each in a fresh module with a temporary working directory. The page
+docs/embedding.md has its own test (test_docs_embedding.py) and is skipped here.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import types
+from pathlib import Path
+
+import pytest
+from docs_runner import ROOT, python_blocks
+
+DOCS = ROOT / "docs"
+SKIP = {DOCS / "embedding.md"}
+
+
+def _blocks() -> list[tuple[Path, int, int, str]]:
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        if page in SKIP:
+            continue
+        for number, (line, code) in enumerate(python_blocks(page), 1):
+            found.append((page, number, line, code))
+    return found
+
+
+BLOCKS = _blocks()
+
+
+def _id(block: tuple[Path, int, int, str]) -> str:
+    page, number, line, _ = block
+    return f"{page.relative_to(DOCS).as_posix()}#{number}@L{line}"
+
+
+def test_docs_have_python_examples():
+    pages = {page for page, *_ in BLOCKS}
+    assert len(pages) >= 10, sorted(str(page) for page in pages)
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[_id(block) for block in BLOCKS])
+def test_docs_block_runs(block, tmp_path, monkeypatch):
+    page, number, line, code = block
+    monkeypatch.chdir(tmp_path)
+    name = f"_docs_block_{page.stem}_{number}"
+    module = types.ModuleType(name)
+    module.__file__ = str(page)
+    sys.modules[name] = module  # so dataclasses, pickle and friends find the module
+    try:
+        # Leading newlines make tracebacks point at the markdown file's own line numbers.
+        exec(compile("\n" * (line - 1) + code, str(page), "exec"), module.__dict__)
+    except Exception as exc:
+        raise AssertionError(
+            f"python block {number} of {page.relative_to(ROOT)} (line {line}) raised "
+            f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}\n"
+            f"--- block ---\n{code}--- end of block ---"
+        ) from exc
+    finally:
+        del sys.modules[name]
