@@ -315,7 +315,7 @@ def _scenario(sc: Scenario, mode: str, arg: str) -> None:
     assert {sid for sid, _ in lines} <= scheduled, f"journal names unknown steps\n{context}"
     crashed = collections.Counter(sid for sid, pid in lines if pid == first.pid)
     after = collections.Counter(sid for sid, pid in lines if pid != first.pid)
-    assert {pid for _, pid in lines} <= {first.pid, second.pid}, context
+    assert first.pid != second.pid and {pid for _, pid in lines} <= {first.pid, second.pid}, context
     outcomes = _outcomes(final)
     lost: dict[str, int] = {}
     for sid in sorted(scheduled):
@@ -334,7 +334,7 @@ def _scenario(sc: Scenario, mode: str, arg: str) -> None:
             f"{outcomes_before[sid]} outcome(s) committed (expected at most one lost run)\n"
             f"{context}"
         )
-    # Only compensate:fetch never runs (the run succeeded); everything else completed once.
+    # compensate:fetch never runs (the run succeeded), boom always fails; the rest completed once.
     completed = collections.Counter(
         e.id for h in final.values() for e in h if isinstance(e, StepCompleted)
     )

@@ -178,6 +178,8 @@ class Executor:
 
     def expire(self) -> float | None:
         """Report sync jobs past their deadline as timed out; seconds to the next deadline."""
+        if not self._deadlines:
+            return None
         now = time.monotonic()
         expired: list[tuple[str, str, int]] = []
         nearest: float | None = None
