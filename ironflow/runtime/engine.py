@@ -149,11 +149,17 @@ class _Batch:
             # A run's lease moved to another worker under us: write nothing of this batch.
             raise sqlite3.IntegrityError(f"lease lost: {changed} of {expected} runs still ours")
         if self.notify:
+            # A parent that already ended (its invoke timed out, say) is not told.
             conn.executemany(
-                "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (?, ?, ?, ?)", self.notify
+                "INSERT INTO inbox (run_id, type, ts_us, body) SELECT ?, ?, ?, ? WHERE EXISTS "
+                "(SELECT 1 FROM runs WHERE id = ?1 "
+                "AND status NOT IN ('completed', 'failed', 'cancelled'))",
+                self.notify,
             )
             conn.executemany(
-                "UPDATE runs SET ready = 1 WHERE id = ?", [(row[0],) for row in self.notify]
+                "UPDATE runs SET ready = 1 WHERE id = ? "
+                "AND status NOT IN ('completed', 'failed', 'cancelled')",
+                [(row[0],) for row in self.notify],
             )
 
 
