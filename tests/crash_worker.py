@@ -33,7 +33,7 @@ from ironflow import InvokeError, NonRetryableError, RetryPolicy, step
 FLOW_ID = "crash-flow"
 SAGA_ID = "crash-saga"
 EVENT = "crash.approved"
-LEASE = "500ms"
+LEASE = "400ms"
 POLL = "20ms"
 SLEEP = "200ms"
 

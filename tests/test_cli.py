@@ -27,6 +27,7 @@ from ironflow.cli.db import connect_readonly
 from ironflow.history import loads
 from ironflow.interpreter import replay
 from ironflow.testing import VirtualClock
+from ironflow.testing import replay as golden_replay
 
 APP = """
 import os
@@ -197,10 +198,13 @@ def test_python_dash_m_ironflow_shows_every_command(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for command in ("worker", "start", "emit", "runs", "replay"):
         assert command in done.stdout
-    result = CliRunner().invoke(cli, ["runs", "--help"])
-    assert result.exit_code == 0
-    for command in ("list", "show", "export", "cancel", "resume"):
-        assert command in result.stdout
+    for args in (["runs", "--help"], ["runs"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0
+        for command in ("list", "show", "export", "cancel", "resume"):
+            assert command in result.stdout
+    unknown = CliRunner().invoke(cli, ["nope"])
+    assert_bad_input(unknown, "No such command 'nope'")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -221,6 +225,12 @@ def test_start_prints_the_run_id_and_a_given_run_id_is_idempotent(project: Proje
     assert first.stdout.strip() == again.stdout.strip() == "order-1"
     project.drive()
     assert project.status(run_id) == project.status("order-1") == "completed"
+    before = snapshot(project.root)
+    taken = project.cli(
+        "start", "checkout", "--run-id", "order-1", "--app", project.spec(), "--db", "runs.db"
+    )
+    assert_bad_input(taken, "'order-1' already belongs to a run of 'greet'")
+    assert snapshot(project.root) == before
 
 
 def test_start_reads_data_from_stdin(project: Project) -> None:
@@ -376,6 +386,8 @@ def test_runs_export_round_trips_through_the_history_codec(populated: Any, tmp_p
     written = project.cli("runs", "export", ids["checkout"], "-o", str(target), "--db", "runs.db")
     assert written.exit_code == 0, written.stderr
     assert loads(target.read_text()) == history
+    assert golden_replay(project.module.checkout, target).status == "failed"
+    assert golden_replay(project.module.checkout, str(target)) == decision
 
 
 # --- replay -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ the invoked child ``crash-saga``; see ``tests/crash_worker.py``) on a SQLite fil
    file that never appears);
 2. snapshots what was committed when it died (every run's history) and runs the worker again
    without a crash point: it is a new process with a new worker id, so it must wait for the dead
-   worker's lease (500ms) to expire before it takes the run over;
+   worker's lease (400ms) to expire before it takes the run over;
 3. emits the awaited event from the test through a separate ``Engine`` on the same file, as soon
    as the run has scheduled the wait (so it is delivered through the inbox of a waiting run);
 4. checks: the output, status ``completed``; histories contiguous (seq 0..n-1), append-only (the
@@ -65,13 +65,12 @@ APPROVER = "tester"
 PHASE_TIMEOUT = 30.0  # seconds one worker process may take before the test gives up on it
 POLL = 0.005
 
-# Injection points and hit counts. A clean run makes about 14 driver commits; step bodies
-# start in this order: fetch, flaky (fails), flaky, pair/0/left, pair/1/right, hold, boom
-# (fails), compensate:hold, finish; ``step-end`` is only reached by bodies that return.
-# ``timer-fire`` 1 is flaky's retry timer, 2 the 200ms sleep.
+# Injection points and hit counts. A clean run makes 14-15 driver commits (``dispatch`` is
+# reached right after each ``commit``); step bodies start in this order: fetch, flaky (fails),
+# flaky, pair/0/left, pair/1/right, hold, boom (fails), compensate:hold, finish; ``step-end`` is
+# only reached by bodies that return. ``timer-fire`` 1 is flaky's retry timer, 2 the 200ms sleep.
 CRASH_POINTS = [
     "commit:1",
-    "commit:2",
     "commit:4",
     "commit:6",
     "commit:8",

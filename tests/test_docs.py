@@ -6,6 +6,7 @@ docs/embedding.md has its own test (test_docs_embedding.py) and is skipped here.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import traceback
 import types
@@ -33,7 +34,7 @@ BLOCKS = _blocks()
 
 def _id(block: tuple[Path, int, int, str]) -> str:
     page, number, line, _ = block
-    return f"{page.relative_to(DOCS).as_posix()}#{number}@L{line}"
+    return f"{page.relative_to(DOCS).as_posix()}-block{number}-line{line}"
 
 
 def test_docs_have_python_examples():
@@ -60,3 +61,23 @@ def test_docs_block_runs(block, tmp_path, monkeypatch):
         ) from exc
     finally:
         del sys.modules[name]
+
+
+def test_testing_page_fixture_example_passes_under_pytest(tmp_path):
+    """The pytest-fixture example of docs/testing.md, saved as a test file, passes in pytest."""
+    [code] = [
+        code
+        for _, code in python_blocks(DOCS / "testing.md")
+        if code.startswith("# tests/test_signup.py")
+    ]
+    test_file = code.split("# --- Not part of the test file")[0]
+    (tmp_path / "test_signup.py").write_text(test_file, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_signup.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout

@@ -29,10 +29,18 @@ from ironflow.runtime.rows import from_us
 F = Callable[..., Any]
 
 
+class _NeverRaised(click.UsageError):
+    pass
+
+
+# click >= 8.2 raises this usage error for a group given no command; its message is the help.
+_NO_ARGS: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHelpError", _NeverRaised)
+
+
 class IronflowGroup(click.Group):
     """A group whose errors, usage errors included, are one line on stderr."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Any = None,
         prog_name: str | None = None,
@@ -42,6 +50,9 @@ class IronflowGroup(click.Group):
     ) -> Any:
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS as exc:  # `ironflow` or `ironflow runs` alone: the help
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            code = 0
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             click.echo(f"ironflow: error: {one_line(exc.format_message())}{hint}", err=True)
@@ -345,7 +356,7 @@ def show_run(run_id: str, db: str | None, as_json: bool) -> None:
 def export_run(run_id: str, output: str | None, db: str | None) -> None:
     """Print a run's history as JSON.
 
-    The file `ironflow replay` and ironflow.history.load_path read back.
+    What `ironflow replay` and ironflow.testing.replay read back (-o writes it to a file).
     """
     with reading(db) as engine:
         get_run(engine, run_id)

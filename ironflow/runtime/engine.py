@@ -865,6 +865,7 @@ class Engine:
                 (self.worker_id,),
             )
         self._live.clear()
+        self._in_flight.clear()
 
     def _idle_timeout(self) -> float:
         timeout = self.poll

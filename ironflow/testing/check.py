@@ -37,6 +37,7 @@ def check_workflow(
         database=None,
         suppress_health_check=list(HealthCheck),
         print_blob=False,
+        report_multiple_bugs=False,
     )
     @given(tapes(max_size=max_decisions * 4))
     def check(numbers: list[int]) -> None:
