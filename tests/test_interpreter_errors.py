@@ -332,6 +332,51 @@ def test_a_recorded_end_the_code_does_not_reach():
     assert error.position == len(history_of_v1()) - 1
 
 
+def test_a_recorded_failure_the_code_now_completes():
+    def buggy(ctx):
+        a = yield step.run("a", echo, {"x": 1})
+        return a["missing"]
+
+    def fixed(ctx):
+        a = yield step.run("a", echo, {"x": 1})
+        return a.get("missing", 0)
+
+    sim = Sim(buggy)
+    sim.execute("a")
+    assert sim.events(RunFailed)[0].error.type == "KeyError"
+    error = diverges(fixed, sim.history)
+    assert (error.recorded, error.current) == ("RunFailed", "RunCompleted")
+    assert "recorded RunFailed" in str(error)
+
+
+def test_a_recorded_completion_the_code_now_fails():
+    def fixed(ctx):
+        a = yield step.run("a", echo, {"x": 1})
+        return a.get("missing", 0)
+
+    def broken(ctx):
+        a = yield step.run("a", echo, {"x": 1})
+        return a["missing"]
+
+    sim = Sim(fixed)
+    sim.execute("a")
+    error = diverges(broken, sim.history)
+    assert (error.recorded, error.current) == ("RunCompleted", "RunFailed")
+
+
+def test_resume_of_a_run_failed_by_its_own_code_fails_again():
+    def buggy(ctx):
+        a = yield step.run("a", echo, {"x": 1})
+        return a["missing"]
+
+    sim = Sim(buggy)
+    sim.execute("a")
+    decision = sim.resume()
+    assert decision.done and decision.status == "failed" and not decision.events
+    assert isinstance(decision.error, KeyError)
+    assert len(sim.events(RunFailed)) == 1
+
+
 def test_a_recorded_retry_the_code_does_not_decide():
     def old(ctx):
         return (yield step.run("a", echo))

@@ -362,6 +362,7 @@ def drive(data: Any, plan: tuple[Any, ...]) -> Driven:
     interpreter abandoned (a branch cut short by ``fail_fast``, the run ending): a real
     runtime may still report a body that was in flight. It must change nothing.
     """
+    CALLS["step"] = CALLS["undo"] = 0
     flow = build(plan)
     bound = cost(plan)
     interp = Interpreter(flow)
@@ -377,7 +378,11 @@ def drive(data: Any, plan: tuple[Any, ...]) -> Driven:
         decisions.append((len(history), decision))
         if decision.events:
             history.extend(decision.events)
-            settled = interp.feed(decision.events)
+            if data.draw(st.booleans(), "record, then decide"):
+                interp.record(decision.events)  # as the engine does
+                settled = interp.decide()
+            else:
+                settled = interp.feed(decision.events)
             decisions.append((len(history), settled))
             assert not settled.events and not settled.commands, settled
             assert settled.pending == decision.pending
@@ -460,16 +465,10 @@ def drive(data: Any, plan: tuple[Any, ...]) -> Driven:
 # --- properties -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _reset_calls() -> None:
-    CALLS["step"] = CALLS["undo"] = 0
-
-
 @_settings(150)
 @given(plan=PLANS, data=st.data())
 def test_every_prefix_replays_to_the_live_decision(plan: Any, data: Any) -> None:
     """(a) A fresh replay of every prefix the live interpreter decided on decides the same."""
-    CALLS["step"] = CALLS["undo"] = 0
     run = drive(data, plan)
     for length, live in run.decisions:
         replayed = replay(run.flow, run.history[:length])
@@ -482,7 +481,6 @@ def test_every_prefix_replays_to_the_live_decision(plan: Any, data: Any) -> None
 @given(plan=PLANS, data=st.data())
 def test_fresh_interpreters_agree_however_the_history_is_fed(plan: Any, data: Any) -> None:
     """(b) Two fresh interpreters agree exactly; feeding in random chunks changes nothing."""
-    CALLS["step"] = CALLS["undo"] = 0
     run = drive(data, plan)
     final = run.decisions[-1][1]
     first = Interpreter(run.flow)
@@ -552,6 +550,7 @@ def two_steps(ctx: Any) -> Any:
 
 def test_duplicate_completion_is_non_determinism() -> None:
     """(e) A second StepCompleted for a step already completed raises NonDeterminismError."""
+    CALLS["step"] = CALLS["undo"] = 0
     sim = Sim(two_steps)
     sim.complete("a", 1)
     with pytest.raises(NonDeterminismError, match="a second completion"):
@@ -590,6 +589,7 @@ def many_steps(ctx: Any) -> Any:
 
 def test_cached_interpreter_resumes_in_constant_work() -> None:
     """``events_processed`` grows by exactly the new events: resuming costs O(new events)."""
+    CALLS["step"] = CALLS["undo"] = 0
     sim = Sim(many_steps, check=False)
     for i in range(STEPS):
         sim.complete(f"step-{i}", 1)

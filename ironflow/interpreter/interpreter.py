@@ -1224,7 +1224,16 @@ class Interpreter:
         self._patches[event.change_id] = True
 
     def _on_run_ended(self, event: RunCompleted | RunFailed) -> None:
-        self._match_other(("end",), event, f"the run's end ({type(event).__name__})")
+        recorded = type(event).__name__
+        other = self._match_other(("end",), event, f"the run's end ({recorded})")
+        if other.event_cls is not type(event):
+            raise NonDeterminismError(
+                f"replay diverged from history at seq {event.seq}: recorded {recorded}, but "
+                f"the code now ends with {other.event_cls.__name__}",
+                recorded=recorded,
+                current=other.event_cls.__name__,
+                position=event.seq,
+            )
 
 
 def _bind_branch(branch: Callable[[Any], Any]) -> Callable[[], Any]:

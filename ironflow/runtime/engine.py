@@ -498,11 +498,12 @@ class Engine:
         self.stats["commits"] += 1
         if _FAULTS:
             crash_point("commit")
-            crash_point("dispatch")
         if dispatch:
             self._outstanding += len(jobs)
             for job in jobs:
                 self._executor.submit(job)
+                if _FAULTS:
+                    crash_point("dispatch")  # some of the batch's steps started, not all
         return True
 
     def _renew_leases(self, now_us: int) -> None:

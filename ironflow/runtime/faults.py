@@ -1,7 +1,7 @@
 """Crash injection for the crash tests: ``IRONFLOW_CRASH_AT=point[:n]`` SIGKILLs the process.
 
 The process kills itself the n-th time (default 1st) it reaches ``point``. Points: ``commit``
-(a transaction just committed), ``dispatch`` (before handing steps to the executor),
+(a transaction just committed), ``dispatch`` (after handing one step to the executor),
 ``step-start`` / ``step-end`` (around a step body), ``timer-fire`` and ``event-deliver``
 (inside the transaction that records them). Unset, it costs one comparison.
 """
