@@ -10,6 +10,7 @@ import ironflow
 from ironflow import step
 from ironflow.commands import Event
 from ironflow.history import (
+    ChildFailed,
     CommandScheduled,
     ErrorInfo,
     RunFailed,
@@ -532,7 +533,7 @@ def test_invoke_error_cause_for_an_unloaded_class():
     sim = Sim(flow)
     sim.child_started("call")
     sim.feed(
-        __import__("ironflow.history", fromlist=["ChildFailed"]).ChildFailed,
+        ChildFailed,
         id="call",
         child_run_id="child-1",
         error=ErrorInfo("far.away.Error", "child said no"),

@@ -86,6 +86,9 @@ class _Live:
     decision: Decision | None = None
 
 
+_NEVER = 2**63 - 1
+
+
 class _Broken(Exception):
     """A run could not be driven (its history and code diverge, or a bug): park it."""
 
@@ -213,6 +216,11 @@ class Engine:
         self._serving = False
         self._stopping = threading.Event()
         self._next_renewal_us = 0
+        # When to look in the database for work: on in-process news (dirty), when the
+        # nearest known timer falls due, and every poll interval for other processes' news.
+        self._dirty = True
+        self._next_timer_us = 0
+        self._next_poll = 0.0
         self.stats = {"runs_taken": 0, "steps_executed": 0, "commits": 0}
         # Test kit hook: step functions replaced by step name (see ironflow.testing.mock_steps).
         self.step_mocks: dict[str, Callable[..., Any]] = {}
@@ -299,6 +307,7 @@ class Engine:
                 pos,
             ),
         )
+        self._dirty = True  # a new run is ready to drive
         started = RunStarted(0, event.ts, run_id, function_id, event, parent_run)
         conn.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(started)))
 
@@ -337,6 +346,7 @@ class Engine:
         pos = cursor.lastrowid
         event = Event(event_id, name, data, now)
         self._match_waits(conn, event, now_us)
+        self._dirty = True
         started = []
         for function in self.functions.values():
             if function.triggered_by(name):
@@ -388,11 +398,13 @@ class Engine:
     # --- driving -----------------------------------------------------------------------------
 
     def _wake(self) -> None:
+        self._dirty = True
         self._results.put(None)
 
     def run_until_idle(self) -> None:
         """Do all work due now (steps, due timers, matched events); return when none is left."""
         with self._drive_lock:
+            self._dirty = True
             while True:
                 if self._tick():
                     continue
@@ -450,28 +462,8 @@ class Engine:
                     },
                 )
             work.setdefault(job.run_id, []).append(item)
-        if not self.functions:
-            return bool(work)
-        marks = ",".join("?" * len(self.functions))
-        fids = tuple(self.functions)
-        for run_id, step_id, kind, attempt in self.store.query(
-            "SELECT t.run_id, t.step_id, t.kind, t.attempt FROM timers t "
-            "JOIN runs r ON r.id = t.run_id WHERE t.due_us <= ? AND r.status != 'blocked' "
-            f"AND r.function_id IN ({marks}) AND (r.lease_owner IS NULL OR r.lease_owner = ? "
-            "OR r.lease_until_us < ?) ORDER BY t.due_us LIMIT 1000",
-            (now_us, *fids, self.worker_id, now_us),
-        ):
-            timers.setdefault(run_id, []).append((step_id, kind, attempt))
-            work.setdefault(run_id, [])
-        for (run_id,) in self.store.query(
-            "SELECT id FROM runs WHERE ((ready = 1 AND "
-            "status NOT IN ('blocked', 'completed', 'failed', 'cancelled')) OR "
-            "(status IN ('pending', 'running') AND (lease_owner IS NULL OR lease_until_us < ?))) "
-            f"AND function_id IN ({marks}) AND (lease_owner IS NULL OR lease_owner = ? "
-            "OR lease_until_us < ?) LIMIT 1000",
-            (now_us, *fids, self.worker_id, now_us),
-        ):
-            work.setdefault(run_id, [])
+        if self.functions and self._should_discover(now_us):
+            self._discover(now_us, work, timers)
         if not work:
             return False
         while True:
@@ -505,6 +497,48 @@ class Engine:
                 if _FAULTS:
                     crash_point("dispatch")  # some of the batch's steps started, not all
         return True
+
+    def _should_discover(self, now_us: int) -> bool:
+        """Look for new work in the database only when something may have changed."""
+        return self._dirty or now_us >= self._next_timer_us or time.monotonic() >= self._next_poll
+
+    def _discover(
+        self,
+        now_us: int,
+        work: dict[str, list[Input]],
+        timers: dict[str, list[tuple[str, str, int]]],
+    ) -> None:
+        """Due timers and runs that need driving (new, woken, or orphaned by a dead worker)."""
+        fids = tuple(self.functions)
+        # CROSS JOIN keeps SQLite walking timers by due time; +function_id keeps it off the
+        # function index (which would visit every run of the function, parked or ended).
+        due = self.store.query(
+            "SELECT t.run_id, t.step_id, t.kind, t.attempt FROM timers t "
+            "CROSS JOIN runs r ON r.id = t.run_id WHERE t.due_us <= ? AND r.status != 'blocked' "
+            f"AND +r.function_id IN ({_marks(fids)}) AND (r.lease_owner IS NULL "
+            "OR r.lease_owner = ? OR r.lease_until_us < ?) ORDER BY t.due_us LIMIT 1000",
+            (now_us, *fids, self.worker_id, now_us),
+        )
+        for run_id, step_id, kind, attempt in due:
+            timers.setdefault(run_id, []).append((step_id, kind, attempt))
+            work.setdefault(run_id, [])
+        lease = "(lease_owner IS NULL OR lease_owner = ? OR lease_until_us < ?)"
+        ready = self.store.query(
+            "SELECT id FROM runs WHERE ready = 1 "
+            "AND status NOT IN ('blocked', 'completed', 'failed', 'cancelled') "
+            f"AND +function_id IN ({_marks(fids)}) AND {lease} "
+            "UNION SELECT id FROM runs WHERE status IN ('pending', 'running') "
+            "AND (lease_owner IS NULL OR lease_until_us < ?) "
+            f"AND +function_id IN ({_marks(fids)}) AND {lease} LIMIT 1000",
+            (*fids, self.worker_id, now_us, now_us, *fids, self.worker_id, now_us),
+        )
+        for (run_id,) in ready:
+            work.setdefault(run_id, [])
+        nearest = self.store.query("SELECT MIN(due_us) FROM timers WHERE due_us > ?", (now_us,))
+        self._next_timer_us = nearest[0][0] if nearest and nearest[0][0] is not None else _NEVER
+        # A full page means there may be more: look again on the next tick.
+        self._dirty = len(due) >= 1000 or len(ready) >= 1000
+        self._next_poll = time.monotonic() + self.poll
 
     def _renew_leases(self, now_us: int) -> None:
         if now_us < self._next_renewal_us or not self._live:
@@ -620,6 +654,8 @@ class Engine:
             except Exception as exc:
                 raise _Broken(run_id, exc) from exc
         batch.write(conn, self.worker_id, now_us)
+        if batch.notify:
+            self._dirty = True  # parents were told that a child ended
         for run_id in batch.parked:
             self._live.pop(run_id, None)
         for run_id in batch.finished:
@@ -749,6 +785,7 @@ class Engine:
     def _timer(
         self, conn: Any, run_id: str, step_id: str, kind: str, due_us: int, attempt: int
     ) -> None:
+        self._next_timer_us = min(self._next_timer_us, due_us)
         conn.execute(
             "INSERT OR REPLACE INTO timers VALUES (?, ?, ?, ?, ?)",
             (run_id, step_id, kind, due_us, attempt),
@@ -869,16 +906,14 @@ class Engine:
         self._in_flight.clear()
 
     def _idle_timeout(self) -> float:
-        timeout = self.poll
+        timeout = max(0.0, self._next_poll - time.monotonic())
         nearest = self._executor.expire()
         if nearest is not None:
             timeout = min(timeout, nearest)
-        if not getattr(self.clock, "is_virtual", False):
-            row = self.store.query("SELECT MIN(due_us) FROM timers")
-            if row and row[0][0] is not None:
-                _, now_us = self._now()
-                timeout = min(timeout, max(0.0, (row[0][0] - now_us) / 1e6))
-        return max(timeout, 0.0)
+        if self._next_timer_us < _NEVER and not getattr(self.clock, "is_virtual", False):
+            _, now_us = self._now()
+            timeout = min(timeout, max(0.0, (self._next_timer_us - now_us) / 1e6))
+        return timeout
 
     def stop(self) -> None:
         """Ask ``serve()`` to stop taking work and return once what it holds is committed."""
