@@ -19,12 +19,21 @@ def _unstructure_datetime(value: _dt.datetime) -> str:
     return value.astimezone(_dt.UTC).isoformat()
 
 
-def parse_timestamp(value: Any) -> pendulum.DateTime:
-    """A stored timestamp (ISO 8601 with offset, or a datetime) as a UTC pendulum DateTime."""
+def parse_timestamp(value: Any) -> _dt.datetime:
+    """A stored timestamp (ISO 8601 with offset, or a datetime) as an aware UTC datetime."""
     if isinstance(value, _dt.datetime):
         return pendulum.instance(value).in_timezone("UTC")
     if not isinstance(value, str):
         raise ValueError(f"not a timestamp: {value!r}")
+    if len(value) > 19 and value[-6] in "+-" and value[-3] == ":":
+        # The form isoformat() writes, which is what ironflow stores: the standard library
+        # parses it many times faster than pendulum.
+        try:
+            quick = _dt.datetime.fromisoformat(value)
+        except ValueError:
+            quick = None
+        if quick is not None and quick.utcoffset() is not None:
+            return quick.astimezone(_dt.UTC)
     parsed = pendulum.parse(value, tz=None)
     if not isinstance(parsed, _dt.datetime):
         raise ValueError(f"not a timestamp: {value!r}")

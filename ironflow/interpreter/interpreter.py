@@ -14,6 +14,7 @@ the determinism check), and whatever is still tentative when a batch ends become
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import hashlib
@@ -93,7 +94,7 @@ _TIMED_KINDS = ("sleep", "sleep_until", "wait_event", "invoke")
 class _Task:
     """A running generator (or a branch that returned one command) and where it waits."""
 
-    __slots__ = ("abandoned", "gen", "index", "parallel", "prefix", "waiting")
+    __slots__ = ("abandoned", "gen", "index", "parallel", "prefix", "unrecorded", "waiting")
 
     def __init__(
         self,
@@ -108,6 +109,9 @@ class _Task:
         self.index = index
         self.waiting: str | _ParallelState | None = None
         self.abandoned = False
+        # Commands this task yielded that history does not record yet, in yield order: the
+        # history must record them in this order (that is the per-scope order check).
+        self.unrecorded: collections.deque[_Slot] = collections.deque()
 
 
 class _Slot:
@@ -207,6 +211,17 @@ def fingerprint(command: Command) -> str:
     if isinstance(command, Map):
         return f"{len(command.items)} items"
     return ""
+
+
+def _describe(value: Any) -> str:
+    """``value`` for an error message that replay must reproduce: no memory addresses."""
+    if value is None or type(value) in (bool, int, float, str, list, tuple, dict):
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+    kind = type(value)
+    name = getattr(value, "__qualname__", None)
+    what = f"{kind.__qualname__} {name}" if isinstance(name, str) else kind.__qualname__
+    return f"a {what} object"
 
 
 def _iso(value: _dt.datetime | None) -> str | None:
@@ -331,6 +346,8 @@ class Interpreter:
         # ``patched`` must see the decisions that follow the event being folded.
         self._last_decision_seq = -1
         self._recorded_patches: set[str] = set()
+        self._batch: list[Any] = []
+        self._batch_scanned = True
         self._suspend_keys: set[tuple[str, int]] = set()
         self._dead: set[int] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -408,7 +425,8 @@ class Interpreter:
         waiting = self._waiting
         start = expected = len(history)
         batch = events if type(events) is list else list(events)
-        self._look_ahead(batch)
+        self._batch = batch
+        self._batch_scanned = False
         event: Any
         for event in batch:
             seq = event.seq
@@ -430,10 +448,11 @@ class Interpreter:
                     and slot.kind == "run"
                     and event.kind == "run"
                     and event.name == slot.command.name
-                    and (len(tentative) == 1 or next(iter(tentative)) == event.id)
+                    and slot.task.unrecorded[0] is slot
                     and event.fingerprint == _fn_name(slot.command.fn)
                 ):
                     del tentative[event.id]
+                    slot.task.unrecorded.popleft()
                     continue
             elif kind is StepCompleted:
                 slot = waiting.get(event.id)
@@ -467,6 +486,8 @@ class Interpreter:
         """Fold the stored history again from scratch (used when a failed run resumes)."""
         self._reset()
         handlers = self._handlers
+        self._batch = self.events
+        self._batch_scanned = False
         for event in self.events:
             self._pos = event.seq
             if event.seq in self._dead:
@@ -476,9 +497,12 @@ class Interpreter:
 
     # --- what the context asks -----------------------------------------------------------------
 
-    def _look_ahead(self, batch: list[Any]) -> None:
-        """Note the recorded decisions of a batch before folding it, for ``is_replaying``."""
-        for event in batch:
+    def _look_ahead(self) -> None:
+        """Note the recorded decisions of the batch being folded (once, and only if asked)."""
+        if self._batch_scanned:
+            return
+        self._batch_scanned = True
+        for event in self._batch:
             if isinstance(event, _DECISION_TYPES):
                 self._last_decision_seq = max(self._last_decision_seq, event.seq)
                 if isinstance(event, PatchMarked):
@@ -487,6 +511,7 @@ class Interpreter:
     @property
     def is_replaying(self) -> bool:
         """True while the event being folded is followed by decisions already recorded."""
+        self._look_ahead()
         return self._pos < self._last_decision_seq
 
     def patched(self, change_id: str) -> bool:
@@ -495,6 +520,7 @@ class Interpreter:
         known = self._patches.get(change_id)
         if known is not None:
             return known
+        self._look_ahead()
         value = change_id in self._recorded_patches or not self.is_replaying
         if value:
             self._add_other(("patch", change_id), PatchMarked, {"change_id": change_id}, None)
@@ -648,8 +674,8 @@ class Interpreter:
         if inspect.isgenerator(value):
             hint = " (a generator: did you mean `yield from`, or to pass it to step.parallel?)"
         return TypeError(
-            f"the workflow yielded {value!r}{hint}; yield the commands that ironflow.step "
-            f"builds, e.g. `result = yield step.run('name', fn)`"
+            f"the workflow yielded {_describe(value)}{hint}; yield the commands that "
+            f"ironflow.step builds, e.g. `result = yield step.run('name', fn)`"
         )
 
     def _claim(self, task: _Task, name: str) -> str | DuplicateStepError:
@@ -667,6 +693,7 @@ class Interpreter:
         self._order += 1
         slot = _Slot(sid, task, command, kind, self._order, self.now)
         self._tent_cmds[sid] = slot
+        task.unrecorded.append(slot)
         return slot
 
     def _wait_on(self, task: _Task, slot: _Slot) -> Any:
@@ -682,6 +709,7 @@ class Interpreter:
         self._order += 1
         slot = _Slot(sid, task, command, "run", self._order, self.now)
         self._tent_cmds[sid] = slot
+        task.unrecorded.append(slot)
         self._waiting[sid] = slot
         task.waiting = sid
         return PENDING
@@ -819,7 +847,7 @@ class Interpreter:
                 task,
                 None,
                 TypeError(
-                    f"branch {index} of {state.id!r} returned {out!r}; a branch returns a "
+                    f"branch {index} of {state.id!r} returned {_describe(out)}; a branch returns a "
                     f"command (`s.run(...)`) or a generator"
                 ),
             )
@@ -1142,13 +1170,9 @@ class Interpreter:
         slot = tentative.get(sid)
         if slot is None:
             raise self._diverged(event, None)
-        if next(iter(tentative)) != sid:
-            scope = slot.task.prefix
-            for other in tentative.values():
-                if other is slot:
-                    break
-                if other.task.prefix == scope and not other.task.abandoned:
-                    raise self._diverged(event, other)
+        unrecorded = slot.task.unrecorded
+        if unrecorded[0] is not slot and not slot.task.abandoned:
+            raise self._diverged(event, unrecorded[0])
         command = slot.command
         if (
             event.kind != slot.kind
@@ -1157,6 +1181,7 @@ class Interpreter:
         ):
             raise self._diverged(event, slot)
         del tentative[sid]
+        unrecorded.remove(slot)
         if slot.kind in _TIMED_KINDS:
             due = event.detail.get("due")
             if due is not None:
