@@ -570,12 +570,13 @@ class Engine:
                 continue
             histories: dict[str, list[HistoryEvent]] = {row[0]: [] for row in taken}
             ids = list(histories)
-            for run_id, *row in conn.execute(
+            found = conn.execute(
                 "SELECT run_id, seq, type, ts_us, body FROM history "
                 f"WHERE run_id IN ({_marks(ids)}) ORDER BY run_id, seq",
                 ids,
-            ):
-                histories[run_id].append(rows.decode(*row))
+            ).fetchall()
+            for (run_id, *_), event in zip(found, rows.decode_many(found, 1), strict=True):
+                histories[run_id].append(event)
             for run_id, function_id, next_seq, event_pos, parent_run, parent_step, notify in taken:
                 history = histories[run_id]
                 if len(history) != next_seq:
@@ -701,7 +702,9 @@ class Engine:
             live.next_seq = len(interpreter.events)
             if decision.done:
                 break
-            inputs = self._apply(conn, live, decision, now, now_us)
+            # After a resume, work abandoned at the failure is pending again: index it all.
+            resumed = any(type(event) is RunResumed for event in accepted)
+            inputs = self._apply(conn, live, decision, now, now_us, resumed)
             if not inputs:
                 break
         if decision.done:
@@ -750,12 +753,20 @@ class Engine:
         return batch
 
     def _apply(
-        self, conn: Any, live: _Live, decision: Decision, now: _dt.datetime, now_us: int
+        self,
+        conn: Any,
+        live: _Live,
+        decision: Decision,
+        now: _dt.datetime,
+        now_us: int,
+        everything: bool = False,
     ) -> list[Input]:
-        """Index the new work (timers, waits), start children, publish; return new inputs."""
+        """Index the new work (timers, waits), start children, publish; return new inputs.
+
+        With ``everything``, all pending work is (re)indexed; each action is idempotent."""
         run_id = live.run_id
         inputs: list[Input] = []
-        for work in decision.commands:
+        for work in decision.pending if everything else decision.commands:
             kind = work.kind
             due_us = None if work.due is None else rows.to_us(rows.as_datetime(work.due))
             if kind in _STEP_KINDS:
@@ -997,13 +1008,10 @@ class Engine:
     def history(self, run_id: str) -> list[HistoryEvent]:
         """The run's history events, in order."""
         self.get_run(run_id)
-        return [
-            rows.decode(*row)
-            for row in self.store.query(
-                "SELECT seq, type, ts_us, body FROM history WHERE run_id = ? ORDER BY seq",
-                (run_id,),
-            )
-        ]
+        found = self.store.query(
+            "SELECT seq, type, ts_us, body FROM history WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+        return rows.decode_many(found, 0)
 
     def cancel(self, run_id: str, *, compensate: bool = False, reason: str = "") -> None:
         """Cancel a run and its child runs; ``compensate=True`` runs its undos first."""

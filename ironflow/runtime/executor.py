@@ -7,6 +7,7 @@ Results come back through a queue as ``Outcome`` values; the engine commits them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import queue
@@ -67,7 +68,21 @@ def _timed_out(job: Job) -> Outcome:
     return Outcome(job, False, error=encode_error(error), retryable=True)
 
 
+_async_cache: dict[Any, bool] = {}
+
+
 def is_async(fn: Callable[..., Any]) -> bool:
+    try:
+        return _async_cache[fn]
+    except (KeyError, TypeError):
+        pass
+    found = _is_async(fn)
+    with contextlib.suppress(TypeError):
+        _async_cache[fn] = found
+    return found
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
     )
