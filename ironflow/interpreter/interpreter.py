@@ -424,6 +424,7 @@ class Interpreter:
         tentative = self._tent_cmds
         waiting = self._waiting
         start = expected = len(history)
+        result_types = _result_types
         batch = events if type(events) is list else list(events)
         self._batch = batch
         self._batch_scanned = False
@@ -442,32 +443,41 @@ class Interpreter:
             # Fast paths for the two events every step has; anything unusual takes the
             # general handler, which does the same with full checks and messages.
             if kind is CommandScheduled:
-                slot = tentative.get(event.id)
-                if (
-                    slot is not None
-                    and slot.kind == "run"
-                    and event.kind == "run"
-                    and event.name == slot.command.name
-                    and slot.task.unrecorded[0] is slot
-                    and event.fingerprint == _fn_name(slot.command.fn)
-                ):
-                    del tentative[event.id]
-                    slot.task.unrecorded.popleft()
-                    continue
+                sid = event.id
+                slot = tentative.get(sid)
+                if slot is not None and slot.kind == "run" and event.kind == "run":
+                    command = slot.command
+                    unrecorded = slot.task.unrecorded
+                    if (
+                        event.name == command.name
+                        and unrecorded[0] is slot
+                        and event.fingerprint == getattr(command.fn, "__qualname__", None)
+                    ):
+                        del tentative[sid]
+                        unrecorded.popleft()
+                        continue
             elif kind is StepCompleted:
-                slot = waiting.get(event.id)
+                sid = event.id
+                slot = waiting.get(sid)
                 if (
                     slot is not None
                     and slot.kind == "run"
                     and slot.attempt == event.attempt
-                    and event.id not in tentative
+                    and sid not in tentative
                 ):
-                    del waiting[event.id]
+                    del waiting[sid]
                     self.now = event.ts
                     task = slot.task
                     task.waiting = None
                     if not task.abandoned:
-                        value = _deliverable(slot.command.fn, event.result)
+                        value = event.result
+                        fn = slot.command.fn
+                        try:
+                            target = result_types.get(fn, result_types)
+                        except TypeError:
+                            target = result_types
+                        if target is not None or type(value) is dict or type(value) is list:
+                            value = _deliverable(fn, value)
                         if task.gen is None:
                             self._task_done(task, value, None)
                         else:
@@ -649,6 +659,18 @@ class Interpreter:
                 self._task_done(task, None, exc)
                 return
             if type(command) is RunStep:
+                # The common case, inlined: a step in a fresh name waits for its result.
+                sid = task.prefix + command.name
+                ids = self._ids
+                if sid not in ids:
+                    ids.add(sid)
+                    self._order += 1
+                    slot = _Slot(sid, task, command, "run", self._order, self.now)
+                    self._tent_cmds[sid] = slot
+                    task.unrecorded.append(slot)
+                    self._waiting[sid] = slot
+                    task.waiting = sid
+                    return
                 outcome = self._schedule_run(task, command)
             else:
                 scheduler = schedulers.get(type(command))
