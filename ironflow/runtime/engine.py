@@ -462,14 +462,15 @@ class Engine:
                     },
                 )
             work.setdefault(job.run_id, []).append(item)
+        discovered: set[str] = set()
         if self.functions and self._should_discover(now_us):
-            self._discover(now_us, work, timers)
+            discovered = self._discover(now_us, work, timers)
         if not work:
             return False
         while True:
             try:
                 with self.store.transaction() as conn:
-                    jobs = self._drive_all(conn, work, timers, now, now_us)
+                    jobs = self._drive_all(conn, work, timers, discovered, now, now_us)
                 break
             except _Broken as broken:
                 # The whole batch was rolled back: interpreters that moved on in memory are
@@ -507,7 +508,7 @@ class Engine:
         now_us: int,
         work: dict[str, list[Input]],
         timers: dict[str, list[tuple[str, str, int]]],
-    ) -> None:
+    ) -> set[str]:
         """Due timers and runs that need driving (new, woken, or orphaned by a dead worker)."""
         fids = tuple(self.functions)
         # CROSS JOIN keeps SQLite walking timers by due time; +function_id keeps it off the
@@ -534,11 +535,14 @@ class Engine:
         )
         for (run_id,) in ready:
             work.setdefault(run_id, [])
+        found = {row[0] for row in ready}
+        found.update(row[0] for row in due)
         nearest = self.store.query("SELECT MIN(due_us) FROM timers WHERE due_us > ?", (now_us,))
         self._next_timer_us = nearest[0][0] if nearest and nearest[0][0] is not None else _NEVER
         # A full page means there may be more: look again on the next tick.
         self._dirty = len(due) >= 1000 or len(ready) >= 1000
         self._next_poll = time.monotonic() + self.poll
+        return found
 
     def _renew_leases(self, now_us: int) -> None:
         if now_us < self._next_renewal_us or not self._live:
@@ -607,6 +611,7 @@ class Engine:
         conn: Any,
         work: dict[str, list[Input]],
         timers: dict[str, list[tuple[str, str, int]]],
+        discovered: set[str],
         now: _dt.datetime,
         now_us: int,
     ) -> list[Job]:
@@ -615,7 +620,8 @@ class Engine:
             self._acquire_all(conn, cold, now_us)
         drivable = [run_id for run_id in work if run_id in self._live]
         inbox: dict[str, list[Input]] = {}
-        for chunk in _chunks(drivable):
+        # Only runs found by discovery can have mail: producers set ``ready`` with it.
+        for chunk in _chunks([run_id for run_id in drivable if run_id in discovered]):
             found = conn.execute(
                 f"DELETE FROM inbox WHERE run_id IN ({_marks(chunk)}) "
                 "RETURNING pos, run_id, type, body",

@@ -14,11 +14,13 @@ from ironflow.history.codec import parse_timestamp
 from ironflow.history.events import (
     EVENT_TYPES,
     ChildFailed,
+    CommandScheduled,
     ErrorInfo,
     HistoryEvent,
     RetryScheduled,
     RunFailed,
     RunStarted,
+    StepCompleted,
     StepFailed,
     WaitMatched,
 )
@@ -98,6 +100,12 @@ _DECODERS: dict[str, Callable[[int, _dt.datetime, dict[str, Any]], HistoryEvent]
 }
 _DECODERS["RunStarted"] = lambda seq, ts, b: RunStarted(
     seq, ts, b["run_id"], b["function_id"], event_from_body(b["event"]), b.get("parent_run_id")
+)
+_DECODERS["CommandScheduled"] = lambda seq, ts, b: CommandScheduled(
+    seq, ts, b["id"], b["kind"], b["name"], b["scope"], b["fingerprint"], b["detail"]
+)
+_DECODERS["StepCompleted"] = lambda seq, ts, b: StepCompleted(
+    seq, ts, b["id"], b["attempt"], b["result"]
 )
 _DECODERS["WaitMatched"] = lambda seq, ts, b: WaitMatched(
     seq, ts, b["id"], event_from_body(b["event"])
