@@ -21,7 +21,7 @@ SKIP = {DOCS / "embedding.md"}
 
 def _blocks() -> list[tuple[Path, int, int, str]]:
     found = []
-    for page in sorted(DOCS.rglob("*.md")):
+    for page in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
         if page in SKIP:
             continue
         for number, (line, code) in enumerate(python_blocks(page), 1):
@@ -34,7 +34,7 @@ BLOCKS = _blocks()
 
 def _id(block: tuple[Path, int, int, str]) -> str:
     page, number, line, _ = block
-    return f"{page.relative_to(DOCS).as_posix()}-block{number}-line{line}"
+    return f"{page.relative_to(ROOT).as_posix()}-block{number}-line{line}"
 
 
 def test_docs_have_python_examples():

@@ -889,7 +889,7 @@ class Engine:
         self, *, install_signals: bool = True, on_idle: Callable[[], None] | None = None
     ) -> None:
         """Work until ``stop()`` or SIGTERM/SIGINT: then finish what is held and return."""
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, lambda *_: self.stop())
