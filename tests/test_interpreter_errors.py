@@ -83,8 +83,10 @@ def test_duplicate_step_error_is_a_value_error_and_an_ironflow_error():
         try:
             yield step.run("x", echo)
         except ValueError as exc:
-            return [isinstance(exc, ironflow.DuplicateStepError),
-                    isinstance(exc, ironflow.IronflowError)]
+            return [
+                isinstance(exc, ironflow.DuplicateStepError),
+                isinstance(exc, ironflow.IronflowError),
+            ]
 
     sim = Sim(flow)
     sim.fire("x")
@@ -504,8 +506,14 @@ def test_an_unloaded_class_uncaught_fails_the_run_as_a_step_error():
 
 @pytest.mark.parametrize(
     "error",
-    [KeyError("k"), OSError("disk"), FileNotFoundError(2, "gone"), ZeroDivisionError("z"),
-     ironflow.NonRetryableError("stop"), ironflow.StepTimeoutError("slow")],
+    [
+        KeyError("k"),
+        OSError("disk"),
+        FileNotFoundError(2, "gone"),
+        ZeroDivisionError("z"),
+        ironflow.NonRetryableError("stop"),
+        ironflow.StepTimeoutError("slow"),
+    ],
 )
 def test_builtin_and_ironflow_classes_are_caught_by_their_own_except(error):
     cls = type(error)
@@ -607,7 +615,10 @@ def test_a_failed_step_scheduled_event_matches_its_command():
     sim = Sim(v1)
     (scheduled,) = sim.events(CommandScheduled)
     assert (scheduled.kind, scheduled.name, scheduled.scope, scheduled.fingerprint) == (
-        "run", "a", "", "echo"
+        "run",
+        "a",
+        "",
+        "echo",
     )
     sim.fail("a", ValueError("x"), retryable=False)
     assert sim.decision.status == "failed"

@@ -806,7 +806,9 @@ def test_concurrency_window_keeps_at_most_n_in_flight_and_starts_in_index_order(
     def flow(ctx):
         return (
             yield step.map(
-                "m", list(range(6)), lambda item, s, i: s.run("sq", echo, item * item),
+                "m",
+                list(range(6)),
+                lambda item, s, i: s.run("sq", echo, item * item),
                 concurrency=2,
             )
         )
@@ -854,9 +856,7 @@ def test_concurrency_one_runs_branches_one_after_another():
 def test_fail_fast_raises_the_first_failure_in_history_order():
     def flow(ctx):
         try:
-            yield step.parallel(
-                "p", [lambda s, i=i: s.run("s", echo, i) for i in range(3)]
-            )
+            yield step.parallel("p", [lambda s, i=i: s.run("s", echo, i) for i in range(3)])
         except ironflow.StepError as exc:
             after = yield step.run("after", echo, exc.step_id)
             return after
@@ -885,10 +885,24 @@ def test_fail_fast_in_one_batch_takes_the_earlier_event():
     sim = Sim(flow)
     sim.feed_many(
         [
-            (StepFailed, {"id": "p/2/s", "attempt": 1, "retryable": False,
-                          "error": ErrorInfo("ValueError", "second-index first")}),
-            (StepFailed, {"id": "p/0/s", "attempt": 1, "retryable": False,
-                          "error": ErrorInfo("ValueError", "first-index second")}),
+            (
+                StepFailed,
+                {
+                    "id": "p/2/s",
+                    "attempt": 1,
+                    "retryable": False,
+                    "error": ErrorInfo("ValueError", "second-index first"),
+                },
+            ),
+            (
+                StepFailed,
+                {
+                    "id": "p/0/s",
+                    "attempt": 1,
+                    "retryable": False,
+                    "error": ErrorInfo("ValueError", "first-index second"),
+                },
+            ),
         ]
     )
     assert output_of(sim.decision) == "second-index first"
@@ -975,8 +989,11 @@ def test_all_settled_puts_the_exception_in_the_failed_slot():
 def test_all_settled_keeps_starting_branches_after_a_failure():
     def flow(ctx):
         results = yield step.map(
-            "m", [1, 2, 3], lambda item, s, i: s.run("x", echo, item),
-            concurrency=1, on_error="all_settled",
+            "m",
+            [1, 2, 3],
+            lambda item, s, i: s.run("x", echo, item),
+            concurrency=1,
+            on_error="all_settled",
         )
         return [r if not isinstance(r, Exception) else "error" for r in results]
 
@@ -1017,9 +1034,7 @@ def test_branch_may_return_a_command_or_a_generator():
 
     def flow(ctx):
         return (
-            yield step.parallel(
-                "p", [lambda s: s.run("single", echo, "one"), two_steps, no_yield]
-            )
+            yield step.parallel("p", [lambda s: s.run("single", echo, "one"), two_steps, no_yield])
         )
 
     sim = Sim(flow)
@@ -1384,13 +1399,20 @@ def test_ctx_now_is_the_run_start_time_not_the_wall_clock():
 
 def test_ctx_event_and_run_id():
     def flow(ctx):
-        return {"run": ctx.run_id, "name": ctx.event.name, "data": ctx.event.data,
-                "id": ctx.event.id}
+        return {
+            "run": ctx.run_id,
+            "name": ctx.event.name,
+            "data": ctx.event.data,
+            "id": ctx.event.id,
+        }
         yield  # pragma: no cover - makes this a generator
 
     sim = Sim(flow, {"k": [1]}, run_id="the-run")
     assert output_of(sim.decision) == {
-        "run": "the-run", "name": "flow", "data": {"k": [1]}, "id": "ev-1"
+        "run": "the-run",
+        "name": "flow",
+        "data": {"k": [1]},
+        "id": "ev-1",
     }
 
 
@@ -1640,8 +1662,15 @@ def test_resume_replays_in_one_batch_with_work_decided_after_the_resume():
     sim.feed_many(
         [
             (StepCompleted, {"id": "p/1/b", "attempt": 1, "result": "B"}),
-            (StepFailed, {"id": "p/0/a", "attempt": 1, "retryable": False,
-                          "error": ErrorInfo("ValueError", "x")}),
+            (
+                StepFailed,
+                {
+                    "id": "p/0/a",
+                    "attempt": 1,
+                    "retryable": False,
+                    "error": ErrorInfo("ValueError", "x"),
+                },
+            ),
         ]
     )
     assert sim.decision.status == "failed"
@@ -1659,9 +1688,7 @@ def test_resume_replays_in_one_batch_with_work_decided_after_the_resume():
 
 def test_resume_makes_abandoned_in_flight_branches_pending_again():
     def flow(ctx):
-        return (
-            yield step.parallel("p", [lambda s: s.run("a", echo), lambda s: s.run("b", echo)])
-        )
+        return (yield step.parallel("p", [lambda s: s.run("a", echo), lambda s: s.run("b", echo)]))
 
     sim = Sim(flow)
     sim.fail("p/0/a", ValueError("x"), retryable=False)
@@ -1677,9 +1704,7 @@ def test_resume_makes_abandoned_in_flight_branches_pending_again():
 
 def test_resume_keeps_a_late_completion_of_an_abandoned_branch():
     def flow(ctx):
-        return (
-            yield step.parallel("p", [lambda s: s.run("a", echo), lambda s: s.run("b", echo)])
-        )
+        return (yield step.parallel("p", [lambda s: s.run("a", echo), lambda s: s.run("b", echo)]))
 
     sim = Sim(flow)
     sim.fail("p/0/a", ValueError("x"), retryable=False)
@@ -1704,8 +1729,15 @@ def test_undo_registered_by_a_branch_abandoned_in_the_same_batch_still_runs():
     sim.feed_many(
         [
             (StepCompleted, {"id": "p/0/a", "attempt": 1, "result": None}),
-            (StepFailed, {"id": "p/1/b", "attempt": 1, "retryable": False,
-                          "error": ErrorInfo("ValueError", "b failed")}),
+            (
+                StepFailed,
+                {
+                    "id": "p/1/b",
+                    "attempt": 1,
+                    "retryable": False,
+                    "error": ErrorInfo("ValueError", "b failed"),
+                },
+            ),
         ]
     )
     assert "p/0/compensate:a" in sim.scheduled_ids()

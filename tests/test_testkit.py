@@ -130,7 +130,8 @@ def test_mock_steps_replace_step_functions_by_name(ironflow_engine, ironflow_clo
     ironflow_engine.run_until_idle()
     ironflow_engine.emit("ping", None)
     assert ironflow_engine.wait(run_id)["first"] == -1
-    with pytest.raises(TypeError, match="must be callable"), mock_steps(
-        ironflow_engine, {"double": 3}
+    with (
+        pytest.raises(TypeError, match="must be callable"),
+        mock_steps(ironflow_engine, {"double": 3}),
     ):
         pass
