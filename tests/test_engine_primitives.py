@@ -1164,3 +1164,32 @@ def test_invoke_of_an_unknown_function_raises_invoke_error(engine):
     out = engine.get_run(rid).output
     assert "not-registered" in out
     assert engine.list_runs(function="not-registered") == []
+
+
+def test_publish_reaches_a_wait_registered_in_the_same_transaction(tmp_path):
+    """A run publishing and a run starting its wait in one driving batch, in either order:
+    the mail left for the waiting run must survive the batch's own status updates."""
+
+    @ironflow.function(id="announcer")
+    def announcer(ctx):
+        return (yield step.publish("announce", "thing.done", {"key": ctx.event.data}))
+
+    @ironflow.function(id="listener")
+    def listener(ctx):
+        got = yield step.wait_for_event(
+            "hear", "thing.done", match="data.key", value=ctx.event.data
+        )
+        return got.id
+
+    clock = VirtualClock()
+    engine = Engine(str(tmp_path / "race.db"), clock=clock, durability="normal")
+    engine.register(announcer)
+    engine.register(listener)
+    pairs = []
+    for i in range(20):
+        pairs.append((engine.start("listener", i), engine.start("announcer", i)))
+    engine.run_until_idle()
+    for listening, announcing in pairs:
+        assert engine.get_run(listening).status == "completed"
+        assert engine.get_run(listening).output == engine.get_run(announcing).output
+    engine.close()

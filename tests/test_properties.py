@@ -135,7 +135,7 @@ LEAVES = st.one_of(
     RUNS,
     st.builds(Undo, arg=ARG_KINDS),
     # A planned uncaught error now and then, so that runs fail and compensate.
-    st.integers(0, 7).map(lambda n: Raise() if n == 7 else Run()),
+    st.just(Raise()),
 )
 CONCURRENCY = st.none() | st.integers(1, 3)
 ON_ERROR = st.sampled_from(["fail_fast", "all_settled"])
@@ -465,7 +465,7 @@ def drive(data: Any, plan: tuple[Any, ...]) -> Driven:
 # --- properties -----------------------------------------------------------------------------------
 
 
-@_settings(150)
+@_settings(200)
 @given(plan=PLANS, data=st.data())
 def test_every_prefix_replays_to_the_live_decision(plan: Any, data: Any) -> None:
     """(a) A fresh replay of every prefix the live interpreter decided on decides the same."""
@@ -477,7 +477,7 @@ def test_every_prefix_replays_to_the_live_decision(plan: Any, data: Any) -> None
     assert CALLS == {"step": 0, "undo": 0}
 
 
-@_settings(100)
+@_settings(150)
 @given(plan=PLANS, data=st.data())
 def test_fresh_interpreters_agree_however_the_history_is_fed(plan: Any, data: Any) -> None:
     """(b) Two fresh interpreters agree exactly; feeding in random chunks changes nothing."""
@@ -505,7 +505,7 @@ def test_fresh_interpreters_agree_however_the_history_is_fed(plan: Any, data: An
     assert CALLS == {"step": 0, "undo": 0}
 
 
-@_settings(100)
+@_settings(150)
 @given(plan=PLANS, data=st.data())
 def test_runs_end_within_the_action_bound(plan: Any, data: Any) -> None:
     """(d) Whatever the schedule, a run ends within a bound computed from its plan."""
@@ -515,7 +515,7 @@ def test_runs_end_within_the_action_bound(plan: Any, data: Any) -> None:
     assert CALLS == {"step": 0, "undo": 0}
 
 
-@_settings(100)
+@_settings(150)
 @given(plan=PLANS, data=st.data())
 def test_a_completion_is_never_accepted_twice(plan: Any, data: Any) -> None:
     """(e) Re-delivering an accepted StepCompleted, at the end of history, is rejected."""
@@ -528,7 +528,7 @@ def test_a_completion_is_never_accepted_twice(plan: Any, data: Any) -> None:
             replay(run.flow, [*run.history, duplicate])
 
 
-@_settings(100)
+@_settings(150)
 @given(plan=PLANS, data=st.data())
 def test_json_round_trip_replays_alike(plan: Any, data: Any) -> None:
     """(f) ``loads(dumps(history))`` replays to the same decision, at every decided prefix."""

@@ -126,13 +126,13 @@ class _Batch:
         changed = 0
         if self.running:
             changed += conn.executemany(
-                "UPDATE runs SET status = 'running', next_seq = ?, ready = 0, updated_us = ? "
+                "UPDATE runs SET status = 'running', next_seq = ?, updated_us = ? "
                 f"WHERE id = ? AND lease_owner = '{_quote(owner)}'",
                 self.running,
             ).rowcount
         if self.waiting:
             changed += conn.executemany(
-                "UPDATE runs SET status = 'waiting', next_seq = ?, ready = 0, updated_us = ?, "
+                "UPDATE runs SET status = 'waiting', next_seq = ?, updated_us = ?, "
                 f"lease_owner = NULL, lease_until_us = NULL WHERE id = ? "
                 f"AND lease_owner = '{_quote(owner)}'",
                 self.waiting,
@@ -622,6 +622,9 @@ class Engine:
         inbox: dict[str, list[Input]] = {}
         # Only runs found by discovery can have mail: producers set ``ready`` with it.
         for chunk in _chunks([run_id for run_id in drivable if run_id in discovered]):
+            # Cleared as the mail is taken: mail that arrives later in this same transaction
+            # (another run publishes, a child ends) sets it again and is read next tick.
+            conn.execute(f"UPDATE runs SET ready = 0 WHERE id IN ({_marks(chunk)})", chunk)
             found = conn.execute(
                 f"DELETE FROM inbox WHERE run_id IN ({_marks(chunk)}) "
                 "RETURNING pos, run_id, type, body",
