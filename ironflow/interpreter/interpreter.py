@@ -1029,17 +1029,22 @@ class Interpreter:
             position=event.seq,
         )
 
-    def _on_step_completed(self, event: StepCompleted) -> None:
+    def _take_step(self, event: StepCompleted | StepFailed) -> _Slot | None:
+        """The step (or undo) slot an outcome resolves; it must be for the attempt due."""
         self.now = event.ts
         slot = self._take(event, ("run", "undo"))
-        if slot is None:
-            return
-        if event.attempt != slot.attempt:
+        if slot is not None and event.attempt != slot.attempt:
             raise NonDeterminismError(
-                f"StepCompleted (seq {event.seq}) for {slot.id!r} is attempt {event.attempt}, "
-                f"but attempt {slot.attempt} is the one due",
+                f"{type(event).__name__} (seq {event.seq}) for {slot.id!r} is attempt "
+                f"{event.attempt}, but attempt {slot.attempt} is the one due",
                 position=event.seq,
             )
+        return slot
+
+    def _on_step_completed(self, event: StepCompleted) -> None:
+        slot = self._take_step(event)
+        if slot is None:
+            return
         del self._waiting[slot.id]
         if slot.kind == "undo":
             self._undo_finished()
@@ -1047,16 +1052,9 @@ class Interpreter:
         self._resume(slot.task, _deliverable(slot.command.fn, event.result), None)
 
     def _on_step_failed(self, event: StepFailed) -> None:
-        self.now = event.ts
-        slot = self._take(event, ("run", "undo"))
+        slot = self._take_step(event)
         if slot is None:
             return
-        if event.attempt != slot.attempt:
-            raise NonDeterminismError(
-                f"StepFailed (seq {event.seq}) for {slot.id!r} is attempt {event.attempt}, "
-                f"but attempt {slot.attempt} is the one due",
-                position=event.seq,
-            )
         if slot.kind == "undo":
             del self._waiting[slot.id]
             self._undo_finished()
