@@ -350,38 +350,6 @@ class Interpreter:
         self._batch_scanned = True
         self._suspend_keys: set[tuple[str, int]] = set()
         self._dead: set[int] = set()
-        self._handlers: dict[type, Callable[[Any], None]] = {
-            RunStarted: self._on_run_started,
-            CommandScheduled: self._on_command_scheduled,
-            StepCompleted: self._on_step_completed,
-            StepFailed: self._on_step_failed,
-            TimerFired: self._on_timer_fired,
-            WaitMatched: self._on_wait_matched,
-            WaitTimedOut: self._on_wait_timed_out,
-            ChildStarted: self._on_child_started,
-            ChildCompleted: self._on_child_completed,
-            ChildFailed: self._on_child_failed,
-            EventPublished: self._on_event_published,
-            RunCancelled: self._on_run_cancelled,
-            RunResumed: self._on_run_resumed,
-            RetryScheduled: self._on_retry_scheduled,
-            CompensationScheduled: self._on_compensation_scheduled,
-            PatchMarked: self._on_patch_marked,
-            RunCompleted: self._on_run_ended,
-            RunFailed: self._on_run_ended,
-        }
-        self._schedulers: dict[type, Callable[[_Task, Any], Any]] = {
-            RunStep: self._schedule_run,
-            Sleep: self._schedule_sleep,
-            SleepUntil: self._schedule_sleep_until,
-            WaitEvent: self._schedule_wait,
-            Invoke: self._schedule_child,
-            InvokeAsync: self._schedule_child,
-            Publish: self._schedule_publish,
-            Compensate: self._schedule_compensate,
-            Parallel: self._schedule_parallel,
-            Map: self._schedule_parallel,
-        }
         self._reset()
 
     def _reset(self) -> None:
@@ -418,7 +386,7 @@ class Interpreter:
 
     def record(self, events: Iterable[HistoryEvent]) -> None:
         """Fold ``events`` without deciding: for a runtime appending a decision's own events."""
-        handlers = self._handlers
+        handlers = _HANDLERS
         history = self.events
         append = history.append
         tentative = self._tent_cmds
@@ -486,7 +454,7 @@ class Interpreter:
             handler = handlers.get(kind)
             if handler is None:
                 raise TypeError(f"not a history event: {event!r}")
-            handler(event)
+            handler(self, event)
             if kind is RunResumed:  # resuming a failed run refolds into fresh state
                 tentative = self._tent_cmds
                 waiting = self._waiting
@@ -495,14 +463,14 @@ class Interpreter:
     def _refeed(self) -> None:
         """Fold the stored history again from scratch (used when a failed run resumes)."""
         self._reset()
-        handlers = self._handlers
+        handlers = _HANDLERS
         self._batch = self.events
         self._batch_scanned = False
         for event in self.events:
             self._pos = event.seq
             if event.seq in self._dead:
                 continue
-            handlers[type(event)](event)
+            handlers[type(event)](self, event)
             self.events_processed += 1
 
     # --- what the context asks -----------------------------------------------------------------
@@ -648,7 +616,7 @@ class Interpreter:
     def _advance(self, task: _Task, value: Any, error: BaseException | None) -> None:
         gen = task.gen
         assert gen is not None
-        schedulers = self._schedulers
+        schedulers = _SCHEDULERS
         while True:
             try:
                 command = gen.send(value) if error is None else gen.throw(error)
@@ -677,7 +645,7 @@ class Interpreter:
                 if scheduler is None:
                     outcome = (None, self._not_a_command(command))
                 else:
-                    outcome = scheduler(task, command)
+                    outcome = scheduler(self, task, command)
             if outcome is PENDING:
                 return
             value, error = outcome
@@ -860,8 +828,7 @@ class Interpreter:
             task.gen = out
             self._advance(task, None, None)
         elif isinstance(out, COMMAND_TYPES):
-            scheduler = self._schedulers[type(out)]
-            outcome = scheduler(task, out)
+            outcome = _SCHEDULERS[type(out)](self, task, out)
             if outcome is not PENDING:
                 self._task_done(task, *outcome)
         else:
@@ -1279,6 +1246,41 @@ class Interpreter:
                 current=other.event_cls.__name__,
                 position=event.seq,
             )
+
+
+# Dispatch tables, built once: an interpreter per run must be cheap to create.
+_HANDLERS: dict[type, Callable[[Interpreter, Any], None]] = {
+    RunStarted: Interpreter._on_run_started,
+    CommandScheduled: Interpreter._on_command_scheduled,
+    StepCompleted: Interpreter._on_step_completed,
+    StepFailed: Interpreter._on_step_failed,
+    TimerFired: Interpreter._on_timer_fired,
+    WaitMatched: Interpreter._on_wait_matched,
+    WaitTimedOut: Interpreter._on_wait_timed_out,
+    ChildStarted: Interpreter._on_child_started,
+    ChildCompleted: Interpreter._on_child_completed,
+    ChildFailed: Interpreter._on_child_failed,
+    EventPublished: Interpreter._on_event_published,
+    RunCancelled: Interpreter._on_run_cancelled,
+    RunResumed: Interpreter._on_run_resumed,
+    RetryScheduled: Interpreter._on_retry_scheduled,
+    CompensationScheduled: Interpreter._on_compensation_scheduled,
+    PatchMarked: Interpreter._on_patch_marked,
+    RunCompleted: Interpreter._on_run_ended,
+    RunFailed: Interpreter._on_run_ended,
+}
+_SCHEDULERS: dict[type, Callable[[Interpreter, _Task, Any], Any]] = {
+    RunStep: Interpreter._schedule_run,
+    Sleep: Interpreter._schedule_sleep,
+    SleepUntil: Interpreter._schedule_sleep_until,
+    WaitEvent: Interpreter._schedule_wait,
+    Invoke: Interpreter._schedule_child,
+    InvokeAsync: Interpreter._schedule_child,
+    Publish: Interpreter._schedule_publish,
+    Compensate: Interpreter._schedule_compensate,
+    Parallel: Interpreter._schedule_parallel,
+    Map: Interpreter._schedule_parallel,
+}
 
 
 def _bind_branch(branch: Callable[[Any], Any]) -> Callable[[], Any]:
