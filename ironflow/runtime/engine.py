@@ -637,7 +637,7 @@ class Engine:
         batch = _Batch()
         for run_id in drivable:
             live = self._live[run_id]
-            inputs = work[run_id]
+            inputs = list(work[run_id])  # a copy: a rolled-back batch is driven again
             for step_id, kind, _attempt in timers.get(run_id, ()):
                 if _FAULTS:
                     crash_point("timer-fire")
