@@ -926,3 +926,47 @@ def test_a_dead_workers_lease_is_honoured_until_it_expires(db, clock, calls):
     assert engine.get_run(rid).output == "work"
     assert calls["work"] == 1
     engine.close()
+
+
+def test_a_run_that_blocks_does_not_hold_back_the_others_in_its_batch(tmp_path):
+    """Runs driven in one transaction: the diverging one is parked as blocked, the batch is
+    rolled back and driven again without it, and the healthy runs finish."""
+    path = str(tmp_path / "batch.db")
+    clock = VirtualClock()
+
+    def note(x):
+        return x
+
+    @ironflow.function(id="versioned")
+    def old(ctx):
+        yield step.sleep("nap", "1h")
+        return (yield step.run("old-step", note, 1))
+
+    first = Engine(path, clock=clock)
+    first.register(old)
+    stuck = first.start("versioned")
+    first.run_until_idle()
+    first.close()
+
+    @ironflow.function(id="versioned")
+    def new(ctx):
+        yield step.run("new-step", note, 2)  # the recorded sleep is no longer first
+        return None
+
+    @ironflow.function(id="healthy")
+    def healthy(ctx):
+        yield step.sleep("nap", "1h")
+        return (yield step.run("fine", note, 3))
+
+    second = Engine(path, clock=clock)
+    second.register(new)
+    second.register(healthy)
+    fine = [second.start("healthy") for _ in range(3)]
+    second.run_until_idle()
+    clock.advance("1h")  # both kinds of run are due in the same tick
+    second.run_until_idle()
+    blocked = second.get_run(stuck)
+    assert blocked.status == "blocked"
+    assert "recorded" in blocked.error.message and "nap" in blocked.error.message
+    assert [second.get_run(run_id).output for run_id in fine] == [3, 3, 3]
+    second.close()
