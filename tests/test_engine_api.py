@@ -6,7 +6,6 @@ Concurrency is proved with barriers and events that time out, never with sleeps.
 
 from __future__ import annotations
 
-import collections
 import datetime as _dt
 import hashlib
 import json
@@ -16,6 +15,7 @@ import threading
 import time
 
 import pytest
+from engine_kit import idle
 
 import ironflow
 from ironflow import (
@@ -44,63 +44,6 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 
 class PaymentError(Exception):
     """A user-defined error: its type is stored module-qualified."""
-
-
-class Calls:
-    """Thread-safe call counter keyed by a label."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def hit(self, label: str) -> str:
-        with self._lock:
-            self.counts[label] += 1
-        return label
-
-    def __getitem__(self, label: str) -> int:
-        with self._lock:
-            return self.counts[label]
-
-
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def db(tmp_path) -> str:
-    return str(tmp_path / "x.db")
-
-
-@pytest.fixture
-def engine(db, clock):
-    eng = Engine(db, clock=clock)
-    yield eng
-    eng.close()
-
-
-@pytest.fixture
-def calls() -> Calls:
-    return Calls()
-
-
-def idle(engine: Engine, timeout: float = 10.0) -> None:
-    """``run_until_idle`` that fails the test instead of hanging it."""
-    errors: list[BaseException] = []
-
-    def drive() -> None:
-        try:
-            engine.run_until_idle()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=drive, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"run_until_idle did not return within {timeout}s"
-    if errors:
-        raise errors[0]
 
 
 def table_count(engine: Engine, table: str) -> int:

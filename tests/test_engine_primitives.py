@@ -8,12 +8,12 @@ with barriers and events that time out, never with sleeps.
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as _dt
 import threading
 import time
 
 import pytest
+from engine_kit import idle
 
 import ironflow
 from ironflow import (
@@ -35,59 +35,6 @@ from ironflow.history import (
 from ironflow.testing import VirtualClock
 
 NO_RETRY = RetryPolicy(max_attempts=1)
-
-
-class Calls:
-    """Thread-safe call counter keyed by a label."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.order: list[str] = []
-
-    def hit(self, label: str) -> None:
-        with self._lock:
-            self.counts[label] += 1
-            self.order.append(label)
-
-    def __getitem__(self, label: str) -> int:
-        with self._lock:
-            return self.counts[label]
-
-
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def engine(tmp_path, clock):
-    eng = Engine(str(tmp_path / "x.db"), clock=clock)
-    yield eng
-    eng.close()
-
-
-@pytest.fixture
-def calls() -> Calls:
-    return Calls()
-
-
-def idle(engine: Engine, timeout: float = 10.0) -> None:
-    """``run_until_idle`` that fails the test instead of hanging it."""
-    errors: list[BaseException] = []
-
-    def drive() -> None:
-        try:
-            engine.run_until_idle()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=drive, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"run_until_idle did not return within {timeout}s"
-    if errors:
-        raise errors[0]
 
 
 def status(engine: Engine, run_id: str) -> str:
