@@ -9,6 +9,21 @@ from typing import Any
 from ironflow.commands.durations import parse_duration, parse_instant
 
 
+def _plain(when: _dt.datetime) -> _dt.datetime:
+    """A standard-library UTC datetime: cheap arithmetic on the engine's hot path."""
+    utc = when.astimezone(_dt.UTC)
+    return _dt.datetime(
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond,
+        tzinfo=_dt.UTC,
+    )
+
+
 class VirtualClock:
     """A clock for ``Engine(clock=...)``: ``advance("7d")`` skips a week at once."""
 
@@ -17,7 +32,7 @@ class VirtualClock:
     def __init__(self, start: Any = None) -> None:
         if start is None:
             start = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
-        self._now = parse_instant(start, what="VirtualClock start")
+        self._now = _plain(parse_instant(start, what="VirtualClock start"))
         self._lock = threading.Lock()
 
     def now(self) -> _dt.datetime:
@@ -26,14 +41,16 @@ class VirtualClock:
 
     def advance(self, duration: Any) -> _dt.datetime:
         """Move time forward by ``duration`` (same forms as ``step.sleep``); the new time."""
-        step = parse_duration(duration, what="advance duration")
+        step = _dt.timedelta(
+            seconds=parse_duration(duration, what="advance duration").total_seconds()
+        )
         with self._lock:
             self._now = self._now + step
             return self._now
 
     def set(self, when: Any) -> None:
         """Jump to ``when`` (an aware datetime or ISO string), never backwards."""
-        target = parse_instant(when, what="VirtualClock time")
+        target = _plain(parse_instant(when, what="VirtualClock time"))
         with self._lock:
             if target < self._now:
                 raise ValueError(f"VirtualClock cannot go back from {self._now} to {target}")
