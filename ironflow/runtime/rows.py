@@ -106,8 +106,12 @@ _DECODERS: dict[str, Callable[[int, _dt.datetime, dict[str, Any]], HistoryEvent]
 _DECODERS["RunStarted"] = lambda seq, ts, b: RunStarted(
     seq, ts, b["run_id"], b["function_id"], event_from_body(b["event"]), b.get("parent_run_id")
 )
-_DECODERS["CommandScheduled"] = lambda seq, ts, b: CommandScheduled(seq, ts, *b)
-_DECODERS["StepCompleted"] = lambda seq, ts, b: StepCompleted(seq, ts, *b)
+_DECODERS["CommandScheduled"] = lambda seq, ts, b: (
+    CommandScheduled(seq, ts, *b) if type(b) is list else CommandScheduled(seq, ts, **b)
+)
+_DECODERS["StepCompleted"] = lambda seq, ts, b: (
+    StepCompleted(seq, ts, *b) if type(b) is list else StepCompleted(seq, ts, **b)
+)
 _DECODERS["WaitMatched"] = lambda seq, ts, b: WaitMatched(
     seq, ts, b["id"], event_from_body(b["event"])
 )
