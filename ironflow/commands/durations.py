@@ -83,13 +83,3 @@ def parse_instant(value: Any, *, what: str = "instant") -> pendulum.DateTime:
             f"so that it names one instant"
         )
     return pendulum.instance(value_dt).in_timezone("UTC")
-
-
-def format_duration(duration: _dt.timedelta) -> str:
-    """A short human form of ``duration`` such as ``"30s"`` or ``"1.5h"``."""
-    seconds = duration.total_seconds()
-    for unit in ("d", "h", "m", "s"):
-        size = _UNIT_SECONDS[unit]
-        if seconds >= size:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds * 1000:g}ms"

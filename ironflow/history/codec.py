@@ -9,7 +9,6 @@ from typing import Any
 import cattrs
 import pendulum
 
-from ironflow.commands.event import Event
 from ironflow.history.events import EVENT_TYPES, HistoryEvent
 
 converter = cattrs.Converter()
@@ -114,14 +113,3 @@ def loads(text: str) -> list[HistoryEvent]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON: a history holds no NaN or infinity")
-
-
-def event_to_json(event: Event) -> dict[str, Any]:
-    """A triggering or matched ``Event`` as a JSON-ready dict."""
-    body: dict[str, Any] = converter.unstructure(event)
-    return body
-
-
-def event_from_json(data: dict[str, Any]) -> Event:
-    """The ``Event`` a dict made by ``event_to_json`` describes."""
-    return converter.structure(data, Event)

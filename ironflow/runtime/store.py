@@ -216,19 +216,6 @@ class SQLiteStore:
                 raise
             conn.execute("COMMIT")
 
-    @contextlib.contextmanager
-    def savepoint(self, name: str = "run") -> Iterator[None]:
-        """A nested unit inside a transaction: undone alone if it raises."""
-        conn = self.conn
-        conn.execute(f"SAVEPOINT {name}")
-        try:
-            yield
-        except BaseException:
-            conn.execute(f"ROLLBACK TO {name}")
-            conn.execute(f"RELEASE {name}")
-            raise
-        conn.execute(f"RELEASE {name}")
-
     def query(self, sql: str, params: Any = ()) -> list[Any]:
         with self.lock:
             return self.conn.execute(sql, params).fetchall()
