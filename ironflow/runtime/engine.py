@@ -219,6 +219,9 @@ class Engine:
         # When to look in the database for work: on in-process news (dirty), when the
         # nearest known timer falls due, and every poll interval for other processes' news.
         self._dirty = True
+        # Runs this engine itself just made ready (started, mail delivered): driven next tick
+        # without asking the database.
+        self._woken: set[str] = set()
         self._next_timer_us = 0
         self._next_poll = 0.0
         self.stats = {"runs_taken": 0, "steps_executed": 0, "commits": 0}
@@ -307,7 +310,7 @@ class Engine:
                 pos,
             ),
         )
-        self._dirty = True  # a new run is ready to drive
+        self._woken.add(run_id)  # a new run is ready to drive
         started = RunStarted(0, event.ts, run_id, function_id, event, parent_run)
         conn.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(started)))
 
@@ -346,7 +349,6 @@ class Engine:
         pos = cursor.lastrowid
         event = Event(event_id, name, data, now)
         self._match_waits(conn, event, now_us)
-        self._dirty = True
         started = []
         for function in self.functions.values():
             if function.triggered_by(name):
@@ -389,6 +391,7 @@ class Engine:
                 (run_id, now_us, rows.dumps({"id": step_id, "event": body})),
             )
             conn.execute("UPDATE runs SET ready = 1 WHERE id = ?", (run_id,))
+            self._woken.add(run_id)
 
     def _consume(self, conn: Any, run_id: str, step_id: str, event_id: str) -> None:
         conn.execute("DELETE FROM waits WHERE run_id = ? AND step_id = ?", (run_id, step_id))
@@ -398,7 +401,6 @@ class Engine:
     # --- driving -----------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        self._dirty = True
         self._results.put(None)
 
     def run_until_idle(self) -> None:
@@ -462,9 +464,12 @@ class Engine:
                     },
                 )
             work.setdefault(job.run_id, []).append(item)
-        discovered: set[str] = set()
+        with self.store.lock:
+            discovered, self._woken = self._woken, set()
+        for run_id in discovered:
+            work.setdefault(run_id, [])
         if self.functions and self._should_discover(now_us):
-            discovered = self._discover(now_us, work, timers)
+            discovered |= self._discover(now_us, work, timers)
         if not work:
             return False
         while True:
@@ -664,8 +669,7 @@ class Engine:
             except Exception as exc:
                 raise _Broken(run_id, exc) from exc
         batch.write(conn, self.worker_id, now_us)
-        if batch.notify:
-            self._dirty = True  # parents were told that a child ended
+        self._woken.update(row[0] for row in batch.notify)  # parents told that a child ended
         for run_id in batch.parked:
             self._live.pop(run_id, None)
         for run_id in batch.finished:
@@ -1054,6 +1058,7 @@ class Engine:
                 (run_id, now_us, rows.dumps({"reason": reason, "compensate": compensate})),
             )
             conn.execute("UPDATE runs SET ready = 1 WHERE id = ?", (run_id,))
+            self._woken.add(run_id)
         for (child,) in conn.execute(
             "SELECT id FROM runs WHERE parent_run_id = ? AND status NOT IN "
             "('completed', 'failed', 'cancelled')",
@@ -1087,6 +1092,8 @@ class Engine:
                     f"run {run_id!r} is {run.status}; only failed or blocked runs can be resumed"
                 )
         self._live.pop(run_id, None)
+        with self.store.lock:
+            self._woken.add(run_id)
         self._wake()
 
 
