@@ -544,18 +544,19 @@ def test_unknown_run_id_writes_nothing(populated: Any, command: list[str]) -> No
     assert snapshot(project.root) == before
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["runs", "list"],
-        ["runs", "show", "r1"],
-        ["runs", "export", "r1"],
-        ["runs", "cancel", "r1"],
-        ["runs", "resume", "r1"],
-        ["replay", "APP:engine", "r1"],
-        ["emit", "user.created"],
-    ],
-)
+# Commands that must not create a database: they only read, or change runs that must exist.
+MAY_NOT_CREATE = [
+    ["runs", "list"],
+    ["runs", "show", "r1"],
+    ["runs", "export", "r1"],
+    ["runs", "cancel", "r1"],
+    ["runs", "resume", "r1"],
+    ["replay", "APP:engine", "r1"],
+    ["emit", "user.created"],
+]
+
+
+@pytest.mark.parametrize("command", MAY_NOT_CREATE)
 def test_missing_database_is_not_created(project: Project, command: list[str]) -> None:
     before = snapshot(project.root)
     args = [part.replace("APP", project.name) for part in command]
@@ -607,18 +608,7 @@ def test_a_database_that_is_not_ironflow_is_left_alone(
     assert snapshot(project.root) == before
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["runs", "list"],
-        ["runs", "show", "r1"],
-        ["runs", "export", "r1"],
-        ["runs", "cancel", "r1"],
-        ["runs", "resume", "r1"],
-        ["replay", "APP:engine", "r1"],
-        ["emit", "user.created"],
-    ],
-)
+@pytest.mark.parametrize("command", MAY_NOT_CREATE)
 def test_an_empty_file_is_only_initialized_by_commands_that_may_create(
     project: Project, command: list[str]
 ) -> None:
