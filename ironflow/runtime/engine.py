@@ -87,6 +87,7 @@ class _Live:
 
 
 _NEVER = 2**63 - 1
+_TICK_RUNS = 1000  # runs driven per transaction at most
 
 
 class _Broken(Exception):
@@ -465,10 +466,14 @@ class Engine:
                 )
             work.setdefault(job.run_id, []).append(item)
         with self.store.lock:
-            discovered, self._woken = self._woken, set()
+            if len(self._woken) <= _TICK_RUNS:
+                discovered, self._woken = self._woken, set()
+            else:
+                # A bounded batch per transaction: memory stays flat however many were woken.
+                discovered = {self._woken.pop() for _ in range(_TICK_RUNS)}
         for run_id in discovered:
             work.setdefault(run_id, [])
-        if self.functions and self._should_discover(now_us):
+        if self.functions and len(work) < _TICK_RUNS and self._should_discover(now_us):
             discovered |= self._discover(now_us, work, timers)
         if not work:
             return False
@@ -522,7 +527,8 @@ class Engine:
             "SELECT t.run_id, t.step_id, t.kind, t.attempt FROM timers t "
             "CROSS JOIN runs r ON r.id = t.run_id WHERE t.due_us <= ? AND r.status != 'blocked' "
             f"AND +r.function_id IN ({_marks(fids)}) AND (r.lease_owner IS NULL "
-            "OR r.lease_owner = ? OR r.lease_until_us < ?) ORDER BY t.due_us LIMIT 1000",
+            "OR r.lease_owner = ? OR r.lease_until_us < ?) "
+            f"ORDER BY t.due_us LIMIT {_TICK_RUNS}",
             (now_us, *fids, self.worker_id, now_us),
         )
         for run_id, step_id, kind, attempt in due:
@@ -535,7 +541,7 @@ class Engine:
             f"AND +function_id IN ({_marks(fids)}) AND {lease} "
             "UNION SELECT id FROM runs WHERE status IN ('pending', 'running') "
             "AND (lease_owner IS NULL OR lease_until_us < ?) "
-            f"AND +function_id IN ({_marks(fids)}) AND {lease} LIMIT 1000",
+            f"AND +function_id IN ({_marks(fids)}) AND {lease} LIMIT {_TICK_RUNS}",
             (*fids, self.worker_id, now_us, now_us, *fids, self.worker_id, now_us),
         )
         for (run_id,) in ready:
@@ -545,7 +551,7 @@ class Engine:
         nearest = self.store.query("SELECT MIN(due_us) FROM timers WHERE due_us > ?", (now_us,))
         self._next_timer_us = nearest[0][0] if nearest and nearest[0][0] is not None else _NEVER
         # A full page means there may be more: look again on the next tick.
-        self._dirty = len(due) >= 1000 or len(ready) >= 1000
+        self._dirty = len(due) >= _TICK_RUNS or len(ready) >= _TICK_RUNS
         self._next_poll = time.monotonic() + self.poll
         return found
 
