@@ -49,7 +49,7 @@ from ironflow.history.events import (
 from ironflow.interpreter import Decision, Interpreter, Work
 from ironflow.runtime import rows
 from ironflow.runtime.clock import SystemClock
-from ironflow.runtime.executor import Executor, Job, Outcome
+from ironflow.runtime.executor import Executor, Job, Outcome, is_async
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.models import TERMINAL, Run, RunError
@@ -211,8 +211,9 @@ class Engine:
         self._results: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._outcomes: list[Outcome] = []
         self._outstanding = 0  # jobs submitted whose outcome this engine has not drained yet
-        self._executor = Executor(self._results, max_workers)
+        self._executor = Executor(self._results, max_workers, self._on_outcome)
         self._drive_lock = threading.RLock()
+        self._failure: BaseException | None = None  # raised by a pool thread while driving
         self._done = threading.Condition()
         self._serving = False
         self._stopping = threading.Event()
@@ -406,15 +407,18 @@ class Engine:
 
     def run_until_idle(self) -> None:
         """Do all work due now (steps, due timers, matched events); return when none is left."""
-        with self._drive_lock:
-            self._dirty = True
-            while True:
+        self._dirty = True
+        while True:
+            # The lock is held per round only: a pool thread that finishes a step may drive
+            # in between (see _on_outcome).
+            with self._drive_lock:
+                self._raise_failure()
                 if self._tick():
                     continue
-                if self._outstanding:
-                    self._wait_for_outcome(self._executor.expire() or 0.05)
-                    continue
-                return
+                if not self._outstanding:
+                    return
+                timeout = self._executor.expire() or 0.05
+            self._wait_for_outcome(timeout)
 
     def _wait_for_outcome(self, timeout: float) -> None:
         try:
@@ -422,7 +426,32 @@ class Engine:
         except queue.Empty:
             return
         if item is not None:
-            self._outcomes.append(item)
+            with self._drive_lock:
+                self._outcomes.append(item)
+
+    def _on_outcome(self, outcome: Outcome) -> Job | None:
+        """On the pool thread that ran a step: commit its outcome now if no one else is
+        driving, and return a next step for this thread to run (no hop to another thread)."""
+        if self._stopping.is_set() or not self._drive_lock.acquire(blocking=False):
+            self._results.put(outcome)
+            return None
+        try:
+            self._outcomes.append(outcome)
+            jobs = self._round()
+            kept = self._dispatch(jobs or [], prefer=outcome.job.run_id)
+        except BaseException as exc:  # handed to the thread that called run_until_idle/serve
+            self._failure = exc
+            kept = None
+        finally:
+            self._drive_lock.release()
+        if kept is None:
+            self._wake()  # the driver re-checks whether anything is left
+        return kept
+
+    def _raise_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     def _drain(self) -> list[Outcome]:
         outcomes, self._outcomes = self._outcomes, []
@@ -438,6 +467,33 @@ class Engine:
 
     def _tick(self, dispatch: bool = True) -> bool:
         """One round of work; True if anything happened. ``dispatch=False`` starts no step."""
+        jobs = self._round()
+        if jobs is None:
+            return False
+        if dispatch:
+            self._dispatch(jobs)
+        return True
+
+    def _dispatch(self, jobs: list[Job], prefer: str | None = None) -> Job | None:
+        """Start ``jobs``; with ``prefer``, keep one sync job (of that run if there is one)
+        for the calling pool thread and return it."""
+        self._outstanding += len(jobs)
+        kept = None
+        if prefer is not None:
+            sync = [job for job in jobs if not is_async(job.fn)]
+            kept = next((job for job in sync if job.run_id == prefer), None)
+            if kept is None and sync:
+                kept = sync[0]
+        for job in jobs:
+            if job is not kept:
+                self._executor.submit(job)
+            if _FAULTS:
+                crash_point("dispatch")  # some of the batch's steps started, not all
+        return kept
+
+    def _round(self) -> list[Job] | None:
+        """Fold outcomes, woken and due runs into one transaction; the jobs it decided to
+        start, or None if there was nothing to do."""
         self._executor.expire()
         now, now_us = self._now()
         self._renew_leases(now_us)
@@ -476,7 +532,7 @@ class Engine:
         if self.functions and len(work) < _TICK_RUNS and self._should_discover(now_us):
             discovered |= self._discover(now_us, work, timers)
         if not work:
-            return False
+            return None
         while True:
             try:
                 with self.store.transaction() as conn:
@@ -491,23 +547,17 @@ class Engine:
                     self._block(conn, broken.run_id, broken.error, now_us)
                 del work[broken.run_id]
                 if not work:
-                    return True
+                    return []
             except sqlite3.IntegrityError:
                 # Another worker took one of these runs (our lease ran out): let all go.
                 for run_id in work:
                     self._live.pop(run_id, None)
                     self._in_flight.pop(run_id, None)
-                return True
+                return []
         self.stats["commits"] += 1
         if _FAULTS:
             crash_point("commit")
-        if dispatch:
-            self._outstanding += len(jobs)
-            for job in jobs:
-                self._executor.submit(job)
-                if _FAULTS:
-                    crash_point("dispatch")  # some of the batch's steps started, not all
-        return True
+        return jobs
 
     def _should_discover(self, now_us: int) -> bool:
         """Look for new work in the database only when something may have changed."""
@@ -909,18 +959,27 @@ class Engine:
         self._serving = True
         self._stopping.clear()
         try:
-            with self._drive_lock:
-                while not self._stopping.is_set():
+            while not self._stopping.is_set():
+                with self._drive_lock:
+                    self._raise_failure()
                     if self._tick():
                         continue
-                    if on_idle is not None:
-                        on_idle()
-                    self._wait_for_outcome(self._idle_timeout())
-                # Graceful stop: let running steps finish and commit them, then let go.
-                while self._outstanding - len(self._outcomes) > 0:
-                    self._wait_for_outcome(self._executor.expire() or 0.05)
-                self._tick(dispatch=False)
-                self._release_all()
+                    timeout = self._idle_timeout()
+                if on_idle is not None:
+                    on_idle()
+                    with self._drive_lock:
+                        timeout = self._idle_timeout()
+                self._wait_for_outcome(timeout)
+            # Graceful stop: let running steps finish and commit them, then let go.
+            while True:
+                with self._drive_lock:
+                    self._raise_failure()
+                    if self._outstanding - len(self._outcomes) <= 0:
+                        self._tick(dispatch=False)
+                        self._release_all()
+                        break
+                    timeout = self._executor.expire() or 0.05
+                self._wait_for_outcome(timeout)
         finally:
             self._serving = False
             for sig, handler in previous.items():
