@@ -83,7 +83,9 @@ class _Live:
     parent_run_id: str | None
     parent_step_id: str | None
     notify_parent: bool
-    decision: Decision | None = None
+    status: str
+    decision: Decision | None = None  # from a rebuild, not acted on yet
+    pending: tuple[Work, ...] | None = None  # outstanding work after the last drive
 
 
 _NEVER = 2**63 - 1
@@ -105,6 +107,9 @@ class _Batch:
 
     history: list[tuple[Any, ...]] = attrs.Factory(list)
     running: list[tuple[Any, ...]] = attrs.Factory(list)
+    # Runs that stay running: their row is not rewritten (the history says how far they
+    # are), only their lease is checked.
+    fenced: list[str] = attrs.Factory(list)
     waiting: list[tuple[Any, ...]] = attrs.Factory(list)
     ended: list[tuple[Any, ...]] = attrs.Factory(list)
     notify: list[tuple[Any, ...]] = attrs.Factory(list)
@@ -123,8 +128,13 @@ class _Batch:
             conn.executemany("DELETE FROM waits WHERE run_id = ? AND step_id = ?", self.waits_done)
         if self.history:
             conn.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", self.history)
-        expected = len(self.running) + len(self.waiting) + len(self.ended)
+        expected = len(self.running) + len(self.waiting) + len(self.ended) + len(self.fenced)
         changed = 0
+        for chunk in _chunks(self.fenced):
+            changed += conn.execute(
+                f"SELECT COUNT(*) FROM runs WHERE id IN ({_marks(chunk)}) AND lease_owner = ?",
+                (*chunk, owner),
+            ).fetchone()[0]
         if self.running:
             changed += conn.executemany(
                 "UPDATE runs SET status = 'running', next_seq = ?, updated_us = ? "
@@ -554,6 +564,11 @@ class Engine:
                     self._live.pop(run_id, None)
                     self._in_flight.pop(run_id, None)
                 return []
+            except BaseException:
+                # Interpreters moved on in memory past what was committed: rebuild them.
+                for run_id in work:
+                    self._live.pop(run_id, None)
+                raise
         self.stats["commits"] += 1
         if _FAULTS:
             crash_point("commit")
@@ -627,8 +642,8 @@ class Engine:
                 "AND status NOT IN ('completed', 'failed', 'cancelled', 'blocked') "
                 f"AND function_id IN ({_marks(fids)}) "
                 "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until_us < ?) "
-                "RETURNING id, function_id, next_seq, event_pos, parent_run_id, parent_step_id, "
-                "notify_parent",
+                "RETURNING id, function_id, event_pos, parent_run_id, parent_step_id, "
+                "notify_parent, status",
                 (self.worker_id, now_us + lease_us, *chunk, *fids, self.worker_id, now_us),
             ).fetchall()
             if not taken:
@@ -642,12 +657,10 @@ class Engine:
             ).fetchall()
             for (run_id, *_), event in zip(found, rows.decode_many(found, 1), strict=True):
                 histories[run_id].append(event)
-            for run_id, function_id, next_seq, event_pos, parent_run, parent_step, notify in taken:
+            for run_id, function_id, event_pos, parent_run, parent_step, notify, status in taken:
                 history = histories[run_id]
-                if len(history) != next_seq:
-                    raise RuntimeError(
-                        f"run {run_id!r}: history has {len(history)} events, row says {next_seq}"
-                    )
+                if history[-1].seq != len(history) - 1:
+                    raise RuntimeError(f"run {run_id!r}: history sequence numbers have gaps")
                 self.stats["runs_taken"] += 1
                 function = self.functions[function_id]
                 interpreter = Interpreter(function)
@@ -655,11 +668,12 @@ class Engine:
                     run_id,
                     function,
                     interpreter,
-                    next_seq,
+                    len(history),
                     event_pos,
                     parent_run,
                     parent_step,
                     bool(notify),
+                    status,
                 )
                 self._live[run_id] = live
                 try:
@@ -757,14 +771,24 @@ class Engine:
     ) -> None:
         run_id = live.run_id
         interpreter = live.interpreter
-        decision = live.decision or interpreter.decide()
-        live.decision = None
+        decision, live.decision = live.decision, None
+        # The last drive's pending work is still what the run expects: no decide() needed to
+        # check new outcomes against it.
+        pending = decision.pending if decision is not None else live.pending
+        if pending is None:
+            decision = interpreter.decide()
+            pending = decision.pending
+        acted = False  # whether ``decision`` was acted on already
         while True:
-            accepted = self._accepted(live, decision, inputs, now)
+            accepted = self._accepted(live, pending, inputs, now)
             inputs = []
             if accepted:
                 batch.history.extend((run_id, *rows.encode(event)) for event in accepted)
                 decision = interpreter.feed(accepted)
+            elif decision is None or acted:
+                decision = interpreter.decide()
+            acted = True
+            pending = decision.pending
             if decision.events:
                 batch.history.extend((run_id, *rows.encode(event)) for event in decision.events)
                 interpreter.record(decision.events)
@@ -779,6 +803,7 @@ class Engine:
         if decision.done:
             self._finish(live, decision, now_us, batch)
             return
+        live.pending = pending
         in_flight = self._in_flight.setdefault(run_id, {})
         due_steps = [
             work
@@ -786,7 +811,11 @@ class Engine:
             if work.kind in _STEP_KINDS and (work.due is None or rows.to_us(work.due) <= now_us)
         ]
         if due_steps or in_flight:
-            batch.running.append((live.next_seq, now_us, run_id))
+            if live.status == "running":
+                batch.fenced.append(run_id)
+            else:
+                batch.running.append((live.next_seq, now_us, run_id))
+                live.status = "running"
             for work in due_steps:
                 if in_flight.get(work.id) != work.attempt:
                     in_flight[work.id] = work.attempt
@@ -797,12 +826,12 @@ class Engine:
             self._in_flight.pop(run_id, None)
 
     def _accepted(
-        self, live: _Live, decision: Decision, inputs: list[Input], now: _dt.datetime
+        self, live: _Live, expected: tuple[Work, ...], inputs: list[Input], now: _dt.datetime
     ) -> list[HistoryEvent]:
         """Number the inputs the run still expects; drop stale ones (a late duplicate)."""
         if not inputs:
             return []
-        pending = {work.id: work for work in decision.pending}
+        pending = {work.id: work for work in expected}
         batch: list[HistoryEvent] = []
         seq = live.next_seq
         for cls, fields in inputs:
@@ -1053,8 +1082,7 @@ class Engine:
     def get_run(self, run_id: str) -> Run:
         """The stored run ``run_id``; ``KeyError`` naming it if there is none."""
         found = self.store.query(
-            "SELECT id, function_id, status, output, error, created_us, updated_us, ended_us, "
-            "parent_run_id FROM runs WHERE id = ?",
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?",
             (run_id,),
         )
         if not found:
@@ -1065,10 +1093,7 @@ class Engine:
         self, status: str | None = None, function: str | None = None, limit: int | None = None
     ) -> list[Run]:
         """Runs, newest first, optionally filtered by status and function id."""
-        sql = (
-            "SELECT id, function_id, status, output, error, created_us, updated_us, ended_us, "
-            "parent_run_id FROM runs"
-        )
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
         where, params = [], []
         if status is not None:
             where.append("status = ?")
@@ -1103,7 +1128,9 @@ class Engine:
         self, conn: Any, run_id: str, compensate: bool, reason: str, now_us: int
     ) -> None:
         status, next_seq = conn.execute(
-            "SELECT status, next_seq FROM runs WHERE id = ?", (run_id,)
+            "SELECT status, (SELECT COUNT(*) FROM history WHERE run_id = ?1) FROM runs "
+            "WHERE id = ?1",
+            (run_id,),
         ).fetchone()
         if status in TERMINAL:
             return
@@ -1201,6 +1228,14 @@ def _job(run_id: str, work: Work, mocks: dict[str, Callable[..., Any]]) -> Job:
         command.args,
         None if timeout is None else timeout.total_seconds(),
     )
+
+
+# A running run's row is not rewritten per step: its last history event says when it moved.
+_RUN_COLUMNS = (
+    "id, function_id, status, output, error, created_us, MAX(updated_us, COALESCE((SELECT "
+    "ts_us FROM history WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1), 0)), ended_us, "
+    "parent_run_id"
+)
 
 
 def _run(row: tuple[Any, ...]) -> Run:

@@ -49,8 +49,8 @@ def utc(ts: _dt.datetime) -> _dt.datetime:
     return from_us(to_us(ts))
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+# One encoder for all: json.dumps with options would build a new JSONEncoder per call.
+dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def _event_body(event: Event) -> dict[str, Any]:
