@@ -511,9 +511,13 @@ def synthesize_history(engine: Any, flow: ironflow.Function, run_id: str) -> int
         raise RuntimeError(f"synthesized run should be parked on its wait: {decision}")
     store = engine.store
     with store.transaction() as conn:
+        # A run not driven yet has no stored RunStarted: engine.history made it from the row.
+        (stored,) = conn.execute(
+            "SELECT COUNT(*) FROM history WHERE run_id = ?", (run_id,)
+        ).fetchone()
         conn.executemany(
             "INSERT INTO history VALUES (?, ?, ?, ?, ?)",
-            [(run_id, *store_rows.encode(event)) for event in history[1:]],
+            [(run_id, *store_rows.encode(event)) for event in history[stored:]],
         )
         conn.execute(
             "UPDATE runs SET status = 'waiting', next_seq = ?, ready = 0 WHERE id = ?",

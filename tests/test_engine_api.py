@@ -29,6 +29,7 @@ from ironflow import (
 from ironflow.history import (
     RunCancelled,
     RunResumed,
+    RunStarted,
     StepCompleted,
     dumps,
     encode_error,
@@ -249,6 +250,59 @@ def test_history_json_round_trip_and_replay_gives_stored_outcome(engine, clock):
     assert decision.done and decision.status == "completed"
     assert decision.output == run.output
     assert decision.commands == () and decision.events == ()
+
+
+def test_history_of_a_run_not_driven_yet_is_its_run_started_event(engine, clock):
+    @ironflow.function(id="echo")
+    def echo(ctx):
+        return ctx.event.data
+        yield
+
+    engine.register(echo)
+    rid = engine.start("echo", {"n": 1})
+    # start() writes the run's row only; the first drive writes RunStarted from it.
+    assert table_count(engine, "history") == 0
+    [before] = engine.history(rid)
+    assert isinstance(before, RunStarted)
+    assert (before.seq, before.run_id, before.function_id) == (0, rid, "echo")
+    assert before.event.data == {"n": 1} and before.event.name == "echo"
+    idle(engine)
+    after = engine.history(rid)
+    assert after[0] == before
+    assert table_count(engine, "history") == len(after)
+
+
+def test_a_schema_v1_database_is_upgraded_in_place(tmp_path, clock):
+    path = str(tmp_path / "v1.db")
+
+    @ironflow.function(id="echo")
+    def echo(ctx):
+        return ctx.event.data
+        yield
+
+    one = Engine(path, clock=clock)
+    one.register(echo)
+    rid = one.start("echo", [1])
+    idle(one)
+    one.close()
+    conn = sqlite3.connect(path)  # put back what v1 had
+    with conn:
+        conn.execute("DROP INDEX runs_parent")
+        conn.execute("CREATE INDEX runs_parent ON runs (parent_run_id)")
+        conn.execute("CREATE INDEX runs_function ON runs (function_id, status)")
+        conn.execute("UPDATE ironflow_meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+
+    two = Engine(path, clock=clock)
+    two.register(echo)
+    assert two.store.schema_version() == 2
+    indexes = {
+        row[0] for row in two.store.query("SELECT name FROM sqlite_master WHERE type = 'index'")
+    }
+    assert "runs_function" not in indexes and "runs_parent" in indexes
+    assert two.get_run(rid).output == [1]
+    assert two.wait(two.start("echo", [2])) == [2]
+    two.close()
 
 
 def test_history_round_trip_of_a_failed_run(engine):

@@ -26,7 +26,7 @@ import sqlite_utils
 
 from ironflow.cli.errors import CLIError, one_line
 from ironflow.runtime import Engine, SQLiteStore, StoreError
-from ironflow.runtime.store import SCHEMA_VERSION, parse_url
+from ironflow.runtime.store import READABLE_VERSIONS, SCHEMA_VERSION, parse_url
 
 DEFAULT_DB = "ironflow.db"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -90,7 +90,7 @@ def check_database(path: str, *, writable: bool = False) -> None:
     finally:
         conn.close()
     version = row[0] if row else None
-    if version != str(SCHEMA_VERSION):
+    if version not in {str(v) for v in READABLE_VERSIONS}:
         raise CLIError(
             f"{path} has ironflow schema version {version}; this ironflow reads version "
             f"{SCHEMA_VERSION}"

@@ -282,14 +282,17 @@ class Engine:
         now, now_us = self._now()
         with self.store.transaction() as conn:
             rid = run_id or uuid.uuid4().hex
-            existing = conn.execute("SELECT function_id FROM runs WHERE id = ?", (rid,)).fetchone()
-            if existing is not None:
-                if existing[0] != function.id:
-                    raise ValueError(
-                        f"run id {rid!r} already belongs to a run of {existing[0]!r}, "
-                        f"not {function.id!r}"
-                    )
-                return rid
+            if run_id is not None:
+                existing = conn.execute(
+                    "SELECT function_id FROM runs WHERE id = ?", (rid,)
+                ).fetchone()
+                if existing is not None:
+                    if existing[0] != function.id:
+                        raise ValueError(
+                            f"run id {rid!r} already belongs to a run of {existing[0]!r}, "
+                            f"not {function.id!r}"
+                        )
+                    return rid
             event = Event(uuid.uuid4().hex, function.id, payload, now)
             self._create_run(conn, rid, function.id, event, now_us)
         self._wake()
@@ -304,12 +307,14 @@ class Engine:
         now_us: int,
         parent: tuple[str, str, bool] | None = None,
     ) -> None:
-        pos = conn.execute("SELECT COALESCE(MAX(pos), 0) FROM events").fetchone()[0]
+        # The run's RunStarted event is written by the first drive, from this row: one row
+        # per start keeps starting a run one small commit.
         parent_run, parent_step, notify = parent if parent else (None, None, False)
         conn.execute(
             "INSERT INTO runs (id, function_id, status, parent_run_id, parent_step_id, "
             "notify_parent, trigger, created_us, updated_us, next_seq, ready, event_pos) "
-            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 1, 1, ?)",
+            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, 1, "
+            "(SELECT COALESCE(MAX(pos), 0) FROM events))",
             (
                 run_id,
                 function_id,
@@ -319,12 +324,9 @@ class Engine:
                 rows.dumps(rows._event_body(event)),
                 now_us,
                 now_us,
-                pos,
             ),
         )
         self._woken.add(run_id)  # a new run is ready to drive
-        started = RunStarted(0, event.ts, run_id, function_id, event, parent_run)
-        conn.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(started)))
 
     def emit(self, name: str, data: Any = None, *, idempotency_key: str | None = None) -> list[str]:
         """Emit an event: start the functions it triggers and satisfy matching waits."""
@@ -643,7 +645,7 @@ class Engine:
                 f"AND function_id IN ({_marks(fids)}) "
                 "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until_us < ?) "
                 "RETURNING id, function_id, event_pos, parent_run_id, parent_step_id, "
-                "notify_parent, status",
+                "notify_parent, status, trigger",
                 (self.worker_id, now_us + lease_us, *chunk, *fids, self.worker_id, now_us),
             ).fetchall()
             if not taken:
@@ -657,7 +659,16 @@ class Engine:
             ).fetchall()
             for (run_id, *_), event in zip(found, rows.decode_many(found, 1), strict=True):
                 histories[run_id].append(event)
-            for run_id, function_id, event_pos, parent_run, parent_step, notify, status in taken:
+            unwritten = []
+            for row in taken:
+                run_id, function_id, _, parent_run, _, _, _, trigger = row
+                if not histories[run_id]:
+                    started = _run_started(run_id, function_id, trigger, parent_run)
+                    histories[run_id].append(started)
+                    unwritten.append((run_id, *rows.encode(started)))
+            conn.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", unwritten)
+            for row in taken:
+                run_id, function_id, event_pos, parent_run, parent_step, notify, status, _ = row
                 history = histories[run_id]
                 if history[-1].seq != len(history) - 1:
                     raise RuntimeError(f"run {run_id!r}: history sequence numbers have gaps")
@@ -1110,11 +1121,19 @@ class Engine:
 
     def history(self, run_id: str) -> list[HistoryEvent]:
         """The run's history events, in order."""
-        self.get_run(run_id)
-        found = self.store.query(
-            "SELECT seq, type, ts_us, body FROM history WHERE run_id = ? ORDER BY seq", (run_id,)
-        )
-        return rows.decode_many(found, 0)
+        with self.store.lock:
+            found = self.store.query(
+                "SELECT function_id, trigger, parent_run_id FROM runs WHERE id = ?", (run_id,)
+            )
+            if not found:
+                raise KeyError(f"no run with id {run_id!r}")
+            events = self.store.query(
+                "SELECT seq, type, ts_us, body FROM history WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            )
+        if not events:  # started, not driven yet: its first event is not written yet
+            return [_run_started(run_id, *found[0])]
+        return rows.decode_many(events, 0)
 
     def cancel(self, run_id: str, *, compensate: bool = False, reason: str = "") -> None:
         """Cancel a run and its child runs; ``compensate=True`` runs its undos first."""
@@ -1194,6 +1213,13 @@ def _json(value: Any, what: str) -> Any:
         return to_json_value(value, what)
     except NotJSONError as exc:
         raise TypeError(str(exc)) from None
+
+
+def _run_started(
+    run_id: str, function_id: str, trigger: str, parent_run_id: str | None
+) -> RunStarted:
+    event = rows.event_from_body(json.loads(trigger))
+    return RunStarted(0, event.ts, run_id, function_id, event, parent_run_id)
 
 
 def _error_body(info: ErrorInfo) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from typing import Any
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions whose tables this code can read as they are (v2 changed indexes only).
+READABLE_VERSIONS = (1, 2)
 TERMINAL = ("completed", "failed", "cancelled")
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
@@ -113,7 +115,9 @@ class SQLiteStore:
             if version == SCHEMA_VERSION:
                 return
             with self.transaction():
-                self._create_v1()
+                if version is None:
+                    self._create_v1()
+                self._upgrade_to_v2()
                 self.conn.execute(
                     "INSERT OR REPLACE INTO ironflow_meta (key, value) "
                     "VALUES ('schema_version', ?)",
@@ -200,6 +204,15 @@ class SQLiteStore:
             "type TEXT NOT NULL, ts_us INTEGER NOT NULL, body TEXT NOT NULL)"
         )
         db["inbox"].create_index(["run_id", "pos"], index_name="inbox_run")
+
+    def _upgrade_to_v2(self) -> None:
+        # Fewer index pages per started run: listing by function scans (rarely used, cheap),
+        # and only child runs are in the parent index.
+        self.conn.execute("DROP INDEX IF EXISTS runs_function")
+        self.conn.execute("DROP INDEX IF EXISTS runs_parent")
+        self.conn.execute(
+            "CREATE INDEX runs_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL"
+        )
 
     # --- transactions ----------------------------------------------------------------------
 
