@@ -288,7 +288,9 @@ def test_a_schema_v1_database_is_upgraded_in_place(tmp_path, clock):
     conn = sqlite3.connect(path)  # put back what v1 had
     with conn:
         conn.execute("DROP INDEX runs_parent")
+        conn.execute("DROP INDEX runs_active")
         conn.execute("CREATE INDEX runs_parent ON runs (parent_run_id)")
+        conn.execute("CREATE INDEX runs_status_lease ON runs (status, lease_until_us)")
         conn.execute("CREATE INDEX runs_function ON runs (function_id, status)")
         conn.execute("UPDATE ironflow_meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
@@ -299,7 +301,8 @@ def test_a_schema_v1_database_is_upgraded_in_place(tmp_path, clock):
     indexes = {
         row[0] for row in two.store.query("SELECT name FROM sqlite_master WHERE type = 'index'")
     }
-    assert "runs_function" not in indexes and "runs_parent" in indexes
+    assert {"runs_parent", "runs_active"} <= indexes
+    assert not {"runs_function", "runs_status_lease"} & indexes
     assert two.get_run(rid).output == [1]
     assert two.wait(two.start("echo", [2])) == [2]
     two.close()

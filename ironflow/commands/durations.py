@@ -21,8 +21,23 @@ _DURATION_HELP = (
 )
 
 
+# Workflows spell the same few durations ("1d", "30s") on every replay: parse each once.
+_PARSED: dict[str, pendulum.Duration] = {}
+
+
 def parse_duration(value: Any, *, what: str = "duration") -> pendulum.Duration:
     """Return ``value`` as a positive pendulum ``Duration``; ``ValueError`` names a bad one."""
+    if type(value) is str:
+        found = _PARSED.get(value)
+        if found is None:
+            found = _parse_duration(value, what)
+            if len(_PARSED) < 4096:
+                _PARSED[value] = found
+        return found
+    return _parse_duration(value, what)
+
+
+def _parse_duration(value: Any, what: str) -> pendulum.Duration:
     seconds = _seconds(value, what)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{what} must be positive and finite, got {value!r}; {_DURATION_HELP}")

@@ -369,7 +369,8 @@ class Engine:
                 run_id = uuid.uuid4().hex
                 self._create_run(conn, run_id, function.id, event, now_us)
                 started.append(run_id)
-        conn.execute("UPDATE events SET started = ? WHERE pos = ?", (rows.dumps(started), pos))
+        if started:  # the column's default says none
+            conn.execute("UPDATE events SET started = ? WHERE pos = ?", (rows.dumps(started), pos))
         return started
 
     def _match_waits(self, conn: Any, event: Event, now_us: int) -> None:
@@ -627,10 +628,13 @@ class Engine:
             return
         lease_us = int(self.lease.total_seconds() * 1_000_000)
         with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE runs SET lease_until_us = ? WHERE lease_owner = ?",
-                (now_us + lease_us, self.worker_id),
-            )
+            # The runs held are the live ones (a parked or ended run lets its lease go).
+            for chunk in _chunks(list(self._live)):
+                conn.execute(
+                    f"UPDATE runs SET lease_until_us = ? WHERE id IN ({_marks(chunk)}) "
+                    "AND lease_owner = ?",
+                    (now_us + lease_us, *chunk, self.worker_id),
+                )
         self._next_renewal_us = now_us + lease_us // 3
 
     def _acquire_all(self, conn: Any, run_ids: list[str], now_us: int) -> None:
