@@ -295,7 +295,7 @@ class Engine:
                     return rid
             event = Event(uuid.uuid4().hex, function.id, payload, now)
             self._create_run(conn, rid, function.id, event, now_us)
-        self._wake()
+        self._kick()
         return rid
 
     def _create_run(
@@ -337,7 +337,7 @@ class Engine:
         now, _ = self._now()
         with self.store.transaction() as conn:
             started = self._emit_in(conn, name, payload, uuid.uuid4().hex, idempotency_key, now)
-        self._wake()
+        self._kick()
         return started
 
     def _emit_in(
@@ -416,7 +416,16 @@ class Engine:
     # --- driving -----------------------------------------------------------------------------
 
     def _wake(self) -> None:
+        """Make the thread in run_until_idle/serve look again."""
         self._results.put(None)
+
+    def _kick(self) -> None:
+        """New work for the runs in ``_woken``: while serving, a pool thread drives it and
+        runs a step it decides itself (one thread hop from here to a running step)."""
+        if self._serving and not self._stopping.is_set():
+            self._executor.submit_drive()
+        else:
+            self._wake()
 
     def run_until_idle(self) -> None:
         """Do all work due now (steps, due timers, matched events); return when none is left."""
@@ -442,16 +451,22 @@ class Engine:
             with self._drive_lock:
                 self._outcomes.append(item)
 
-    def _on_outcome(self, outcome: Outcome) -> Job | None:
-        """On the pool thread that ran a step: commit its outcome now if no one else is
-        driving, and return a next step for this thread to run (no hop to another thread)."""
+    def _on_outcome(self, outcome: Outcome | None) -> Job | None:
+        """On a pool thread that ran a step (or was sent to drive, ``None``): commit the
+        outcome now if no one else is driving, and return a next step for this thread to
+        run (no hop to another thread)."""
         if self._stopping.is_set() or not self._drive_lock.acquire(blocking=False):
-            self._results.put(outcome)
+            if outcome is not None:
+                self._results.put(outcome)
+            else:
+                self._wake()  # the thread driving now takes the woken runs next round
             return None
         try:
-            self._outcomes.append(outcome)
+            if outcome is not None:
+                self._outcomes.append(outcome)
             jobs = self._round()
-            kept = self._dispatch(jobs or [], prefer=outcome.job.run_id)
+            prefer = outcome.job.run_id if outcome is not None else ""
+            kept = self._dispatch(jobs or [], prefer=prefer)
         except BaseException as exc:  # handed to the thread that called run_until_idle/serve
             self._failure = exc
             kept = None
@@ -488,8 +503,8 @@ class Engine:
         return True
 
     def _dispatch(self, jobs: list[Job], prefer: str | None = None) -> Job | None:
-        """Start ``jobs``; with ``prefer``, keep one sync job (of that run if there is one)
-        for the calling pool thread and return it."""
+        """Start ``jobs``; with ``prefer``, keep one sync job (of the run ``prefer`` names
+        if there is one) for the calling pool thread and return it."""
         self._outstanding += len(jobs)
         kept = None
         if prefer is not None:
@@ -1145,7 +1160,7 @@ class Engine:
         _, now_us = self._now()
         with self.store.transaction() as conn:
             self._cancel_in(conn, run_id, compensate, reason or "cancelled", now_us)
-        self._wake()
+        self._kick()
 
     def _cancel_in(
         self, conn: Any, run_id: str, compensate: bool, reason: str, now_us: int
@@ -1209,7 +1224,7 @@ class Engine:
         self._live.pop(run_id, None)
         with self.store.lock:
             self._woken.add(run_id)
-        self._wake()
+        self._kick()
 
 
 def _json(value: Any, what: str) -> Any:

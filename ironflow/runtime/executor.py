@@ -101,12 +101,12 @@ class Executor:
         self,
         results: queue.SimpleQueue[Any],
         max_workers: int | None = None,
-        on_outcome: Callable[[Outcome], Job | None] | None = None,
+        on_outcome: Callable[[Outcome | None], Job | None] | None = None,
     ):
         self.results = results
         self.on_outcome = on_outcome
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) * 4)
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -128,7 +128,14 @@ class Executor:
         if is_async(job.fn):
             self._submit_async(job)
             return
-        self._jobs.put(job)
+        self._enqueue(job)
+
+    def submit_drive(self) -> None:
+        """Have a pool thread call ``on_outcome(None)`` (and run the job it returns)."""
+        self._enqueue(_DRIVE)
+
+    def _enqueue(self, item: Any) -> None:
+        self._jobs.put(item)
         with self._lock:
             # Grow the pool only when every thread is busy: a bounded pool, started lazily.
             if self._idle == 0 and len(self._threads) < self.max_workers:
@@ -145,6 +152,11 @@ class Executor:
             job = self._jobs.get()
             if job is None:
                 return
+            if job is _DRIVE:
+                assert self.on_outcome is not None
+                job = self.on_outcome(None)
+                if job is not None:
+                    self._track(job)
             while job is not None:
                 outcome = self._run_sync(job)
                 job = self._handoff(outcome)
@@ -256,6 +268,9 @@ class Executor:
             if self._loop_thread is not None and wait:
                 self._loop_thread.join(timeout=5)
             self._loop = None
+
+
+_DRIVE = object()  # a pool-thread task: drive now (see Executor.submit_drive)
 
 
 def _timeout_info(step_id: str) -> ErrorInfo:

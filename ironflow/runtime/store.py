@@ -75,10 +75,13 @@ class SQLiteStore:
         # Only now, knowing the file is ours (or new), may its journal mode change.
         if path != ":memory:":
             self.conn.execute("PRAGMA journal_mode = WAL")
-            # Checkpoint every ~40 MB of WAL rather than every 4 MB: the pages a workflow
-            # engine rewrites (run rows, index roots) are copied once per checkpoint, and
-            # commits on the hot path pay for a checkpoint ten times less often.
-            self.conn.execute("PRAGMA wal_autocheckpoint = 10000")
+            if durability == "normal":
+                # Checkpoint every ~40 MB of WAL rather than every 4 MB: pages rewritten
+                # often (run rows, index roots) are copied once per checkpoint, and commits
+                # pay for a checkpoint ten times less often. Not with FULL: there every
+                # commit syncs the WAL, and syncing a file that keeps growing costs twice
+                # as much as syncing one that is reused from its start.
+                self.conn.execute("PRAGMA wal_autocheckpoint = 10000")
         self.conn.execute(f"PRAGMA synchronous = {DURABILITY[durability]}")
         self._migrate()
 
