@@ -52,6 +52,7 @@ from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.executor import Executor, Job, Outcome, is_async
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
+from ironflow.runtime.gcpause import gc_paused
 from ironflow.runtime.models import TERMINAL, Run, RunError
 from ironflow.runtime.store import SQLiteStore, parse_url
 
@@ -464,7 +465,8 @@ class Engine:
         try:
             if outcome is not None:
                 self._outcomes.append(outcome)
-            jobs = self._round()
+            with gc_paused():
+                jobs = self._round()
             prefer = outcome.job.run_id if outcome is not None else ""
             kept = self._dispatch(jobs or [], prefer=prefer)
         except BaseException as exc:  # handed to the thread that called run_until_idle/serve
@@ -495,7 +497,8 @@ class Engine:
 
     def _tick(self, dispatch: bool = True) -> bool:
         """One round of work; True if anything happened. ``dispatch=False`` starts no step."""
-        jobs = self._round()
+        with gc_paused():
+            jobs = self._round()
         if jobs is None:
             return False
         if dispatch:
@@ -669,15 +672,9 @@ class Engine:
             ).fetchall()
             if not taken:
                 continue
-            histories: dict[str, list[HistoryEvent]] = {row[0]: [] for row in taken}
-            ids = list(histories)
-            found = conn.execute(
-                "SELECT run_id, seq, type, ts_us, body FROM history "
-                f"WHERE run_id IN ({_marks(ids)}) ORDER BY run_id, seq",
-                ids,
-            ).fetchall()
-            for (run_id, *_), event in zip(found, rows.decode_many(found, 1), strict=True):
-                histories[run_id].append(event)
+            ids = [row[0] for row in taken]
+            stored = rows.read_histories(conn, f"run_id IN ({_marks(ids)})", ids)
+            histories = {run_id: stored.get(run_id, []) for run_id in ids}
             unwritten = []
             for row in taken:
                 run_id, function_id, _, parent_run, _, _, _, trigger = row
@@ -1146,13 +1143,11 @@ class Engine:
             )
             if not found:
                 raise KeyError(f"no run with id {run_id!r}")
-            events = self.store.query(
-                "SELECT seq, type, ts_us, body FROM history WHERE run_id = ? ORDER BY seq",
-                (run_id,),
-            )
+            with gc_paused():
+                events = rows.read_histories(self.store.conn, "run_id = ?", (run_id,))
         if not events:  # started, not driven yet: its first event is not written yet
             return [_run_started(run_id, *found[0])]
-        return rows.decode_many(events, 0)
+        return events[run_id]
 
     def cancel(self, run_id: str, *, compensate: bool = False, reason: str = "") -> None:
         """Cancel a run and its child runs; ``compensate=True`` runs its undos first."""
