@@ -178,6 +178,15 @@ class _Batch:
             )
 
 
+def _take(pool: set[str], most: int) -> set[str]:
+    """Remove and return up to ``most`` items of ``pool`` (a bounded batch per round)."""
+    if len(pool) <= most:
+        taken = set(pool)
+        pool.clear()
+        return taken
+    return {pool.pop() for _ in range(most)}
+
+
 def _quote(text: str) -> str:
     return text.replace("'", "''")
 
@@ -232,8 +241,9 @@ class Engine:
         # When to look in the database for work: on in-process news (dirty), when the
         # nearest known timer falls due, and every poll interval for other processes' news.
         self._dirty = True
-        # Runs this engine itself just made ready (started, mail delivered): driven next tick
-        # without asking the database.
+        # Runs this engine itself just made ready, driven next round without asking the
+        # database: new ones (no mail possible, no ``ready`` flag) and ones sent mail.
+        self._fresh: set[str] = set()
         self._woken: set[str] = set()
         self._next_timer_us = 0
         self._next_poll = 0.0
@@ -314,7 +324,7 @@ class Engine:
         conn.execute(
             "INSERT INTO runs (id, function_id, status, parent_run_id, parent_step_id, "
             "notify_parent, trigger, created_us, updated_us, next_seq, ready, event_pos) "
-            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, 1, "
+            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, 0, "
             "(SELECT COALESCE(MAX(pos), 0) FROM events))",
             (
                 run_id,
@@ -327,7 +337,8 @@ class Engine:
                 now_us,
             ),
         )
-        self._woken.add(run_id)  # a new run is ready to drive
+        # Not flagged ready: a pending run without a lease is found by discovery anyway.
+        self._fresh.add(run_id)
 
     def emit(self, name: str, data: Any = None, *, idempotency_key: str | None = None) -> list[str]:
         """Emit an event: start the functions it triggers and satisfy matching waits."""
@@ -485,9 +496,10 @@ class Engine:
 
     def _drain(self) -> list[Outcome]:
         outcomes, self._outcomes = self._outcomes, []
-        while True:
+        results = self._results
+        while not results.empty():
             try:
-                item = self._results.get_nowait()
+                item = results.get_nowait()
             except queue.Empty:
                 break
             if item is not None:
@@ -552,14 +564,15 @@ class Engine:
                     },
                 )
             work.setdefault(job.run_id, []).append(item)
-        with self.store.lock:
-            if len(self._woken) <= _TICK_RUNS:
-                discovered, self._woken = self._woken, set()
-            else:
-                # A bounded batch per transaction: memory stays flat however many were woken.
-                discovered = {self._woken.pop() for _ in range(_TICK_RUNS)}
-        for run_id in discovered:
-            work.setdefault(run_id, [])
+        discovered: set[str] = set()  # runs that may have mail
+        if self._woken or self._fresh:  # one woken after this check kicks another round
+            with self.store.lock:
+                discovered = _take(self._woken, _TICK_RUNS)
+                fresh = _take(self._fresh, _TICK_RUNS - len(discovered))
+            for run_id in discovered:
+                work.setdefault(run_id, [])
+            for run_id in fresh:
+                work.setdefault(run_id, [])
         if self.functions and len(work) < _TICK_RUNS and self._should_discover(now_us):
             discovered |= self._discover(now_us, work, timers)
         if not work:

@@ -44,6 +44,8 @@ def from_us(us: int) -> _dt.datetime:
 
 def utc(ts: _dt.datetime) -> _dt.datetime:
     """``ts`` as a plain aware UTC datetime (what every stored timestamp is)."""
+    if type(ts) is _dt.datetime and ts.tzinfo is UTC:
+        return ts  # already one (the system clock's)
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError(f"clock returned a naive datetime {ts!r}; clocks must return aware times")
     return from_us(to_us(ts))
