@@ -69,7 +69,7 @@ _INBOX_TYPES: dict[str, type] = {
 
 def canonical(value: Any) -> str:
     """The JSON text two equal match values share (key order does not matter)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return rows.dumps_sorted(value)
 
 
 @attrs.define

@@ -51,8 +51,42 @@ def utc(ts: _dt.datetime) -> _dt.datetime:
     return from_us(to_us(ts))
 
 
-# One encoder for all: json.dumps with options would build a new JSONEncoder per call.
-dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _compact_encoder(sort_keys: bool = False) -> Callable[[Any], str]:
+    """Compact, NaN-refusing JSON text of a value.
+
+    ``json.dumps`` builds its C encoder anew on every call, which costs more than encoding
+    a small event body; this one is built once. Values reaching it were checked to be JSON
+    (no cycles), so it skips the circular-reference check.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the plain encoder
+        plain = json.JSONEncoder(separators=(",", ":"), allow_nan=False, sort_keys=sort_keys)
+        return plain.encode
+    encode = make(
+        None,
+        _not_json,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        sort_keys,
+        False,
+        False,
+    )
+    join = "".join
+
+    def dumps(value: Any) -> str:
+        return join(encode(value, 0))
+
+    return dumps
+
+
+dumps = _compact_encoder()
+dumps_sorted = _compact_encoder(sort_keys=True)  # one text for equal values, whatever key order
 
 
 def _event_body(event: Event) -> dict[str, Any]:
@@ -80,10 +114,14 @@ _FIELDS: dict[type, tuple[str, ...]] = {
 def encode(event: HistoryEvent) -> tuple[int, str, int, str]:
     """``(seq, type, ts_us, body_json)`` for the history table."""
     cls = type(event)
-    if cls is CommandScheduled or cls is StepCompleted:
-        # The two events every step writes are stored as arrays: faster to parse back.
-        fields = [getattr(event, name) for name in _FIELDS[cls]]
-        return (event.seq, cls.__name__, to_us(event.ts), dumps(fields))
+    # The two events every step writes are stored as arrays: faster to parse back.
+    if cls is StepCompleted:
+        e: Any = event
+        return (e.seq, "StepCompleted", to_us(e.ts), dumps([e.id, e.attempt, e.result]))
+    if cls is CommandScheduled:
+        e = event
+        body = [e.id, e.kind, e.name, e.scope, e.fingerprint, e.detail]
+        return (e.seq, "CommandScheduled", to_us(e.ts), dumps(body))
     body = {name: getattr(event, name) for name in _FIELDS[cls]}
     if cls is RunStarted or cls is WaitMatched:
         body["event"] = _event_body(body["event"])
