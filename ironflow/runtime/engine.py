@@ -9,6 +9,7 @@ write to a run's history happens under that run's lease, so one run has one writ
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import json
 import os
 import queue
@@ -131,11 +132,17 @@ class _Batch:
             conn.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", self.history)
         expected = len(self.running) + len(self.waiting) + len(self.ended) + len(self.fenced)
         changed = 0
-        for chunk in _chunks(self.fenced):
+        if len(self.fenced) == 1:
             changed += conn.execute(
-                f"SELECT COUNT(*) FROM runs WHERE id IN ({_marks(chunk)}) AND lease_owner = ?",
-                (*chunk, owner),
+                "SELECT COUNT(*) FROM runs WHERE id = ? AND lease_owner = ?",
+                (self.fenced[0], owner),
             ).fetchone()[0]
+        else:
+            for chunk in _chunks(self.fenced):
+                changed += conn.execute(
+                    f"SELECT COUNT(*) FROM runs WHERE id IN ({_marks(chunk)}) AND lease_owner = ?",
+                    (*chunk, owner),
+                ).fetchone()[0]
         if self.running:
             changed += conn.executemany(
                 "UPDATE runs SET status = 'running', next_seq = ?, updated_us = ? "
@@ -279,6 +286,9 @@ class Engine:
     # --- time ------------------------------------------------------------------------------
 
     def _now(self) -> tuple[_dt.datetime, int]:
+        if type(self.clock) is SystemClock:  # the common case, without a datetime round trip
+            now_us = self.clock.now_us()
+            return rows.from_us(now_us), now_us
         now = rows.utc(self.clock.now())
         return now, rows.to_us(now)
 
@@ -476,8 +486,7 @@ class Engine:
         try:
             if outcome is not None:
                 self._outcomes.append(outcome)
-            with gc_paused():
-                jobs = self._round()
+            jobs = self._round_gc_paused()
             prefer = outcome.job.run_id if outcome is not None else ""
             kept = self._dispatch(jobs or [], prefer=prefer)
         except BaseException as exc:  # handed to the thread that called run_until_idle/serve
@@ -509,8 +518,7 @@ class Engine:
 
     def _tick(self, dispatch: bool = True) -> bool:
         """One round of work; True if anything happened. ``dispatch=False`` starts no step."""
-        with gc_paused():
-            jobs = self._round()
+        jobs = self._round_gc_paused()
         if jobs is None:
             return False
         if dispatch:
@@ -522,7 +530,10 @@ class Engine:
         if there is one) for the calling pool thread and return it."""
         self._outstanding += len(jobs)
         kept = None
-        if prefer is not None:
+        if prefer is not None and len(jobs) == 1:
+            if not is_async(jobs[0].fn):
+                kept = jobs[0]
+        elif prefer is not None:
             sync = [job for job in jobs if not is_async(job.fn)]
             kept = next((job for job in sync if job.run_id == prefer), None)
             if kept is None and sync:
@@ -533,6 +544,16 @@ class Engine:
             if _FAULTS:
                 crash_point("dispatch")  # some of the batch's steps started, not all
         return kept
+
+    def _round_gc_paused(self) -> list[Job] | None:
+        # Inline rather than gc_paused(): this runs once per step.
+        if not gc.isenabled():
+            return self._round()
+        gc.disable()
+        try:
+            return self._round()
+        finally:
+            gc.enable()
 
     def _round(self) -> list[Job] | None:
         """Fold outcomes, woken and due runs into one transaction; the jobs it decided to
@@ -736,7 +757,9 @@ class Engine:
         drivable = [run_id for run_id in work if run_id in self._live]
         inbox: dict[str, list[Input]] = {}
         # Only runs found by discovery can have mail: producers set ``ready`` with it.
-        for chunk in _chunks([run_id for run_id in drivable if run_id in discovered]):
+        for chunk in _chunks(
+            [run_id for run_id in drivable if run_id in discovered] if discovered else []
+        ):
             # Cleared as the mail is taken: mail that arrives later in this same transaction
             # (another run publishes, a child ends) sets it again and is read next tick.
             conn.execute(f"UPDATE runs SET ready = 0 WHERE id IN ({_marks(chunk)})", chunk)
