@@ -280,13 +280,30 @@ def test_a_schema_v1_database_is_upgraded_in_place(tmp_path, clock):
         return ctx.event.data
         yield
 
+    @ironflow.function(id="nap")
+    def nap(ctx):
+        yield step.sleep("nap", "1h")
+        return "rested"
+
     one = Engine(path, clock=clock)
     one.register(echo)
+    one.register(nap)
     rid = one.start("echo", [1])
+    napping = one.start("nap")
     idle(one)
     one.close()
     conn = sqlite3.connect(path)  # put back what v1 had
     with conn:
+        for table, key in (("timers", "run_id, step_id"), ("consumed", "run_id, event_id")):
+            conn.execute(f"CREATE TABLE old AS SELECT * FROM {table} WHERE 0")
+            conn.execute(f"DROP TABLE {table}")
+            conn.execute(f"ALTER TABLE old RENAME TO {table}")
+            conn.execute(f"CREATE UNIQUE INDEX {table}_key ON {table} ({key})")
+        conn.execute("CREATE INDEX timers_due ON timers (due_us)")
+        conn.execute(
+            "INSERT INTO timers VALUES (?, 'nap', 'sleep', ?, 1)",
+            (napping, int((clock.now().timestamp() + 3600) * 1_000_000)),
+        )
         conn.execute("DROP INDEX runs_parent")
         conn.execute("DROP INDEX runs_active")
         conn.execute("CREATE INDEX runs_parent ON runs (parent_run_id)")
@@ -297,7 +314,9 @@ def test_a_schema_v1_database_is_upgraded_in_place(tmp_path, clock):
 
     two = Engine(path, clock=clock)
     two.register(echo)
+    two.register(nap)
     assert two.store.schema_version() == 2
+    assert two.store.query("SELECT run_id, step_id FROM timers") == [(napping, "nap")]
     indexes = {
         row[0] for row in two.store.query("SELECT name FROM sqlite_master WHERE type = 'index'")
     }
@@ -305,6 +324,8 @@ def test_a_schema_v1_database_is_upgraded_in_place(tmp_path, clock):
     assert not {"runs_function", "runs_status_lease"} & indexes
     assert two.get_run(rid).output == [1]
     assert two.wait(two.start("echo", [2])) == [2]
+    clock.advance("1h")
+    assert two.wait(napping) == "rested"
     two.close()
 
 

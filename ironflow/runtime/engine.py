@@ -689,13 +689,20 @@ class Engine:
                 )
         self._next_renewal_us = now_us + lease_us // 3
 
-    def _acquire_all(self, conn: Any, run_ids: list[str], now_us: int) -> None:
-        """Take the leases of ``run_ids`` that are free and rebuild their interpreters."""
+    def _acquire_all(self, conn: Any, run_ids: list[str], now_us: int, mail: set[str]) -> None:
+        """Take the leases of ``run_ids`` that are free and rebuild their interpreters.
+
+        Runs in ``mail`` have their ``ready`` flag cleared in the same statement (their
+        inbox is read next, in this transaction)."""
         lease_us = int(self.lease.total_seconds() * 1_000_000)
         fids = tuple(self.functions)
-        for chunk in _chunks(run_ids):
+        with_mail = [run_id for run_id in run_ids if run_id in mail]
+        without = [run_id for run_id in run_ids if run_id not in mail]
+        groups = [(chunk, ", ready = 0") for chunk in _chunks(with_mail)]
+        groups += [(chunk, "") for chunk in _chunks(without)]
+        for chunk, clear in groups:
             taken = conn.execute(
-                "UPDATE runs SET lease_owner = ?, lease_until_us = ? "
+                f"UPDATE runs SET lease_owner = ?, lease_until_us = ?{clear} "
                 f"WHERE id IN ({_marks(chunk)}) "
                 "AND status NOT IN ('completed', 'failed', 'cancelled', 'blocked') "
                 f"AND function_id IN ({_marks(fids)}) "
@@ -753,16 +760,20 @@ class Engine:
     ) -> list[Job]:
         cold = [run_id for run_id in work if run_id not in self._live]
         if cold:
-            self._acquire_all(conn, cold, now_us)
+            self._acquire_all(conn, cold, now_us, discovered)
         drivable = [run_id for run_id in work if run_id in self._live]
+        cold_set = set(cold)
         inbox: dict[str, list[Input]] = {}
         # Only runs found by discovery can have mail: producers set ``ready`` with it.
         for chunk in _chunks(
             [run_id for run_id in drivable if run_id in discovered] if discovered else []
         ):
-            # Cleared as the mail is taken: mail that arrives later in this same transaction
-            # (another run publishes, a child ends) sets it again and is read next tick.
-            conn.execute(f"UPDATE runs SET ready = 0 WHERE id IN ({_marks(chunk)})", chunk)
+            # Cleared as the mail is taken (for cold runs, by _acquire_all): mail that
+            # arrives later in this same transaction (another run publishes, a child ends)
+            # sets it again and is read next round.
+            warm = [run_id for run_id in chunk if run_id not in cold_set]
+            if warm:
+                conn.execute(f"UPDATE runs SET ready = 0 WHERE id IN ({_marks(warm)})", warm)
             found = conn.execute(
                 f"DELETE FROM inbox WHERE run_id IN ({_marks(chunk)}) "
                 "RETURNING pos, run_id, type, body",

@@ -22,6 +22,26 @@ TERMINAL = ("completed", "failed", "cancelled")
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 
+# (table, columns in v1 order, primary key, indexes) of the tables v2 rebuilds.
+_WITHOUT_ROWID = (
+    (
+        "timers",
+        "run_id TEXT NOT NULL, step_id TEXT NOT NULL, kind TEXT NOT NULL, "
+        "due_us INTEGER NOT NULL, attempt INTEGER",
+        "run_id, step_id",
+        ("CREATE INDEX timers_due ON timers (due_us)",),
+    ),
+    (
+        "waits",
+        "run_id TEXT NOT NULL, step_id TEXT NOT NULL, event_name TEXT NOT NULL, "
+        "match_path TEXT, match_key TEXT, seq INTEGER NOT NULL",
+        "run_id, step_id",
+        ("CREATE INDEX waits_match ON waits (event_name, match_path, match_key)",),
+    ),
+    ("consumed", "run_id TEXT NOT NULL, event_id TEXT NOT NULL", "run_id, event_id", ()),
+)
+
+
 class StoreError(ValueError):
     """The database cannot be used by ironflow (not one of ours, or from a newer version)."""
 
@@ -226,6 +246,17 @@ class SQLiteStore:
         self.conn.execute(
             "CREATE INDEX runs_active ON runs (status) WHERE status IN ('pending', 'running')"
         )
+        # Keyed tables without a rowid: one b-tree per row written instead of a table and
+        # its key index (an emit deletes a wait and a timer and adds a consumed row).
+        for table, columns, key, indexes in _WITHOUT_ROWID:
+            self.conn.execute(
+                f"CREATE TABLE {table}_v2 ({columns}, PRIMARY KEY ({key})) WITHOUT ROWID"
+            )
+            self.conn.execute(f"INSERT INTO {table}_v2 SELECT * FROM {table}")
+            self.conn.execute(f"DROP TABLE {table}")
+            self.conn.execute(f"ALTER TABLE {table}_v2 RENAME TO {table}")
+            for index in indexes:
+                self.conn.execute(index)
 
     # --- transactions ----------------------------------------------------------------------
 
