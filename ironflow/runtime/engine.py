@@ -444,10 +444,8 @@ class Engine:
     def _kick(self) -> None:
         """New work for the runs in ``_woken``: while serving, a pool thread drives it and
         runs a step it decides itself (one thread hop from here to a running step)."""
-        if self._serving and not self._stopping.is_set():
-            self._executor.submit_drive()
-        else:
-            self._wake()
+        if not (self._serving and not self._halting() and self._executor.submit_drive()):
+            self._wake()  # not serving, or no pool thread free: the driving thread takes them
 
     def run_until_idle(self) -> None:
         """Do all work due now (steps, due timers, matched events); return when none is left."""
@@ -477,7 +475,7 @@ class Engine:
         """On a pool thread that ran a step (or was sent to drive, ``None``): commit the
         outcome now if no one else is driving, and return a next step for this thread to
         run (no hop to another thread)."""
-        if self._stopping.is_set() or not self._drive_lock.acquire(blocking=False):
+        if self._halting() or not self._drive_lock.acquire(blocking=False):
             if outcome is not None:
                 self._results.put(outcome)
             else:
@@ -488,7 +486,7 @@ class Engine:
                 self._outcomes.append(outcome)
             jobs = self._round_gc_paused()
             prefer = outcome.job.run_id if outcome is not None else ""
-            kept = self._dispatch(jobs or [], prefer=prefer)
+            kept = None if self._halting() else self._dispatch(jobs or [], prefer=prefer)
         except BaseException as exc:  # handed to the thread that called run_until_idle/serve
             self._failure = exc
             kept = None
@@ -497,6 +495,10 @@ class Engine:
         if kept is None:
             self._wake()  # the driver re-checks whether anything is left
         return kept
+
+    def _halting(self) -> bool:
+        """serve() was asked to stop: start no more steps."""
+        return self._serving and self._stopping.is_set()
 
     def _raise_failure(self) -> None:
         failure, self._failure = self._failure, None
@@ -521,7 +523,9 @@ class Engine:
         jobs = self._round_gc_paused()
         if jobs is None:
             return False
-        if dispatch:
+        # A stop asked for while this round ran starts nothing: what it decided stays
+        # committed and pending, for whoever drives the run next.
+        if dispatch and not self._halting():
             self._dispatch(jobs)
         return True
 

@@ -130,9 +130,14 @@ class Executor:
             return
         self._enqueue(job)
 
-    def submit_drive(self) -> None:
-        """Have a pool thread call ``on_outcome(None)`` (and run the job it returns)."""
+    def submit_drive(self) -> bool:
+        """Have a pool thread call ``on_outcome(None)`` (and run the job it returns), if one
+        is free to do it now; False (nothing sent) when every thread is busy."""
+        with self._lock:
+            if self._idle <= 0 and len(self._threads) >= self.max_workers:
+                return False
         self._enqueue(_DRIVE)
+        return True
 
     def _enqueue(self, item: Any) -> None:
         self._jobs.put(item)
