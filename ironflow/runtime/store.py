@@ -242,6 +242,10 @@ class SQLiteStore:
         )
         # Taking or renewing a lease must not rewrite an index entry: orphans are found among
         # the active runs, and only a change of status touches this index.
+        # Only runs with mail are in the ready index: starting a run or parking one does not
+        # write to it.
+        self.conn.execute("DROP INDEX IF EXISTS runs_ready")
+        self.conn.execute("CREATE INDEX runs_ready ON runs (status) WHERE ready = 1")
         self.conn.execute("DROP INDEX IF EXISTS runs_status_lease")
         self.conn.execute(
             "CREATE INDEX runs_active ON runs (status) WHERE status IN ('pending', 'running')"
