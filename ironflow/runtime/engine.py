@@ -163,10 +163,10 @@ class _Batch:
                 f"WHERE id = ? AND lease_owner = '{_quote(owner)}'",
                 self.ended,
             ).rowcount
-            ended = [(run_id,) for run_id in self.finished]
-            conn.executemany("DELETE FROM timers WHERE run_id = ?", ended)
-            conn.executemany("DELETE FROM waits WHERE run_id = ?", ended)
-            conn.executemany("DELETE FROM inbox WHERE run_id = ?", ended)
+            for chunk in _chunks(self.finished):
+                marks = _marks(chunk)
+                for table in ("timers", "waits", "inbox"):
+                    conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", chunk)
         if changed != expected:
             # A run's lease moved to another worker under us: write nothing of this batch.
             raise sqlite3.IntegrityError(f"lease lost: {changed} of {expected} runs still ours")
