@@ -36,7 +36,7 @@ from ironflow.history import (
     event_to_dict,
     loads,
 )
-from ironflow.interpreter import replay
+from ironflow.interpreter import Interpreter, replay
 from ironflow.runtime import StoreError
 from ironflow.testing import VirtualClock
 
@@ -991,3 +991,60 @@ def test_a_run_that_blocks_does_not_hold_back_the_others_in_its_batch(tmp_path):
     assert "recorded" in blocked.error.message and "nap" in blocked.error.message
     assert [second.get_run(run_id).output for run_id in fine] == [3, 3, 3]
     second.close()
+
+
+def test_a_run_blocked_at_its_first_drive_keeps_its_run_started_event(engine, monkeypatch):
+    @ironflow.function(id="explodes")
+    def explodes(ctx):
+        return (yield step.run("one", str, 1))
+
+    feed = Interpreter.feed
+
+    def exploding_feed(self, events):
+        if self.function_id == "explodes":  # as an interpreter bug would, on the first drive
+            raise RuntimeError("interpreter bug")
+        return feed(self, events)
+
+    monkeypatch.setattr(Interpreter, "feed", exploding_feed)
+    engine.register(explodes)
+    run_id = engine.start("explodes")
+    idle(engine)
+    assert engine.get_run(run_id).status == "blocked"
+    assert "interpreter bug" in engine.get_run(run_id).error.message
+    monkeypatch.undo()
+    stored = engine.store.query("SELECT seq, type FROM history WHERE run_id = ?", (run_id,))
+    assert stored == [(0, "RunStarted")]
+    engine.cancel(run_id)
+    kinds = [type(event).__name__ for event in engine.history(run_id)]
+    assert kinds == ["RunStarted", "RunCancelled"]
+    assert engine.get_run(run_id).status == "cancelled"
+
+
+def test_a_round_that_fails_to_commit_is_driven_again_in_full(engine, calls, monkeypatch):
+    """A transaction that fails (here: a busy database) rolls back whole: the next drive
+    decides the same steps again and must start them (nothing was marked in flight)."""
+    from ironflow.runtime.engine import _Batch
+
+    @ironflow.function(id="one")
+    def one(ctx):
+        return (yield step.run("only", calls.hit, "only"))
+
+    engine.register(one)
+    runs = [engine.start("one") for _ in range(3)]
+    write = _Batch.write
+    failures = []
+
+    def busy_once(self, conn, owner, now_us):
+        if self.jobs and not failures:
+            failures.append(1)
+            raise sqlite3.OperationalError("database is locked")
+        return write(self, conn, owner, now_us)
+
+    monkeypatch.setattr(_Batch, "write", busy_once)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        engine.run_until_idle()
+    assert calls.counts == {}  # nothing started from the rolled-back round
+    monkeypatch.undo()
+    idle(engine)
+    assert [engine.get_run(run_id).output for run_id in runs] == ["only"] * 3
+    assert calls.counts == {"only": 3}

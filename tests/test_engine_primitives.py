@@ -941,6 +941,33 @@ def test_non_json_step_result_fails_non_retryably(engine, calls):
     assert not events_of(engine, rid, StepCompleted)
 
 
+def test_a_result_too_deep_to_store_fails_the_step_and_keeps_the_worker(engine, calls):
+    def deep():
+        calls.hit("deep")
+        value: list = []
+        for _ in range(100_000):
+            value = [value]
+        return value
+
+    @ironflow.function(id="deep", retry=RetryPolicy(max_attempts=5))
+    def flow(ctx):
+        yield step.run("d", deep)
+
+    @ironflow.function(id="fine")
+    def fine(ctx):
+        return (yield step.run("f", calls.hit, "fine"))
+
+    engine.register(flow)
+    engine.register(fine)
+    rid = engine.start("deep")
+    idle(engine)  # returns: the outcome was not lost with a pool thread
+    run = engine.get_run(rid)
+    assert run.status == "failed" and run.error.type == "TypeError"
+    assert "'d'" in run.error.message
+    assert calls["deep"] == 1
+    assert engine.wait(engine.start("fine"), timeout=10) == "fine"
+
+
 def test_nan_step_result_fails_non_retryably(engine, calls):
     @ironflow.function(id="nan")
     def flow(ctx):

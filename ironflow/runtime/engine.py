@@ -8,6 +8,7 @@ write to a run's history happens under that run's lease, so one run has one writ
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import json
@@ -19,7 +20,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -241,6 +242,7 @@ class Engine:
         self._executor = Executor(self._results, max_workers, self._on_outcome)
         self._drive_lock = threading.RLock()
         self._failure: BaseException | None = None  # raised by a pool thread while driving
+        self._drivers = 0  # threads in run_until_idle/serve
         self._done = threading.Condition()
         self._serving = False
         self._stopping = threading.Event()
@@ -450,17 +452,29 @@ class Engine:
     def run_until_idle(self) -> None:
         """Do all work due now (steps, due timers, matched events); return when none is left."""
         self._dirty = True
-        while True:
-            # The lock is held per round only: a pool thread that finishes a step may drive
-            # in between (see _on_outcome).
+        with self._driving():
+            while True:
+                # The lock is held per round only: a pool thread that finishes a step may
+                # drive in between (see _on_outcome).
+                with self._drive_lock:
+                    self._raise_failure()
+                    if self._tick():
+                        continue
+                    if not self._outstanding:
+                        return
+                    timeout = self._executor.expire() or 0.05
+                self._wait_for_outcome(timeout)
+
+    @contextlib.contextmanager
+    def _driving(self) -> Iterator[None]:
+        """Count a thread in run_until_idle/serve: pool threads drive only while one is."""
+        with self._drive_lock:
+            self._drivers += 1
+        try:
+            yield
+        finally:
             with self._drive_lock:
-                self._raise_failure()
-                if self._tick():
-                    continue
-                if not self._outstanding:
-                    return
-                timeout = self._executor.expire() or 0.05
-            self._wait_for_outcome(timeout)
+                self._drivers -= 1
 
     def _wait_for_outcome(self, timeout: float) -> None:
         try:
@@ -481,20 +495,35 @@ class Engine:
             else:
                 self._wake()  # the thread driving now takes the woken runs next round
             return None
+        wake = True
         try:
+            if not self._drivers or self._halting():  # nobody to report to: leave it queued
+                if outcome is not None:
+                    self._results.put(outcome)
+                return None
             if outcome is not None:
                 self._outcomes.append(outcome)
-            jobs = self._round_gc_paused()
+            timer_before = self._next_timer_us
+            jobs = self._round_gc_paused() or []
             prefer = outcome.job.run_id if outcome is not None else ""
-            kept = None if self._halting() else self._dispatch(jobs or [], prefer=prefer)
+            kept = None if self._halting() else self._dispatch(jobs, prefer=prefer)
+            # The thread in run_until_idle/serve sleeps on a timeout it computed before this
+            # round: it must look again if the round left it new runs, an earlier timer or a
+            # step deadline to watch, or if this thread goes back to waiting for jobs.
+            wake = (
+                kept is None
+                or bool(self._woken or self._fresh or self._dirty)
+                or self._next_timer_us < timer_before
+                or any(job.timeout is not None for job in jobs)
+            )
+            return kept
         except BaseException as exc:  # handed to the thread that called run_until_idle/serve
             self._failure = exc
-            kept = None
+            return None
         finally:
             self._drive_lock.release()
-        if kept is None:
-            self._wake()  # the driver re-checks whether anything is left
-        return kept
+            if wake:
+                self._wake()
 
     def _halting(self) -> bool:
         """serve() was asked to stop: start no more steps."""
@@ -624,11 +653,15 @@ class Engine:
                     self._in_flight.pop(run_id, None)
                 return []
             except BaseException:
-                # Interpreters moved on in memory past what was committed: rebuild them.
+                # Interpreters moved on in memory past what was committed: rebuild them. The
+                # runs taken for this round are found again by the next discovery.
                 for run_id in work:
                     self._live.pop(run_id, None)
+                self._dirty = True
                 raise
         self.stats["commits"] += 1
+        for job in jobs:
+            self._in_flight.setdefault(job.run_id, {})[job.step_id] = job.attempt
         if _FAULTS:
             crash_point("commit")
         return jobs
@@ -831,6 +864,17 @@ class Engine:
     def _block(self, conn: Any, run_id: str, exc: BaseException, now_us: int) -> None:
         self._live.pop(run_id, None)
         self._in_flight.pop(run_id, None)
+        # Blocked at its first drive, the run's RunStarted went with the rolled-back batch.
+        unstarted = conn.execute(
+            "SELECT function_id, trigger, parent_run_id FROM runs WHERE id = ?1 "
+            "AND NOT EXISTS (SELECT 1 FROM history WHERE run_id = ?1)",
+            (run_id,),
+        ).fetchone()
+        if unstarted is not None:
+            started = _run_started(run_id, *unstarted)
+            conn.execute(
+                "INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(started))
+            )
         info = encode_error(exc, with_traceback=not isinstance(exc, NonDeterminismError))
         conn.execute(
             "UPDATE runs SET status = 'blocked', error = ?, ready = 0, lease_owner = NULL, "
@@ -895,8 +939,9 @@ class Engine:
                 batch.running.append((live.next_seq, now_us, run_id))
                 live.status = "running"
             for work in due_steps:
+                # Marked in flight only once the batch commits (see _round): a batch rolled
+                # back and driven again decides the same steps and must start them.
                 if in_flight.get(work.id) != work.attempt:
-                    in_flight[work.id] = work.attempt
                     batch.jobs.append(_job(run_id, work, self.step_mocks))
         else:
             batch.waiting.append((live.next_seq, now_us, run_id))
@@ -1066,31 +1111,35 @@ class Engine:
         self._serving = True
         self._stopping.clear()
         try:
-            while not self._stopping.is_set():
-                with self._drive_lock:
-                    self._raise_failure()
-                    if self._tick():
-                        continue
-                    timeout = self._idle_timeout()
-                if on_idle is not None:
-                    on_idle()
-                    with self._drive_lock:
-                        timeout = self._idle_timeout()
-                self._wait_for_outcome(timeout)
-            # Graceful stop: let running steps finish and commit them, then let go.
-            while True:
-                with self._drive_lock:
-                    self._raise_failure()
-                    if self._outstanding - len(self._outcomes) <= 0:
-                        self._tick(dispatch=False)
-                        self._release_all()
-                        break
-                    timeout = self._executor.expire() or 0.05
-                self._wait_for_outcome(timeout)
+            with self._driving():
+                self._serve(on_idle)
         finally:
             self._serving = False
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _serve(self, on_idle: Callable[[], None] | None) -> None:
+        while not self._stopping.is_set():
+            with self._drive_lock:
+                self._raise_failure()
+                if self._tick():
+                    continue
+                timeout = self._idle_timeout()
+            if on_idle is not None:
+                on_idle()
+                with self._drive_lock:
+                    timeout = self._idle_timeout()
+            self._wait_for_outcome(timeout)
+        # Graceful stop: let running steps finish and commit them, then let go.
+        while True:
+            with self._drive_lock:
+                self._raise_failure()
+                if self._outstanding - len(self._outcomes) <= 0:
+                    self._tick(dispatch=False)
+                    self._release_all()
+                    return
+                timeout = self._executor.expire() or 0.05
+            self._wait_for_outcome(timeout)
 
     def _release_all(self) -> None:
         with self.store.transaction() as conn:

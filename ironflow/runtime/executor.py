@@ -56,6 +56,9 @@ def _outcome(job: Job, value: Any) -> Outcome:
         return Outcome(job, True, serialize_result(value, job.step_id))
     except NotJSONError as exc:
         return Outcome(job, False, error=encode_error(TypeError(str(exc))), retryable=False)
+    except Exception as exc:  # a result even cattrs cannot take apart (too deep, say)
+        error = TypeError(f"the result of step {job.step_id!r} cannot be stored: {exc!r}")
+        return Outcome(job, False, error=encode_error(error), retryable=False)
 
 
 def _failure(job: Job, exc: BaseException) -> Outcome:
@@ -136,21 +139,26 @@ class Executor:
         with self._lock:
             if self._idle <= 0 and len(self._threads) >= self.max_workers:
                 return False
-        self._enqueue(_DRIVE)
+            self._claim_thread()
+        self._jobs.put(_DRIVE)
         return True
 
     def _enqueue(self, item: Any) -> None:
-        self._jobs.put(item)
         with self._lock:
-            # Grow the pool only when every thread is busy: a bounded pool, started lazily.
-            if self._idle == 0 and len(self._threads) < self.max_workers:
-                thread = threading.Thread(
-                    target=self._work, name=f"ironflow-step-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
-            else:
-                self._idle -= 1
+            self._claim_thread()
+        self._jobs.put(item)
+
+    def _claim_thread(self) -> None:
+        """Count one more queued item: an idle thread takes it, or a new one if none is idle
+        (a bounded pool, started lazily); beyond the bound it waits its turn."""
+        if self._idle <= 0 and len(self._threads) < self.max_workers:
+            thread = threading.Thread(
+                target=self._work, name=f"ironflow-step-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        else:
+            self._idle -= 1
 
     def _work(self) -> None:
         while True:

@@ -138,10 +138,13 @@ class SQLiteStore:
 
     def _migrate(self) -> None:
         with self.lock:
-            version = self.schema_version()
-            if version == SCHEMA_VERSION:
+            if self.schema_version() == SCHEMA_VERSION:
                 return
             with self.transaction():
+                # Read again under the write lock: another process may have just migrated.
+                version = self.schema_version()
+                if version == SCHEMA_VERSION:
+                    return
                 if version is None:
                     self._create_v1()
                 self._upgrade_to_v2()
@@ -256,7 +259,8 @@ class SQLiteStore:
             self.conn.execute(
                 f"CREATE TABLE {table}_v2 ({columns}, PRIMARY KEY ({key})) WITHOUT ROWID"
             )
-            self.conn.execute(f"INSERT INTO {table}_v2 SELECT * FROM {table}")
+            names = ", ".join(column.split()[0] for column in columns.split(", "))
+            self.conn.execute(f"INSERT INTO {table}_v2 ({names}) SELECT {names} FROM {table}")
             self.conn.execute(f"DROP TABLE {table}")
             self.conn.execute(f"ALTER TABLE {table}_v2 RENAME TO {table}")
             for index in indexes:
