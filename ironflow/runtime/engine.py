@@ -1,9 +1,10 @@
 """The embedded engine: runs workflows durably on SQLite.
 
-One thread drives (``run_until_idle`` or ``serve``): it folds new events into each run's
-interpreter and commits the events and the decisions together, many runs per transaction.
-Step bodies run on the executor's threads and come back as outcomes through a queue. Every
-write to a run's history happens under that run's lease, so one run has one writer.
+A round folds new events into each run's interpreter and commits the events and the decisions
+together, many runs per transaction. Rounds run under one drive lock: in the thread that called
+``run_until_idle``/``serve``, or on the pool thread that just finished a step, which then runs
+that run's next step itself. Every write to a run's history happens under that run's lease,
+so one run has one writer.
 """
 
 from __future__ import annotations
@@ -133,17 +134,11 @@ class _Batch:
             conn.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", self.history)
         expected = len(self.running) + len(self.waiting) + len(self.ended) + len(self.fenced)
         changed = 0
-        if len(self.fenced) == 1:
+        for chunk in _chunks(self.fenced):
             changed += conn.execute(
-                "SELECT COUNT(*) FROM runs WHERE id = ? AND lease_owner = ?",
-                (self.fenced[0], owner),
+                f"SELECT COUNT(*) FROM runs WHERE id IN ({_marks(chunk)}) AND lease_owner = ?",
+                (*chunk, owner),
             ).fetchone()[0]
-        else:
-            for chunk in _chunks(self.fenced):
-                changed += conn.execute(
-                    f"SELECT COUNT(*) FROM runs WHERE id IN ({_marks(chunk)}) AND lease_owner = ?",
-                    (*chunk, owner),
-                ).fetchone()[0]
         if self.running:
             changed += conn.executemany(
                 "UPDATE runs SET status = 'running', next_seq = ?, updated_us = ? "
@@ -444,8 +439,9 @@ class Engine:
         self._results.put(None)
 
     def _kick(self) -> None:
-        """New work for the runs in ``_woken``: while serving, a pool thread drives it and
-        runs a step it decides itself (one thread hop from here to a running step)."""
+        """Runs were just started or woken (``_fresh``, ``_woken``): while serving, a free pool
+        thread drives them and runs a step it decides itself (one thread hop from here to a
+        running step)."""
         if not (self._serving and not self._halting() and self._executor.submit_drive()):
             self._wake()  # not serving, or no pool thread free: the driving thread takes them
 

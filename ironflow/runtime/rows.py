@@ -27,7 +27,6 @@ from ironflow.history.events import (
 
 UTC = _dt.UTC
 EPOCH = _dt.datetime(1970, 1, 1, tzinfo=UTC)
-_US = _dt.timedelta(microseconds=1)
 
 
 def to_us(ts: _dt.datetime) -> int:
