@@ -55,7 +55,6 @@ from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.executor import Executor, Job, Outcome, is_async
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
-from ironflow.runtime.gcpause import gc_paused
 from ironflow.runtime.models import TERMINAL, Run, RunError
 from ironflow.runtime.store import SQLiteStore, parse_url
 
@@ -575,7 +574,8 @@ class Engine:
         return kept
 
     def _round_gc_paused(self) -> list[Job] | None:
-        # Inline rather than gc_paused(): this runs once per step.
+        # A round decodes histories and builds interpreters that live on: the cyclic GC
+        # would walk them again and again and free nothing. It catches up once afterwards.
         if not gc.isenabled():
             return self._round()
         gc.disable()
@@ -1239,8 +1239,7 @@ class Engine:
             )
             if not found:
                 raise KeyError(f"no run with id {run_id!r}")
-            with gc_paused():
-                events = rows.read_histories(self.store.conn, "run_id = ?", (run_id,))
+            events = rows.read_histories(self.store.conn, "run_id = ?", (run_id,))
         if not events:  # started, not driven yet: its first event is not written yet
             return [_run_started(run_id, *found[0])]
         return events[run_id]
