@@ -154,3 +154,30 @@ def test_stop_lets_a_running_step_finish_and_commits_it(real_engine):
     assert real_engine.get_run(run_id).status == "running"  # nothing new started after stop
     real_engine.run_until_idle()
     assert real_engine.get_run(run_id).output == ["done", 2]
+
+
+def test_a_step_kept_by_a_pool_thread_still_times_out_while_serving(tmp_path):
+    # A poll interval longer than the test: only the wake-up after the round that decided the
+    # step can make serve() watch its deadline.
+    engine = Engine(str(tmp_path / "deadline.db"), durability="normal", poll="1h")
+    release = threading.Event()
+
+    def hang() -> str:
+        release.wait(3 * WAIT)
+        return "late"
+
+    @ironflow.function(id="deadline", retry=ironflow.RetryPolicy(max_attempts=1))
+    def deadline(ctx):
+        yield step.run("quick", _add, 1, 2)  # its pool thread keeps the next step
+        return (yield step.run("hang", hang, timeout="200ms"))
+
+    engine.register(deadline)
+    try:
+        with serving(engine):
+            run_id = engine.start("deadline")
+            with pytest.raises(ironflow.StepTimeoutError):
+                engine.wait(run_id, timeout=WAIT)
+            release.set()
+    finally:
+        release.set()
+        engine.close()

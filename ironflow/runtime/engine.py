@@ -567,7 +567,9 @@ class Engine:
             if kept is None and sync:
                 kept = sync[0]
         for job in jobs:
-            if job is not kept:
+            if job is kept:
+                self._executor.track(job)  # its deadline is watched before the lock is let go
+            else:
                 self._executor.submit(job)
             if _FAULTS:
                 crash_point("dispatch")  # some of the batch's steps started, not all

@@ -96,8 +96,9 @@ class Executor:
 
     With ``on_outcome``, a pool thread first offers its outcome there: the callback may take it
     (commit it at once) and return the next job for the same thread, which saves two thread
-    hops per step; returning ``None`` ends the chain, and if the callback did not take the
-    outcome it must have put it on ``results`` itself.
+    hops per step. A job returned that way must have been passed to ``track`` already (so its
+    deadline is watched from the start); returning ``None`` ends the chain, and if the callback
+    did not take the outcome it must have put it on ``results`` itself.
     """
 
     def __init__(
@@ -118,7 +119,8 @@ class Executor:
         self._deadlines: dict[tuple[str, str, int], float] = {}
         self.in_flight = 0
 
-    def _track(self, job: Job) -> None:
+    def track(self, job: Job) -> None:
+        """Count ``job`` as running and watch its deadline (``submit`` does this itself)."""
         with self._lock:
             self.in_flight += 1
             if job.timeout is not None:
@@ -127,7 +129,7 @@ class Executor:
                 )
 
     def submit(self, job: Job) -> None:
-        self._track(job)
+        self.track(job)
         if is_async(job.fn):
             self._submit_async(job)
             return
@@ -168,13 +170,9 @@ class Executor:
             if job is _DRIVE:
                 assert self.on_outcome is not None
                 job = self.on_outcome(None)
-                if job is not None:
-                    self._track(job)
             while job is not None:
                 outcome = self._run_sync(job)
                 job = self._handoff(outcome)
-                if job is not None:
-                    self._track(job)
             with self._lock:
                 self._idle += 1
 
