@@ -521,8 +521,8 @@ def synthesize_history(engine: Any, flow: ironflow.Function, run_id: str) -> int
             [(run_id, *store_rows.encode(event)) for event in history[stored:]],
         )
         conn.execute(
-            "UPDATE runs SET status = 'waiting', next_seq = ?, ready = 0 WHERE id = ?",
-            (len(history), run_id),
+            "UPDATE runs SET status = 'waiting', ready = 0 WHERE id = ?",
+            (run_id,),
         )
     return len(history)
 

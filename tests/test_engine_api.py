@@ -309,6 +309,7 @@ def test_a_schema_v1_database_is_upgraded_in_place(tmp_path, clock):
         conn.execute("CREATE INDEX runs_parent ON runs (parent_run_id)")
         conn.execute("CREATE INDEX runs_status_lease ON runs (status, lease_until_us)")
         conn.execute("CREATE INDEX runs_function ON runs (function_id, status)")
+        conn.execute("ALTER TABLE runs ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0")
         conn.execute("UPDATE ironflow_meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
 

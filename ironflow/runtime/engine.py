@@ -81,7 +81,6 @@ class _Live:
     run_id: str
     function: Function
     interpreter: Interpreter
-    next_seq: int
     event_pos: int
     parent_run_id: str | None
     parent_step_id: str | None
@@ -89,6 +88,10 @@ class _Live:
     status: str
     decision: Decision | None = None  # from a rebuild, not acted on yet
     pending: tuple[Work, ...] | None = None  # outstanding work after the last drive
+
+    @property
+    def next_seq(self) -> int:
+        return len(self.interpreter.events)
 
 
 _NEVER = 2**63 - 1
@@ -140,20 +143,20 @@ class _Batch:
             ).fetchone()[0]
         if self.running:
             changed += conn.executemany(
-                "UPDATE runs SET status = 'running', next_seq = ?, updated_us = ? "
+                "UPDATE runs SET status = 'running', updated_us = ? "
                 f"WHERE id = ? AND lease_owner = '{_quote(owner)}'",
                 self.running,
             ).rowcount
         if self.waiting:
             changed += conn.executemany(
-                "UPDATE runs SET status = 'waiting', next_seq = ?, updated_us = ?, "
+                "UPDATE runs SET status = 'waiting', updated_us = ?, "
                 f"lease_owner = NULL, lease_until_us = NULL WHERE id = ? "
                 f"AND lease_owner = '{_quote(owner)}'",
                 self.waiting,
             ).rowcount
         if self.ended:
             changed += conn.executemany(
-                "UPDATE runs SET status = ?, output = ?, error = ?, next_seq = ?, ready = 0, "
+                "UPDATE runs SET status = ?, output = ?, error = ?, ready = 0, "
                 "updated_us = ?, ended_us = ?, lease_owner = NULL, lease_until_us = NULL "
                 f"WHERE id = ? AND lease_owner = '{_quote(owner)}'",
                 self.ended,
@@ -329,8 +332,8 @@ class Engine:
         parent_run, parent_step, notify = parent if parent else (None, None, False)
         conn.execute(
             "INSERT INTO runs (id, function_id, status, parent_run_id, parent_step_id, "
-            "notify_parent, trigger, created_us, updated_us, next_seq, ready, event_pos) "
-            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, 0, "
+            "notify_parent, trigger, created_us, updated_us, ready, event_pos) "
+            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, "
             "(SELECT COALESCE(MAX(pos), 0) FROM events))",
             (
                 run_id,
@@ -501,7 +504,7 @@ class Engine:
             timer_before = self._next_timer_us
             jobs = self._round_gc_paused() or []
             prefer = outcome.job.run_id if outcome is not None else ""
-            kept = None if self._halting() else self._dispatch(jobs, prefer=prefer)
+            kept = self._dispatch(jobs, prefer=prefer)
             # The thread in run_until_idle/serve sleeps on a timeout it computed before this
             # round: it must look again if the round left it new runs, an earlier timer or a
             # step deadline to watch, or if this thread goes back to waiting for jobs.
@@ -547,15 +550,16 @@ class Engine:
         jobs = self._round_gc_paused()
         if jobs is None:
             return False
-        # A stop asked for while this round ran starts nothing: what it decided stays
-        # committed and pending, for whoever drives the run next.
-        if dispatch and not self._halting():
+        if dispatch:
             self._dispatch(jobs)
         return True
 
     def _dispatch(self, jobs: list[Job], prefer: str | None = None) -> Job | None:
         """Start ``jobs``; with ``prefer``, keep one sync job (of the run ``prefer`` names
-        if there is one) for the calling pool thread and return it."""
+        if there is one) for the calling pool thread and return it. Once serve() is asked to
+        stop, nothing starts: what was decided stays committed for whoever drives next."""
+        if self._halting():
+            return None
         self._outstanding += len(jobs)
         kept = None
         if prefer is not None and len(jobs) == 1:
@@ -771,7 +775,6 @@ class Engine:
                     run_id,
                     function,
                     interpreter,
-                    len(history),
                     event_pos,
                     parent_run,
                     parent_step,
@@ -912,7 +915,6 @@ class Engine:
             if decision.events:
                 batch.history.extend((run_id, *rows.encode(event)) for event in decision.events)
                 interpreter.record(decision.events)
-            live.next_seq = len(interpreter.events)
             if decision.done:
                 break
             # After a resume, work abandoned at the failure is pending again: index it all.
@@ -934,7 +936,7 @@ class Engine:
             if live.status == "running":
                 batch.fenced.append(run_id)
             else:
-                batch.running.append((live.next_seq, now_us, run_id))
+                batch.running.append((now_us, run_id))
                 live.status = "running"
             for work in due_steps:
                 # Marked in flight only once the batch commits (see _round): a batch rolled
@@ -942,7 +944,7 @@ class Engine:
                 if in_flight.get(work.id) != work.attempt:
                     batch.jobs.append(_job(run_id, work, self.step_mocks))
         else:
-            batch.waiting.append((live.next_seq, now_us, run_id))
+            batch.waiting.append((now_us, run_id))
             batch.parked.append(run_id)
             self._in_flight.pop(run_id, None)
 
@@ -1076,7 +1078,7 @@ class Engine:
         if decision.error is not None and decision.status != "completed":
             error = rows.dumps(_error_body(encode_error(decision.error, with_traceback=True)))
         output = rows.dumps(decision.output) if decision.status == "completed" else None
-        batch.ended.append((decision.status, output, error, live.next_seq, now_us, now_us, run_id))
+        batch.ended.append((decision.status, output, error, now_us, now_us, run_id))
         batch.finished.append(run_id)
         if live.parent_run_id and live.notify_parent:
             if decision.status == "completed":
@@ -1270,9 +1272,8 @@ class Engine:
                 "INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(event))
             )
             conn.execute(
-                "UPDATE runs SET status = 'cancelled', next_seq = ?, ended_us = ?, updated_us = ? "
-                "WHERE id = ?",
-                (next_seq + 1, now_us, now_us, run_id),
+                "UPDATE runs SET status = 'cancelled', ended_us = ?, updated_us = ? WHERE id = ?",
+                (now_us, now_us, run_id),
             )
         else:
             conn.execute(

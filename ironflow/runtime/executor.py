@@ -117,13 +117,11 @@ class Executor:
         self._loop_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._deadlines: dict[tuple[str, str, int], float] = {}
-        self.in_flight = 0
 
     def track(self, job: Job) -> None:
-        """Count ``job`` as running and watch its deadline (``submit`` does this itself)."""
-        with self._lock:
-            self.in_flight += 1
-            if job.timeout is not None:
+        """Watch ``job``'s deadline, if it has one (``submit`` does this itself)."""
+        if job.timeout is not None:
+            with self._lock:
                 self._deadlines[(job.run_id, job.step_id, job.attempt)] = (
                     time.monotonic() + job.timeout
                 )
@@ -179,9 +177,8 @@ class Executor:
     def _settle(self, outcome: Outcome) -> bool:
         """Bookkeeping for a finished job; False if it was already reported as timed out."""
         job = outcome.job
-        with self._lock:
-            self.in_flight -= 1
-            if job.timeout is not None:
+        if job.timeout is not None:
+            with self._lock:
                 key = (job.run_id, job.step_id, job.attempt)
                 if self._deadlines.pop(key, None) is None:
                     return False
@@ -261,7 +258,6 @@ class Executor:
                     nearest = deadline
             for key in expired:
                 del self._deadlines[key]
-                self.in_flight -= 1
         for run_id, step_id, attempt in expired:
             job = Job(run_id, step_id, attempt, _never, ())
             self.results.put(Outcome(job, False, error=_timeout_info(step_id), retryable=True))

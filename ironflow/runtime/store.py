@@ -249,6 +249,8 @@ class SQLiteStore:
         # write to it.
         self.conn.execute("DROP INDEX IF EXISTS runs_ready")
         self.conn.execute("CREATE INDEX runs_ready ON runs (status) WHERE ready = 1")
+        # v1 kept each run's history length in its row; v2 reads it off the history.
+        self.conn.execute("ALTER TABLE runs DROP COLUMN next_seq")
         self.conn.execute("DROP INDEX IF EXISTS runs_status_lease")
         self.conn.execute(
             "CREATE INDEX runs_active ON runs (status) WHERE status IN ('pending', 'running')"
