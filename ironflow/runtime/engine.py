@@ -20,7 +20,6 @@ import socket
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,6 +54,7 @@ from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.executor import Executor, Job, Outcome, is_async
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
+from ironflow.runtime.ids import new_id
 from ironflow.runtime.models import TERMINAL, Run, RunError
 from ironflow.runtime.store import SQLiteStore, parse_url
 
@@ -228,7 +228,7 @@ class Engine:
         self.clock = clock if clock is not None else SystemClock()
         self.lease = parse_duration(lease, what="lease")
         self.poll = parse_duration(poll, what="poll interval").total_seconds()
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.functions: dict[str, Function] = {}
         self._live: dict[str, _Live] = {}
         # Steps handed to the executor and not yet committed, per run: never dispatched twice.
@@ -284,6 +284,11 @@ class Engine:
 
     # --- time ------------------------------------------------------------------------------
 
+    def _now_us(self) -> int:
+        if type(self.clock) is SystemClock:
+            return self.clock.now_us()
+        return rows.to_us(rows.utc(self.clock.now()))
+
     def _now(self) -> tuple[_dt.datetime, int]:
         if type(self.clock) is SystemClock:  # the common case, without a datetime round trip
             now_us = self.clock.now_us()
@@ -299,22 +304,22 @@ class Engine:
         payload = _json(data, "start data")
         if run_id is not None:
             check_name(run_id, "run id")
-        now, now_us = self._now()
+        now_us = self._now_us()
         with self.store.transaction() as conn:
-            rid = run_id or uuid.uuid4().hex
             if run_id is not None:
                 existing = conn.execute(
-                    "SELECT function_id FROM runs WHERE id = ?", (rid,)
+                    "SELECT function_id FROM runs WHERE id = ?", (run_id,)
                 ).fetchone()
                 if existing is not None:
                     if existing[0] != function.id:
                         raise ValueError(
-                            f"run id {rid!r} already belongs to a run of {existing[0]!r}, "
+                            f"run id {run_id!r} already belongs to a run of {existing[0]!r}, "
                             f"not {function.id!r}"
                         )
-                    return rid
-            event = Event(uuid.uuid4().hex, function.id, payload, now)
-            self._create_run(conn, rid, function.id, event, now_us)
+                    return run_id
+            rid = run_id or new_id()
+            trigger = {"id": new_id(), "name": function.id, "data": payload, "ts": now_us}
+            self._create_run(conn, rid, function.id, rows.dumps(trigger), now_us)
         self._kick()
         return rid
 
@@ -323,10 +328,11 @@ class Engine:
         conn: Any,
         run_id: str,
         function_id: str,
-        event: Event,
+        trigger: str,
         now_us: int,
         parent: tuple[str, str, bool] | None = None,
     ) -> None:
+        """Insert a pending run; ``trigger`` is its triggering event as stored (JSON)."""
         # The run's RunStarted event is written by the first drive, from this row: one row
         # per start keeps starting a run one small commit.
         parent_run, parent_step, notify = parent if parent else (None, None, False)
@@ -335,16 +341,7 @@ class Engine:
             "notify_parent, trigger, created_us, updated_us, ready, event_pos) "
             "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, "
             "(SELECT COALESCE(MAX(pos), 0) FROM events))",
-            (
-                run_id,
-                function_id,
-                parent_run,
-                parent_step,
-                int(notify),
-                rows.dumps(rows._event_body(event)),
-                now_us,
-                now_us,
-            ),
+            (run_id, function_id, parent_run, parent_step, int(notify), trigger, now_us, now_us),
         )
         # Not flagged ready: a pending run without a lease is found by discovery anyway.
         self._fresh.add(run_id)
@@ -357,7 +354,7 @@ class Engine:
             check_name(idempotency_key, "idempotency key")
         now, _ = self._now()
         with self.store.transaction() as conn:
-            started = self._emit_in(conn, name, payload, uuid.uuid4().hex, idempotency_key, now)
+            started = self._emit_in(conn, name, payload, new_id(), idempotency_key, now)
         self._kick()
         return started
 
@@ -385,10 +382,12 @@ class Engine:
         event = Event(event_id, name, data, now)
         self._match_waits(conn, event, now_us)
         started = []
+        trigger = None
         for function in self.functions.values():
             if function.triggered_by(name):
-                run_id = uuid.uuid4().hex
-                self._create_run(conn, run_id, function.id, event, now_us)
+                trigger = trigger or rows.dumps(rows.event_body(event))
+                run_id = new_id()
+                self._create_run(conn, run_id, function.id, trigger, now_us)
                 started.append(run_id)
         if started:  # the column's default says none
             conn.execute("UPDATE events SET started = ? WHERE pos = ?", (rows.dumps(started), pos))
@@ -419,7 +418,7 @@ class Engine:
             for run_id, step_id, seq in hits:
                 if run_id not in found or seq < found[run_id][0]:
                     found[run_id] = (seq, step_id)
-        body = rows._event_body(event)
+        body = rows.event_body(event)
         for run_id, (_, step_id) in found.items():
             self._consume(conn, run_id, step_id, event.id)
             conn.execute(
@@ -740,8 +739,11 @@ class Engine:
         groups = [(chunk, ", ready = 0") for chunk in _chunks(with_mail)]
         groups += [(chunk, "") for chunk in _chunks(without)]
         for chunk, clear in groups:
+            # A pending run is running from here (its first round starts its first steps, or
+            # parks or ends it): marked so in the same statement, not with one more update.
             taken = conn.execute(
-                f"UPDATE runs SET lease_owner = ?, lease_until_us = ?{clear} "
+                f"UPDATE runs SET lease_owner = ?, lease_until_us = ?{clear}, "
+                "status = CASE status WHEN 'pending' THEN 'running' ELSE status END "
                 f"WHERE id IN ({_marks(chunk)}) "
                 "AND status NOT IN ('completed', 'failed', 'cancelled', 'blocked') "
                 f"AND function_id IN ({_marks(fids)}) "
@@ -1067,9 +1069,9 @@ class Engine:
             )
         exists = conn.execute("SELECT 1 FROM runs WHERE id = ?", (child_id,)).fetchone()
         if exists is None:
-            event = Event(uuid.uuid4().hex, function_id, detail["data"], now)
+            trigger = {"id": new_id(), "name": function_id, "data": detail["data"], "ts": now_us}
             parent = (live.run_id, work.id, work.kind == "invoke")
-            self._create_run(conn, child_id, function_id, event, now_us, parent)
+            self._create_run(conn, child_id, function_id, rows.dumps(trigger), now_us, parent)
         return (ChildStarted, {"id": work.id, "child_run_id": child_id})
 
     def _finish(self, live: _Live, decision: Decision, now_us: int, batch: _Batch) -> None:

@@ -88,7 +88,7 @@ dumps = _compact_encoder()
 dumps_sorted = _compact_encoder(sort_keys=True)  # one text for equal values, whatever key order
 
 
-def _event_body(event: Event) -> dict[str, Any]:
+def event_body(event: Event) -> dict[str, Any]:
     return {"id": event.id, "name": event.name, "data": event.data, "ts": to_us(event.ts)}
 
 
@@ -123,7 +123,7 @@ def encode(event: HistoryEvent) -> tuple[int, str, int, str]:
         return (e.seq, "CommandScheduled", to_us(e.ts), dumps(body))
     body = {name: getattr(event, name) for name in _FIELDS[cls]}
     if cls is RunStarted or cls is WaitMatched:
-        body["event"] = _event_body(body["event"])
+        body["event"] = event_body(body["event"])
     elif cls is RetryScheduled:
         body["at"] = to_us(body["at"])
     elif "error" in body:

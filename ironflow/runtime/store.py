@@ -6,10 +6,8 @@ use plain prepared statements on the same connection.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -270,19 +268,51 @@ class SQLiteStore:
 
     # --- transactions ----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> _Transaction:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` under the store's lock; rolled back on error."""
-        with self.lock:
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        return _Transaction(self)
 
     def query(self, sql: str, params: Any = ()) -> list[Any]:
         with self.lock:
             return self.conn.execute(sql, params).fetchall()
+
+
+class _Transaction:
+    """A store's write transaction as a context manager (a class: the hot paths open one per
+    start and per round, and a generator-based one costs several microseconds more)."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self.store
+        store.lock.acquire()
+        try:
+            store.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            store.lock.release()
+            raise
+        return store.conn
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        conn = self.store.conn
+        try:
+            if kind is None:
+                try:
+                    conn.execute("COMMIT")
+                    return
+                except BaseException:
+                    _rollback(conn)  # a failed commit leaves the transaction open
+                    raise
+            _rollback(conn)
+        finally:
+            self.store.lock.release()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # SQLite may have rolled back already (some errors end the transaction themselves):
+    # a second ROLLBACK would raise and hide the error that got us here.
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")

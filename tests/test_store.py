@@ -1,0 +1,95 @@
+"""The SQLite store's write transactions and the ids the engine gives runs and events."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+
+import pytest
+
+from ironflow.runtime import ids
+from ironflow.runtime.store import SQLiteStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = SQLiteStore(str(tmp_path / "store.db"), durability="normal")
+    store.conn.execute("CREATE TABLE scratch (k TEXT PRIMARY KEY)")
+    yield store
+    store.close()
+
+
+def keys(store):
+    return [row[0] for row in store.query("SELECT k FROM scratch ORDER BY k")]
+
+
+def test_an_error_in_the_body_rolls_back_and_the_store_stays_usable(store):
+    with pytest.raises(RuntimeError, match="boom"), store.transaction() as conn:
+        conn.execute("INSERT INTO scratch VALUES ('lost')")
+        raise RuntimeError("boom")
+    assert not store.conn.in_transaction
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO scratch VALUES ('kept')")
+    assert keys(store) == ["kept"]
+
+
+def test_a_commit_that_fails_is_rolled_back_and_raises(store):
+    # A deferred foreign key is checked at COMMIT: the one way to make COMMIT itself fail.
+    conn = store.conn
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("CREATE TABLE parent (id TEXT PRIMARY KEY)")
+    conn.execute(
+        "CREATE TABLE child (pid TEXT REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    failing = pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY")
+    with failing, store.transaction() as conn:
+        conn.execute("INSERT INTO scratch VALUES ('lost')")
+        conn.execute("INSERT INTO child VALUES ('nobody')")
+    assert not store.conn.in_transaction
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO scratch VALUES ('kept')")
+    assert keys(store) == ["kept"]
+    assert store.query("SELECT COUNT(*) FROM child") == [(0,)]
+
+
+def test_the_lock_is_released_whatever_happens(store):
+    with pytest.raises(KeyError), store.transaction():
+        raise KeyError("x")
+    # The lock is re-entrant, so this thread would get in anyway: ask from another one.
+    acquired = []
+
+    def probe():
+        got = store.lock.acquire(timeout=5)
+        acquired.append(got)
+        if got:
+            store.lock.release()
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join(10)
+    assert acquired == [True]
+
+
+def test_ids_are_uuid7_hex():
+    value = ids.new_id()
+    assert len(value) == 32 and int(value, 16) >= 0
+    parsed = uuid.UUID(value)
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+
+
+def test_ids_are_ordered_by_their_millisecond_and_unique(monkeypatch):
+    clock = iter(range(1_790_000_000_000_000_000, 1_790_000_100_000_000_000, 1_000_000))
+    monkeypatch.setattr(ids.time, "time_ns", lambda: next(clock))
+    made = [ids.new_id() for _ in range(2_000)]  # one per millisecond
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+    assert int(made[0][:12], 16) == 1_790_000_000_000  # the millisecond, in the first 48 bits
+
+
+def test_ids_made_in_one_millisecond_differ(monkeypatch):
+    monkeypatch.setattr(ids.time, "time_ns", lambda: 1_790_000_000_000_000_000)
+    made = {ids.new_id() for _ in range(10_000)}
+    assert len(made) == 10_000
+    assert {value[:12] for value in made} == {f"{1_790_000_000_000:012x}"}
