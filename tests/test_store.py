@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import uuid
@@ -93,3 +94,18 @@ def test_ids_made_in_one_millisecond_differ(monkeypatch):
     made = {ids.new_id() for _ in range(10_000)}
     assert len(made) == 10_000
     assert {value[:12] for value in made} == {f"{1_790_000_000_000:012x}"}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_draws_its_own_random_bits():
+    ids.new_id()  # the parent holds unused random bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, ids.new_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child[12:] != ids.new_id()[12:]
