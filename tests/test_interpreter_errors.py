@@ -375,9 +375,12 @@ def test_resume_of_a_run_failed_by_its_own_code_fails_again():
     sim = Sim(buggy)
     sim.execute("a")
     decision = sim.resume()
-    assert decision.done and decision.status == "failed" and not decision.events
+    assert decision.done and decision.status == "failed"
+    # The history says so: resumed, then failed again.
+    assert [type(event) for event in decision.events] == [RunFailed]
     assert isinstance(decision.error, KeyError)
-    assert len(sim.events(RunFailed)) == 1
+    assert len(sim.events(RunFailed)) == 2
+    sim.verify()
 
 
 def test_a_recorded_retry_the_code_does_not_decide():

@@ -7,6 +7,7 @@ through JSON text and in batches of several sizes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import itertools
@@ -31,6 +32,7 @@ from ironflow.history import (
     RetryScheduled,
     RunCompleted,
     RunFailed,
+    RunResumed,
     RunStarted,
     StepCompleted,
     StepFailed,
@@ -1746,6 +1748,106 @@ def test_undo_registered_by_a_branch_abandoned_in_the_same_batch_still_runs():
     sim.execute("p/0/compensate:a")
     assert sim.decision.status == "failed" and str(sim.decision.error) == "b failed"
     sim.verify()
+
+
+def waits_for_approval(ctx):
+    event = yield step.wait_for_event("w", "approved", timeout="1h")
+    return event.data
+
+
+def test_resume_after_a_wait_timed_out_waits_again_with_a_fresh_timeout():
+    sim = Sim(waits_for_approval)
+    sim.tick(60)
+    sim.time_out("w")
+    assert sim.decision.status == "failed"
+    sim.tick(600)
+    decision = sim.resume()
+    assert not decision.done and not decision.commands
+    (work,) = decision.pending
+    assert (work.id, work.kind, work.due) == ("w", "wait_event", sim.now + _dt.timedelta(hours=1))
+    sim.verify()
+    # It can time out again, fail again, and be resumed again: each resume a fresh hour.
+    sim.tick(3600)
+    sim.time_out("w")
+    assert sim.decision.status == "failed"
+    sim.tick(5)
+    (work,) = sim.resume().pending
+    assert work.due == sim.now + _dt.timedelta(hours=1)
+    sim.verify()
+    sim.match("w", "approved", {"ok": True})
+    assert output_of(sim.decision) == {"ok": True}
+    assert len(sim.events(RunResumed)) == 2
+    sim.verify()
+
+
+def test_resume_does_not_retry_a_step_failure_the_workflow_caught():
+    def flow(ctx):
+        with contextlib.suppress(ironflow.StepError):
+            yield step.run("a", boom, retry=ironflow.RetryPolicy(max_attempts=1))
+        b = yield step.run("b", echo, {"x": 1})
+        return b["missing"]  # the run fails here, in its own code
+
+    sim = Sim(flow)
+    sim.execute("a")
+    sim.execute("b")
+    assert sim.decision.status == "failed"
+    decision = sim.resume()
+    # The same code fails the same way again; "a" is not tried again.
+    assert decision.done and decision.status == "failed"
+    assert not sim.events(RetryScheduled)
+    assert isinstance(decision.error, KeyError)
+    sim.verify()
+
+
+def failing_after_a(ctx):
+    yield step.run("a", echo, "A")
+    yield step.compensate("a", undo, "undo a")
+    raise KeyError("a bug in the workflow")
+
+
+def fixed_after_a(ctx):
+    a = yield step.run("a", echo, "A")
+    yield step.compensate("a", undo, "undo a")
+    return (yield step.run("b", echo, a + "B"))
+
+
+def test_code_fixed_after_a_failure_runs_on_from_where_it_failed():
+    sim = Sim(failing_after_a)
+    sim.execute("a")
+    sim.execute("compensate:a")
+    assert sim.decision.status == "failed"
+    failed = list(sim.history)
+    history = [*failed, RunResumed(seq=len(failed), ts=sim.now, reason="fixed")]
+    # The fixed code sees the failure taken back: its undo and RunFailed no longer count.
+    decision = replay(fixed_after_a, history)
+    assert [w.id for w in decision.commands] == ["b"]
+    assert [type(e) for e in decision.events] == [CommandScheduled]
+    assert decision.status == "running"
+    interp = Interpreter(fixed_after_a)
+    assert interp.feed(history) == decision
+    history += decision.events
+    interp.record(list(decision.events))
+    done = StepCompleted(seq=len(history), ts=sim.now, id="b", attempt=1, result="AB")
+    decision = interp.feed([done])
+    assert decision.done and decision.output == "AB"
+    history += [done, *decision.events]
+    assert replay(fixed_after_a, history) == Interpreter(fixed_after_a).feed(history)
+    assert replay(fixed_after_a, history).output == "AB"
+    # Without the resume, the fixed code does not explain the recorded failure.
+    with pytest.raises(ironflow.NonDeterminismError, match=r"RunFailed|compensation"):
+        replay(fixed_after_a, failed)
+
+
+def test_a_failure_taken_back_still_checks_the_rest_of_the_history():
+    def different(ctx):
+        yield step.run("other", echo, "A")
+
+    sim = Sim(failing_after_a)
+    sim.execute("a")
+    sim.execute("compensate:a")
+    history = [*sim.history, RunResumed(seq=len(sim.history), ts=sim.now, reason="x")]
+    with pytest.raises(ironflow.NonDeterminismError):
+        replay(different, history)
 
 
 def test_resume_of_a_running_run_changes_nothing():

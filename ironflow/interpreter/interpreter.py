@@ -349,6 +349,10 @@ class Interpreter:
         self._batch: list[Any] = []
         self._batch_scanned = True
         self._suspend_keys: set[tuple[str, int]] = set()
+        # Waits that each RunResumed (by seq) gives a fresh timeout: applied again whenever
+        # that event is folded again.
+        self._rearm: dict[int, set[str]] = {}
+        self._unfailed: set[int] = set()  # RunResumed events already folded as such
         self._dead: set[int] = set()
         self._reset()
 
@@ -366,7 +370,7 @@ class Interpreter:
         self._order = 0
         self._undos: list[_Slot] = []
         self._failure: BaseException | None = None
-        self._fatal: tuple[int, str, int] | None = None
+        self._failed_at: int | None = None  # seq of the event whose folding failed the run
         self._output: Any = None
         self._ended = False
         self._suspended: list[_Slot] = []
@@ -393,6 +397,7 @@ class Interpreter:
         waiting = self._waiting
         start = expected = len(history)
         result_types = _result_types
+        dead = self._dead
         batch = events if type(events) is list else list(events)
         self._batch = batch
         self._batch_scanned = False
@@ -454,6 +459,8 @@ class Interpreter:
             handler = handlers.get(kind)
             if handler is None:
                 raise TypeError(f"not a history event: {event!r}")
+            if dead and seq in dead:  # a failure a later resume took back (_taken_back)
+                continue
             handler(self, event)
             if kind is RunResumed:  # resuming a failed run refolds into fresh state
                 tentative = self._tent_cmds
@@ -914,6 +921,7 @@ class Interpreter:
 
     def _fail(self, error: BaseException) -> None:
         self._failure = error
+        self._failed_at = self._pos
         self._abandon_all()
         if self._undos:
             self.status = "compensating"
@@ -1044,7 +1052,6 @@ class Interpreter:
             )
             return
         del self._waiting[slot.id]
-        self._fatal = (event.seq, slot.id, event.attempt)
         self._resume(slot.task, None, step_error(event.error, slot.id, event.attempt))
 
     def _on_timer_fired(self, event: TimerFired) -> None:
@@ -1124,18 +1131,15 @@ class Interpreter:
 
     def _on_run_resumed(self, event: RunResumed) -> None:
         self.now = event.ts
-        if self.status == "failed" and self._fatal is not None:
-            fatal_seq, sid, attempt = self._fatal
-            self._suspend_keys.add((sid, attempt))
-            undo_ids: set[str] = set()
-            for later in self.events[fatal_seq + 1 : event.seq]:
-                if isinstance(later, CompensationScheduled):
-                    undo_ids.add(later.id)
-                    self._dead.add(later.seq)
-                elif isinstance(later, RunFailed) or (
-                    isinstance(later, StepCompleted | StepFailed) and later.id in undo_ids
-                ):
-                    self._dead.add(later.seq)
+        if (
+            self.status == "failed"
+            and self._failed_at is not None
+            and event.seq not in self._unfailed
+        ):
+            self._unfailed.add(event.seq)
+            self._unfail(self._failed_at, event.seq)
+            # Folds this event again: on a run that got past its failure, or on one that
+            # failed again the same way (its code raised again), which then ends failed.
             self._refeed()
             return
         for slot in self._suspended:
@@ -1148,6 +1152,34 @@ class Interpreter:
                 self._work(slot),
             )
         self._suspended.clear()
+        for sid in sorted(self._rearm.get(event.seq, ())):
+            wait = self._waiting.get(sid)
+            if wait is not None and isinstance(wait.command, WaitEvent):
+                wait.due = event.ts + wait.command.timeout
+
+    def _unfail(self, failed_at: int, resumed_at: int) -> None:
+        """Mark what made the run fail so that folding the history again gets past it.
+
+        The event whose folding failed the run decides: a step whose attempts ran out is
+        retried, a wait that timed out waits again with a fresh timeout, and anything else
+        (the workflow's own code raised, say) is folded again by the code as it is now. What
+        the failure itself led to (undos, the RunFailed) no longer counts.
+        """
+        cause = self.events[failed_at]
+        if isinstance(cause, StepFailed):
+            self._suspend_keys.add((cause.id, cause.attempt))
+        elif isinstance(cause, WaitTimedOut):
+            self._dead.add(cause.seq)
+            self._rearm.setdefault(resumed_at, set()).add(cause.id)
+        undo_ids: set[str] = set()
+        for later in self.events[failed_at + 1 : resumed_at]:
+            if isinstance(later, CompensationScheduled):
+                undo_ids.add(later.id)
+                self._dead.add(later.seq)
+            elif isinstance(later, RunFailed) or (
+                isinstance(later, StepCompleted | StepFailed) and later.id in undo_ids
+            ):
+                self._dead.add(later.seq)
 
     # --- recorded decisions ---------------------------------------------------------------------
 
@@ -1207,6 +1239,33 @@ class Interpreter:
             position=event.seq,
         )
 
+    def _taken_back(self, seq: int) -> bool:
+        """Whether the failure recorded at ``seq`` was taken back by a later resume.
+
+        Code fixed after a run failed does not fail where the old code did: its undos and
+        RunFailed are then skipped, up to the RunResumed that follows them in the history
+        being folded. Only the failure's own events are skipped; anything else the code no
+        longer decides is still a divergence. The resume must be in the same feed as the
+        failure (a runtime rebuilding a run folds its stored history whole).
+        """
+        events = self._batch
+        if not events or events[-1].seq <= seq:
+            return False
+        first = events[0].seq
+        resumed = next((e.seq for e in events[seq - first + 1 :] if type(e) is RunResumed), None)
+        if resumed is None:
+            return False
+        undo_ids: set[str] = set()
+        for later in events[seq - first : resumed - first]:
+            if type(later) is CompensationScheduled:
+                undo_ids.add(later.id)
+                self._dead.add(later.seq)
+            elif type(later) is RunFailed or (
+                type(later) in (StepCompleted, StepFailed) and later.id in undo_ids
+            ):
+                self._dead.add(later.seq)
+        return True
+
     def _match_other(self, key: tuple[Any, ...], event: Any, what: str) -> _Other:
         other = self._tent_other.pop(key, None)
         if other is None:
@@ -1228,6 +1287,8 @@ class Interpreter:
             slot.due = parse_timestamp(event.at)
 
     def _on_compensation_scheduled(self, event: CompensationScheduled) -> None:
+        if ("undo", event.id) not in self._tent_other and self._taken_back(event.seq):
+            return
         self._match_other(("undo", event.id), event, f"compensation {event.id!r}")
 
     def _on_patch_marked(self, event: PatchMarked) -> None:
@@ -1237,6 +1298,10 @@ class Interpreter:
 
     def _on_run_ended(self, event: RunCompleted | RunFailed) -> None:
         recorded = type(event).__name__
+        if isinstance(event, RunFailed):
+            ended = self._tent_other.get(("end",))
+            if (ended is None or ended.event_cls is not RunFailed) and self._taken_back(event.seq):
+                return
         other = self._match_other(("end",), event, f"the run's end ({recorded})")
         if other.event_cls is not type(event):
             raise NonDeterminismError(

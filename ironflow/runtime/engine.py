@@ -88,6 +88,7 @@ class _Live:
     status: str
     decision: Decision | None = None  # from a rebuild, not acted on yet
     pending: tuple[Work, ...] | None = None  # outstanding work after the last drive
+    resumed: bool = False  # rebuilt from a history that ends with RunResumed
 
     @property
     def next_seq(self) -> int:
@@ -783,6 +784,8 @@ class Engine:
                     bool(notify),
                     status,
                 )
+                # Resumed and not driven since: what the failure abandoned is indexed again.
+                live.resumed = type(history[-1]) is RunResumed
                 self._live[run_id] = live
                 try:
                     live.decision = interpreter.feed(history)
@@ -920,7 +923,8 @@ class Engine:
             if decision.done:
                 break
             # After a resume, work abandoned at the failure is pending again: index it all.
-            resumed = any(type(event) is RunResumed for event in accepted)
+            resumed = live.resumed or any(type(event) is RunResumed for event in accepted)
+            live.resumed = False
             inputs = self._apply(conn, live, decision, now, now_us, resumed)
             if not inputs:
                 break
@@ -1293,28 +1297,37 @@ class Engine:
 
     def resume(self, run_id: str) -> None:
         """Resume a ``blocked`` run (after a code fix) or a ``failed`` one (failed step reruns)."""
-        run = self.get_run(run_id)
-        _, now_us = self._now()
+        self.get_run(run_id)
+        now, now_us = self._now()
         with self.store.transaction() as conn:
-            if run.status == "blocked":
+            status, seq = conn.execute(
+                "SELECT status, (SELECT COUNT(*) FROM history WHERE run_id = ?1) FROM runs "
+                "WHERE id = ?1",
+                (run_id,),
+            ).fetchone()
+            if status == "blocked":
                 conn.execute(
                     "UPDATE runs SET status = 'running', error = NULL, ready = 1, "
                     "lease_owner = NULL, updated_us = ? WHERE id = ?",
                     (now_us, run_id),
                 )
-            elif run.status == "failed":
+            elif status == "failed":
+                # Straight into the history: an ended run has no lease, so no worker appends
+                # to it, and code fixed since the failure must see the resume in the same
+                # fold as the failure it takes back.
+                resumed = RunResumed(seq=seq, ts=now, reason="resumed")
                 conn.execute(
-                    "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (?, 'RunResumed', ?, ?)",
-                    (run_id, now_us, rows.dumps({"reason": "resumed"})),
+                    "INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(resumed))
                 )
                 conn.execute(
                     "UPDATE runs SET status = 'running', error = NULL, ended_us = NULL, "
-                    "ready = 1, updated_us = ? WHERE id = ?",
+                    "ready = 1, lease_owner = NULL, lease_until_us = NULL, updated_us = ? "
+                    "WHERE id = ?",
                     (now_us, run_id),
                 )
             else:
                 raise ValueError(
-                    f"run {run_id!r} is {run.status}; only failed or blocked runs can be resumed"
+                    f"run {run_id!r} is {status}; only failed or blocked runs can be resumed"
                 )
         self._live.pop(run_id, None)
         with self.store.lock:

@@ -1,0 +1,190 @@
+"""Resuming failed runs end to end: whatever failed them, a resume gets past it.
+
+A step whose attempts ran out runs again (see test_engine_api); a wait that timed out waits
+again with a fresh timeout; a run whose own code raised runs on from where it failed once the
+code is fixed. Completed steps never run again, and undos that already ran stay done.
+"""
+
+from __future__ import annotations
+
+import pytest
+from engine_kit import idle
+
+import ironflow
+from ironflow import Engine, WaitTimeoutError, step
+from ironflow.history import RunFailed, RunResumed
+from ironflow.interpreter import replay
+
+NO_RETRY = ironflow.RetryPolicy(max_attempts=1)
+
+
+def _types(history):
+    return [type(event).__name__ for event in history]
+
+
+def _fixable(calls, fixed):
+    """A flow whose code raises after its first step until ``fixed["on"]`` is set."""
+
+    @ironflow.function(id="fixable", retry=NO_RETRY)
+    def flow(ctx):
+        first = yield step.run("first", calls.hit, "first")
+        yield step.compensate("first", calls.hit, "undo-first")
+        if not fixed["on"]:
+            raise KeyError("a bug in the workflow itself")
+        second = yield step.run("second", calls.hit, "second")
+        return [first, second]
+
+    return flow
+
+
+def test_a_run_whose_code_raised_runs_on_after_the_fix(engine, calls):
+    fixed = {"on": False}
+    flow = _fixable(calls, fixed)
+    engine.register(flow)
+    rid = engine.start("fixable")
+    idle(engine)
+    run = engine.get_run(rid)
+    assert run.status == "failed" and run.error.type == "KeyError"
+    assert calls.counts == {"first": 1, "undo-first": 1}
+
+    fixed["on"] = True
+    engine.resume(rid)
+    idle(engine)
+    run = engine.get_run(rid)
+    assert run.status == "completed", run.error
+    assert run.output == ["first", "second"]
+    # Nothing that ran before the resume ran again, the undo included.
+    assert calls.counts == {"first": 1, "undo-first": 1, "second": 1}
+    history = engine.history(rid)
+    assert _types(history).count("RunResumed") == 1
+    assert [e.seq for e in history] == list(range(len(history)))
+    # The fixed code replays the whole history (failure, resume and all) to the same end.
+    decision = replay(flow, history)
+    assert decision.done and decision.output == run.output and not decision.events
+
+
+def test_a_run_whose_code_still_raises_fails_again_and_can_be_resumed_again(engine, calls):
+    fixed = {"on": False}
+    flow = _fixable(calls, fixed)
+    engine.register(flow)
+    rid = engine.start("fixable")
+    idle(engine)
+    engine.resume(rid)
+    idle(engine)
+    run = engine.get_run(rid)
+    assert run.status == "failed" and run.error.type == "KeyError"
+    # The undo runs again on the second failure: each failure compensates what it saw.
+    assert calls.counts == {"first": 1, "undo-first": 2}
+    after = _types(engine.history(rid))
+    assert after[after.index("RunResumed") :] == [
+        "RunResumed",
+        "CompensationScheduled",
+        "StepCompleted",
+        "RunFailed",
+    ]
+
+    fixed["on"] = True
+    engine.resume(rid)
+    idle(engine)
+    assert engine.get_run(rid).output == ["first", "second"]
+    assert calls.counts == {"first": 1, "undo-first": 2, "second": 1}
+
+
+def test_a_fixed_worker_resumes_a_run_an_old_worker_failed(db, clock, calls):
+    fixed = {"on": False}
+    flow = _fixable(calls, fixed)
+    old = Engine(db, clock=clock)
+    old.register(flow)
+    rid = old.start("fixable")
+    idle(old)
+    assert old.get_run(rid).status == "failed"
+    old.close()
+
+    fixed["on"] = True
+    new = Engine(db, clock=clock)
+    new.register(flow)
+    new.resume(rid)
+    idle(new)
+    assert new.get_run(rid).output == ["first", "second"]
+    assert calls.counts == {"first": 1, "undo-first": 1, "second": 1}
+    new.close()
+
+
+@ironflow.function(id="approval")
+def approval(ctx):
+    event = yield step.wait_for_event("approved", "doc.approved", match="data.doc", timeout="1h")
+    return event.data["by"]
+
+
+def test_a_run_failed_by_a_wait_timeout_waits_again_after_a_resume(engine, clock):
+    engine.register(approval)
+    rid = engine.start("approval", {"doc": 7})
+    idle(engine)
+    clock.advance("2h")
+    idle(engine)
+    run = engine.get_run(rid)
+    assert run.status == "failed" and run.error.message == "waitForEvent timed out"
+
+    clock.advance("1d")
+    engine.resume(rid)
+    idle(engine)
+    assert engine.get_run(rid).status == "waiting"
+    # A fresh hour from the resume, not the old deadline (long past).
+    clock.advance("59m")
+    idle(engine)
+    assert engine.get_run(rid).status == "waiting"
+    engine.emit("doc.approved", {"doc": 7, "by": "ana"})
+    idle(engine)
+    run = engine.get_run(rid)
+    assert run.status == "completed" and run.output == "ana"
+    history = engine.history(rid)
+    assert _types(history)[-3:] == ["RunResumed", "WaitMatched", "RunCompleted"]
+    assert replay(approval, history).output == "ana"
+
+
+def test_a_resumed_wait_that_times_out_again_fails_again(engine, clock):
+    engine.register(approval)
+    rid = engine.start("approval", {"doc": 8})
+    idle(engine)
+    clock.advance("2h")
+    idle(engine)
+    engine.resume(rid)
+    idle(engine)
+    clock.advance("61m")
+    idle(engine)
+    assert engine.get_run(rid).status == "failed"
+    with pytest.raises(WaitTimeoutError):
+        engine.wait(rid, timeout=5)
+    engine.resume(rid)
+    idle(engine)
+    engine.emit("doc.approved", {"doc": 8, "by": "bo"})
+    idle(engine)
+    assert engine.get_run(rid).output == "bo"
+    history = engine.history(rid)
+    assert sum(isinstance(e, RunResumed) for e in history) == 2
+    assert sum(isinstance(e, RunFailed) for e in history) == 2
+
+
+def test_an_event_emitted_while_the_run_was_failed_matches_the_resumed_wait(engine, clock):
+    engine.register(approval)
+    rid = engine.start("approval", {"doc": 9})
+    idle(engine)
+    clock.advance("2h")
+    idle(engine)
+    engine.emit("doc.approved", {"doc": 9, "by": "late"})  # no event is lost
+    idle(engine)
+    assert engine.get_run(rid).status == "failed"
+    engine.resume(rid)
+    idle(engine)
+    assert engine.get_run(rid).output == "late"
+
+
+def test_a_run_is_resumed_once(engine, calls):
+    fixed = {"on": False}
+    engine.register(_fixable(calls, fixed))
+    rid = engine.start("fixable")
+    idle(engine)
+    engine.resume(rid)
+    with pytest.raises(ValueError, match="is running; only failed or blocked"):
+        engine.resume(rid)
+    assert _types(engine.history(rid)).count("RunResumed") == 1
