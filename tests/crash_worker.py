@@ -32,6 +32,7 @@ from ironflow import InvokeError, NonRetryableError, RetryPolicy, step
 
 FLOW_ID = "crash-flow"
 SAGA_ID = "crash-saga"
+RESUME_ID = "crash-resume"
 EVENT = "crash.approved"
 LEASE = "400ms"
 POLL = "20ms"
@@ -145,6 +146,25 @@ def flow(ctx: Any) -> Any:
     }
 
 
+def gate(step_id: str) -> str:
+    """Fails, not to be retried, until the test opens the gate (a file beside the journal)."""
+    _record(step_id)
+    assert _journal is not None
+    if not os.path.exists(_journal + ".open"):
+        raise NonRetryableError(f"{step_id}: the gate is closed")
+    return f"{step_id}:open"
+
+
+@ironflow.function(id=RESUME_ID)
+def resumable(ctx: Any) -> Any:
+    """Fails at its gate (its undo runs) until the test opens it and resumes the run."""
+    first = yield step.run("first", body, "first")
+    yield step.compensate("first", undo, "compensate:first", first)
+    opened = yield step.run("gate", gate, "gate")
+    last = yield step.run("last", body, "last")
+    return [first, opened, last]
+
+
 def expected_output(n: int, approved_by: str) -> dict[str, Any]:
     return {
         "fetch": f"fetch:{n}",
@@ -160,6 +180,7 @@ def make_engine(db: str) -> ironflow.Engine:
     engine = ironflow.Engine(db, durability="full", lease=LEASE, poll=POLL)
     engine.register(flow)
     engine.register(saga)
+    engine.register(resumable)
     return engine
 
 

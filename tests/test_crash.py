@@ -21,6 +21,11 @@ the invoked child ``crash-saga``; see ``tests/crash_worker.py``) on a SQLite fil
    once more than its recorded outcomes only if that run was in the killed process and lost
    before its outcome was committed (at-least-once, never more).
 
+A second matrix kills a worker driving a run that was resumed after it failed (the cause
+fixed, its undo already run) at each of its first commits and around its first step: the
+recovery worker completes it, nothing that ran before the resume runs again, and the history
+keeps the failure, one RunResumed and what followed.
+
 No sleeps are used for synchronisation: the test polls the database, the journal and the
 process with bounded waits and fails with the worker's output and the run's history.
 
@@ -113,10 +118,11 @@ class Worker:
         name: str,
         env: dict[str, str],
         block: str | None = None,
+        run_id: str = RUN_ID,
     ) -> None:
         self.out = tmp / f"{name}.out"
         self.err = tmp / f"{name}.err"
-        cmd = [sys.executable, str(WORKER), str(db), str(journal), RUN_ID]
+        cmd = [sys.executable, str(WORKER), str(db), str(journal), run_id]
         if block is not None:
             cmd += ["--block", block]
         cmd += ["--deadline", str(PHASE_TIMEOUT - 5)]
@@ -346,3 +352,70 @@ def _scenario(sc: Scenario, mode: str, arg: str) -> None:
         )
     elif arg.startswith("step-end"):
         assert lost_steps, f"crashed after a body returned, yet no body run was lost\n{context}"
+
+
+# --- a resumed run ------------------------------------------------------------------------------
+
+RESUME_RUN = "resume-run"
+# The resumed worker's commits: 1 = the retry of "gate" decided, 2 = gate done and "last"
+# scheduled, 3 = the run completed.
+RESUME_POINTS = ["commit:1", "commit:2", "dispatch:1", "step-start:1", "step-end:1"]
+RESUME_PARAMS = [
+    pytest.param(rep, point, id=point + (f"-r{rep}" if REPEAT > 1 else ""))
+    for rep in range(REPEAT)
+    for point in RESUME_POINTS
+]
+
+
+@pytest.mark.parametrize(("rep", "point"), RESUME_PARAMS)
+def test_a_resumed_run_survives_a_crash(tmp_path: Path, rep: int, point: str) -> None:
+    sc = Scenario(tmp_path)
+    sc.emitted = True  # this run waits for no event
+    try:
+        _resume_scenario(sc, point)
+    finally:
+        sc.close()
+
+
+def _resume_scenario(sc: Scenario, point: str) -> None:
+    sc.engine.start(cw.RESUME_ID, run_id=RESUME_RUN)
+
+    # Phase 0: the gate is closed, the run fails and its undo runs.
+    failing = Worker(sc.tmp, sc.db, sc.journal, "failing", sc.env(None), run_id=RESUME_RUN)
+    assert sc.drive(failing) == 0, f"{failing.output()}\n{sc.describe()}"
+    assert sc.engine.get_run(RESUME_RUN).status == "failed", sc.describe()
+    before_resume = collections.Counter(sid for sid, _ in sc.lines())
+    assert before_resume == {"first": 1, "gate": 1, "compensate:first": 1}, sc.describe()
+
+    # The cause is fixed, the run resumed; then a worker dies at ``point``.
+    Path(str(sc.journal) + ".open").touch()
+    sc.engine.resume(RESUME_RUN)
+    first = Worker(sc.tmp, sc.db, sc.journal, "first", sc.env(point), run_id=RESUME_RUN)
+    code = sc.drive(first)
+    assert code == -signal.SIGKILL, (
+        f"worker should have died by SIGKILL at {point}, exit code {code}\n"
+        f"{first.output()}\n{sc.describe()}"
+    )
+    snapshot = sc.engine.history(RESUME_RUN)
+
+    second = Worker(sc.tmp, sc.db, sc.journal, "second", sc.env(None), run_id=RESUME_RUN)
+    code = sc.drive(second)
+    context = f"resume crash at {point}\n{first.output()}\n{second.output()}\n{sc.describe()}"
+    assert code == 0, f"recovery worker exited with {code}\n{context}"
+
+    run = sc.engine.get_run(RESUME_RUN)
+    assert run.status == "completed", f"run is {run.status}: {run.error}\n{context}"
+    assert run.output == ["first", "gate:open", "last"], context
+    history = sc.engine.history(RESUME_RUN)
+    assert history[: len(snapshot)] == snapshot, f"committed history changed\n{context}"
+    assert [e.seq for e in history] == list(range(len(history))), context
+    kinds = [type(e).__name__ for e in history]
+    assert kinds.count("RunResumed") == 1 and kinds.count("RunFailed") == 1, context
+    assert kinds.index("RunFailed") < kinds.index("RunResumed"), context
+    assert kinds[-1] == "RunCompleted", context
+    completed = collections.Counter(e.id for e in history if isinstance(e, StepCompleted))
+    assert completed == {"first": 1, "compensate:first": 1, "gate": 1, "last": 1}, context
+    # What ran before the resume never ran again; the rest ran at least once.
+    ran = collections.Counter(sid for sid, _ in sc.lines())
+    assert ran["first"] == 1 and ran["compensate:first"] == 1, context
+    assert ran["gate"] >= 2 and ran["last"] >= 1, context
