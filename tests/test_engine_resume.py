@@ -188,3 +188,104 @@ def test_a_run_is_resumed_once(engine, calls):
     with pytest.raises(ValueError, match="is running; only failed or blocked"):
         engine.resume(rid)
     assert _types(engine.history(rid)).count("RunResumed") == 1
+
+
+def _family(calls, broken):
+    @ironflow.function(id="child", retry=NO_RETRY)
+    def child(ctx):
+        def work():
+            calls.hit("child-work")
+            if broken["on"]:
+                raise RuntimeError("the child's service is down")
+            return "child-done"
+
+        return (yield step.run("work", work))
+
+    @ironflow.function(id="parent", retry=NO_RETRY)
+    def parent(ctx):
+        before = yield step.run("before", calls.hit, "before")
+        got = yield step.invoke("call", "child", timeout="1h")
+        return [before, got]
+
+    return child, parent
+
+
+def test_a_run_failed_by_its_child_gets_the_childs_outcome_after_both_are_resumed(engine, calls):
+    broken = {"on": True}
+    for fn in _family(calls, broken):
+        engine.register(fn)
+    rid = engine.start("parent")
+    idle(engine)
+    child_id = f"{rid}/call"
+    assert engine.get_run(child_id).status == "failed"
+    run = engine.get_run(rid)
+    assert run.status == "failed" and run.error.type == "ironflow.errors.InvokeError"
+
+    # Resuming the parent alone waits for the child again, which is still failed.
+    engine.resume(rid)
+    idle(engine)
+    assert engine.get_run(rid).status == "failed"
+
+    broken["on"] = False
+    engine.resume(child_id)
+    idle(engine)
+    assert engine.get_run(child_id).output == "child-done"
+    assert engine.get_run(rid).status == "failed"  # an ended parent is not told
+    engine.resume(rid)
+    idle(engine)
+    run = engine.get_run(rid)
+    assert run.status == "completed", run.error
+    assert run.output == ["before", "child-done"]
+    assert calls.counts == {"before": 1, "child-work": 2}
+    assert replay(engine.functions["parent"], engine.history(rid)).output == run.output
+
+
+def test_a_run_whose_invoke_timed_out_gets_the_output_of_the_child_that_finished_later(
+    engine, clock, calls
+):
+    @ironflow.function(id="slow-child")
+    def slow_child(ctx):
+        yield step.sleep("long", "2h")
+        return "late but done"
+
+    @ironflow.function(id="impatient")
+    def impatient(ctx):
+        return (yield step.invoke("call", "slow-child", timeout="1h"))
+
+    engine.register(slow_child)
+    engine.register(impatient)
+    rid = engine.start("impatient")
+    idle(engine)
+    clock.advance("61m")
+    idle(engine)
+    assert engine.get_run(rid).status == "failed"
+    clock.advance("1h")
+    idle(engine)
+    assert engine.get_run(f"{rid}/call").output == "late but done"
+    engine.resume(rid)
+    idle(engine)
+    assert engine.get_run(rid).output == "late but done"
+
+
+def test_a_resumed_invoke_gets_a_fresh_timeout(engine, clock):
+    @ironflow.function(id="sleepy-child")
+    def sleepy_child(ctx):
+        yield step.sleep("long", "3h")
+        return "slept"
+
+    @ironflow.function(id="waits-for-sleepy")
+    def waits(ctx):
+        return (yield step.invoke("call", "sleepy-child", timeout="2h"))
+
+    engine.register(sleepy_child)
+    engine.register(waits)
+    rid = engine.start("waits-for-sleepy")
+    idle(engine)
+    clock.advance("2h")
+    idle(engine)
+    assert engine.get_run(rid).status == "failed"
+    engine.resume(rid)  # two more hours from now; the child needs one
+    idle(engine)
+    clock.advance("61m")
+    idle(engine)
+    assert engine.get_run(rid).output == "slept"

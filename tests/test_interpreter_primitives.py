@@ -1780,6 +1780,26 @@ def test_resume_after_a_wait_timed_out_waits_again_with_a_fresh_timeout():
     sim.verify()
 
 
+def test_resume_after_a_child_failed_waits_for_the_child_again():
+    def flow(ctx):
+        return (yield step.invoke("call", "child-fn", {"n": 1}, timeout="1h"))
+
+    sim = Sim(flow)
+    sim.child_started("call", "run-1/call")
+    sim.child_failed("call", RuntimeError("child broke"), "run-1/call")
+    assert sim.decision.status == "failed"
+    sim.tick(90)
+    decision = sim.resume()
+    (work,) = decision.pending
+    assert (work.id, work.kind) == ("call", "invoke")
+    assert work.due == sim.now + _dt.timedelta(hours=1)
+    assert not decision.commands  # the runtime re-indexes what is pending after a resume
+    sim.verify()
+    sim.child_completed("call", {"ok": 1}, "run-1/call")
+    assert output_of(sim.decision) == {"ok": 1}
+    sim.verify()
+
+
 def test_resume_does_not_retry_a_step_failure_the_workflow_caught():
     def flow(ctx):
         with contextlib.suppress(ironflow.StepError):

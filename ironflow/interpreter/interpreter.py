@@ -1153,22 +1153,26 @@ class Interpreter:
             )
         self._suspended.clear()
         for sid in sorted(self._rearm.get(event.seq, ())):
-            wait = self._waiting.get(sid)
-            if wait is not None and isinstance(wait.command, WaitEvent):
-                wait.due = event.ts + wait.command.timeout
+            again = self._waiting.get(sid)
+            if again is None:
+                continue
+            timeout = getattr(again.command, "timeout", None)
+            again.due = None if timeout is None else event.ts + timeout
 
     def _unfail(self, failed_at: int, resumed_at: int) -> None:
         """Mark what made the run fail so that folding the history again gets past it.
 
         The event whose folding failed the run decides: a step whose attempts ran out is
-        retried, a wait that timed out waits again with a fresh timeout, and anything else
-        (the workflow's own code raised, say) is folded again by the code as it is now. What
-        the failure itself led to (undos, the RunFailed) no longer counts.
+        retried; a wait that timed out, or a child run that failed or timed out, is waited for
+        again with a fresh timeout (the runtime hands over the child's outcome if it has
+        ended since); anything else (the workflow's own code raised, say) is folded again by
+        the code as it is now. What the failure itself led to (undos, the RunFailed) no
+        longer counts.
         """
         cause = self.events[failed_at]
         if isinstance(cause, StepFailed):
             self._suspend_keys.add((cause.id, cause.attempt))
-        elif isinstance(cause, WaitTimedOut):
+        elif isinstance(cause, WaitTimedOut | ChildFailed):
             self._dead.add(cause.seq)
             self._rearm.setdefault(resumed_at, set()).add(cause.id)
         undo_ids: set[str] = set()

@@ -885,7 +885,7 @@ class Engine:
         conn.execute(
             "UPDATE runs SET status = 'blocked', error = ?, ready = 0, lease_owner = NULL, "
             "lease_until_us = NULL, updated_us = ? WHERE id = ?",
-            (rows.dumps(_error_body(info)), now_us, run_id),
+            (rows.dumps(rows.error_body(info)), now_us, run_id),
         )
 
     def _drive_live(
@@ -1071,18 +1071,24 @@ class Engine:
                     ),
                 },
             )
-        exists = conn.execute("SELECT 1 FROM runs WHERE id = ?", (child_id,)).fetchone()
-        if exists is None:
+        found = conn.execute(
+            "SELECT status, output, error FROM runs WHERE id = ?", (child_id,)
+        ).fetchone()
+        if found is None:
             trigger = {"id": new_id(), "name": function_id, "data": detail["data"], "ts": now_us}
             parent = (live.run_id, work.id, work.kind == "invoke")
             self._create_run(conn, child_id, function_id, rows.dumps(trigger), now_us, parent)
+        elif work.kind == "invoke" and found[0] in TERMINAL:
+            # Waited for again after a resume: the child ended while this run was failed
+            # (it was not told then), or the child's failure is what failed it.
+            return _child_outcome(work.id, child_id, *found)
         return (ChildStarted, {"id": work.id, "child_run_id": child_id})
 
     def _finish(self, live: _Live, decision: Decision, now_us: int, batch: _Batch) -> None:
         run_id = live.run_id
         error = None
         if decision.error is not None and decision.status != "completed":
-            error = rows.dumps(_error_body(encode_error(decision.error, with_traceback=True)))
+            error = rows.dumps(rows.error_body(encode_error(decision.error, with_traceback=True)))
         output = rows.dumps(decision.output) if decision.status == "completed" else None
         batch.ended.append((decision.status, output, error, now_us, now_us, run_id))
         batch.finished.append(run_id)
@@ -1099,7 +1105,7 @@ class Engine:
                     {
                         "id": live.parent_step_id,
                         "child_run_id": run_id,
-                        "error": _error_body(encode_error(failure)),
+                        "error": rows.error_body(encode_error(failure)),
                     },
                 )
             batch.notify.append((live.parent_run_id, kind, now_us, rows.dumps(body)))
@@ -1349,8 +1355,20 @@ def _run_started(
     return RunStarted(0, event.ts, run_id, function_id, event, parent_run_id)
 
 
-def _error_body(info: ErrorInfo) -> dict[str, Any]:
-    return {"type": info.type, "message": info.message, "traceback": info.traceback}
+def _child_outcome(
+    step_id: str, child_id: str, status: str, output: str | None, error: str | None
+) -> Input:
+    """What an ended child run reports to the run that invoked it."""
+    if status == "completed":
+        return (
+            ChildCompleted,
+            {"id": step_id, "child_run_id": child_id, "output": json.loads(output or "null")},
+        )
+    if error is not None:
+        info = rows.error_info(json.loads(error))
+    else:
+        info = encode_error(CancelledError("child run was cancelled"))
+    return (ChildFailed, {"id": step_id, "child_run_id": child_id, "error": info})
 
 
 def _inbox_input(kind: str, body: dict[str, Any]) -> Input:
@@ -1358,13 +1376,12 @@ def _inbox_input(kind: str, body: dict[str, Any]) -> Input:
     if cls is WaitMatched:
         return (cls, {"id": body["id"], "event": rows.event_from_body(body["event"])})
     if cls is ChildFailed:
-        error = body["error"]
         return (
             cls,
             {
                 "id": body["id"],
                 "child_run_id": body["child_run_id"],
-                "error": ErrorInfo(error["type"], error["message"], error.get("traceback")),
+                "error": rows.error_info(body["error"]),
             },
         )
     return (cls, body)

@@ -96,11 +96,11 @@ def event_from_body(body: dict[str, Any]) -> Event:
     return Event(body["id"], body["name"], body["data"], from_us(body["ts"]))
 
 
-def _error_body(error: ErrorInfo) -> dict[str, Any]:
+def error_body(error: ErrorInfo) -> dict[str, Any]:
     return {"type": error.type, "message": error.message, "traceback": error.traceback}
 
 
-def _error(body: dict[str, Any]) -> ErrorInfo:
+def error_info(body: dict[str, Any]) -> ErrorInfo:
     return ErrorInfo(body["type"], body["message"], body.get("traceback"))
 
 
@@ -127,7 +127,7 @@ def encode(event: HistoryEvent) -> tuple[int, str, int, str]:
     elif cls is RetryScheduled:
         body["at"] = to_us(body["at"])
     elif "error" in body:
-        body["error"] = _error_body(body["error"])
+        body["error"] = error_body(body["error"])
     return (event.seq, cls.__name__, to_us(event.ts), dumps(body))
 
 
@@ -155,12 +155,12 @@ _DECODERS["WaitMatched"] = lambda seq, ts, b: WaitMatched(
     seq, ts, b["id"], event_from_body(b["event"])
 )
 _DECODERS["StepFailed"] = lambda seq, ts, b: StepFailed(
-    seq, ts, b["id"], b["attempt"], _error(b["error"]), b["retryable"]
+    seq, ts, b["id"], b["attempt"], error_info(b["error"]), b["retryable"]
 )
 _DECODERS["ChildFailed"] = lambda seq, ts, b: ChildFailed(
-    seq, ts, b["id"], b["child_run_id"], _error(b["error"])
+    seq, ts, b["id"], b["child_run_id"], error_info(b["error"])
 )
-_DECODERS["RunFailed"] = lambda seq, ts, b: RunFailed(seq, ts, _error(b["error"]))
+_DECODERS["RunFailed"] = lambda seq, ts, b: RunFailed(seq, ts, error_info(b["error"]))
 _DECODERS["RetryScheduled"] = lambda seq, ts, b: RetryScheduled(
     seq, ts, b["id"], b["attempt"], from_us(b["at"]), b.get("jitter", 0.0)
 )
