@@ -37,12 +37,18 @@ def _fixable(calls, fixed):
     return flow
 
 
-def test_a_run_whose_code_raised_runs_on_after_the_fix(engine, calls):
+def _failed_fixable(engine, calls):
+    """A run of ``_fixable`` that failed; the flag that fixes its code; the flow."""
     fixed = {"on": False}
     flow = _fixable(calls, fixed)
     engine.register(flow)
     rid = engine.start("fixable")
     idle(engine)
+    return rid, fixed, flow
+
+
+def test_a_run_whose_code_raised_runs_on_after_the_fix(engine, calls):
+    rid, fixed, flow = _failed_fixable(engine, calls)
     run = engine.get_run(rid)
     assert run.status == "failed" and run.error.type == "KeyError"
     assert calls.counts == {"first": 1, "undo-first": 1}
@@ -64,11 +70,7 @@ def test_a_run_whose_code_raised_runs_on_after_the_fix(engine, calls):
 
 
 def test_a_run_whose_code_still_raises_fails_again_and_can_be_resumed_again(engine, calls):
-    fixed = {"on": False}
-    flow = _fixable(calls, fixed)
-    engine.register(flow)
-    rid = engine.start("fixable")
-    idle(engine)
+    rid, fixed, _ = _failed_fixable(engine, calls)
     engine.resume(rid)
     idle(engine)
     run = engine.get_run(rid)
@@ -180,10 +182,7 @@ def test_an_event_emitted_while_the_run_was_failed_matches_the_resumed_wait(engi
 
 
 def test_a_run_is_resumed_once(engine, calls):
-    fixed = {"on": False}
-    engine.register(_fixable(calls, fixed))
-    rid = engine.start("fixable")
-    idle(engine)
+    rid, _, _ = _failed_fixable(engine, calls)
     engine.resume(rid)
     with pytest.raises(ValueError, match="is running; only failed or blocked"):
         engine.resume(rid)
@@ -240,25 +239,32 @@ def test_a_run_failed_by_its_child_gets_the_childs_outcome_after_both_are_resume
     assert replay(engine.functions["parent"], engine.history(rid)).output == run.output
 
 
-def test_a_run_whose_invoke_timed_out_gets_the_output_of_the_child_that_finished_later(
-    engine, clock, calls
-):
+def _timed_out_invoke(engine, clock, child_sleeps, timeout):
+    """A run failed because its child (sleeping ``child_sleeps``) outlived ``timeout``."""
+
     @ironflow.function(id="slow-child")
     def slow_child(ctx):
-        yield step.sleep("long", "2h")
+        yield step.sleep("long", child_sleeps)
         return "late but done"
 
     @ironflow.function(id="impatient")
     def impatient(ctx):
-        return (yield step.invoke("call", "slow-child", timeout="1h"))
+        return (yield step.invoke("call", "slow-child", timeout=timeout))
 
     engine.register(slow_child)
     engine.register(impatient)
     rid = engine.start("impatient")
     idle(engine)
-    clock.advance("61m")
+    clock.advance(timeout)
     idle(engine)
     assert engine.get_run(rid).status == "failed"
+    return rid
+
+
+def test_a_run_whose_invoke_timed_out_gets_the_output_of_the_child_that_finished_later(
+    engine, clock
+):
+    rid = _timed_out_invoke(engine, clock, "2h", "1h")
     clock.advance("1h")
     idle(engine)
     assert engine.get_run(f"{rid}/call").output == "late but done"
@@ -268,24 +274,9 @@ def test_a_run_whose_invoke_timed_out_gets_the_output_of_the_child_that_finished
 
 
 def test_a_resumed_invoke_gets_a_fresh_timeout(engine, clock):
-    @ironflow.function(id="sleepy-child")
-    def sleepy_child(ctx):
-        yield step.sleep("long", "3h")
-        return "slept"
-
-    @ironflow.function(id="waits-for-sleepy")
-    def waits(ctx):
-        return (yield step.invoke("call", "sleepy-child", timeout="2h"))
-
-    engine.register(sleepy_child)
-    engine.register(waits)
-    rid = engine.start("waits-for-sleepy")
-    idle(engine)
-    clock.advance("2h")
-    idle(engine)
-    assert engine.get_run(rid).status == "failed"
+    rid = _timed_out_invoke(engine, clock, "3h", "2h")
     engine.resume(rid)  # two more hours from now; the child needs one
     idle(engine)
     clock.advance("61m")
     idle(engine)
-    assert engine.get_run(rid).output == "slept"
+    assert engine.get_run(rid).output == "late but done"
