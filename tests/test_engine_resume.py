@@ -118,12 +118,18 @@ def approval(ctx):
     return event.data["by"]
 
 
-def test_a_run_failed_by_a_wait_timeout_waits_again_after_a_resume(engine, clock):
+def _timed_out_wait(engine, clock, doc):
+    """A run of ``approval`` for ``doc`` that failed because its wait timed out."""
     engine.register(approval)
-    rid = engine.start("approval", {"doc": 7})
+    rid = engine.start("approval", {"doc": doc})
     idle(engine)
     clock.advance("2h")
     idle(engine)
+    return rid
+
+
+def test_a_run_failed_by_a_wait_timeout_waits_again_after_a_resume(engine, clock):
+    rid = _timed_out_wait(engine, clock, 7)
     run = engine.get_run(rid)
     assert run.status == "failed" and run.error.message == "waitForEvent timed out"
 
@@ -145,11 +151,7 @@ def test_a_run_failed_by_a_wait_timeout_waits_again_after_a_resume(engine, clock
 
 
 def test_a_resumed_wait_that_times_out_again_fails_again(engine, clock):
-    engine.register(approval)
-    rid = engine.start("approval", {"doc": 8})
-    idle(engine)
-    clock.advance("2h")
-    idle(engine)
+    rid = _timed_out_wait(engine, clock, 8)
     engine.resume(rid)
     idle(engine)
     clock.advance("61m")
@@ -168,11 +170,7 @@ def test_a_resumed_wait_that_times_out_again_fails_again(engine, clock):
 
 
 def test_an_event_emitted_while_the_run_was_failed_matches_the_resumed_wait(engine, clock):
-    engine.register(approval)
-    rid = engine.start("approval", {"doc": 9})
-    idle(engine)
-    clock.advance("2h")
-    idle(engine)
+    rid = _timed_out_wait(engine, clock, 9)
     engine.emit("doc.approved", {"doc": 9, "by": "late"})  # no event is lost
     idle(engine)
     assert engine.get_run(rid).status == "failed"
