@@ -1819,6 +1819,26 @@ def test_resume_does_not_retry_a_step_failure_the_workflow_caught():
     sim.verify()
 
 
+def test_resume_does_not_retry_a_failure_all_settled_kept():
+    # Found by the resume property: the step failed for good, the map kept its error, and
+    # the workflow then raised in the same fold. The failure is the code's, not the step's.
+    def flow(ctx):
+        (result,) = yield step.map(
+            "m", [1], lambda item, s, i: s.run("item", boom), on_error="all_settled"
+        )
+        raise RuntimeError(f"the workflow's own bug, after {type(result).__name__}")
+
+    sim = Sim(flow)
+    sim.fail("m/0/item", ValueError("x"), retryable=False)
+    assert sim.decision.status == "failed"
+    assert "own bug" in str(sim.decision.error)
+    decision = sim.resume()
+    assert decision.done and decision.status == "failed"
+    assert not sim.events(RetryScheduled)
+    assert "m/0/item" not in {w.id for w in decision.pending}
+    sim.verify()
+
+
 def failing_after_a(ctx):
     yield step.run("a", echo, "A")
     yield step.compensate("a", undo, "undo a")

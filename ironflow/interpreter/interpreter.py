@@ -371,6 +371,10 @@ class Interpreter:
         self._undos: list[_Slot] = []
         self._failure: BaseException | None = None
         self._failed_at: int | None = None  # seq of the event whose folding failed the run
+        # The error the last step failure, wait timeout or child failure handed the
+        # workflow, with that event's seq; and whether the run failed of that very error.
+        self._handed: tuple[BaseException, int] | None = None
+        self._failed_of_handed = False
         self._output: Any = None
         self._ended = False
         self._suspended: list[_Slot] = []
@@ -922,6 +926,10 @@ class Interpreter:
     def _fail(self, error: BaseException) -> None:
         self._failure = error
         self._failed_at = self._pos
+        handed = self._handed
+        self._failed_of_handed = (
+            handed is not None and handed[0] is error and handed[1] == self._pos
+        )
         self._abandon_all()
         if self._undos:
             self.status = "compensating"
@@ -1052,7 +1060,9 @@ class Interpreter:
             )
             return
         del self._waiting[slot.id]
-        self._resume(slot.task, None, step_error(event.error, slot.id, event.attempt))
+        error = step_error(event.error, slot.id, event.attempt)
+        self._handed = (error, event.seq)
+        self._resume(slot.task, None, error)
 
     def _on_timer_fired(self, event: TimerFired) -> None:
         self.now = event.ts
@@ -1074,7 +1084,9 @@ class Interpreter:
         slot = self._take(event, ("wait_event",))
         if slot is not None:
             del self._waiting[slot.id]
-            self._resume(slot.task, None, WaitTimeoutError())
+            error = WaitTimeoutError()
+            self._handed = (error, event.seq)
+            self._resume(slot.task, None, error)
 
     def _on_child_started(self, event: ChildStarted) -> None:
         self.now = event.ts
@@ -1107,6 +1119,7 @@ class Interpreter:
             child_run_id=event.child_run_id,
         )
         error.__cause__ = decode_error(info)
+        self._handed = (error, event.seq)
         self._resume(slot.task, None, error)
 
     def _on_event_published(self, event: EventPublished) -> None:
@@ -1162,14 +1175,15 @@ class Interpreter:
     def _unfail(self, failed_at: int, resumed_at: int) -> None:
         """Mark what made the run fail so that folding the history again gets past it.
 
-        The event whose folding failed the run decides: a step whose attempts ran out is
-        retried; a wait that timed out, or a child run that failed or timed out, is waited for
-        again with a fresh timeout (the runtime hands over the child's outcome if it has
-        ended since); anything else (the workflow's own code raised, say) is folded again by
-        the code as it is now. What the failure itself led to (undos, the RunFailed) no
-        longer counts.
+        If the run failed of the very error an event handed the workflow, that event is
+        taken up again: a step whose attempts ran out is retried; a wait that timed out, or a
+        child run that failed or timed out, is waited for again with a fresh timeout (the
+        runtime hands over the child's outcome if it has ended since). Otherwise (the
+        workflow caught that error and raised its own, or its code raised) the history is
+        folded again by the code as it is now. What the failure itself led to (undos, the
+        RunFailed) no longer counts.
         """
-        cause = self.events[failed_at]
+        cause = self.events[failed_at] if self._failed_of_handed else None
         if isinstance(cause, StepFailed):
             self._suspend_keys.add((cause.id, cause.attempt))
         elif isinstance(cause, WaitTimedOut | ChildFailed):
