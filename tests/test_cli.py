@@ -579,15 +579,9 @@ def _other_sqlite(path: Path) -> None:
 @pytest.mark.parametrize(
     "command",
     [
-        ["runs", "list"],
-        ["runs", "show", "r1"],
-        ["runs", "export", "r1"],
-        ["runs", "cancel", "r1"],
-        ["runs", "resume", "r1"],
-        ["replay", "APP:engine", "r1"],
+        *MAY_NOT_CREATE,
         ["start", "greet", "--app", "APP:engine"],
         ["start", "greet", "--app", "APP:greet"],
-        ["emit", "user.created"],
         ["emit", "user.created", "--app", "APP:engine"],
         ["worker", "APP:engine"],
         ["worker", "APP:greet"],
