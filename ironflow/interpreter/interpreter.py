@@ -349,8 +349,8 @@ class Interpreter:
         self._batch: list[Any] = []
         self._batch_scanned = True
         self._suspend_keys: set[tuple[str, int]] = set()
-        # Waits that each RunResumed (by seq) gives a fresh timeout: applied again whenever
-        # that event is folded again.
+        # Waits and child runs that each RunResumed (by seq) waits for again with a fresh
+        # timeout: applied again whenever that event is folded again.
         self._rearm: dict[int, set[str]] = {}
         self._unfailed: set[int] = set()  # RunResumed events already folded as such
         self._dead: set[int] = set()
@@ -1189,15 +1189,19 @@ class Interpreter:
         elif isinstance(cause, WaitTimedOut | ChildFailed):
             self._dead.add(cause.seq)
             self._rearm.setdefault(resumed_at, set()).add(cause.id)
+        self._bury(self.events[failed_at + 1 : resumed_at])
+
+    def _bury(self, events: list[HistoryEvent]) -> None:
+        """Mark dead, among ``events``, what a failure led to: its undos and its RunFailed."""
         undo_ids: set[str] = set()
-        for later in self.events[failed_at + 1 : resumed_at]:
-            if isinstance(later, CompensationScheduled):
-                undo_ids.add(later.id)
-                self._dead.add(later.seq)
-            elif isinstance(later, RunFailed) or (
-                isinstance(later, StepCompleted | StepFailed) and later.id in undo_ids
+        for event in events:
+            if isinstance(event, CompensationScheduled):
+                undo_ids.add(event.id)
+                self._dead.add(event.seq)
+            elif isinstance(event, RunFailed) or (
+                isinstance(event, StepCompleted | StepFailed) and event.id in undo_ids
             ):
-                self._dead.add(later.seq)
+                self._dead.add(event.seq)
 
     # --- recorded decisions ---------------------------------------------------------------------
 
@@ -1273,15 +1277,7 @@ class Interpreter:
         resumed = next((e.seq for e in events[seq - first + 1 :] if type(e) is RunResumed), None)
         if resumed is None:
             return False
-        undo_ids: set[str] = set()
-        for later in events[seq - first : resumed - first]:
-            if type(later) is CompensationScheduled:
-                undo_ids.add(later.id)
-                self._dead.add(later.seq)
-            elif type(later) is RunFailed or (
-                type(later) in (StepCompleted, StepFailed) and later.id in undo_ids
-            ):
-                self._dead.add(later.seq)
+        self._bury(events[seq - first : resumed - first])
         return True
 
     def _match_other(self, key: tuple[Any, ...], event: Any, what: str) -> _Other:
