@@ -286,16 +286,13 @@ class Engine:
     # --- time ------------------------------------------------------------------------------
 
     def _now_us(self) -> int:
-        if type(self.clock) is SystemClock:
+        if type(self.clock) is SystemClock:  # the common case, without a datetime round trip
             return self.clock.now_us()
         return rows.to_us(rows.utc(self.clock.now()))
 
     def _now(self) -> tuple[_dt.datetime, int]:
-        if type(self.clock) is SystemClock:  # the common case, without a datetime round trip
-            now_us = self.clock.now_us()
-            return rows.from_us(now_us), now_us
-        now = rows.utc(self.clock.now())
-        return now, rows.to_us(now)
+        now_us = self._now_us()
+        return rows.from_us(now_us), now_us
 
     # --- starting runs -----------------------------------------------------------------------
 
@@ -319,8 +316,7 @@ class Engine:
                         )
                     return run_id
             rid = run_id or new_id()
-            trigger = {"id": new_id(), "name": function.id, "data": payload, "ts": now_us}
-            self._create_run(conn, rid, function.id, rows.dumps(trigger), now_us)
+            self._create_run(conn, rid, function.id, _trigger(function.id, payload, now_us), now_us)
         self._kick()
         return rid
 
@@ -1075,9 +1071,9 @@ class Engine:
             "SELECT status, output, error FROM runs WHERE id = ?", (child_id,)
         ).fetchone()
         if found is None:
-            trigger = {"id": new_id(), "name": function_id, "data": detail["data"], "ts": now_us}
+            trigger = _trigger(function_id, detail["data"], now_us)
             parent = (live.run_id, work.id, work.kind == "invoke")
-            self._create_run(conn, child_id, function_id, rows.dumps(trigger), now_us, parent)
+            self._create_run(conn, child_id, function_id, trigger, now_us, parent)
         elif work.kind == "invoke" and found[0] in TERMINAL:
             # Waited for again after a resume: the child ended while this run was failed
             # (it was not told then), or the child's failure is what failed it.
@@ -1353,6 +1349,11 @@ def _run_started(
 ) -> RunStarted:
     event = rows.event_from_body(json.loads(trigger))
     return RunStarted(0, event.ts, run_id, function_id, event, parent_run_id)
+
+
+def _trigger(name: str, data: Any, now_us: int) -> str:
+    """The stored triggering event of a run started by ``start`` or ``invoke`` (JSON)."""
+    return rows.dumps({"id": new_id(), "name": name, "data": data, "ts": now_us})
 
 
 def _child_outcome(
