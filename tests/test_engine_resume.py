@@ -278,3 +278,36 @@ def test_a_resumed_invoke_gets_a_fresh_timeout(engine, clock):
     clock.advance("61m")
     idle(engine)
     assert engine.get_run(rid).output == "late but done"
+
+
+@ironflow.function(id="both")
+def both(ctx):
+    events = yield step.parallel(
+        "p",
+        [
+            lambda s: s.wait_for_event("x", "ev.x", timeout="1h"),
+            lambda s: s.wait_for_event("y", "ev.y", timeout="1h"),
+        ],
+    )
+    return [event.data for event in events]
+
+
+def test_waits_that_timed_out_together_both_wait_again_after_a_resume(engine, clock):
+    # Found in review: only the wait whose timeout failed the run was re-armed; the other
+    # one's timeout, folded in the same round, failed the resumed run again at once.
+    engine.register(both)
+    rid = engine.start("both")
+    idle(engine)
+    clock.advance("2h")
+    idle(engine)
+    assert _types(engine.history(rid)).count("WaitTimedOut") == 2
+    assert engine.get_run(rid).status == "failed"
+    engine.resume(rid)
+    idle(engine)
+    assert engine.get_run(rid).status == "waiting"
+    engine.emit("ev.x", 1)
+    engine.emit("ev.y", 2)
+    idle(engine)
+    run = engine.get_run(rid)
+    assert run.status == "completed", run.error
+    assert run.output == [1, 2]

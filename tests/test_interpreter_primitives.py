@@ -1800,6 +1800,53 @@ def test_resume_after_a_child_failed_waits_for_the_child_again():
     sim.verify()
 
 
+def test_resume_retries_every_step_that_failed_in_the_failing_batch():
+    # Found in review: the second failure, ignored because its branch was already abandoned,
+    # failed the resumed run again at once.
+    sim = Sim(two_branches)
+    error = ErrorInfo("ValueError", "down")
+    sim.feed_many(
+        [
+            (StepFailed, {"id": "p/0/a", "attempt": 1, "retryable": False, "error": error}),
+            (StepFailed, {"id": "p/1/b", "attempt": 1, "retryable": False, "error": error}),
+        ]
+    )
+    assert sim.decision.status == "failed"
+    decision = sim.resume()
+    assert not decision.done
+    assert sorted((e.id, e.attempt) for e in decision.events) == [("p/0/a", 2), ("p/1/b", 2)]
+    assert all(isinstance(e, RetryScheduled) for e in decision.events)
+    sim.verify()
+
+
+def test_fixed_code_gets_past_a_second_failure_after_an_earlier_resume():
+    # Found in review: folding again after the first resume hid the later RunResumed from the
+    # look-ahead, so fixed code could not skip the second failure.
+    def old(ctx):
+        a = yield step.run("a", echo, "A", retry=ironflow.RetryPolicy(max_attempts=1))
+        b = yield step.run("b", boom, retry=ironflow.RetryPolicy(max_attempts=1))
+        return [a, b]
+
+    def fixed(ctx):
+        a = yield step.run("a", echo, "A", retry=ironflow.RetryPolicy(max_attempts=1))
+        try:
+            b = yield step.run("b", boom, retry=ironflow.RetryPolicy(max_attempts=1))
+        except ironflow.StepError:
+            b = "fallback"
+        return [a, b]
+
+    sim = Sim(old)
+    sim.fail("a", ValueError("x"), retryable=False)
+    sim.resume()
+    sim.complete("a", "A")
+    sim.fail("b", ValueError("y"), retryable=False)
+    assert sim.decision.status == "failed"
+    history = [*sim.history, RunResumed(seq=len(sim.history), ts=sim.now, reason="fixed")]
+    decision = replay(fixed, history)
+    assert decision.done and decision.output == ["A", "fallback"]
+    assert Interpreter(fixed).feed(history) == decision
+
+
 def test_resume_does_not_retry_a_step_failure_the_workflow_caught():
     def flow(ctx):
         with contextlib.suppress(ironflow.StepError):

@@ -475,7 +475,9 @@ class Interpreter:
         """Fold the stored history again from scratch (used when a failed run resumes)."""
         self._reset()
         handlers = _HANDLERS
-        self._batch = self.events
+        # What is folded again plus the rest of the batch being fed: the look-ahead of
+        # ``patched``/``is_replaying`` and ``_taken_back`` must see the events after this one.
+        self._batch = self.events + [e for e in self._batch if e.seq >= len(self.events)]
         self._batch_scanned = False
         for event in self.events:
             self._pos = event.seq
@@ -1155,6 +1157,9 @@ class Interpreter:
             # failed again the same way (its code raised again), which then ends failed.
             self._refeed()
             return
+        if self._ended:  # failed again while folding again (its code raised again)
+            self._suspended.clear()
+            return
         for slot in self._suspended:
             slot.attempt += 1
             slot.due = event.ts
@@ -1178,18 +1183,32 @@ class Interpreter:
         If the run failed of the very error an event handed the workflow, that event is
         taken up again: a step whose attempts ran out is retried; a wait that timed out, or a
         child run that failed or timed out, is waited for again with a fresh timeout (the
-        runtime hands over the child's outcome if it has ended since). Otherwise (the
-        workflow caught that error and raised its own, or its code raised) the history is
-        folded again by the code as it is now. What the failure itself led to (undos, the
-        RunFailed) no longer counts.
+        runtime hands over the child's outcome if it has ended since). So are failures that
+        arrived afterwards for work the failure abandoned. Otherwise (the workflow caught
+        that error and raised its own, or its code raised) the history is folded again by
+        the code as it is now. What the failure itself led to (undos, the RunFailed) no
+        longer counts.
         """
-        cause = self.events[failed_at] if self._failed_of_handed else None
-        if isinstance(cause, StepFailed):
-            self._suspend_keys.add((cause.id, cause.attempt))
-        elif isinstance(cause, WaitTimedOut | ChildFailed):
-            self._dead.add(cause.seq)
-            self._rearm.setdefault(resumed_at, set()).add(cause.id)
-        self._bury(self.events[failed_at + 1 : resumed_at])
+        later = self.events[failed_at + 1 : resumed_at]
+        undo_ids = {e.id for e in later if isinstance(e, CompensationScheduled)}
+        # Failures that arrived for work the failure had abandoned (a sibling branch's wait
+        # timing out in the same batch, say) were never handled: they are taken up too.
+        taken: list[HistoryEvent] = [
+            e
+            for e in later
+            if isinstance(e, StepFailed | WaitTimedOut | ChildFailed)
+            and e.seq not in self._dead
+            and e.id not in undo_ids
+        ]
+        if self._failed_of_handed:
+            taken.append(self.events[failed_at])
+        for cause in taken:
+            if isinstance(cause, StepFailed):
+                self._suspend_keys.add((cause.id, cause.attempt))
+            elif isinstance(cause, WaitTimedOut | ChildFailed):
+                self._dead.add(cause.seq)
+                self._rearm.setdefault(resumed_at, set()).add(cause.id)
+        self._bury(later)
 
     def _bury(self, events: list[HistoryEvent]) -> None:
         """Mark dead, among ``events``, what a failure led to: its undos and its RunFailed."""
