@@ -7,6 +7,9 @@ code is fixed. Completed steps never run again, and undos that already ran stay 
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from engine_kit import idle
 
@@ -311,3 +314,54 @@ def test_waits_that_timed_out_together_both_wait_again_after_a_resume(engine, cl
     run = engine.get_run(rid)
     assert run.status == "completed", run.error
     assert run.output == [1, 2]
+
+
+def test_a_step_still_running_when_its_run_failed_is_not_started_again_by_a_resume(engine, calls):
+    # Found in review: the run's end forgot the step in flight, so a resume dispatched it
+    # again while its first execution was still running.
+    release = threading.Event()
+    started = threading.Event()
+    fixed_ran = threading.Event()
+    broken = {"on": True}
+
+    def slow():
+        calls.hit("slow")
+        started.set()
+        if not release.wait(10):
+            raise RuntimeError("never released")
+        return "slow"
+
+    def fragile():
+        calls.hit("fragile")
+        if broken["on"]:
+            raise ironflow.NonRetryableError("fragile is down")
+        fixed_ran.set()
+        return "fragile"
+
+    @ironflow.function(id="pair")
+    def pair(ctx):
+        return (
+            yield step.parallel("p", [lambda s: s.run("slow", slow), lambda s: s.run("f", fragile)])
+        )
+
+    engine.register(pair)
+    rid = engine.start("pair")
+    driver = threading.Thread(target=engine.run_until_idle, daemon=True)
+    driver.start()
+    assert started.wait(10), "the slow step never started"
+    deadline = time.monotonic() + 10
+    while engine.get_run(rid).status != "failed":
+        assert time.monotonic() < deadline, engine.get_run(rid)
+        time.sleep(0.005)
+    broken["on"] = False
+    engine.resume(rid)  # run_until_idle is still in progress: the slow step is outstanding
+    # The resumed run has been driven (and has started what it started) before slow returns.
+    assert fixed_ran.wait(10), "the resumed run never ran its fixed step"
+    release.set()
+    driver.join(10)
+    assert not driver.is_alive()
+    idle(engine)
+    run = engine.get_run(rid)
+    assert run.status == "completed", run.error
+    assert run.output == ["slow", "fragile"]
+    assert calls.counts == {"slow": 1, "fragile": 2}

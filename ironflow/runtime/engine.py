@@ -599,6 +599,8 @@ class Engine:
             in_flight = self._in_flight.get(job.run_id)
             if in_flight is not None and in_flight.get(job.step_id) == job.attempt:
                 del in_flight[job.step_id]
+                if not in_flight and job.run_id not in self._live:
+                    del self._in_flight[job.run_id]  # the last step of a run that ended
             self.stats["steps_executed"] += 1
             if outcome.ok:
                 item: Input = (
@@ -857,7 +859,10 @@ class Engine:
             self._live.pop(run_id, None)
         for run_id in batch.finished:
             self._live.pop(run_id, None)
-            self._in_flight.pop(run_id, None)
+            # Steps the end abandoned may still be running: remembered until they report, so
+            # that a resume in the meantime does not start them a second time.
+            if not self._in_flight.get(run_id):
+                self._in_flight.pop(run_id, None)
         if batch.finished:
             with self._done:
                 self._done.notify_all()
