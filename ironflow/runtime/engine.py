@@ -65,6 +65,8 @@ _INBOX_TYPES: dict[str, type] = {
     "ChildCompleted": ChildCompleted,
     "ChildFailed": ChildFailed,
     "RunCancelled": RunCancelled,
+    # resume() now writes RunResumed into the history itself; a database written by an
+    # earlier version may still hold one as mail.
     "RunResumed": RunResumed,
 }
 
