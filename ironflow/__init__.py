@@ -13,6 +13,7 @@ from ironflow.errors import (
     NonRetryableError,
     StepError,
     StepTimeoutError,
+    StoreError,
     WaitTimeoutError,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "Run",
     "StepError",
     "StepTimeoutError",
+    "StoreError",
     "WaitTimeoutError",
     "function",
     "step",

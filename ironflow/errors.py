@@ -68,3 +68,11 @@ class DuplicateStepError(IronflowError, ValueError):
 
 class CancelledError(IronflowError):
     """The run was cancelled."""
+
+
+class StoreError(IronflowError, ValueError):
+    """The database cannot be used: not an ironflow database, from a newer version, or the
+    engine on it is closed.
+
+    Also a ``ValueError``, as it was before it joined ``IronflowError``.
+    """

@@ -21,9 +21,11 @@ from ironflow.cli.db import check_writable, db_path, open_engine, reading
 from ironflow.cli.errors import CLIError, one_line
 from ironflow.commands.builders import check_name
 from ironflow.errors import NonDeterminismError
-from ironflow.history import RunStarted, dumps, loads
+from ironflow.history import dumps, loads
+from ironflow.interpreter import check_replayable
 from ironflow.interpreter import replay as replay_history
 from ironflow.runtime import STATUSES, Engine
+from ironflow.runtime.engine import check_run_id
 from ironflow.runtime.rows import from_us
 
 F = Callable[..., Any]
@@ -219,7 +221,10 @@ def start(
     """
     payload = parse_data(data, "DATA")
     if run_id is not None:
-        checked_name(run_id, "run id")
+        try:
+            check_run_id(run_id)  # before the app is imported or the database opened
+        except ValueError as exc:
+            raise CLIError(one_line(exc)) from None
     app = loaded_app(app_spec, db)
     app.function(function_id)
     engine = app.engine_on(db, create=True)
@@ -470,10 +475,20 @@ def replay_cmd(
     written by `ironflow runs export` or the id of a run in --db.
     """
     history, origin = _history_of(file_or_run_id, db)
-    if not history or not isinstance(history[0], RunStarted):
-        raise CLIError(f"{origin}: a history starts with a RunStarted event")
+    try:
+        check_replayable(None, history, origin)
+    except ValueError as exc:
+        raise CLIError(one_line(exc)) from None
     function_id = history[0].function_id
-    flow = load_app(app).flow_for(function_id)
+    loaded = load_app(app)
+    if loaded.flow is None and function_id not in loaded.functions:
+        # Replaying with another function would report a divergence that is no one's bug.
+        known = ", ".join(repr(fid) for fid in sorted(loaded.functions)) or "none"
+        raise CLIError(
+            f"{origin} is a run of function {function_id!r}, but {app} declares {known}: the "
+            f"functions differ; replay it with the app that declares {function_id!r}"
+        )
+    flow = loaded.flow_for(function_id)
     try:
         decision = replay_history(flow, history)
     except NonDeterminismError as exc:

@@ -19,7 +19,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import inspect
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -89,6 +89,8 @@ _DECISION_TYPES = (
     RunFailed,
 )
 _TIMED_KINDS = ("sleep", "sleep_until", "wait_event", "invoke")
+# What the runtime records (as a ChildFailed) for an invoke whose timeout passed.
+INVOKE_TIMEOUT = ErrorInfo("TimeoutError", "invoke timed out")
 
 
 class _Task:
@@ -260,6 +262,19 @@ def _step_error_class(cls: type[BaseException]) -> Any:
             made = None
     _combined[cls] = made
     return made
+
+
+def _span(duration: _dt.timedelta) -> str:
+    """``duration`` spelled as the builders take it: "1h", "1d2h", "1m30s", "0.5s"."""
+    total = duration.total_seconds()
+    if total != int(total):
+        return f"{total:g}s"
+    parts, rest = [], int(total)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
 
 
 def step_error(info: ErrorInfo, step_id: str, attempts: int) -> BaseException:
@@ -1109,17 +1124,26 @@ class Interpreter:
 
     def _on_child_failed(self, event: ChildFailed) -> None:
         self.now = event.ts
-        slot = self._take(event, ("invoke",))
+        # An invoke_async fails too when its child cannot be started (an unknown function).
+        slot = self._take(event, ("invoke", "invoke_async"))
         if slot is None:
             return
         del self._waiting[slot.id]
         info = event.error
-        error = InvokeError(
-            f"child run {event.child_run_id!r} of {slot.command.function!r} failed: "
-            f"{info.type}: {info.message}",
-            function_id=slot.command.function,
-            child_run_id=event.child_run_id,
-        )
+        command = slot.command
+        timeout = getattr(command, "timeout", None)
+        if timeout is not None and info == INVOKE_TIMEOUT:
+            # The runtime does not cancel the child: it runs to its end, unheard.
+            message = (
+                f"invoke {command.name!r} of {command.function!r} timed out after "
+                f"{_span(timeout)}; the child run {event.child_run_id!r} goes on"
+            )
+        else:
+            message = (
+                f"child run {event.child_run_id!r} of {command.function!r} failed: "
+                f"{info.type}: {info.message}"
+            )
+        error = InvokeError(message, function_id=command.function, child_run_id=event.child_run_id)
         error.__cause__ = decode_error(info)
         self._handed = (error, event.seq)
         self._resume(slot.task, None, error)
@@ -1392,3 +1416,28 @@ def _bind_item(fn: Callable[..., Any], item: Any, index: int) -> Callable[[], An
 def replay(flow: Any, history: Iterable[HistoryEvent]) -> Decision:
     """Fold a whole ``history`` with a fresh interpreter: a pure function of its inputs."""
     return Interpreter(flow).feed(history)
+
+
+def check_replayable(flow: Any, history: Sequence[HistoryEvent], origin: str) -> None:
+    """Fail with ``ValueError`` unless ``history`` is a whole run's history of ``flow``.
+
+    For the golden-history checks (``ironflow.testing.replay``, ``ironflow replay``): an empty
+    history, or one of another function, would otherwise "replay" as a run that never began.
+    A plain generator function has no id, so any function's history may be replayed with it.
+    """
+    if not history:
+        raise ValueError(
+            f"{origin} is empty: a history starts with a RunStarted event "
+            f"(write one with `ironflow runs export RUN_ID`)"
+        )
+    first = history[0]
+    if not isinstance(first, RunStarted):
+        raise ValueError(
+            f"{origin}: a history starts with a RunStarted event, not {type(first).__name__}"
+        )
+    current = getattr(flow, "id", None)
+    if isinstance(current, str) and current != first.function_id:
+        raise ValueError(
+            f"{origin} is a run of function {first.function_id!r}, not of {current!r}: the "
+            f"functions differ; replay it with the function {first.function_id!r}"
+        )

@@ -49,14 +49,15 @@ from ironflow.history.events import (
     WaitTimedOut,
 )
 from ironflow.interpreter import Decision, Interpreter, Work
+from ironflow.interpreter.interpreter import INVOKE_TIMEOUT
 from ironflow.runtime import rows
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.executor import Executor, Job, Outcome, is_async
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.ids import new_id
-from ironflow.runtime.models import TERMINAL, Run, RunError
-from ironflow.runtime.store import SQLiteStore, parse_url
+from ironflow.runtime.models import STATUSES, TERMINAL, Run, RunError
+from ironflow.runtime.store import DURABILITY, SQLiteStore, StoreError, parse_url
 
 Input = tuple[type, dict[str, Any]]
 _STEP_KINDS = ("run", "undo")
@@ -220,17 +221,30 @@ class Engine:
         max_workers: int | None = None,
         poll: Any = "1s",
     ) -> None:
-        if isinstance(store, SQLiteStore):
-            self.store = store
-        else:
-            self.store = SQLiteStore(parse_url(store), durability=durability)
+        # Every argument is checked before the database is opened: a bad one creates nothing.
         if clock is not None and not callable(getattr(clock, "now", None)):
             raise TypeError(
                 f"clock must have a now() method returning an aware datetime, got {clock!r}"
             )
-        self.clock = clock if clock is not None else SystemClock()
+        if not isinstance(durability, str) or durability not in DURABILITY:
+            raise ValueError(
+                f"durability must be {' or '.join(map(repr, DURABILITY))}, got {durability!r}"
+            )
+        if max_workers is not None and (
+            type(max_workers) is not int or max_workers <= 0  # a bool is no count
+        ):
+            raise ValueError(
+                f"max_workers must be a positive int (threads running sync steps) or None for "
+                f"the default, got {max_workers!r}"
+            )
         self.lease = parse_duration(lease, what="lease")
-        self.poll = parse_duration(poll, what="poll interval").total_seconds()
+        self.poll = parse_duration(poll, what="poll").total_seconds()
+        if isinstance(store, SQLiteStore):
+            self.store = store
+        else:
+            self.store = SQLiteStore(parse_url(store), durability=durability)
+        self.clock = clock if clock is not None else SystemClock()
+        self._closed = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.functions: dict[str, Function] = {}
         self._live: dict[str, _Live] = {}
@@ -270,8 +284,23 @@ class Engine:
                 f"register() takes a function declared with @ironflow.function(id=...), got "
                 f"{getattr(fn, '__qualname__', fn)!r}"
             )
-        self.functions[fn.id] = fn
+        self._check_open()
+        existing = self.functions.get(fn.id)
+        if existing is not None and existing != fn:
+            # Replacing it would silently drop the first one's triggers.
+            raise ValueError(
+                f"function id {fn.id!r} is already registered with this engine (by "
+                f"{getattr(existing.fn, '__qualname__', existing.fn)!r}); give the function "
+                f"another id, or use a new Engine to replace it"
+            )
+        self.functions[fn.id] = fn  # the same function again changes nothing
         return fn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(
+                f"the engine on {self.store.path} is closed; open a new Engine to use it again"
+            )
 
     def _function(self, function: Any) -> Function:
         fid = function.id if isinstance(function, Function) else function
@@ -300,10 +329,11 @@ class Engine:
 
     def start(self, function_id: Any, data: Any = None, *, run_id: str | None = None) -> str:
         """Start a run of ``function_id`` with ``data``; a given ``run_id`` is idempotent."""
+        self._check_open()
         function = self._function(function_id)
         payload = _json(data, "start data")
         if run_id is not None:
-            check_name(run_id, "run id")
+            check_run_id(run_id)
         now_us = self._now_us()
         with self.store.transaction() as conn:
             if run_id is not None:
@@ -347,6 +377,7 @@ class Engine:
 
     def emit(self, name: str, data: Any = None, *, idempotency_key: str | None = None) -> list[str]:
         """Emit an event: start the functions it triggers and satisfy matching waits."""
+        self._check_open()
         check_name(name, "event name")
         payload = _json(data, f"data of event {name!r}")
         if idempotency_key is not None:
@@ -447,6 +478,7 @@ class Engine:
 
     def run_until_idle(self) -> None:
         """Do all work due now (steps, due timers, matched events); return when none is left."""
+        self._check_open()
         self._dirty = True
         with self._driving():
             while True:
@@ -846,7 +878,7 @@ class Engine:
                             {
                                 "id": step_id,
                                 "child_run_id": f"{run_id}/{step_id}",
-                                "error": ErrorInfo("TimeoutError", "invoke timed out"),
+                                "error": INVOKE_TIMEOUT,
                             },
                         )
                     )
@@ -1061,22 +1093,32 @@ class Engine:
     ) -> Input:
         detail = work.detail
         child_id, function_id = detail["child_run_id"], detail["function"]
-        if function_id not in self.functions and work.kind == "invoke":
+        if function_id not in self.functions:
+            # Both kinds fail at the yield: a child nobody can run would stay pending forever.
             known = ", ".join(sorted(self.functions)) or "none"
-            return (
-                ChildFailed,
-                {
-                    "id": work.id,
-                    "child_run_id": child_id,
-                    "error": ErrorInfo(
-                        "LookupError",
-                        f"unknown function {function_id!r}; registered functions: {known}",
-                    ),
-                },
+            return _child_refused(
+                work.id,
+                child_id,
+                f"unknown function {function_id!r}; registered functions: {known}",
             )
         found = conn.execute(
-            "SELECT status, output, error FROM runs WHERE id = ?", (child_id,)
+            "SELECT status, output, error, function_id, parent_run_id, parent_step_id "
+            "FROM runs WHERE id = ?",
+            (child_id,),
         ).fetchone()
+        if found is not None and (found[3], found[4], found[5]) != (
+            function_id,
+            live.run_id,
+            work.id,
+        ):
+            # Taken by a run that is not this child (a run id chosen with a '/' by a version
+            # that allowed it): waiting for that run would wait for someone else's.
+            return _child_refused(
+                work.id,
+                child_id,
+                f"the child run id {child_id!r} is taken by another run (of {found[3]!r}); "
+                f"run ids with '/' are reserved for child runs",
+            )
         if found is None:
             trigger = _trigger(function_id, detail["data"], now_us)
             parent = (live.run_id, work.id, work.kind == "invoke")
@@ -1084,7 +1126,7 @@ class Engine:
         elif work.kind == "invoke" and found[0] in TERMINAL:
             # Waited for again after a resume: the child ended while this run was failed
             # (it was not told then), or the child's failure is what failed it.
-            return _child_outcome(work.id, child_id, *found)
+            return _child_outcome(work.id, child_id, *found[:3])
         return (ChildStarted, {"id": work.id, "child_run_id": child_id})
 
     def _finish(self, live: _Live, decision: Decision, now_us: int, batch: _Batch) -> None:
@@ -1119,6 +1161,7 @@ class Engine:
         self, *, install_signals: bool = True, on_idle: Callable[[], None] | None = None
     ) -> None:
         """Work until ``stop()`` or SIGTERM/SIGINT: then finish what is held and return."""
+        self._check_open()
         previous: dict[signal.Signals, Any] = {}
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -1181,7 +1224,10 @@ class Engine:
         self._wake()
 
     def close(self) -> None:
-        """Stop the executor and close the database."""
+        """Stop the executor and close the database; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._executor.shutdown(wait=True)
         self.store.close()
 
@@ -1189,6 +1235,7 @@ class Engine:
 
     def wait(self, run_id: str, timeout: float | None = None) -> Any:
         """The run's output once it ends, or raise its error; drives the engine if idle."""
+        self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             run = self.get_run(run_id)
@@ -1223,6 +1270,7 @@ class Engine:
 
     def get_run(self, run_id: str) -> Run:
         """The stored run ``run_id``; ``KeyError`` naming it if there is none."""
+        self._check_open()
         found = self.store.query(
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?",
             (run_id,),
@@ -1232,9 +1280,25 @@ class Engine:
         return _run(found[0])
 
     def list_runs(
-        self, status: str | None = None, function: str | None = None, limit: int | None = None
+        self,
+        status: str | None = None,
+        function: str | Function | None = None,
+        limit: int | None = None,
     ) -> list[Run]:
         """Runs, newest first, optionally filtered by status and function id."""
+        self._check_open()
+        if status is not None and status not in STATUSES:
+            raise ValueError(
+                f"unknown run status {status!r}; a run is one of: {', '.join(STATUSES)}"
+            )
+        if isinstance(function, Function):
+            function = function.id
+        if function is not None and type(function) is not str:
+            raise TypeError(
+                f"function must be a function id or a declared function, got {function!r}"
+            )
+        if limit is not None and (type(limit) is not int or limit <= 0):
+            raise ValueError(f"limit must be a positive int or None, got {limit!r}")
         sql = f"SELECT {_RUN_COLUMNS} FROM runs"
         where, params = [], []
         if status is not None:
@@ -1247,11 +1311,12 @@ class Engine:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_us DESC, id"
         if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+            sql += f" LIMIT {limit}"
         return [_run(row) for row in self.store.query(sql, params)]
 
     def history(self, run_id: str) -> list[HistoryEvent]:
         """The run's history events, in order."""
+        self._check_open()
         with self.store.lock:
             found = self.store.query(
                 "SELECT function_id, trigger, parent_run_id FROM runs WHERE id = ?", (run_id,)
@@ -1265,6 +1330,7 @@ class Engine:
 
     def cancel(self, run_id: str, *, compensate: bool = False, reason: str = "") -> None:
         """Cancel a run and its child runs; ``compensate=True`` runs its undos first."""
+        self._check_open()
         self.get_run(run_id)
         _, now_us = self._now()
         with self.store.transaction() as conn:
@@ -1306,6 +1372,7 @@ class Engine:
 
     def resume(self, run_id: str) -> None:
         """Resume a ``blocked`` run (after a code fix) or a ``failed`` one (failed step reruns)."""
+        self._check_open()
         self.get_run(run_id)
         now, now_us = self._now()
         with self.store.transaction() as conn:
@@ -1344,6 +1411,19 @@ class Engine:
         self._kick()
 
 
+def check_run_id(run_id: Any) -> str:
+    """Return ``run_id`` if a caller may choose it; ``ValueError`` naming it if not."""
+    check_name(run_id, "run id")
+    if "/" in run_id:
+        # Child runs are named "<parent run id>/<step id>": a chosen id with a '/' could take
+        # a child's id before the child starts.
+        raise ValueError(
+            f"run id {run_id!r} contains '/', which is reserved for the ids of child runs "
+            f"(<parent run id>/<step id>); choose an id without '/'"
+        )
+    return run_id
+
+
 def _json(value: Any, what: str) -> Any:
     try:
         return to_json_value(value, what)
@@ -1377,6 +1457,14 @@ def _child_outcome(
     else:
         info = encode_error(CancelledError("child run was cancelled"))
     return (ChildFailed, {"id": step_id, "child_run_id": child_id, "error": info})
+
+
+def _child_refused(step_id: str, child_id: str, message: str) -> Input:
+    """A child run that could not be started: the invoke fails at its yield."""
+    return (
+        ChildFailed,
+        {"id": step_id, "child_run_id": child_id, "error": ErrorInfo("LookupError", message)},
+    )
 
 
 def _inbox_input(kind: str, body: dict[str, Any]) -> Input:

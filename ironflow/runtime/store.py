@@ -13,6 +13,8 @@ from typing import Any
 
 import sqlite_utils
 
+from ironflow.errors import StoreError
+
 SCHEMA_VERSION = 2
 # Versions whose tables this code can read as they are (v2 changed indexes only).
 READABLE_VERSIONS = (1, 2)
@@ -38,10 +40,6 @@ _WITHOUT_ROWID = (
     ),
     ("consumed", "run_id TEXT NOT NULL, event_id TEXT NOT NULL", "run_id, event_id", ()),
 )
-
-
-class StoreError(ValueError):
-    """The database cannot be used by ironflow (not one of ours, or from a newer version)."""
 
 
 def parse_url(store: Any) -> str:
