@@ -17,9 +17,8 @@ from typing import Any, NoReturn
 import attrs
 
 from ironflow.commands.event import Event
-from ironflow.commands.jsonvalue import NotJSONError, to_json_value
+from ironflow.commands.jsonvalue import NotJSONError, public_error
 from ironflow.errors import NonDeterminismError, NonRetryableError
-from ironflow.history.codec import converter
 from ironflow.history.errors import encode_error
 from ironflow.history.events import (
     ChildCompleted,
@@ -35,6 +34,7 @@ from ironflow.history.events import (
     WaitTimedOut,
 )
 from ironflow.interpreter import Decision, Interpreter, Work, replay
+from ironflow.runtime.executor import serialize_result
 
 START = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
 
@@ -430,9 +430,9 @@ class Simulation:
         else:
             try:
                 value = fn(*command.args)
-                result = (True, to_json_value(converter.unstructure(value)), True)
+                result = (True, serialize_result(value, work.id), True)
             except NotJSONError as exc:
-                result = (False, encode_error(TypeError(str(exc))), False)
+                result = (False, encode_error(public_error(exc)), False)
             except NonRetryableError as exc:
                 result = (False, encode_error(exc), False)
             except Exception as exc:
