@@ -72,7 +72,11 @@ def _aware_datetime(value: _dt.datetime) -> str:
 
 def _plain_json(value: Any) -> Any:
     return to_json_value(
-        value, "a field typed Any holds a value", root="value", unstructure=_record
+        value,
+        "a field typed Any must hold plain JSON, since nothing converts it back",
+        root="its value",
+        advice="",
+        unstructure=_record,
     )
 
 
