@@ -49,3 +49,17 @@ def deterministic(ctx):
         "both", [lambda s: s.run("left", echo, 1), lambda s: s.run("right", echo, 2)]
     )
     return {"first": first, "both": both, "coin": ctx.random() < 2}
+
+
+executions = {"count": 0}
+
+
+@ironflow.function(id="counts-executions-in-a-global")
+def counts_executions_in_a_global(ctx):
+    # Meant as "is this the first execution, not a replay?": but every execution bumps it,
+    # replays included, so a replay after the live run takes the other branch.
+    executions["count"] += 1
+    order = yield step.run("charge", echo, {"id": 7})
+    if executions["count"] == 1:
+        yield step.run("send-receipt", echo, order["id"])
+    return "done"

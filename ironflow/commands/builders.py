@@ -22,7 +22,7 @@ from ironflow.commands.classes import (
     WaitEvent,
 )
 from ironflow.commands.durations import DurationLike, InstantLike, parse_duration, parse_instant
-from ironflow.commands.jsonvalue import NotJSONError, to_json_value
+from ironflow.commands.jsonvalue import NotJSONError, public_error, to_json_value
 from ironflow.commands.retry import RetryPolicy
 
 ON_ERROR = ("fail_fast", "all_settled")
@@ -62,7 +62,7 @@ def _json(value: Any, what: str) -> Any:
     try:
         return to_json_value(value, what)
     except NotJSONError as exc:
-        raise TypeError(str(exc)) from None
+        raise public_error(exc) from None
 
 
 def _function_id(function: Any) -> str:

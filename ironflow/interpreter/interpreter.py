@@ -42,7 +42,7 @@ from ironflow.commands.classes import (
 )
 from ironflow.commands.event import MISSING, Event, lookup
 from ironflow.commands.function import check_workflow_fn
-from ironflow.commands.jsonvalue import NotJSONError, copy_json, to_json_value
+from ironflow.commands.jsonvalue import NotJSONError, copy_json, public_error, to_json_value
 from ironflow.commands.retry import DEFAULT_RETRY, RetryPolicy
 from ironflow.errors import (
     CancelledError,
@@ -923,7 +923,7 @@ class Interpreter:
             try:
                 output = to_json_value(value, "the workflow's return value")
             except NotJSONError as exc:
-                error = TypeError(str(exc))
+                error = public_error(exc)
             else:
                 self.status = "completed"
                 self._output = output

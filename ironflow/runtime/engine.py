@@ -29,7 +29,7 @@ from ironflow.commands.builders import check_name
 from ironflow.commands.durations import parse_duration
 from ironflow.commands.event import MISSING, Event, lookup
 from ironflow.commands.function import Function, check_workflow_fn
-from ironflow.commands.jsonvalue import NotJSONError, to_json_value
+from ironflow.commands.jsonvalue import NotJSONError, public_error, to_json_value
 from ironflow.errors import CancelledError, NonDeterminismError
 from ironflow.history.errors import decode_error, encode_error
 from ironflow.history.events import (
@@ -1428,7 +1428,7 @@ def _json(value: Any, what: str) -> Any:
     try:
         return to_json_value(value, what)
     except NotJSONError as exc:
-        raise TypeError(str(exc)) from None
+        raise public_error(exc) from None
 
 
 def _run_started(

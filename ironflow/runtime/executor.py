@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as _dt
 import inspect
 import os
 import queue
@@ -18,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from ironflow.commands.jsonvalue import NotJSONError, to_json_value
+from ironflow.commands.jsonvalue import JSON_TYPES, NotJSONError, public_error, to_json_value
 from ironflow.errors import NonRetryableError, StepTimeoutError
 from ironflow.history.codec import converter
 from ironflow.history.errors import encode_error
@@ -46,17 +47,64 @@ class Outcome:
     retryable: bool = True
 
 
+STEP_ADVICE = (
+    f"a step's result must be JSON ({JSON_TYPES}), or an attrs class or dataclass instance "
+    f"(cattrs converts it; name the class in the step function's return annotation to get "
+    f"that class back)"
+)
+
+# Step results' attrs/dataclass instances are unstructured with a copy of the history
+# converter made strict: a field typed ``Any`` (or ``dict[str, Any]``...) holds plain JSON
+# only, since nothing would convert a datetime or an enum member back; a naive datetime is
+# refused, since the converter would read it in the worker's local time zone.
+_values = converter.copy()
+
+
+def _aware_datetime(value: _dt.datetime) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise NotJSONError(
+            f"the field value {value!r} is a naive datetime, which would be read in each "
+            f"worker's local time zone; give it a time zone (datetime.now(timezone.utc), "
+            f".replace(tzinfo=...)); it comes back in UTC"
+        )
+    return value.astimezone(_dt.UTC).isoformat()
+
+
+def _plain_json(value: Any) -> Any:
+    return to_json_value(
+        value,
+        "a field typed Any must hold plain JSON, since nothing converts it back",
+        root="its value",
+        advice="",
+        unstructure=_record,
+    )
+
+
+def _record(value: Any) -> Any:
+    return _values.unstructure(value)
+
+
+_values.register_unstructure_hook(_dt.datetime, _aware_datetime)
+_values.register_unstructure_hook(Any, _plain_json)
+
+
 def serialize_result(value: Any, step_id: str) -> Any:
     """A step's return value as JSON (attrs/dataclass via cattrs); ``NotJSONError`` if not."""
-    return to_json_value(converter.unstructure(value), f"the result of step {step_id!r}")
+    return to_json_value(
+        value,
+        f"step {step_id!r} returned a value ironflow cannot store",
+        root="result",
+        advice=STEP_ADVICE,
+        unstructure=_record,
+    )
 
 
 def _outcome(job: Job, value: Any) -> Outcome:
     try:
         return Outcome(job, True, serialize_result(value, job.step_id))
     except NotJSONError as exc:
-        return Outcome(job, False, error=encode_error(TypeError(str(exc))), retryable=False)
-    except Exception as exc:  # a result even cattrs cannot take apart (too deep, say)
+        return Outcome(job, False, error=encode_error(public_error(exc)), retryable=False)
+    except Exception as exc:  # a result even cattrs cannot take apart
         error = TypeError(f"the result of step {job.step_id!r} cannot be stored: {exc!r}")
         return Outcome(job, False, error=encode_error(error), retryable=False)
 

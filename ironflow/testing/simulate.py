@@ -12,14 +12,13 @@ import datetime as _dt
 import random as _random
 import time as _time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
 from ironflow.commands.event import Event
-from ironflow.commands.jsonvalue import NotJSONError, to_json_value
+from ironflow.commands.jsonvalue import NotJSONError, public_error
 from ironflow.errors import NonDeterminismError, NonRetryableError
-from ironflow.history.codec import converter
 from ironflow.history.errors import encode_error
 from ironflow.history.events import (
     ChildCompleted,
@@ -35,6 +34,7 @@ from ironflow.history.events import (
     WaitTimedOut,
 )
 from ironflow.interpreter import Decision, Interpreter, Work, replay
+from ironflow.runtime.executor import serialize_result
 
 START = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
 
@@ -55,6 +55,26 @@ class Action:
         if self.kind == "crash":
             return "crash: the worker dies; the run is rebuilt from stored history"
         return f"{self.kind} {self.step!r}: {self.outcome}"
+
+
+@attrs.frozen
+class _Taken:
+    """One batch the live run was fed: ``history[start:end]``, and what it decided."""
+
+    start: int
+    end: int
+    decision: Decision
+    actions: int  # how many actions the schedule had taken by then
+
+
+_SHADOW = (
+    "a step-by-step replay of the history, with other executions of the workflow running "
+    "between its steps,"
+)
+_SHARED = (
+    "(does the workflow read something that changes from one execution to the next: "
+    "a module-level variable, a cache, the clock, random numbers?)"
+)
 
 
 Script = Callable[[str, list[Any]], Any]
@@ -177,6 +197,7 @@ class Simulation:
         self.completed: set[str] = set()
         self.interpreter = self._fresh()
         self.decision: Decision | None = None
+        self.taken: list[_Taken] = []
 
     def _fresh(self) -> Interpreter:
         self.epoch += 1
@@ -187,29 +208,79 @@ class Simulation:
             return interpreter.feed(events)
 
     def _append(self, items: list[tuple[type, dict[str, Any]]]) -> None:
+        start = len(self.history)
         batch = []
         for cls, fields in items:
             batch.append(cls(seq=len(self.history) + len(batch), ts=self.now, **fields))
         self.history.extend(batch)
         decision = self._feed(self.interpreter, batch)
-        if self.check_prefixes:
-            self.epoch += 1
-            try:
-                with perturbed(self.flow, self.epoch):
-                    fresh = replay(self.flow, list(self.history))
-            except NonDeterminismError as exc:
-                raise CheckFailure(f"a fresh replay of the history diverged: {exc}") from None
-            if fresh != decision:
-                raise CheckFailure(
-                    "a fresh replay of the history gives a different decision than the live "
-                    f"run made:\n  live:   {_brief(decision)}\n  replay: {_brief(fresh)}"
-                )
+        # Recorded, not checked here: a replay run now would execute the workflow while the
+        # live generator is suspended, and the live run would see what that replay changed
+        # in module-level state (a counter, a cache) as if it were its own.
+        self.taken.append(_Taken(start, len(self.history), decision, len(self.actions)))
         if decision.events:
             self.history.extend(decision.events)
             self._feed(self.interpreter, list(decision.events))
         self.decision = decision
 
+    def _check_replays(self) -> None:
+        """After the live run: each prefix's fresh replay must decide as the live run did.
+
+        A second incremental execution (the *shadow*) is then fed the same batches with those
+        replays running between its steps, as other runs of the same workflow do in a real
+        worker: it must decide as the live run, which ran alone, did.
+        """
+        shadow = Interpreter(self.flow)
+        self.epoch += 1
+        shadow_epoch = self.epoch
+        for taken in self.taken:
+            self.epoch += 1
+            try:
+                with perturbed(self.flow, self.epoch):
+                    fresh = replay(self.flow, self.history[: taken.end])
+            except NonDeterminismError as exc:
+                self._fail_at(taken, f"a fresh replay of the history diverged: {exc}")
+            if fresh != taken.decision:
+                self._fail_at(
+                    taken,
+                    "a fresh replay of the history gives a different decision than the live "
+                    f"run made:\n  live:   {_brief(taken.decision)}\n  replay: {_brief(fresh)}",
+                )
+            try:
+                with perturbed(self.flow, shadow_epoch):
+                    seen = shadow.feed(self.history[taken.start : taken.end])
+            except NonDeterminismError as exc:
+                self._fail_at(taken, f"{_SHADOW} diverged {_SHARED}: {exc}")
+            if seen != taken.decision:
+                self._fail_at(
+                    taken,
+                    f"{_SHADOW} decided differently than the live run {_SHARED}:\n"
+                    f"  live:   {_brief(taken.decision)}\n  second: {_brief(seen)}",
+                )
+            scheduled = self.history[taken.end : taken.end + len(taken.decision.events)]
+            if scheduled:
+                with perturbed(self.flow, shadow_epoch):
+                    shadow.feed(scheduled)
+
+    def _fail_at(self, taken: _Taken, reason: str) -> NoReturn:
+        # The schedule up to the divergence is the counterexample; what came after is noise.
+        del self.actions[taken.actions :]
+        raise CheckFailure(reason)
+
     def run(self) -> Outcome:
+        """Play the run out under the script, then check replays of every history prefix."""
+        try:
+            outcome = self._run_live()
+        except CheckFailure:
+            if self.check_prefixes:
+                # A replay that diverged earlier explains a stuck or endless run better.
+                self._check_replays()
+            raise
+        if self.check_prefixes:
+            self._check_replays()
+        return outcome
+
+    def _run_live(self) -> Outcome:
         fid = getattr(self.flow, "id", "flow")
         self._append(
             [
@@ -359,9 +430,9 @@ class Simulation:
         else:
             try:
                 value = fn(*command.args)
-                result = (True, to_json_value(converter.unstructure(value)), True)
+                result = (True, serialize_result(value, work.id), True)
             except NotJSONError as exc:
-                result = (False, encode_error(TypeError(str(exc))), False)
+                result = (False, encode_error(public_error(exc)), False)
             except NonRetryableError as exc:
                 result = (False, encode_error(exc), False)
             except Exception as exc:
