@@ -19,7 +19,6 @@ from click.testing import CliRunner, Result
 import ironflow
 from ironflow import Engine, step
 from ironflow.cli import cli
-from ironflow.cli.main import LogFormatter
 from ironflow.runtime.clock import SystemClock
 from ironflow.testing import VirtualClock
 
@@ -291,6 +290,8 @@ def test_ctx_log_records_carry_the_run_id_and_the_step_id(caplog: pytest.LogCapt
 
 
 def test_the_worker_log_format_shows_run_and_step_and_copes_without_them() -> None:
+    from ironflow.cli.main import LogFormatter  # here: the other tests run without it
+
     formatter = LogFormatter()
 
     def record(name: str, msg: str, **extra: Any) -> logging.LogRecord:
