@@ -6,11 +6,13 @@ one line ``ironflow: error: ...`` on stderr, exits 2 and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -77,7 +79,10 @@ def db_option(fn: F) -> F:
         metavar="URL",
         envvar="IRONFLOW_DB",
         default=None,
-        help="SQLite file or sqlite:///path (default: $IRONFLOW_DB, then ./ironflow.db).",
+        help=(
+            "SQLite file or sqlite:///path (default: $IRONFLOW_DB, then the database of the "
+            "APP's engine, then ./ironflow.db)."
+        ),
     )(fn)
 
 
@@ -124,6 +129,27 @@ def checked_name(value: str, what: str) -> str:
     return value
 
 
+def app_database(db: str | None, app: App | None) -> str | None:
+    """The database a command uses, the same rule everywhere: ``--db`` (or ``$IRONFLOW_DB``),
+    else the database of the APP's engine, else None (``./ironflow.db``)."""
+    if db is not None or app is None or app.engine is None:
+        return db
+    path: str = app.engine.store.path
+    if path == ":memory:":
+        raise CLIError(
+            f"{app.spec} keeps its runs in memory (:memory:), which no other process sees; "
+            f"give --db"
+        )
+    return path
+
+
+def database_for(db: str | None, app_spec: str | None) -> str | None:
+    """For commands that only need a database: import ``--app`` only when ``--db`` is not given."""
+    if db is not None or app_spec is None:
+        return db
+    return app_database(None, load_app(app_spec))
+
+
 def loaded_app(spec: str, db: str | None) -> App:
     """Import ``spec``; when ``--db`` is given, vet that database first (imports may write)."""
     if db is not None:
@@ -140,8 +166,14 @@ def cli() -> None:
 # --- worker -----------------------------------------------------------------------------------
 
 
+def counted(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 class Reporter:
     """``serve(on_idle=...)``: one line whenever the work done or the next timer changed."""
+
+    COUNTS = ("runs_started", "runs_ended", "runs_failed", "runs_blocked", "steps_executed")
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -152,12 +184,18 @@ class Reporter:
         return from_us(row[0][0]) if row and row[0][0] is not None else None
 
     def summary(self) -> str:
+        """Runs (each counted once, however often it was taken up again) and steps."""
         stats = self.engine.stats
-        return f"{stats['runs_taken']} runs taken, {stats['steps_executed']} steps executed"
+        text = f"{counted(stats['runs_started'], 'run')} started, {stats['runs_ended']} ended"
+        if stats["runs_failed"]:
+            text += f" ({stats['runs_failed']} failed)"
+        if stats["runs_blocked"]:
+            text += f", {stats['runs_blocked']} blocked"
+        return f"{text}, {counted(stats['steps_executed'], 'step')} executed"
 
     def __call__(self) -> None:
         due = self.next_timer()
-        key = (self.engine.stats["runs_taken"], self.engine.stats["steps_executed"], due)
+        key = (*(self.engine.stats[name] for name in self.COUNTS), due)
         if key == self.last:
             return
         self.last = key
@@ -167,6 +205,45 @@ class Reporter:
             wait = (due - self.engine.clock.now()).total_seconds()
             timer = f"next timer {render.when(due)} UTC (in {render.duration(max(wait, 0))})"
         click.echo(f"[{render.when(self.engine.clock.now())}] idle: {self.summary()}; {timer}")
+
+
+class LogFormatter(logging.Formatter):
+    """``[time] LEVEL message``; ``ctx.log`` records say ``run=... step=...`` first, other
+    loggers (not ironflow's) their name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = render.when(_dt.datetime.fromtimestamp(record.created, _dt.UTC))
+        if hasattr(record, "step_id"):  # ctx.log
+            where = f"run={getattr(record, 'run_id', '-')} step={record.step_id or '-'} "
+        elif not record.name.startswith("ironflow"):
+            where = f"{record.name}: "
+        else:
+            where = ""
+        text = f"[{stamp}] {record.levelname} {where}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+@contextlib.contextmanager
+def worker_logging() -> Iterator[None]:
+    """Show runs that fail or block and ``ctx.log`` INFO records on stderr, unless the app
+    configured logging itself (its handlers then get them)."""
+    root, ours = logging.getLogger(), logging.getLogger("ironflow")
+    if root.handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter())
+    root.addHandler(handler)
+    level = ours.level
+    if level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(level)
 
 
 @cli.command()
@@ -179,6 +256,9 @@ def worker(app: str, db: str | None) -> None:
     @ironflow.function), importable from the working directory. A module's engine keeps its
     own database unless --db (or $IRONFLOW_DB) names another. The database is created if
     missing.
+
+    Prints a line when it goes idle, and one per run that fails or blocks (on stderr, with
+    ctx.log records at INFO and up) unless the app configures logging itself.
     """
     loaded = loaded_app(app, db)
     engine = loaded.engine_on(db, create=True)
@@ -191,7 +271,8 @@ def worker(app: str, db: str | None) -> None:
     )
     reporter = Reporter(engine)
     try:
-        engine.serve(install_signals=True, on_idle=reporter)
+        with worker_logging():
+            engine.serve(install_signals=True, on_idle=reporter)
     finally:
         loaded.close(engine)
     click.echo(f"worker stopped: {reporter.summary()}")
@@ -240,6 +321,13 @@ def start(
         click.echo(started)
 
 
+NO_APP_NOTE = (
+    "no functions are loaded without --app; the event is stored and can satisfy the waits of "
+    "runs already started, but functions are not triggered by it, not even by a worker that "
+    "has them later; give --app to start them"
+)
+
+
 @cli.command()
 @click.argument("name")
 @click.argument("data", required=False)
@@ -257,9 +345,10 @@ def emit(
 ) -> None:
     """Emit an event; prints the ids of the runs it started.
 
-    DATA is the event's JSON ('-' reads it from stdin). Without --app only runs already
-    waiting for NAME can take it (the functions an event starts are known to the code, not
-    the database), and the database must exist.
+    DATA is the event's JSON ('-' reads it from stdin). Without --app no function is loaded,
+    so the event starts none, now or later (the functions an event starts are known to the
+    code, not the database): it is stored, and only runs already started can take it with a
+    wait. The database must exist.
     """
     checked_name(name, "event name")
     payload = parse_data(data, "DATA")
@@ -278,10 +367,12 @@ def emit(
         app.close(engine)
     if as_json:
         print_json({"event": name, "run_ids": started})
-        return
-    for rid in started:
-        click.echo(rid)
-    if not started:
+    else:
+        for rid in started:
+            click.echo(rid)
+    if app_spec is None:  # said even with --json: the event will never start a function
+        click.echo(f"ironflow: event {name!r} emitted; it started no runs: {NO_APP_NOTE}", err=True)
+    elif not started and not as_json:
         click.echo(f"ironflow: event {name!r} emitted; it started no runs", err=True)
 
 
@@ -300,6 +391,31 @@ def get_run(engine: Engine, run_id: str) -> Any:
         raise CLIError(f"no run {run_id!r} in {engine.store.path}") from None
 
 
+def runs_app_option(fn: F) -> F:
+    return click.option(
+        "--app",
+        "app_spec",
+        metavar="APP",
+        envvar="IRONFLOW_APP",
+        default=None,
+        help="Use the database of APP's engine unless --db is given (default: $IRONFLOW_APP).",
+    )(fn)
+
+
+def count_runs(engine: Engine, status: str | None, function_id: str | None) -> int:
+    """How many runs ``runs list`` would show without ``--limit``."""
+    where, params = [], []
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    if function_id is not None:
+        where.append("function_id = ?")
+        params.append(function_id)
+    sql = "SELECT COUNT(*) FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+    found = engine.store.query(sql, params)
+    return int(found[0][0])
+
+
 @runs.command("list")
 @click.option(
     "--status", type=click.Choice(STATUSES), default=None, help="Only runs in this state."
@@ -308,14 +424,25 @@ def get_run(engine: Engine, run_id: str) -> Any:
 @click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest N runs."
 )
+@runs_app_option
 @db_option
 @json_option
 def list_runs(
-    status: str | None, function_id: str | None, limit: int, db: str | None, as_json: bool
+    status: str | None,
+    function_id: str | None,
+    limit: int,
+    app_spec: str | None,
+    db: str | None,
+    as_json: bool,
 ) -> None:
-    """List runs, newest first."""
-    with reading(db) as engine:
+    """List runs, newest first.
+
+    When more runs match than --limit shows, says how many on stderr.
+    """
+    with reading(database_for(db, app_spec)) as engine:
         found = engine.list_runs(status=status, function=function_id, limit=limit)
+        # Counted only when the page is full: a short page is all there is.
+        total = count_runs(engine, status, function_id) if len(found) >= limit else len(found)
     if as_json:
         print_json([render.run_json(run) for run in found])
     elif not found:
@@ -323,19 +450,25 @@ def list_runs(
     else:
         for line in render.runs_table(found):
             click.echo(line)
+    if total > len(found):
+        click.echo(
+            f"ironflow: showing the newest {len(found):,} of {total:,} runs; --limit N shows more",
+            err=True,
+        )
 
 
 @runs.command("show")
 @click.argument("run_id")
+@runs_app_option
 @db_option
 @json_option
-def show_run(run_id: str, db: str | None, as_json: bool) -> None:
+def show_run(run_id: str, app_spec: str | None, db: str | None, as_json: bool) -> None:
     """Show a run's timeline.
 
     Each step with its kind, status, attempts, duration, and what it returned, raised or
     waits for; parallel branches are indented under their parallel. Times are UTC.
     """
-    with reading(db) as engine:
+    with reading(database_for(db, app_spec)) as engine:
         run = get_run(engine, run_id)
         history = engine.history(run_id)
     line = render.timeline(history, run.status)
@@ -357,13 +490,14 @@ def show_run(run_id: str, db: str | None, as_json: bool) -> None:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to this file."
 )
+@runs_app_option
 @db_option
-def export_run(run_id: str, output: str | None, db: str | None) -> None:
+def export_run(run_id: str, output: str | None, app_spec: str | None, db: str | None) -> None:
     """Print a run's history as JSON.
 
     What `ironflow replay` and ironflow.testing.replay read back (-o writes it to a file).
     """
-    with reading(db) as engine:
+    with reading(database_for(db, app_spec)) as engine:
         get_run(engine, run_id)
         text = dumps(engine.history(run_id))
     if output is None:
@@ -391,16 +525,24 @@ def _control(db: str | None, run_id: str, allowed: tuple[str, ...], verb: str) -
 @click.argument("run_id")
 @click.option("--compensate", is_flag=True, help="Run the registered undos first.")
 @click.option("--reason", default="", help="Recorded in the run's history.")
+@runs_app_option
 @db_option
 @json_option
-def cancel_run(run_id: str, compensate: bool, reason: str, db: str | None, as_json: bool) -> None:
+def cancel_run(
+    run_id: str,
+    compensate: bool,
+    reason: str,
+    app_spec: str | None,
+    db: str | None,
+    as_json: bool,
+) -> None:
     """Cancel a run and its child runs.
 
     A blocked run is cancelled at once; any other is cancelled by the next worker that drives
     it.
     """
     active = ("pending", "running", "waiting", "blocked")
-    engine = _control(db, run_id, active, "cancelled")
+    engine = _control(database_for(db, app_spec), run_id, active, "cancelled")
     try:
         engine.cancel(run_id, compensate=compensate, reason=reason)
         status = engine.get_run(run_id).status
@@ -418,14 +560,15 @@ def cancel_run(run_id: str, compensate: bool, reason: str, db: str | None, as_js
 
 @runs.command("resume")
 @click.argument("run_id")
+@runs_app_option
 @db_option
 @json_option
-def resume_run(run_id: str, db: str | None, as_json: bool) -> None:
+def resume_run(run_id: str, app_spec: str | None, db: str | None, as_json: bool) -> None:
     """Resume a failed or blocked run.
 
     Completed steps are kept and the failed step runs again; a worker carries it on.
     """
-    engine = _control(db, run_id, ("failed", "blocked"), "resumed")
+    engine = _control(database_for(db, app_spec), run_id, ("failed", "blocked"), "resumed")
     try:
         engine.resume(run_id)
         status = engine.get_run(run_id).status
@@ -442,8 +585,8 @@ def resume_run(run_id: str, db: str | None, as_json: bool) -> None:
 # --- replay -----------------------------------------------------------------------------------
 
 
-def _history_of(source: str, db: str | None) -> tuple[list[Any], str]:
-    """The history in the JSON file ``source``, or of the run ``source`` in ``--db``."""
+def _history_of(source: str, db: str | None, app: App) -> tuple[list[Any], str]:
+    """The history in the JSON file ``source``, or of the run ``source`` in the database."""
     if os.path.isfile(source):
         try:
             with open(source, encoding="utf-8") as handle:
@@ -452,6 +595,7 @@ def _history_of(source: str, db: str | None) -> tuple[list[Any], str]:
             raise CLIError(f"{source}: {one_line(exc)}") from None
     if source.endswith(".json"):
         raise CLIError(f"file {source} does not exist")
+    db = app_database(db, app)
     path = db_path(db)
     if not os.path.exists(path):
         raise CLIError(f"{source} is not a file, and database {path} does not exist")
@@ -472,15 +616,16 @@ def replay_cmd(
     """Check that APP's code replays a recorded history.
 
     Exit 0 if it does; else print where replay diverged and exit 1. FILE_OR_RUN_ID is a file
-    written by `ironflow runs export` or the id of a run in --db.
+    written by `ironflow runs export` or the id of a run in --db (default: $IRONFLOW_DB, then
+    the database of APP's engine, then ./ironflow.db).
     """
-    history, origin = _history_of(file_or_run_id, db)
+    loaded = load_app(app)
+    history, origin = _history_of(file_or_run_id, db, loaded)
     try:
         check_replayable(None, history, origin)
     except ValueError as exc:
         raise CLIError(one_line(exc)) from None
     function_id = history[0].function_id
-    loaded = load_app(app)
     if loaded.flow is None and function_id not in loaded.functions:
         # Replaying with another function would report a divergence that is no one's bug.
         known = ", ".join(repr(fid) for fid in sorted(loaded.functions)) or "none"

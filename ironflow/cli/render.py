@@ -116,6 +116,14 @@ def error_text(error: Any, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def error_lines(error: Any, indent: str) -> list[str]:
+    """``Type: message`` whole: a multi-line message (a replay diff) goes on, indented."""
+    lines = [line.rstrip() for line in (error.message or "").strip().splitlines()]
+    if not lines:
+        return [error.type]
+    return [f"{error.type}: {lines[0]}", *(indent + line for line in lines[1:])]
+
+
 def table(
     headers: Sequence[str], rows: Iterable[Sequence[str]], statuses: Sequence[str] = ()
 ) -> list[str]:
@@ -447,7 +455,10 @@ def timeline_lines(run: Run, line: Timeline) -> list[str]:
     if run.status == "completed":
         out.append(f"output    {excerpt(run.output, 200)}")
     elif run.error is not None:
-        out.append(f"error     {error_text(run.error, 200)}")
+        # Whole: a blocked run's recorded-versus-current diff is the part that helps.
+        first, *rest = error_lines(run.error, " " * 10)
+        out.append(f"error     {first}")
+        out.extend(rest)
     out.append("")
     if not line.steps and not line.markers:
         out.append("no steps yet")

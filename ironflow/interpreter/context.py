@@ -15,16 +15,25 @@ if TYPE_CHECKING:
 
 
 class ReplayLog:
-    """A logger that says nothing while the workflow is replaying recorded history."""
+    """A logger that says nothing while the workflow is replaying recorded history.
+
+    Its records carry ``run_id`` and ``step_id``: the id of the step (or sleep, wait, child
+    run...) whose outcome the logging code just received, ``None`` before the first one.
+    """
 
     def __init__(self, ctx: Context, logger: logging.Logger) -> None:
         self._ctx = ctx
         self.logger = logger
 
     def _log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
-        if not self._ctx.is_replaying:
-            kwargs.setdefault("extra", {"run_id": self._ctx.run_id})
-            self.logger.log(level, msg, *args, **kwargs)
+        # Checked first: a disabled level costs no replay check and no record.
+        if not self.logger.isEnabledFor(level) or self._ctx.is_replaying:
+            return
+        extra = {"run_id": self._ctx.run_id, "step_id": self._ctx._step_id()}
+        extra.update(kwargs.get("extra") or {})
+        kwargs["extra"] = extra
+        kwargs.setdefault("stacklevel", 3)  # the record names the workflow's line, not ours
+        self.logger.log(level, msg, *args, **kwargs)
 
     def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
         self._log(logging.DEBUG, msg, *args, **kwargs)
@@ -74,6 +83,19 @@ class Context:
     def patched(self, change_id: str) -> bool:
         """True where the new code path applies: new runs, and old runs past their history."""
         return self._interpreter.patched(change_id)
+
+    def _step_id(self) -> str | None:
+        """The id on the history event being folded: the one that resumed the code now running.
+
+        Read off the interpreter's own state, so a replay and the live run agree; no clock and
+        no engine involved.
+        """
+        interpreter = self._interpreter
+        pos, events = interpreter._pos, interpreter.events
+        if not 0 <= pos < len(events):
+            return None
+        step_id = getattr(events[pos], "id", None)
+        return step_id if isinstance(step_id, str) else None
 
     @property
     def is_replaying(self) -> bool:

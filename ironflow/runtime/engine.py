@@ -13,6 +13,7 @@ import contextlib
 import datetime as _dt
 import gc
 import json
+import logging
 import os
 import queue
 import signal
@@ -99,6 +100,10 @@ class _Live:
 
 
 _NEVER = 2**63 - 1
+# One WARNING per run that fails or blocks (never per step): ``ironflow worker`` shows them.
+# Silent unless the application configures logging (a library must not print on its own).
+_RUNS_LOG = logging.getLogger("ironflow.runs")
+_RUNS_LOG.addHandler(logging.NullHandler())
 _TICK_RUNS = 1000  # runs driven per transaction at most
 
 
@@ -128,6 +133,7 @@ class _Batch:
     jobs: list[Job] = attrs.Factory(list)
     parked: list[str] = attrs.Factory(list)
     finished: list[str] = attrs.Factory(list)
+    failed: list[tuple[str, str, BaseException | None]] = attrs.Factory(list)
 
     def write(self, conn: Any, owner: str, now_us: int) -> None:
         if self.timers_done:
@@ -270,7 +276,19 @@ class Engine:
         self._woken: set[str] = set()
         self._next_timer_us = 0
         self._next_poll = 0.0
-        self.stats = {"runs_taken": 0, "steps_executed": 0, "commits": 0}
+        # runs_taken counts leases taken (a run parked and taken again counts again);
+        # runs_started/_ended/_failed/_blocked count runs, each once, as this engine commits.
+        self.stats = {
+            "runs_taken": 0,
+            "steps_executed": 0,
+            "commits": 0,
+            "runs_started": 0,
+            "runs_ended": 0,
+            "runs_failed": 0,
+            "runs_blocked": 0,
+        }
+        # What the driving transaction in progress started and ended, counted once it commits.
+        self._committing: tuple[int, _Batch] | None = None
         # Test kit hook: step functions replaced by step name (see ironflow.testing.mock_steps).
         self.step_mocks: dict[str, Callable[..., Any]] = {}
 
@@ -669,6 +687,7 @@ class Engine:
             try:
                 with self.store.transaction() as conn:
                     jobs = self._drive_all(conn, work, timers, discovered, now, now_us)
+                self._report_committed()
                 break
             except _Broken as broken:
                 # The whole batch was rolled back: interpreters that moved on in memory are
@@ -760,11 +779,13 @@ class Engine:
                 )
         self._next_renewal_us = now_us + lease_us // 3
 
-    def _acquire_all(self, conn: Any, run_ids: list[str], now_us: int, mail: set[str]) -> None:
-        """Take the leases of ``run_ids`` that are free and rebuild their interpreters.
+    def _acquire_all(self, conn: Any, run_ids: list[str], now_us: int, mail: set[str]) -> int:
+        """Take the leases of ``run_ids`` that are free and rebuild their interpreters; return
+        how many of them start here (their ``RunStarted`` is written now).
 
         Runs in ``mail`` have their ``ready`` flag cleared in the same statement (their
         inbox is read next, in this transaction)."""
+        new_runs = 0
         lease_us = int(self.lease.total_seconds() * 1_000_000)
         fids = tuple(self.functions)
         with_mail = [run_id for run_id in run_ids if run_id in mail]
@@ -798,6 +819,7 @@ class Engine:
                     histories[run_id].append(started)
                     unwritten.append((run_id, *rows.encode(started)))
             conn.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", unwritten)
+            new_runs += len(unwritten)
             for row in taken:
                 run_id, function_id, event_pos, parent_run, parent_step, notify, status, _ = row
                 history = histories[run_id]
@@ -823,6 +845,7 @@ class Engine:
                     live.decision = interpreter.feed(history)
                 except Exception as exc:
                     raise _Broken(run_id, exc) from exc
+        return new_runs
 
     def _drive_all(
         self,
@@ -833,9 +856,9 @@ class Engine:
         now: _dt.datetime,
         now_us: int,
     ) -> list[Job]:
+        self._committing = None
         cold = [run_id for run_id in work if run_id not in self._live]
-        if cold:
-            self._acquire_all(conn, cold, now_us, discovered)
+        started = self._acquire_all(conn, cold, now_us, discovered) if cold else 0
         drivable = [run_id for run_id in work if run_id in self._live]
         cold_set = set(cold)
         inbox: dict[str, list[Input]] = {}
@@ -888,6 +911,7 @@ class Engine:
             except Exception as exc:
                 raise _Broken(run_id, exc) from exc
         batch.write(conn, self.worker_id, now_us)
+        self._committing = (started, batch)
         self._woken.update(row[0] for row in batch.notify)  # parents told that a child ended
         for run_id in batch.parked:
             self._live.pop(run_id, None)
@@ -901,6 +925,18 @@ class Engine:
             with self._done:
                 self._done.notify_all()
         return batch.jobs
+
+    def _report_committed(self) -> None:
+        """Count what the transaction just committed started and ended; log runs that failed."""
+        if self._committing is None:
+            return
+        started, batch = self._committing
+        self._committing = None
+        self.stats["runs_started"] += started
+        self.stats["runs_ended"] += len(batch.finished)
+        self.stats["runs_failed"] += len(batch.failed)
+        for run_id, function_id, error in batch.failed:
+            _report_run(run_id, function_id, "failed", error)
 
     def _block(self, conn: Any, run_id: str, exc: BaseException, now_us: int) -> None:
         self._live.pop(run_id, None)
@@ -916,12 +952,16 @@ class Engine:
             conn.execute(
                 "INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(started))
             )
+            self.stats["runs_started"] += 1
         info = encode_error(exc, with_traceback=not isinstance(exc, NonDeterminismError))
-        conn.execute(
+        blocked = conn.execute(
             "UPDATE runs SET status = 'blocked', error = ?, ready = 0, lease_owner = NULL, "
-            "lease_until_us = NULL, updated_us = ? WHERE id = ?",
+            "lease_until_us = NULL, updated_us = ? WHERE id = ? RETURNING function_id",
             (rows.dumps(rows.error_body(info)), now_us, run_id),
-        )
+        ).fetchone()
+        if blocked is not None:
+            self.stats["runs_blocked"] += 1
+            _report_run(run_id, blocked[0], "blocked", exc)
 
     def _drive_live(
         self,
@@ -1137,6 +1177,8 @@ class Engine:
         output = rows.dumps(decision.output) if decision.status == "completed" else None
         batch.ended.append((decision.status, output, error, now_us, now_us, run_id))
         batch.finished.append(run_id)
+        if decision.status == "failed":
+            batch.failed.append((run_id, live.function.id, decision.error))
         if live.parent_run_id and live.notify_parent:
             if decision.status == "completed":
                 kind, body = (
@@ -1183,7 +1225,8 @@ class Engine:
                 if self._tick():
                     continue
                 timeout = self._idle_timeout()
-            if on_idle is not None:
+            # Idle means no step running either: a long step is not a quiet worker.
+            if on_idle is not None and not self._outstanding:
                 on_idle()
                 with self._drive_lock:
                     timeout = self._idle_timeout()
@@ -1422,6 +1465,24 @@ def check_run_id(run_id: Any) -> str:
             f"(<parent run id>/<step id>); choose an id without '/'"
         )
     return run_id
+
+
+def _report_run(run_id: str, function_id: str, how: str, error: BaseException | None) -> None:
+    """One WARNING on ``ironflow.runs``: the run, its function and the error's first line."""
+    if error is None:
+        detail = "no error recorded"
+    else:
+        info = encode_error(error)
+        lines = info.message.strip().splitlines()
+        detail = f"{info.type}: {lines[0]}" if lines else info.type
+    _RUNS_LOG.warning(
+        "run %s (%s) %s: %s",
+        run_id,
+        function_id,
+        how,
+        detail,
+        extra={"run_id": run_id, "function_id": function_id, "run_status": how},
+    )
 
 
 def _json(value: Any, what: str) -> Any:
