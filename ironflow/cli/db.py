@@ -140,7 +140,9 @@ def open_engine(path: str, *, create: bool, **settings: Any) -> Engine:
     check_writable(path, create=create)
     try:
         return Engine(path, **settings)
-    except (StoreError, sqlite3.Error, OSError, ValueError) as exc:
+    except StoreError as exc:  # names the database and says what is wrong with it
+        raise CLIError(one_line(exc)) from None
+    except (sqlite3.Error, OSError, ValueError) as exc:
         raise CLIError(f"cannot open {path}: {one_line(exc)}") from None
 
 

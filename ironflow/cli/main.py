@@ -26,7 +26,7 @@ from ironflow.errors import NonDeterminismError
 from ironflow.history import dumps, loads
 from ironflow.interpreter import check_replayable
 from ironflow.interpreter import replay as replay_history
-from ironflow.runtime import STATUSES, Engine
+from ironflow.runtime import STATUSES, Engine, StoreError
 from ironflow.runtime.engine import check_run_id
 from ironflow.runtime.rows import from_us
 
@@ -64,6 +64,9 @@ class IronflowGroup(click.Group):
         except click.ClickException as exc:
             click.echo(f"ironflow: error: {one_line(exc.format_message())}", err=True)
             code = exc.exit_code
+        except StoreError as exc:  # a database it cannot use: damaged rows, read-only, ...
+            click.echo(f"ironflow: error: {one_line(exc)}", err=True)
+            code = CLIError.exit_code
         except click.Abort:
             click.echo("ironflow: aborted", err=True)
             code = 130

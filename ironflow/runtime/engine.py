@@ -32,7 +32,7 @@ from ironflow.commands.event import MISSING, Event, lookup
 from ironflow.commands.function import Function, check_workflow_fn
 from ironflow.commands.jsonvalue import NotJSONError, public_error, to_json_value
 from ironflow.errors import CancelledError, NonDeterminismError
-from ironflow.history.errors import decode_error, encode_error
+from ironflow.history.errors import decode_error, encode_error, type_name
 from ironflow.history.events import (
     ChildCompleted,
     ChildFailed,
@@ -58,7 +58,7 @@ from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.ids import new_id
 from ironflow.runtime.models import STATUSES, TERMINAL, Run, RunError
-from ironflow.runtime.store import DURABILITY, SQLiteStore, StoreError, parse_url
+from ironflow.runtime.store import DURABILITY, SQLiteStore, StoreError, parse_url, unusable
 
 Input = tuple[type, dict[str, Any]]
 _STEP_KINDS = ("run", "undo")
@@ -420,7 +420,13 @@ class Engine:
                 "SELECT started FROM events WHERE idempotency_key = ?", (idempotency_key,)
             ).fetchone()
             if row is not None:
-                return list(json.loads(row[0]))
+                try:
+                    return list(json.loads(row[0]))
+                except (TypeError, ValueError) as exc:
+                    raise StoreError(
+                        f"event with idempotency key {idempotency_key!r}: its events row "
+                        f"(started) cannot be decoded: {_problem(exc)}"
+                    ) from None
         now_us = rows.to_us(now)
         cursor = conn.execute(
             "INSERT INTO events (id, name, data, ts_us, idempotency_key) VALUES (?, ?, ?, ?, ?)",
@@ -809,22 +815,25 @@ class Engine:
             if not taken:
                 continue
             ids = [row[0] for row in taken]
-            stored = rows.read_histories(conn, f"run_id IN ({_marks(ids)})", ids)
-            histories = {run_id: stored.get(run_id, []) for run_id in ids}
-            unwritten = []
-            for row in taken:
-                run_id, function_id, _, parent_run, _, _, _, trigger = row
-                if not histories[run_id]:
-                    started = _run_started(run_id, function_id, trigger, parent_run)
-                    histories[run_id].append(started)
-                    unwritten.append((run_id, *rows.encode(started)))
+            try:
+                stored = rows.read_histories(conn, f"run_id IN ({_marks(ids)})", ids)
+                histories = {run_id: stored.get(run_id, []) for run_id in ids}
+                unwritten = []
+                for row in taken:
+                    run_id, function_id, _, parent_run, _, _, _, trigger = row
+                    if not histories[run_id]:
+                        started = _run_started(run_id, function_id, trigger, parent_run)
+                        histories[run_id].append(started)
+                        unwritten.append((run_id, *rows.encode(started)))
+            except rows.CorruptRow as bad:  # that run is blocked, the others are driven
+                raise _Broken(bad.run_id, bad.error) from None
             conn.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", unwritten)
             new_runs += len(unwritten)
             for row in taken:
                 run_id, function_id, event_pos, parent_run, parent_step, notify, status, _ = row
                 history = histories[run_id]
                 if history[-1].seq != len(history) - 1:
-                    raise RuntimeError(f"run {run_id!r}: history sequence numbers have gaps")
+                    raise _Broken(run_id, _gap(run_id, history))
                 self.stats["runs_taken"] += 1
                 function = self.functions[function_id]
                 interpreter = Interpreter(function)
@@ -877,10 +886,19 @@ class Engine:
                 "RETURNING pos, run_id, type, body",
                 chunk,
             ).fetchall()
-            for _pos, run_id, kind, body in sorted(found):
-                if _FAULTS and kind == "WaitMatched":
-                    crash_point("event-deliver")
-                inbox.setdefault(run_id, []).append(_inbox_input(kind, json.loads(body)))
+            mail = sorted(found)
+            try:  # free unless raised
+                for item in mail:
+                    _, run_id, kind, body = item
+                    if _FAULTS and kind == "WaitMatched":
+                        crash_point("event-deliver")
+                    inbox.setdefault(run_id, []).append(_inbox_input(kind, json.loads(body)))
+            except Exception as exc:  # damaged mail blocks the run it was sent to
+                pos, run_id, kind, _ = item
+                known = kind in _INBOX_TYPES
+                problem = _problem(exc) if known else f"unknown mail type {kind!r}"
+                error = rows.corrupt_row(run_id, f"inbox row pos {pos} ({kind})", problem).error
+                raise _Broken(run_id, error) from None
         batch = _Batch()
         for run_id in drivable:
             live = self._live[run_id]
@@ -948,12 +966,15 @@ class Engine:
             (run_id,),
         ).fetchone()
         if unstarted is not None:
-            started = _run_started(run_id, *unstarted)
-            conn.execute(
-                "INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(started))
-            )
-            self.stats["runs_started"] += 1
-        info = encode_error(exc, with_traceback=not isinstance(exc, NonDeterminismError))
+            with contextlib.suppress(rows.CorruptRow):  # a damaged trigger is why it blocks
+                started = _run_started(run_id, *unstarted)
+                conn.execute(
+                    "INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(started))
+                )
+                self.stats["runs_started"] += 1
+        # A divergence or a damaged row says all there is; a bug needs its traceback.
+        plain = isinstance(exc, NonDeterminismError | StoreError)
+        info = encode_error(exc, with_traceback=not plain)
         blocked = conn.execute(
             "UPDATE runs SET status = 'blocked', error = ?, ready = 0, lease_owner = NULL, "
             "lease_until_us = NULL, updated_us = ? WHERE id = ? RETURNING function_id",
@@ -1114,7 +1135,13 @@ class Engine:
             "(SELECT event_id FROM consumed WHERE run_id = ?) ORDER BY pos",
             (name, live.event_pos, live.run_id),
         ).fetchall():
-            event = Event(event_id, name, json.loads(data), rows.from_us(ts_us))
+            try:
+                event = Event(event_id, name, json.loads(data), rows.from_us(ts_us))
+            except (TypeError, ValueError) as exc:  # blocks this run, names the event
+                raise StoreError(
+                    f"event {event_id!r} ({name}): its events row (data) cannot be decoded: "
+                    f"{_problem(exc)}"
+                ) from None
             if path is None or (
                 (value := lookup(event, path)) is not MISSING and canonical(value) == key
             ):
@@ -1366,9 +1393,17 @@ class Engine:
             )
             if not found:
                 raise KeyError(f"no run with id {run_id!r}")
-            events = rows.read_histories(self.store.conn, "run_id = ?", (run_id,))
-        if not events:  # started, not driven yet: its first event is not written yet
-            return [_run_started(run_id, *found[0])]
+            try:
+                events = rows.read_histories(self.store.conn, "run_id = ?", (run_id,))
+                if not events:  # started, not driven yet: its first event is not written yet
+                    return [_run_started(run_id, *found[0])]
+            except rows.CorruptRow as bad:
+                raise bad.error from None
+            except sqlite3.Error as exc:
+                store_error = unusable(self.store.path, exc)
+                if store_error is None:
+                    raise
+                raise store_error from exc
         return events[run_id]
 
     def cancel(self, run_id: str, *, compensate: bool = False, reason: str = "") -> None:
@@ -1495,8 +1530,37 @@ def _json(value: Any, what: str) -> Any:
 def _run_started(
     run_id: str, function_id: str, trigger: str, parent_run_id: str | None
 ) -> RunStarted:
-    event = rows.event_from_body(json.loads(trigger))
-    return RunStarted(0, event.ts, run_id, function_id, event, parent_run_id)
+    """The first event of a run not driven yet, from its row; ``CorruptRow`` if damaged."""
+    try:
+        event = rows.event_from_body(json.loads(trigger))
+        return RunStarted(0, event.ts, run_id, function_id, event, parent_run_id)
+    except Exception as exc:
+        raise rows.corrupt_row(run_id, "its runs row (trigger)", _problem(exc)) from None
+
+
+def _gap(run_id: str, history: list[HistoryEvent]) -> StoreError:
+    """The error of a history whose rows are not numbered 0, 1, 2, ... (rows went missing)."""
+    at = next(i for i, event in enumerate(history) if event.seq != i)
+    event = history[at]
+    row = f"history row seq {event.seq} ({type(event).__name__})"
+    return rows.corrupt_row(run_id, row, f"expected seq {at} there (a row is missing)").error
+
+
+def _problem(exc: BaseException) -> str:
+    """What is wrong with a stored value that did not decode, in a few words."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc})"
+    if isinstance(exc, KeyError):
+        return f"no {exc} field"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _column(run_id: str, column: str, text: Any) -> Any:
+    """A JSON column of the runs row of ``run_id``; ``StoreError`` naming it if damaged."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise rows.corrupt_row(run_id, f"its runs row ({column})", _problem(exc)).error from None
 
 
 def _trigger(name: str, data: Any, now_us: int) -> str:
@@ -1509,12 +1573,10 @@ def _child_outcome(
 ) -> Input:
     """What an ended child run reports to the run that invoked it."""
     if status == "completed":
-        return (
-            ChildCompleted,
-            {"id": step_id, "child_run_id": child_id, "output": json.loads(output or "null")},
-        )
+        value = None if output is None else _column(child_id, "output", output)
+        return (ChildCompleted, {"id": step_id, "child_run_id": child_id, "output": value})
     if error is not None:
-        info = rows.error_info(json.loads(error))
+        info = _run_error(child_id, error)
     else:
         info = encode_error(CancelledError("child run was cancelled"))
     return (ChildFailed, {"id": step_id, "child_run_id": child_id, "error": info})
@@ -1565,17 +1627,33 @@ _RUN_COLUMNS = (
 )
 
 
+def _run_error(run_id: str, text: Any) -> ErrorInfo:
+    """The stored error of a run (its ``error`` column); ``StoreError`` naming it if damaged."""
+    body = _column(run_id, "error", text)
+    try:
+        return ErrorInfo(str(body["type"]), str(body["message"]), body.get("traceback"))
+    except Exception as exc:
+        raise rows.corrupt_row(run_id, "its runs row (error)", _problem(exc)).error from None
+
+
 def _run(row: tuple[Any, ...]) -> Run:
     run_id, function_id, status, output, error, created, updated, ended, parent = row
-    run_error = None
-    if error is not None:
-        body = json.loads(error)
-        run_error = RunError(body["type"], body["message"], body.get("traceback"))
+    run_error = value = None
+    # A damaged column is reported as the run's error, not raised: one bad row must not
+    # make a listing fail. ``wait`` raises it (see _outcome_of).
+    try:
+        if error is not None:
+            info = _run_error(run_id, error)
+            run_error = RunError(info.type, info.message, info.traceback)
+        if output is not None:
+            value = _column(run_id, "output", output)
+    except StoreError as exc:
+        run_error = RunError(type_name(StoreError), str(exc))
     return Run(
         id=run_id,
         function=function_id,
         status=status,
-        output=None if output is None else json.loads(output),
+        output=value,
         error=run_error,
         created_at=None if created is None else rows.from_us(created),
         updated_at=None if updated is None else rows.from_us(updated),
@@ -1585,11 +1663,13 @@ def _run(row: tuple[Any, ...]) -> Run:
 
 
 def _outcome_of(run: Run) -> Any:
-    if run.status == "completed":
+    if run.status == "completed" and run.error is None:
         return run.output
     error = run.error or RunError(
         "ironflow.errors.CancelledError", f"run {run.id} was {run.status}"
     )
+    if error.type == type_name(StoreError):  # a damaged row, not what the run did
+        raise StoreError(error.message)
     if run.status == "cancelled":
         raise CancelledError(error.message)
     if run.status == "blocked":

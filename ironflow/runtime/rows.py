@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from ironflow.commands.event import Event
+from ironflow.errors import StoreError
 from ironflow.history.codec import parse_timestamp
 from ironflow.history.events import (
     EVENT_TYPES,
@@ -166,10 +167,28 @@ _DECODERS["RetryScheduled"] = lambda seq, ts, b: RetryScheduled(
 )
 
 
+class CorruptRow(Exception):
+    """A stored row of run ``run_id`` that cannot be decoded; ``error`` says which and why.
+
+    A carrier, not what users see: the engine blocks that run with ``error`` (a
+    ``StoreError``), and raises ``error`` where a caller asked for the run's history."""
+
+    def __init__(self, run_id: str, error: StoreError) -> None:
+        super().__init__(str(error))
+        self.run_id = run_id
+        self.error = error
+
+
+def corrupt_row(run_id: str, row: str, problem: str) -> CorruptRow:
+    """``CorruptRow`` for ``row`` (``"history row seq 3 (StepCompleted)"``) of ``run_id``."""
+    return CorruptRow(run_id, StoreError(f"run {run_id!r}: {row} cannot be decoded: {problem}"))
+
+
 def read_histories(conn: Any, where: str, params: Any) -> dict[str, list[HistoryEvent]]:
     """The histories of the runs ``where`` selects (a condition on ``history``), by run id.
 
     One ``json.loads`` over all bodies: per-call decoder overhead dominates small bodies.
+    ``CorruptRow`` names the first run (in run id order) with a row that cannot be decoded.
     """
     found = conn.execute(
         f"SELECT run_id, seq, type, ts_us, body FROM history WHERE {where} ORDER BY run_id, seq",
@@ -177,14 +196,45 @@ def read_histories(conn: Any, where: str, params: Any) -> dict[str, list[History
     ).fetchall()
     if not found:
         return {}
-    bodies = json.loads("[" + ",".join(row[4] for row in found) + "]")
+    try:
+        bodies = json.loads("[" + ",".join(row[4] for row in found) + "]")
+        if len(bodies) != len(found):  # a damaged body that holds a comma: "1,2"
+            raise ValueError("not one body per row")
+    except (TypeError, ValueError):
+        # Off the fast path: parse row by row to name the first one that is not JSON.
+        bodies = [_body(row) for row in found]
     by_run: dict[str, list[Any]] = {}
     for (run_id, seq, kind, ts_us, _), body in zip(found, bodies, strict=True):
         items = by_run.get(run_id)
         if items is None:
             items = by_run[run_id] = []
         items.append((seq, kind, ts_us, body))
-    return {run_id: build(items) for run_id, items in by_run.items()}
+    histories = {}
+    for run_id, items in by_run.items():
+        try:
+            histories[run_id] = build(items)
+        except _BadEvent as bad:
+            raise corrupt_row(run_id, bad.row, bad.problem) from bad.__cause__
+    return histories
+
+
+def _body(row: tuple[Any, ...]) -> Any:
+    run_id, seq, kind, _, body = row
+    try:
+        if not isinstance(body, str | bytes):
+            raise TypeError(f"it is {type(body).__name__} {body!r}, not JSON text")
+        return json.loads(body)
+    except (TypeError, ValueError) as exc:
+        raise corrupt_row(
+            run_id, f"history row seq {seq} ({kind})", f"its body is not JSON: {exc}"
+        ) from None
+
+
+class _BadEvent(Exception):
+    def __init__(self, row: str, problem: str) -> None:
+        super().__init__(row, problem)
+        self.row = row
+        self.problem = problem
 
 
 def build(items: list[Any]) -> list[HistoryEvent]:
@@ -195,20 +245,29 @@ def build(items: list[Any]) -> list[HistoryEvent]:
     append = events.append
     step_completed, command_scheduled = StepCompleted, CommandScheduled
     last_us, ts = None, EPOCH
-    for seq, kind, ts_us, body in items:
-        if ts_us != last_us:
-            last_us = ts_us
-            known = times.get(ts_us)
-            if known is None:
-                known = times[ts_us] = EPOCH + _dt.timedelta(microseconds=ts_us)
-            ts = known
-        # The two events of every step, inline: most of a long history is these.
-        if kind == "StepCompleted" and type(body) is list:
-            append(step_completed(seq, ts, body[0], body[1], body[2]))
-        elif kind == "CommandScheduled" and type(body) is list:
-            append(command_scheduled(seq, ts, *body))
+    seq = kind = None
+    try:  # free unless raised: the loop stays the fast path
+        for seq, kind, ts_us, body in items:
+            if ts_us != last_us:
+                last_us = ts_us
+                known = times.get(ts_us)
+                if known is None:
+                    known = times[ts_us] = EPOCH + _dt.timedelta(microseconds=ts_us)
+                ts = known
+            # The two events of every step, inline: most of a long history is these.
+            if kind == "StepCompleted" and type(body) is list:
+                append(step_completed(seq, ts, body[0], body[1], body[2]))
+            elif kind == "CommandScheduled" and type(body) is list:
+                append(command_scheduled(seq, ts, *body))
+            else:
+                append(decoders[kind](seq, ts, body))
+    except Exception as exc:
+        # ``seq`` and ``kind`` are those of the row that failed.
+        if isinstance(exc, KeyError) and kind not in decoders:
+            problem = f"unknown event type {kind!r}"
         else:
-            append(decoders[kind](seq, ts, body))
+            problem = f"{type(exc).__name__}: {exc}"
+        raise _BadEvent(f"history row seq {seq} ({kind})", problem) from exc
     return events
 
 

@@ -6,6 +6,7 @@ use plain prepared statements on the same connection.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -42,6 +43,43 @@ _WITHOUT_ROWID = (
 )
 
 
+# What an engine needs that a read-only database refuses, and what can still read one.
+_READ_ONLY_HINT = (
+    "an Engine must write to its database (ironflow runs list, show and export can read a "
+    "read-only one)"
+)
+
+
+def unusable(path: str, exc: sqlite3.Error) -> StoreError | None:
+    """The ``StoreError`` a SQLite error means for the database ``path``: it is not one, is
+    damaged, or cannot be written. ``None`` for other errors (busy, a constraint, a bug)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name == "SQLITE_NOTADB":
+        return StoreError(f"{path} is not a SQLite database ({exc})")
+    if name.startswith("SQLITE_CORRUPT"):
+        return StoreError(f"{path} is a damaged SQLite database ({exc}); restore it from a backup")
+    if name == "SQLITE_READONLY_DIRECTORY":
+        folder = os.path.dirname(os.path.abspath(path))
+        base = os.path.basename(path)
+        return StoreError(
+            f"cannot write to the database {path}: its directory {folder} is not writable, "
+            f"and SQLite must create {base}-wal and {base}-shm there; {_READ_ONLY_HINT}"
+        )
+    if name.startswith("SQLITE_READONLY"):
+        return StoreError(
+            f"cannot write to the database {path}: {exc} (a read-only file, -wal/-shm file "
+            f"or file system); {_READ_ONLY_HINT}"
+        )
+    if name == "SQLITE_FULL":
+        return StoreError(f"cannot write to the database {path}: {exc}")
+    if name.startswith("SQLITE_CANTOPEN"):
+        return StoreError(
+            f"cannot open the database {path}: {exc} (does its directory exist, and may "
+            f"this user create files there?)"
+        )
+    return None
+
+
 def parse_url(store: Any) -> str:
     """The SQLite path a store argument names: a path, ``sqlite:///path`` or ``:memory:``."""
     if store is None:
@@ -75,31 +113,62 @@ class SQLiteStore:
         self.path = path
         self.durability = durability
         self.lock = threading.RLock()
+        if path != ":memory:" and os.path.isfile(path) and not _may_write(path):
+            # Refused before SQLite opens it: reading it would leave -wal/-shm files behind
+            # that this user cannot write either, and they would trap a later writer.
+            raise StoreError(
+                f"cannot write to the database {path}: the file is read-only for this user "
+                f"(permission denied); {_READ_ONLY_HINT}"
+            )
         try:
             self.conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
             )
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"cannot open the database {path!r}: {exc}") from None
-        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        self.db = sqlite_utils.Database(self.conn)
+        except sqlite3.Error as exc:
+            raise unusable(path, exc) or StoreError(
+                f"cannot open the database {path!r}: {exc}"
+            ) from None
         try:
-            self._check_ours()
+            self._open(busy_timeout)
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise unusable(path, exc) or StoreError(
+                f"cannot use the database {path}: {exc}"
+            ) from None
         except BaseException:
             self.conn.close()
             raise
+
+    def _open(self, busy_timeout: float) -> None:
+        """Check, configure and migrate the database just connected to."""
+        path = self.path
+        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        self.db = sqlite_utils.Database(self.conn)
+        self._check_ours()
         # Only now, knowing the file is ours (or new), may its journal mode change.
         if path != ":memory:":
             self.conn.execute("PRAGMA journal_mode = WAL")
-            if durability == "normal":
+            if self.durability == "normal":
                 # Checkpoint every ~40 MB of WAL rather than every 4 MB: pages rewritten
                 # often (run rows, index roots) are copied once per checkpoint, and commits
                 # pay for a checkpoint ten times less often. Not with FULL: there every
                 # commit syncs the WAL, and syncing a file that keeps growing costs twice
                 # as much as syncing one that is reused from its start.
                 self.conn.execute("PRAGMA wal_autocheckpoint = 10000")
-        self.conn.execute(f"PRAGMA synchronous = {DURABILITY[durability]}")
+        self.conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
         self._migrate()
+        if path != ":memory:":
+            self._check_writable()
+
+    def _check_writable(self) -> None:
+        # A database SQLite can only read (a read-only file system, -wal/-shm files of
+        # another user) opens and reads fine: say so now, not at the first start() or in a
+        # worker's round. A write that changes nothing, rolled back, asks SQLite itself.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("DELETE FROM ironflow_meta WHERE 0")
+        finally:
+            self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         with self.lock:
@@ -116,10 +185,7 @@ class SQLiteStore:
         return int(row[0]) if row else None
 
     def _check_ours(self) -> None:
-        try:
-            tables = set(self.db.table_names())
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a SQLite database ({exc})") from None
+        tables = set(self.db.table_names())
         version = self.schema_version()
         if version is None and tables:
             raise StoreError(
@@ -272,7 +338,11 @@ class SQLiteStore:
 
     def query(self, sql: str, params: Any = ()) -> list[Any]:
         with self.lock:
-            return self.conn.execute(sql, params).fetchall()
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                _reraise(self.path, exc)
+                raise
 
 
 class _Transaction:
@@ -289,8 +359,10 @@ class _Transaction:
         store.lock.acquire()
         try:
             store.conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
+        except BaseException as exc:
             store.lock.release()
+            if isinstance(exc, sqlite3.Error):
+                _reraise(store.path, exc)
             raise
         return store.conn
 
@@ -301,12 +373,33 @@ class _Transaction:
                 try:
                     conn.execute("COMMIT")
                     return
-                except BaseException:
+                except BaseException as error:
                     _rollback(conn)  # a failed commit leaves the transaction open
+                    if isinstance(error, sqlite3.Error):
+                        _reraise(self.store.path, error)
                     raise
             _rollback(conn)
+            if isinstance(exc, sqlite3.Error):
+                _reraise(self.store.path, exc)
         finally:
             self.store.lock.release()
+
+
+def _reraise(path: str, exc: sqlite3.Error) -> None:
+    """Raise the ``StoreError`` ``exc`` means (read-only, damaged, full), if it means one.
+
+    Called on error paths only: a database that cannot be used is the caller's
+    ``StoreError``, not a raw ``sqlite3`` error deep in a round."""
+    found = unusable(path, exc)
+    if found is not None:
+        raise found from exc
+
+
+def _may_write(path: str) -> bool:
+    """Whether this process may open ``path`` for writing (its effective ids, if it can)."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, os.W_OK, effective_ids=True)
+    return os.access(path, os.W_OK)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
