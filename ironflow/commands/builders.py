@@ -6,10 +6,11 @@ Every builder checks its input here, at the boundary, and names the bad value.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar, overload
 
 from ironflow.commands.classes import (
+    COMMAND_TYPES,
     UNSET,
     Compensate,
     Invoke,
@@ -27,6 +28,11 @@ from ironflow.commands.jsonvalue import NotJSONError, to_json_value
 from ironflow.commands.retry import RetryPolicy
 
 ON_ERROR = ("fail_fast", "all_settled")
+
+T = TypeVar("T")
+
+# Iterable, yet not a list of branches or items: text, and a command (iterable for `yield from`).
+_NOT_A_LIST = (str, bytes, *COMMAND_TYPES)
 
 
 def check_name(name: Any, what: str = "step name") -> str:
@@ -65,7 +71,8 @@ def _check_step_name_slowly(name: Any, what: str) -> str:
             f"branch 0 of parallel 'p' has the id 'p/0/charge'); use another separator, "
             f"such as '-' or '.'"
         )
-    for index, char in enumerate(name):
+    text: str = name
+    for index, char in enumerate(text):
         if "\ud800" <= char <= "\udfff":
             raise ValueError(
                 f"{what} {name!r} cannot be stored: it holds the lone surrogate {char!r} at "
@@ -78,7 +85,7 @@ def _check_step_name_slowly(name: Any, what: str) -> str:
                 f"step names are shown one per line (`ironflow runs show`): use printable "
                 f"characters only"
             )
-    return name
+    return text
 
 
 def _check_callable(fn: Any, what: str) -> None:
@@ -121,13 +128,35 @@ def _function_id(function: Any) -> str:
     return function_id
 
 
+# Two signatures, so that `yield from step.run(...)` has the type of what the step returns: an
+# `async def` returning T gives T (the worker awaits it), any other function its return type.
+@overload
+def run(
+    name: str,
+    fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    retry: RetryPolicy | None = None,
+    timeout: DurationLike | None = None,
+) -> RunStep[T]: ...
+
+
+@overload
+def run(
+    name: str,
+    fn: Callable[..., T],
+    *args: Any,
+    retry: RetryPolicy | None = None,
+    timeout: DurationLike | None = None,
+) -> RunStep[T]: ...
+
+
 def run(
     name: str,
     fn: Callable[..., Any],
     *args: Any,
     retry: RetryPolicy | None = None,
     timeout: DurationLike | None = None,
-) -> RunStep:
+) -> RunStep[Any]:
     """Run ``fn(*args)`` as a step: executed once, its JSON result memoized."""
     # check_step_name's fast path, inlined: this builder runs for every step on every replay.
     if not (
@@ -192,7 +221,7 @@ def parallel(
 ) -> Parallel:
     """Run each ``branch(s)`` concurrently; yields back their results in branch order."""
     check_step_name(name)
-    if isinstance(branches, str | bytes) or not isinstance(branches, Iterable):
+    if isinstance(branches, _NOT_A_LIST) or not isinstance(branches, Iterable):
         raise TypeError(
             f"branches of parallel {name!r} must be a list of callables, got {branches!r}"
         )
@@ -212,7 +241,7 @@ def map(
 ) -> Map:
     """Run ``fn(item, s, index)`` for every item concurrently; results in item order."""
     check_step_name(name)
-    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+    if isinstance(items, _NOT_A_LIST) or not isinstance(items, Iterable):
         raise TypeError(f"items of map {name!r} must be a list, got {items!r}")
     _check_callable(fn, f"the function of map {name!r}")
     return Map(name, tuple(items), fn, _check_concurrency(concurrency), _check_on_error(on_error))
