@@ -274,6 +274,17 @@ def test_printable_names_of_any_script_are_accepted(site: str, name: str) -> Non
     assert NAME_SITES[site](name).name == name
 
 
+def test_names_are_checked_once_but_a_refused_name_is_refused_every_time() -> None:
+    # The builders remember names they accepted (replays build the same names again).
+    for _ in range(3):
+        assert step.run("remembered", echo).name == "remembered"
+        for bad in ("again\n", "again/0", "again\udc80"):
+            with pytest.raises(ValueError, match=re.escape(repr(bad))):
+                step.run(bad, echo)
+            with pytest.raises(ValueError, match=re.escape(repr(bad))):
+                step.sleep(bad, "1s")
+
+
 def test_a_name_colliding_with_a_branch_id_is_refused_not_reported_as_used_twice() -> None:
     def flow(ctx: Any) -> Generator[Any, Any, Any]:
         yield step.parallel("p", [lambda s: s.run("charge", echo, 1)])

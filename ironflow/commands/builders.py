@@ -44,19 +44,17 @@ def check_name(name: Any, what: str = "step name") -> str:
 
 def check_step_name(name: Any, what: str = "step name") -> str:
     """Return ``name`` if it can be a step name: stored, shown on one line, no ``/``."""
-    # Builders run on every replay: a short printable ASCII name (the usual case) passes on
-    # four C-level string checks. Everything else takes the slow path below.
-    if (
-        type(name) is str
-        and name.isascii()
-        and name.isprintable()
-        and "/" not in name
-        and name
-        and not name.isspace()
-    ):
+    if type(name) is str and name in _GOOD_NAMES:
         return name
     return _check_step_name_slowly(name, what)
 
+
+# Builders run for every step on every replay, and workflows spell the same names each time:
+# each name is checked once, then found here (cheaper than the old blank-name check).
+# Bounded, for workflows that make a new name per item (f"charge-{i}"): past it, names are
+# checked every time.
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_MAX = 16384
 
 # Characters that would break a name's one line in `ironflow runs show`: C0/C1 controls
 # (newline, tab, ESC, DEL, ...) and the Unicode line and paragraph separators.
@@ -64,27 +62,29 @@ _LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
 
 
 def _check_step_name_slowly(name: Any, what: str) -> str:
-    check_name(name, what)
-    if "/" in name:
+    text: str = check_name(name, what)
+    if "/" in text:
         raise ValueError(
-            f"{what} {name!r} contains '/', which is reserved for scope paths (step 'charge' in "
+            f"{what} {text!r} contains '/', which is reserved for scope paths (step 'charge' in "
             f"branch 0 of parallel 'p' has the id 'p/0/charge'); use another separator, "
             f"such as '-' or '.'"
         )
-    text: str = name
-    for index, char in enumerate(text):
-        if "\ud800" <= char <= "\udfff":
-            raise ValueError(
-                f"{what} {name!r} cannot be stored: it holds the lone surrogate {char!r} at "
-                f"index {index}, which is not Unicode text (text decoded with "
-                f"errors='surrogateescape' carries them); give a name of valid text"
-            )
-        if unicodedata.category(char) in _LINE_BREAKING:
-            raise ValueError(
-                f"{what} {name!r} holds the control character {char!r} at index {index}; "
-                f"step names are shown one per line (`ironflow runs show`): use printable "
-                f"characters only"
-            )
+    if not text.isprintable():  # printable text has none of the characters refused below
+        for index, char in enumerate(text):
+            if "\ud800" <= char <= "\udfff":
+                raise ValueError(
+                    f"{what} {text!r} cannot be stored: it holds the lone surrogate {char!r} at "
+                    f"index {index}, which is not Unicode text (text decoded with "
+                    f"errors='surrogateescape' carries them); give a name of valid text"
+                )
+            if unicodedata.category(char) in _LINE_BREAKING:
+                raise ValueError(
+                    f"{what} {text!r} holds the control character {char!r} at index {index}; "
+                    f"step names are shown one per line (`ironflow runs show`): use printable "
+                    f"characters only"
+                )
+    if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+        _GOOD_NAMES.add(text)
     return text
 
 
@@ -158,15 +158,7 @@ def run(
     timeout: DurationLike | None = None,
 ) -> RunStep[Any]:
     """Run ``fn(*args)`` as a step: executed once, its JSON result memoized."""
-    # check_step_name's fast path, inlined: this builder runs for every step on every replay.
-    if not (
-        type(name) is str
-        and name.isascii()
-        and name.isprintable()
-        and "/" not in name
-        and name
-        and not name.isspace()
-    ):
+    if type(name) is not str or name not in _GOOD_NAMES:  # check_step_name, inlined
         _check_step_name_slowly(name, "step name")
     if not callable(fn):
         _check_callable(fn, f"the function of step {name!r}")
