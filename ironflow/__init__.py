@@ -18,21 +18,28 @@ from ironflow.errors import (
 )
 
 if TYPE_CHECKING:
+    from ironflow.interpreter.context import Context
     from ironflow.runtime import Engine, Run
+else:
+    # Hidden from type checkers, so that `from ironflow import Typo` is an error to them.
+    def __getattr__(name: str) -> Any:
+        # The engine loads on first use, so that `ironflow.step` and the pure layers stay free
+        # of sqlite3, threads and the rest of the runtime; the interpreter (behind Context,
+        # a name for annotations) is left to the engine and the test kit to load.
+        if name in ("Engine", "Run"):
+            from ironflow import runtime
 
+            return getattr(runtime, name)
+        if name == "Context":
+            from ironflow.interpreter.context import Context
 
-def __getattr__(name: str) -> Any:
-    # The engine loads on first use, so that `ironflow.step` and the pure layers stay free of
-    # sqlite3, threads and the rest of the runtime.
-    if name in ("Engine", "Run"):
-        from ironflow import runtime
-
-        return getattr(runtime, name)
-    raise AttributeError(f"module 'ironflow' has no attribute {name!r}")
+            return Context
+        raise AttributeError(f"module 'ironflow' has no attribute {name!r}")
 
 
 __all__ = [
     "CancelledError",
+    "Context",
     "DuplicateStepError",
     "Engine",
     "Event",

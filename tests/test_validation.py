@@ -199,8 +199,9 @@ DURATION_SITES: dict[str, Callable[[Any], Any]] = {
     "wait timeout": lambda d: step.wait_for_event("nap", "e", timeout=d).timeout,
     "invoke timeout": lambda d: step.invoke("nap", "child", timeout=d).timeout,
     "step timeout": lambda d: step.run("nap", noop, timeout=d).timeout,
-    "retry initial_delay": lambda d: RetryPolicy(initial_delay=d).initial_delay,
-    "retry max_delay": lambda d: RetryPolicy(max_delay=d).max_delay,
+    # initial_delay may not exceed max_delay (issue 10, item 9): give both.
+    "retry initial_delay": lambda d: RetryPolicy(initial_delay=d, max_delay=d).initial_delay,
+    "retry max_delay": lambda d: RetryPolicy(initial_delay=d, max_delay=d).max_delay,
 }
 
 

@@ -5,10 +5,12 @@ Every builder checks its input here, at the boundary, and names the bad value.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+import unicodedata
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar, overload
 
 from ironflow.commands.classes import (
+    COMMAND_TYPES,
     UNSET,
     Compensate,
     Invoke,
@@ -27,12 +29,63 @@ from ironflow.commands.retry import RetryPolicy
 
 ON_ERROR = ("fail_fast", "all_settled")
 
+T = TypeVar("T")
+
+# Iterable, yet not a list of branches or items: text, and a command (iterable for `yield from`).
+_NOT_A_LIST = (str, bytes, *COMMAND_TYPES)
+
 
 def check_name(name: Any, what: str = "step name") -> str:
     """Return ``name`` if it is a non-blank string, else fail naming it."""
     if type(name) is not str or not name or name.isspace():
         raise ValueError(f"{what} must be a non-empty string, got {name!r}")
     return name
+
+
+def check_step_name(name: Any, what: str = "step name") -> str:
+    """Return ``name`` if it can be a step name: stored, shown on one line, no ``/``."""
+    if type(name) is str and name in _GOOD_NAMES:
+        return name
+    return _check_step_name_slowly(name, what)
+
+
+# Builders run for every step on every replay, and workflows spell the same names each time:
+# each name is checked once, then found here (cheaper than the old blank-name check).
+# Bounded, for workflows that make a new name per item (f"charge-{i}"): past it, names are
+# checked every time.
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_MAX = 16384
+
+# Characters that would break a name's one line in `ironflow runs show`: C0/C1 controls
+# (newline, tab, ESC, DEL, ...) and the Unicode line and paragraph separators.
+_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+
+
+def _check_step_name_slowly(name: Any, what: str) -> str:
+    text: str = check_name(name, what)
+    if "/" in text:
+        raise ValueError(
+            f"{what} {text!r} contains '/', which is reserved for scope paths (step 'charge' in "
+            f"branch 0 of parallel 'p' has the id 'p/0/charge'); use another separator, "
+            f"such as '-' or '.'"
+        )
+    if not text.isprintable():  # printable text has none of the characters refused below
+        for index, char in enumerate(text):
+            if "\ud800" <= char <= "\udfff":
+                raise ValueError(
+                    f"{what} {text!r} cannot be stored: it holds the lone surrogate {char!r} at "
+                    f"index {index}, which is not Unicode text (text decoded with "
+                    f"errors='surrogateescape' carries them); give a name of valid text"
+                )
+            if unicodedata.category(char) in _LINE_BREAKING:
+                raise ValueError(
+                    f"{what} {text!r} holds the control character {char!r} at index {index}; "
+                    f"step names are shown one per line (`ironflow runs show`): use printable "
+                    f"characters only"
+                )
+    if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+        _GOOD_NAMES.add(text)
+    return text
 
 
 def _check_callable(fn: Any, what: str) -> None:
@@ -75,16 +128,38 @@ def _function_id(function: Any) -> str:
     return function_id
 
 
+# Two signatures, so that `yield from step.run(...)` has the type of what the step returns: an
+# `async def` returning T gives T (the worker awaits it), any other function its return type.
+@overload
+def run(
+    name: str,
+    fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    retry: RetryPolicy | None = None,
+    timeout: DurationLike | None = None,
+) -> RunStep[T]: ...
+
+
+@overload
+def run(
+    name: str,
+    fn: Callable[..., T],
+    *args: Any,
+    retry: RetryPolicy | None = None,
+    timeout: DurationLike | None = None,
+) -> RunStep[T]: ...
+
+
 def run(
     name: str,
     fn: Callable[..., Any],
     *args: Any,
     retry: RetryPolicy | None = None,
     timeout: DurationLike | None = None,
-) -> RunStep:
+) -> RunStep[Any]:
     """Run ``fn(*args)`` as a step: executed once, its JSON result memoized."""
-    if type(name) is not str or not name or name.isspace():
-        check_name(name)
+    if type(name) is not str or name not in _GOOD_NAMES:  # check_step_name, inlined
+        _check_step_name_slowly(name, "step name")
     if not callable(fn):
         _check_callable(fn, f"the function of step {name!r}")
     if retry is not None and not isinstance(retry, RetryPolicy):
@@ -96,12 +171,16 @@ def run(
 
 def sleep(name: str, duration: DurationLike) -> Sleep:
     """Pause durably for ``duration``."""
-    return Sleep(check_name(name), parse_duration(duration, what=f"duration of sleep {name!r}"))
+    return Sleep(
+        check_step_name(name), parse_duration(duration, what=f"duration of sleep {name!r}")
+    )
 
 
 def sleep_until(name: str, when: InstantLike) -> SleepUntil:
     """Pause durably until the aware datetime (or ISO 8601 string with offset) ``when``."""
-    return SleepUntil(check_name(name), parse_instant(when, what=f"sleep_until {name!r} target"))
+    return SleepUntil(
+        check_step_name(name), parse_instant(when, what=f"sleep_until {name!r} target")
+    )
 
 
 def wait_for_event(
@@ -113,7 +192,7 @@ def wait_for_event(
     timeout: DurationLike = "7d",
 ) -> WaitEvent:
     """Pause until an event named ``event`` arrives whose ``match`` path equals this run's."""
-    check_name(name)
+    check_step_name(name)
     check_name(event, "event name")
     if match is not None:
         check_name(match, "match path")
@@ -133,8 +212,8 @@ def parallel(
     on_error: str = "fail_fast",
 ) -> Parallel:
     """Run each ``branch(s)`` concurrently; yields back their results in branch order."""
-    check_name(name)
-    if isinstance(branches, str | bytes) or not isinstance(branches, Iterable):
+    check_step_name(name)
+    if isinstance(branches, _NOT_A_LIST) or not isinstance(branches, Iterable):
         raise TypeError(
             f"branches of parallel {name!r} must be a list of callables, got {branches!r}"
         )
@@ -153,8 +232,8 @@ def map(
     on_error: str = "fail_fast",
 ) -> Map:
     """Run ``fn(item, s, index)`` for every item concurrently; results in item order."""
-    check_name(name)
-    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+    check_step_name(name)
+    if isinstance(items, _NOT_A_LIST) or not isinstance(items, Iterable):
         raise TypeError(f"items of map {name!r} must be a list, got {items!r}")
     _check_callable(fn, f"the function of map {name!r}")
     return Map(name, tuple(items), fn, _check_concurrency(concurrency), _check_on_error(on_error))
@@ -164,7 +243,7 @@ def invoke(
     name: str, function: Any, data: Any = None, *, timeout: DurationLike | None = None
 ) -> Invoke:
     """Start a child run of ``function`` (id or declared function) and wait for its output."""
-    check_name(name)
+    check_step_name(name)
     return Invoke(
         name,
         _function_id(function),
@@ -175,19 +254,19 @@ def invoke(
 
 def invoke_async(name: str, function: Any, data: Any = None) -> InvokeAsync:
     """Start a child run of ``function`` without waiting; yields back the child's run id."""
-    check_name(name)
+    check_step_name(name)
     return InvokeAsync(name, _function_id(function), _json(data, f"data of invoke {name!r}"))
 
 
 def publish(name: str, event: str, data: Any = None) -> Publish:
     """Emit the event ``event`` exactly once; yields back the event id."""
-    check_name(name)
+    check_step_name(name)
     check_name(event, "event name")
     return Publish(name, event.strip(), _json(data, f"data of publish {name!r}"))
 
 
 def compensate(name: str, fn: Callable[..., Any], *args: Any) -> Compensate:
     """Register ``fn(*args)`` as the undo of step ``name``, run if the run ends in failure."""
-    check_name(name)
+    check_step_name(name)
     _check_callable(fn, f"the undo of step {name!r}")
     return Compensate(name, fn, args)

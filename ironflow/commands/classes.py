@@ -1,14 +1,23 @@
-"""The command objects a workflow yields. Frozen values; the builders in ``step`` check input."""
+"""The command objects a workflow yields. Frozen values; the builders in ``step`` check input.
+
+Each command is also iterable: ``__iter__`` yields the command itself and returns what the
+engine sends back. So ``x = yield from step.run("f", fetch)`` records exactly what
+``x = yield step.run("f", fetch)`` does, and type checkers give ``x`` the type ``__iter__``
+declares (``RunStep[T]`` returns ``T``, ``WaitEvent`` an ``Event``; a bare ``yield`` is ``Any``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeVar
 
 import attrs
 import pendulum
 
+from ironflow.commands.event import Event
 from ironflow.commands.retry import RetryPolicy
+
+T = TypeVar("T")
 
 
 class _Unset:
@@ -20,8 +29,8 @@ UNSET: Any = _Unset()
 
 
 @attrs.frozen
-class RunStep:
-    """Call ``fn(*args)`` once and memoize its JSON result."""
+class RunStep(Generic[T]):
+    """Call ``fn(*args)`` once and memoize its JSON result (of type ``T``)."""
 
     name: str
     fn: Callable[..., Any]
@@ -29,6 +38,11 @@ class RunStep:
     retry: RetryPolicy | None = None
     timeout: pendulum.Duration | None = None
     kind = "run"
+
+    def __iter__(self) -> Generator[RunStep[T], Any, T]:
+        """``yield from`` it: yields the command; returns the step's result."""
+        result: T = yield self
+        return result
 
 
 @attrs.frozen
@@ -39,6 +53,10 @@ class Sleep:
     duration: pendulum.Duration
     kind = "sleep"
 
+    def __iter__(self) -> Generator[Sleep, Any, None]:
+        """``yield from`` it: yields the command; returns ``None``."""
+        yield self
+
 
 @attrs.frozen
 class SleepUntil:
@@ -47,6 +65,10 @@ class SleepUntil:
     name: str
     when: pendulum.DateTime
     kind = "sleep_until"
+
+    def __iter__(self) -> Generator[SleepUntil, Any, None]:
+        """``yield from`` it: yields the command; returns ``None``."""
+        yield self
 
 
 @attrs.frozen
@@ -60,6 +82,11 @@ class WaitEvent:
     timeout: pendulum.Duration = attrs.field(factory=lambda: pendulum.duration(days=7))
     kind = "wait_event"
 
+    def __iter__(self) -> Generator[WaitEvent, Any, Event]:
+        """``yield from`` it: yields the command; returns the matched event."""
+        result: Event = yield self
+        return result
+
 
 @attrs.frozen
 class Parallel:
@@ -70,6 +97,11 @@ class Parallel:
     concurrency: int | None = None
     on_error: str = "fail_fast"
     kind = "parallel"
+
+    def __iter__(self) -> Generator[Parallel, Any, list[Any]]:
+        """``yield from`` it: yields the command; returns the branches' results."""
+        result: list[Any] = yield self
+        return result
 
 
 @attrs.frozen
@@ -83,6 +115,11 @@ class Map:
     on_error: str = "fail_fast"
     kind = "map"
 
+    def __iter__(self) -> Generator[Map, Any, list[Any]]:
+        """``yield from`` it: yields the command; returns the results, in item order."""
+        result: list[Any] = yield self
+        return result
+
 
 @attrs.frozen
 class Invoke:
@@ -94,6 +131,11 @@ class Invoke:
     timeout: pendulum.Duration | None = None
     kind = "invoke"
 
+    def __iter__(self) -> Generator[Invoke, Any, Any]:
+        """``yield from`` it: yields the command; returns the child run's output."""
+        result: Any = yield self
+        return result
+
 
 @attrs.frozen
 class InvokeAsync:
@@ -103,6 +145,11 @@ class InvokeAsync:
     function: str
     data: Any = None
     kind = "invoke_async"
+
+    def __iter__(self) -> Generator[InvokeAsync, Any, str]:
+        """``yield from`` it: yields the command; returns the child's run id."""
+        result: str = yield self
+        return result
 
 
 @attrs.frozen
@@ -114,6 +161,11 @@ class Publish:
     data: Any = None
     kind = "publish"
 
+    def __iter__(self) -> Generator[Publish, Any, str]:
+        """``yield from`` it: yields the command; returns the event id."""
+        result: str = yield self
+        return result
+
 
 @attrs.frozen
 class Compensate:
@@ -124,9 +176,13 @@ class Compensate:
     args: tuple[Any, ...] = ()
     kind = "compensate"
 
+    def __iter__(self) -> Generator[Compensate, Any, None]:
+        """``yield from`` it: yields the command; returns ``None``."""
+        yield self
+
 
 Command = (
-    RunStep
+    RunStep[Any]
     | Sleep
     | SleepUntil
     | WaitEvent

@@ -15,6 +15,22 @@ _SHORT = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)")
 DurationLike = str | int | float | _dt.timedelta
 InstantLike = str | _dt.datetime
 
+# The longest duration anything takes: a sleep, a timeout, a retry delay, a lease, a
+# ``VirtualClock.advance``. 100 years keeps every deadline the engine computes far inside what
+# it can hold: ``now + MAX_DURATION`` (even doubled by retry jitter) is a datetime well before
+# year 9999 and some 10**17 integer microseconds since the epoch (int64 holds 9.2 * 10**18),
+# and as seconds it stays under ``threading.TIMEOUT_MAX`` (~292 years), which bounds the
+# worker's waits on step timeouts.
+MAX_DURATION_DAYS = 36500
+MAX_DURATION = _dt.timedelta(days=MAX_DURATION_DAYS)
+_MAX_SECONDS = MAX_DURATION.total_seconds()
+_MAX_TEXT = f"{MAX_DURATION_DAYS} days (100 years)"
+
+# The latest instant a ``sleep_until`` may target (and a ``VirtualClock`` may show). Later
+# steps add durations to the time it wakes at; stopping 999 years short of ``datetime.max``
+# leaves room for any of them (at most ``2 * MAX_DURATION``).
+LATEST_INSTANT = _dt.datetime(9000, 1, 1, tzinfo=_dt.UTC)
+
 _DURATION_HELP = (
     'use a positive number of seconds, a timedelta, or a string like "500ms", "30s", '
     '"1.5m", "2h", "7d" (or ISO 8601 such as "PT30S")'
@@ -26,7 +42,10 @@ _PARSED: dict[str, pendulum.Duration] = {}
 
 
 def parse_duration(value: Any, *, what: str = "duration") -> pendulum.Duration:
-    """Return ``value`` as a positive pendulum ``Duration``; ``ValueError`` names a bad one."""
+    """``value`` as a positive pendulum ``Duration`` of at most ``MAX_DURATION``.
+
+    ``ValueError`` names a bad value. Every duration ironflow takes comes through here.
+    """
     if type(value) is str:
         found = _PARSED.get(value)
         if found is None:
@@ -41,10 +60,9 @@ def _parse_duration(value: Any, what: str) -> pendulum.Duration:
     seconds = _seconds(value, what)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{what} must be positive and finite, got {value!r}; {_DURATION_HELP}")
-    try:
-        duration = pendulum.duration(seconds=seconds)
-    except OverflowError:
-        raise ValueError(f"{what} {value!r} is too long; {_DURATION_HELP}") from None
+    if seconds > _MAX_SECONDS:
+        raise ValueError(f"{what} {value!r} is too long: the engine schedules at most {_MAX_TEXT}")
+    duration = pendulum.duration(seconds=seconds)
     if duration.total_seconds() <= 0:
         raise ValueError(f"{what} {value!r} is shorter than a microsecond; {_DURATION_HELP}")
     return duration
@@ -96,5 +114,11 @@ def parse_instant(value: Any, *, what: str = "instant") -> pendulum.DateTime:
         raise ValueError(
             f"{what} {value!r} is naive: give it a time zone or offset (e.g. +00:00) "
             f"so that it names one instant"
+        )
+    # Checked before the conversion to UTC, which overflows past year 9999.
+    if value_dt > LATEST_INSTANT:
+        raise ValueError(
+            f"{what} {value!r} is too late: the latest instant the engine schedules is "
+            f"{LATEST_INSTANT.isoformat()}"
         )
     return pendulum.instance(value_dt).in_timezone("UTC")

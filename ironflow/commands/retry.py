@@ -11,8 +11,12 @@ import pendulum
 from ironflow.commands.durations import parse_duration
 
 
-def _duration(value: Any) -> pendulum.Duration:
-    return parse_duration(value, what="retry delay")
+def _initial_delay(value: Any) -> pendulum.Duration:
+    return parse_duration(value, what="retry delay (initial_delay)")
+
+
+def _max_delay(value: Any) -> pendulum.Duration:
+    return parse_duration(value, what="retry delay (max_delay)")
 
 
 def _check_attempts(_: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -45,17 +49,29 @@ class RetryPolicy:
 
     max_attempts: int = attrs.field(default=3, validator=_check_attempts)
     initial_delay: pendulum.Duration = attrs.field(
-        default=pendulum.duration(seconds=1), converter=_duration
+        default=pendulum.duration(seconds=1), converter=_initial_delay
     )
     backoff: float = attrs.field(default=2.0, validator=_check_backoff)
     max_delay: pendulum.Duration = attrs.field(
-        default=pendulum.duration(minutes=5), converter=_duration
+        default=pendulum.duration(minutes=5), converter=_max_delay
     )
     jitter: float = attrs.field(default=0.0, validator=_check_jitter)
 
+    def __attrs_post_init__(self) -> None:
+        # Capping the first delay silently would wait less than the policy says.
+        if self.initial_delay > self.max_delay:
+            raise ValueError(
+                f"RetryPolicy initial_delay ({self.initial_delay.in_words()}) is longer than "
+                f"max_delay ({self.max_delay.in_words()}), which caps every delay; "
+                f"give a max_delay at least as long"
+            )
+
     def delay_seconds(self, failed_attempt: int, roll: float = 0.0) -> float:
         """Seconds to wait after attempt ``failed_attempt`` failed; ``roll`` in [0, 1) jitters."""
-        base = self.initial_delay.total_seconds() * self.backoff ** (failed_attempt - 1)
+        try:
+            base = self.initial_delay.total_seconds() * self.backoff ** (failed_attempt - 1)
+        except OverflowError:  # attempt 1025 with backoff 2.0: past any max_delay anyway
+            base = math.inf
         capped = min(base, self.max_delay.total_seconds())
         return capped * (1.0 + self.jitter * roll)
 

@@ -719,7 +719,7 @@ class Interpreter:
         task.waiting = slot.id
         return PENDING
 
-    def _schedule_run(self, task: _Task, command: RunStep) -> Any:
+    def _schedule_run(self, task: _Task, command: RunStep[Any]) -> Any:
         sid = task.prefix + command.name
         if sid in self._ids:
             return (None, self._claim(task, command.name))

@@ -6,7 +6,7 @@ import datetime as _dt
 import threading
 from typing import Any
 
-from ironflow.commands.durations import parse_duration, parse_instant
+from ironflow.commands.durations import LATEST_INSTANT, parse_duration, parse_instant
 
 
 def _plain(when: _dt.datetime) -> _dt.datetime:
@@ -45,6 +45,13 @@ class VirtualClock:
             seconds=parse_duration(duration, what="advance duration").total_seconds()
         )
         with self._lock:
+            # The engine adds durations to this time; past LATEST_INSTANT they could overflow.
+            if self._now > LATEST_INSTANT - step:
+                raise ValueError(
+                    f"VirtualClock cannot advance {duration!r} from {self._now.isoformat()}: "
+                    f"it would pass {LATEST_INSTANT.isoformat()}, the latest time the engine "
+                    f"schedules"
+                )
             self._now = self._now + step
             return self._now
 
