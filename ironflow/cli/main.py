@@ -21,7 +21,7 @@ from ironflow.cli import render
 from ironflow.cli.app import App, load_app
 from ironflow.cli.db import check_writable, db_path, open_engine, reading
 from ironflow.cli.errors import CLIError, one_line
-from ironflow.commands.builders import check_name
+from ironflow.commands.names import check_event_name, check_idempotency_key
 from ironflow.errors import NonDeterminismError
 from ironflow.history import dumps, loads
 from ironflow.interpreter import check_replayable
@@ -124,9 +124,10 @@ def parse_data(text: str | None, what: str) -> Any:
         raise CLIError(f"malformed JSON for {what}: {one_line(exc)}") from None
 
 
-def checked_name(value: str, what: str) -> str:
+def checked_name(value: str, check: Callable[[str], str]) -> str:
+    """``value`` if ``check`` accepts it, else a ``CLIError`` of the check's message."""
     try:
-        check_name(value, what)
+        check(value)
     except (TypeError, ValueError) as exc:
         raise CLIError(one_line(exc)) from None
     return value
@@ -353,10 +354,10 @@ def emit(
     code, not the database): it is stored, and only runs already started can take it with a
     wait. The database must exist.
     """
-    checked_name(name, "event name")
+    checked_name(name, check_event_name)
     payload = parse_data(data, "DATA")
     if idempotency_key is not None:
-        checked_name(idempotency_key, "idempotency key")
+        checked_name(idempotency_key, check_idempotency_key)
     app = App("") if app_spec is None else loaded_app(app_spec, db)
     if app_spec is None:
         engine = open_engine(db_path(db), create=False)

@@ -5,7 +5,6 @@ Every builder checks its input here, at the boundary, and names the bad value.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, overload
 
@@ -25,6 +24,13 @@ from ironflow.commands.classes import (
 )
 from ironflow.commands.durations import DurationLike, InstantLike, parse_duration, parse_instant
 from ironflow.commands.jsonvalue import NotJSONError, public_error, to_json_value
+from ironflow.commands.names import (
+    GOOD_STEP_NAMES,
+    check_event_name,
+    check_name,
+    check_step_name,
+    check_step_name_slowly,
+)
 from ironflow.commands.retry import RetryPolicy
 
 ON_ERROR = ("fail_fast", "all_settled")
@@ -33,59 +39,6 @@ T = TypeVar("T")
 
 # Iterable, yet not a list of branches or items: text, and a command (iterable for `yield from`).
 _NOT_A_LIST = (str, bytes, *COMMAND_TYPES)
-
-
-def check_name(name: Any, what: str = "step name") -> str:
-    """Return ``name`` if it is a non-blank string, else fail naming it."""
-    if type(name) is not str or not name or name.isspace():
-        raise ValueError(f"{what} must be a non-empty string, got {name!r}")
-    return name
-
-
-def check_step_name(name: Any, what: str = "step name") -> str:
-    """Return ``name`` if it can be a step name: stored, shown on one line, no ``/``."""
-    if type(name) is str and name in _GOOD_NAMES:
-        return name
-    return _check_step_name_slowly(name, what)
-
-
-# Builders run for every step on every replay, and workflows spell the same names each time:
-# each name is checked once, then found here (cheaper than the old blank-name check).
-# Bounded, for workflows that make a new name per item (f"charge-{i}"): past it, names are
-# checked every time.
-_GOOD_NAMES: set[str] = set()
-_GOOD_NAMES_MAX = 16384
-
-# Characters that would break a name's one line in `ironflow runs show`: C0/C1 controls
-# (newline, tab, ESC, DEL, ...) and the Unicode line and paragraph separators.
-_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
-
-
-def _check_step_name_slowly(name: Any, what: str) -> str:
-    text: str = check_name(name, what)
-    if "/" in text:
-        raise ValueError(
-            f"{what} {text!r} contains '/', which is reserved for scope paths (step 'charge' in "
-            f"branch 0 of parallel 'p' has the id 'p/0/charge'); use another separator, "
-            f"such as '-' or '.'"
-        )
-    if not text.isprintable():  # printable text has none of the characters refused below
-        for index, char in enumerate(text):
-            if "\ud800" <= char <= "\udfff":
-                raise ValueError(
-                    f"{what} {text!r} cannot be stored: it holds the lone surrogate {char!r} at "
-                    f"index {index}, which is not Unicode text (text decoded with "
-                    f"errors='surrogateescape' carries them); give a name of valid text"
-                )
-            if unicodedata.category(char) in _LINE_BREAKING:
-                raise ValueError(
-                    f"{what} {text!r} holds the control character {char!r} at index {index}; "
-                    f"step names are shown one per line (`ironflow runs show`): use printable "
-                    f"characters only"
-                )
-    if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
-        _GOOD_NAMES.add(text)
-    return text
 
 
 def _check_callable(fn: Any, what: str) -> None:
@@ -158,8 +111,8 @@ def run(
     timeout: DurationLike | None = None,
 ) -> RunStep[Any]:
     """Run ``fn(*args)`` as a step: executed once, its JSON result memoized."""
-    if type(name) is not str or name not in _GOOD_NAMES:  # check_step_name, inlined
-        _check_step_name_slowly(name, "step name")
+    if type(name) is not str or name not in GOOD_STEP_NAMES:  # check_step_name, inlined
+        check_step_name_slowly(name, "step name")
     if not callable(fn):
         _check_callable(fn, f"the function of step {name!r}")
     if retry is not None and not isinstance(retry, RetryPolicy):
@@ -193,7 +146,7 @@ def wait_for_event(
 ) -> WaitEvent:
     """Pause until an event named ``event`` arrives whose ``match`` path equals this run's."""
     check_step_name(name)
-    check_name(event, "event name")
+    check_event_name(event)
     if match is not None:
         check_name(match, "match path")
     if value is not UNSET:
@@ -261,7 +214,7 @@ def invoke_async(name: str, function: Any, data: Any = None) -> InvokeAsync:
 def publish(name: str, event: str, data: Any = None) -> Publish:
     """Emit the event ``event`` exactly once; yields back the event id."""
     check_step_name(name)
-    check_name(event, "event name")
+    check_event_name(event)
     return Publish(name, event.strip(), _json(data, f"data of publish {name!r}"))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from ironflow.commands.builders import check_name
+from ironflow.commands.names import check_event_name, check_function_id
 from ironflow.commands.retry import RetryPolicy
 
 WorkflowFn = Callable[[Any], Generator[Any, Any, Any]]
@@ -23,7 +23,7 @@ def _triggers(on: Any) -> tuple[str, ...]:
         raise ValueError(
             f"on= must be an event name, a wildcard like 'order.*', or a list; got {on!r}"
         )
-    return tuple(check_name(name, "trigger event name").strip() for name in names)
+    return tuple(check_event_name(name, "trigger event name").strip() for name in names)
 
 
 @attrs.frozen
@@ -50,7 +50,7 @@ def function(
     retry: RetryPolicy | None = None,
 ) -> Callable[[WorkflowFn], Function]:
     """Declare a workflow; ``on`` names the events that start it, ``retry`` its steps' default."""
-    check_name(id, "function id")
+    check_function_id(id)
     triggers = _triggers(on)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")

@@ -89,6 +89,8 @@ _DECISION_TYPES = (
     RunFailed,
 )
 _TIMED_KINDS = ("sleep", "sleep_until", "wait_event", "invoke")
+# An undo registered by step.compensate('charge', ...) runs as the step 'compensate:charge'.
+UNDO_PREFIX = "compensate:"
 # What the runtime records (as a ChildFailed) for an invoke whose timeout passed.
 INVOKE_TIMEOUT = ErrorInfo("TimeoutError", "invoke timed out")
 
@@ -696,16 +698,46 @@ class Interpreter:
             f"ironflow.step builds, e.g. `result = yield step.run('name', fn)`"
         )
 
-    def _claim(self, task: _Task, name: str) -> str | DuplicateStepError:
+    def _claim(
+        self, task: _Task, name: str, undo_of: str | None = None
+    ) -> str | DuplicateStepError:
+        """Take the id of ``name`` in ``task``'s scope (``undo_of``: the undo of that step)."""
         sid = task.prefix + name
         if sid in self._ids:
-            scope = task.prefix[:-1] or "the workflow"
-            return DuplicateStepError(
-                f"step name {name!r} is used twice in {scope!r}: names must be unique within "
-                f"a scope; put the index in the name (f'{name}-{{i}}') or use step.map"
-            )
+            return self._duplicate(task, name, undo_of)
         self._ids.add(sid)
         return sid
+
+    def _duplicate(self, task: _Task, name: str, undo_of: str | None) -> DuplicateStepError:
+        """The error for a second claim of ``name``'s id, saying whose id it is."""
+        scope = task.prefix[:-1] or "the workflow"
+        if name.startswith(UNDO_PREFIX):
+            # An undo's id is 'compensate:<step name>', in the scope where it was registered:
+            # a step a user named so takes the same id. Say which of the two came first.
+            sid = task.prefix + name
+            undo_first = any(slot.id == sid for slot in self._undos)
+            step_name = name[len(UNDO_PREFIX) :]
+            if undo_of is not None and undo_first:
+                return DuplicateStepError(
+                    f"step.compensate({undo_of!r}, ...) is called twice in {scope!r} (its "
+                    f"undo runs as the step {name!r}): a step has one undo; register it once"
+                )
+            if undo_of is not None:
+                return DuplicateStepError(
+                    f"step.compensate({undo_of!r}, ...) runs its undo as the step {name!r}, "
+                    f"but {scope!r} already has a step named {name!r}; rename that step: names "
+                    f"starting with {UNDO_PREFIX!r} are the ids of undos"
+                )
+            if undo_first:
+                return DuplicateStepError(
+                    f"step name {name!r} is the id of the undo that step.compensate("
+                    f"{step_name!r}, ...) registered in {scope!r}; rename the step: names "
+                    f"starting with {UNDO_PREFIX!r} are the ids of undos"
+                )
+        return DuplicateStepError(
+            f"step name {name!r} is used twice in {scope!r}: names must be unique within "
+            f"a scope; put the index in the name (f'{name}-{{i}}') or use step.map"
+        )
 
     def _slot(self, task: _Task, sid: str, command: Any, kind: str) -> _Slot:
         self._order += 1
@@ -797,7 +829,7 @@ class Interpreter:
         return self._wait_on(task, self._slot(task, sid, command, "publish"))
 
     def _schedule_compensate(self, task: _Task, command: Compensate) -> Any:
-        sid = self._claim(task, "compensate:" + command.name)
+        sid = self._claim(task, UNDO_PREFIX + command.name, undo_of=command.name)
         if not isinstance(sid, str):
             return (None, sid)
         self._undos.append(self._slot(task, sid, command, "compensate"))

@@ -26,11 +26,17 @@ from typing import Any
 
 import attrs
 
-from ironflow.commands.builders import check_name
 from ironflow.commands.durations import parse_duration
 from ironflow.commands.event import MISSING, Event, lookup
 from ironflow.commands.function import Function, check_workflow_fn
 from ironflow.commands.jsonvalue import NotJSONError, public_error, to_json_value
+from ironflow.commands.names import (
+    RUN_IDS_SHOWN,
+    check_event_name,
+    check_function_id,
+    check_idempotency_key,
+    check_shown_name,
+)
 from ironflow.errors import CancelledError, NonDeterminismError
 from ironflow.history.errors import decode_error, encode_error, type_name
 from ironflow.history.events import (
@@ -303,6 +309,7 @@ class Engine:
                 f"{getattr(fn, '__qualname__', fn)!r}"
             )
         self._check_open()
+        check_function_id(fn.id)  # a Function made without @ironflow.function has no check
         existing = self.functions.get(fn.id)
         if existing is not None and existing != fn:
             # Replacing it would silently drop the first one's triggers.
@@ -396,10 +403,10 @@ class Engine:
     def emit(self, name: str, data: Any = None, *, idempotency_key: str | None = None) -> list[str]:
         """Emit an event: start the functions it triggers and satisfy matching waits."""
         self._check_open()
-        check_name(name, "event name")
+        check_event_name(name)
         payload = _json(data, f"data of event {name!r}")
         if idempotency_key is not None:
-            check_name(idempotency_key, "idempotency key")
+            check_idempotency_key(idempotency_key)
         now, _ = self._now()
         with self.store.transaction() as conn:
             started = self._emit_in(conn, name, payload, new_id(), idempotency_key, now)
@@ -1491,7 +1498,7 @@ class Engine:
 
 def check_run_id(run_id: Any) -> str:
     """Return ``run_id`` if a caller may choose it; ``ValueError`` naming it if not."""
-    check_name(run_id, "run id")
+    check_shown_name(run_id, "run id", RUN_IDS_SHOWN)
     if "/" in run_id:
         # Child runs are named "<parent run id>/<step id>": a chosen id with a '/' could take
         # a child's id before the child starts.
