@@ -6,8 +6,10 @@ that can be encoded (no lone surrogates) and holds no character that breaks a li
 controls, the Unicode line and paragraph separators). Any script is fine: 'commande-été',
 '注文', emoji. Step names and run ids also may not hold ``/``, which joins ids.
 
-The builders call these for every command on every replay, with the same names each time, so
-the checks that run there remember the names they accepted: a repeat costs a set lookup.
+The builders call these for every command on every replay, so their checks start with one
+expression that passes every ordinary name (``str.isprintable`` is a single C loop); only a
+name it does not pass is looked at character by character. Nothing is remembered between
+calls: no shared state, and no cost that grows with the names a worker has seen.
 """
 
 from __future__ import annotations
@@ -27,13 +29,6 @@ __all__ = [
 # Characters that would break a name's one line in `ironflow runs show`: C0/C1 controls
 # (newline, tab, ESC, DEL, ...) and the Unicode line and paragraph separators.
 _LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
-
-# Accepted names, so that checking one again is a set lookup. Bounded, for workflows that make
-# a new name per item (f"charge-{i}"): past it, names are checked every time. Unique values
-# (run ids, idempotency keys) are never remembered: they would only fill the sets.
-GOOD_STEP_NAMES: set[str] = set()  # step names
-GOOD_EVENT_NAMES: set[str] = set()  # event names
-_GOOD_MAX = 16384
 
 STEP_NAMES_SHOWN = "step names are shown one per line (`ironflow runs show`)"
 EVENT_NAMES_SHOWN = "event names are shown one per line (`ironflow runs show`)"
@@ -81,13 +76,13 @@ def _refuse_unshowable(text: str, what: str, shown: str) -> None:
 
 def check_step_name(name: Any, what: str = "step name") -> str:
     """Return ``name`` if it can be a step name: stored, shown on one line, no ``/``."""
-    if type(name) is str and name in GOOD_STEP_NAMES:
+    if type(name) is str and name.isprintable() and "/" not in name and name.strip():
         return name
     return check_step_name_slowly(name, what)
 
 
 def check_step_name_slowly(name: Any, what: str) -> str:
-    """``check_step_name`` without the look-up of remembered names (``step.run`` inlines it)."""
+    """``check_step_name`` without its fast path (``step.run`` inlines that)."""
     text: str = check_name(name, what)
     if "/" in text:
         raise ValueError(
@@ -97,19 +92,14 @@ def check_step_name_slowly(name: Any, what: str) -> str:
         )
     if not text.isprintable():
         _refuse_unshowable(text, what, STEP_NAMES_SHOWN)
-    if len(GOOD_STEP_NAMES) < _GOOD_MAX:
-        GOOD_STEP_NAMES.add(text)
     return text
 
 
 def check_event_name(name: Any, what: str = "event name") -> str:
     """Return ``name`` if it can be an event name (``/`` allowed), else fail naming it."""
-    if type(name) is str and name in GOOD_EVENT_NAMES:  # step.publish and waits, on every replay
+    if type(name) is str and name.isprintable() and name.strip():  # every replay: keep it cheap
         return name
-    text = check_shown_name(name, what, EVENT_NAMES_SHOWN)
-    if len(GOOD_EVENT_NAMES) < _GOOD_MAX:
-        GOOD_EVENT_NAMES.add(text)
-    return text
+    return check_shown_name(name, what, EVENT_NAMES_SHOWN)
 
 
 def check_function_id(function_id: Any) -> str:
