@@ -12,7 +12,7 @@
   next) and all at once (start all, one ``run_until_idle``).
 * ``replay``: a run with a long history read back from the store and replayed cold, in events
   per second (``Engine.history`` + ``ironflow.interpreter.replay``, and the engine's own cold
-  load path, ``Engine._acquire_all``).
+  load path, ``Driver.acquire_all``).
 * ``latency``: emit → resume in-process, with ``serve()`` on a background thread: the time from
   ``engine.emit(...)`` until the parked run's next step body starts (its resume is committed by
   then), and until that step's result is committed (seen by polling a second connection).
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
-import inspect
 import json
 import os
 import platform
@@ -49,7 +48,7 @@ import ironflow
 from ironflow import step
 from ironflow.history import StepCompleted
 from ironflow.interpreter import Interpreter, replay
-from ironflow.runtime import rows as store_rows
+from ironflow.runtime.store import rows as store_rows
 from ironflow.testing import VirtualClock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -511,7 +510,8 @@ def synthesize_history(engine: Any, flow: ironflow.Function, run_id: str) -> int
     if decision.done or [w.kind for w in decision.pending] != ["wait_event"]:
         raise RuntimeError(f"synthesized run should be parked on its wait: {decision}")
     store = engine.store
-    with store.transaction() as conn:
+    with store.transaction() as tx:
+        conn = tx.conn
         # A run not driven yet has no stored RunStarted: engine.history made it from the row.
         (stored,) = conn.execute(
             "SELECT COUNT(*) FROM history WHERE run_id = ?", (run_id,)
@@ -586,54 +586,52 @@ def bench_replay(ws: Workspace, sizes: dict[str, int], repeat: int, floors: dict
 def acquire_row(engine: Any, run_id: str, events: int, repeat: int, note: str) -> dict[str, Any]:
     """Time the engine's own cold load (lease, read, decode, feed); rolled back after each try.
 
-    Uses ``Engine._acquire_all(conn, run_ids, now_us, mail)`` (or its older forms without
-    ``mail``, or ``Engine._acquire(conn, run_id, now_us)``), with the cyclic GC paused as the
-    engine's rounds have it: private, so a missing one skips the row.
+    Uses the driver's ``acquire_all(tx, run_ids, now_us, mail)`` in a store transaction, with
+    the cyclic GC paused as the engine's rounds have it: private, so a missing one skips the
+    row.
     """
     name = "cold load: engine acquire"
     target = ">= 200,000/s"
-    live_cache = getattr(engine, "_live", None)
-    acquire_all = getattr(engine, "_acquire_all", None)
-    acquire_one = getattr(engine, "_acquire", None)
-    if not isinstance(live_cache, dict) or (acquire_all is None and acquire_one is None):
-        return row(name, None, "events/s", target, None, "skipped: no Engine._acquire[_all]")
-    method = "_acquire_all" if acquire_all is not None else "_acquire"
+    driver = getattr(engine, "_driver", None)
+    live_cache = getattr(driver, "live", None)
+    acquire_all = getattr(driver, "acquire_all", None)
+    if not isinstance(live_cache, dict) or acquire_all is None:
+        return row(name, None, "events/s", target, None, "skipped: no Driver.acquire_all")
     store = engine.store
+
+    class Rollback(Exception):
+        pass
 
     def once() -> float:
         live_cache.pop(run_id, None)
         now_us = store_rows.to_us(store_rows.utc(engine.clock.now()))
-        with store.lock:
-            conn = store.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+        elapsed = 0.0
+        try:
+            with store.transaction() as tx:
                 paused = gc.isenabled()
                 gc.disable()
                 start = time.perf_counter()
                 try:
-                    if acquire_all is None:
-                        acquire_one(conn, run_id, now_us)
-                    elif "mail" in inspect.signature(acquire_all).parameters:
-                        acquire_all(conn, [run_id], now_us, set())
-                    else:
-                        acquire_all(conn, [run_id], now_us)
+                    acquire_all(tx, [run_id], now_us, set())
                     elapsed = time.perf_counter() - start
                 finally:
                     if paused:
                         gc.enable()
                 loaded = live_cache.get(run_id)
-            finally:
-                conn.execute("ROLLBACK")
-                live_cache.pop(run_id, None)
+                raise Rollback
+        except Rollback:
+            pass
+        finally:
+            live_cache.pop(run_id, None)
         if loaded is None:
-            raise RuntimeError(f"Engine.{method} did not load the parked run")
+            raise RuntimeError("Driver.acquire_all did not load the parked run")
         return elapsed
 
     try:
         rate = events / best_of(once, repeat)
     except TypeError as exc:  # the private signature changed
         return row(name, None, "events/s", target, None, f"skipped: {exc}")
-    return row(name, rate, "events/s", target, at_least(rate, 200_000), f"{note}; {method}")
+    return row(name, rate, "events/s", target, at_least(rate, 200_000), f"{note}; acquire_all")
 
 
 # --- 6. emit -> resume latency ---------------------------------------------------------------

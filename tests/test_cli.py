@@ -22,9 +22,9 @@ from click.testing import CliRunner, Result
 
 from ironflow import Engine
 from ironflow.cli import cli
-from ironflow.cli.db import connect_readonly
 from ironflow.history import loads
 from ironflow.interpreter import replay
+from ironflow.runtime.store.sqlite_schema import connect_readonly
 from ironflow.testing import VirtualClock
 from ironflow.testing import replay as golden_replay
 

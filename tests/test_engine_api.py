@@ -1024,7 +1024,7 @@ def test_a_run_blocked_at_its_first_drive_keeps_its_run_started_event(engine, mo
 def test_a_round_that_fails_to_commit_is_driven_again_in_full(engine, calls, monkeypatch):
     """A transaction that fails (here: a busy database) rolls back whole: the next drive
     decides the same steps again and must start them (nothing was marked in flight)."""
-    from ironflow.runtime.engine import _Batch
+    from ironflow.runtime.store import SQLiteTransaction
 
     @ironflow.function(id="one")
     def one(ctx):
@@ -1032,16 +1032,16 @@ def test_a_round_that_fails_to_commit_is_driven_again_in_full(engine, calls, mon
 
     engine.register(one)
     runs = [engine.start("one") for _ in range(3)]
-    write = _Batch.write
+    write = SQLiteTransaction.commit_round
     failures = []
 
-    def busy_once(self, conn, owner, now_us):
-        if self.jobs and not failures:
+    def busy_once(self, batch, owner):
+        if batch.jobs and not failures:
             failures.append(1)
             raise sqlite3.OperationalError("database is locked")
-        return write(self, conn, owner, now_us)
+        return write(self, batch, owner)
 
-    monkeypatch.setattr(_Batch, "write", busy_once)
+    monkeypatch.setattr(SQLiteTransaction, "commit_round", busy_once)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         engine.run_until_idle()
     assert calls.counts == {}  # nothing started from the rolled-back round

@@ -1,11 +1,8 @@
 """Which database a command uses, and opening it without changing it when only reading.
 
 Read-only commands (``runs list/show/export``, ``replay``) never create a database and never
-write to one: they open it through SQLite's read-only URI (``mode=ro``). When no ``-wal`` or
-``-journal`` file sits beside the database (nobody has it open, everything is in the main file)
-they add ``immutable=1`` too, so that not even the empty ``-wal``/``-shm`` side files a
-read-only WAL reader would leave behind are created. A worker that starts meanwhile writes to a
-new ``-wal`` file, not to the main file, so that snapshot stays consistent.
+write to one: they open it through the store's read-only opening (``open_store(url,
+read_only=True)``, which for SQLite leaves not even ``-wal``/``-shm`` side files behind).
 
 Commands that write check the file the same read-only way before the engine opens it
 read-write: the engine's store switches a file to WAL mode as it opens it, which would change a
@@ -16,17 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
-import threading
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-import sqlite_utils
-
 from ironflow.cli.errors import CLIError, one_line
-from ironflow.runtime import Engine, SQLiteStore, StoreError
-from ironflow.runtime.store import READABLE_VERSIONS, SCHEMA_VERSION, parse_url
+from ironflow.runtime import Engine, StoreError
+from ironflow.runtime.store import READABLE_VERSIONS, SCHEMA_VERSION, open_store, parse_url, probe
 
 DEFAULT_DB = "ironflow.db"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -38,15 +30,6 @@ def db_path(url: str | None) -> str:
         return parse_url(url if url is not None else DEFAULT_DB)
     except ValueError as exc:
         raise CLIError(one_line(exc)) from None
-
-
-def connect_readonly(path: str) -> sqlite3.Connection:
-    """A connection that cannot write to ``path`` (see the module docstring)."""
-    full = os.path.abspath(path)
-    quiescent = not any(os.path.exists(full + suffix) for suffix in ("-wal", "-journal"))
-    query = "mode=ro&immutable=1" if quiescent else "mode=ro"
-    uri = f"file:{urllib.parse.quote(full)}?{query}"
-    return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
 
 def check_database(path: str, *, writable: bool = False) -> None:
@@ -71,25 +54,13 @@ def check_database(path: str, *, writable: bool = False) -> None:
     if header != SQLITE_HEADER:
         raise CLIError(f"{path} is not an ironflow database (not even a SQLite file)")
     try:
-        conn = connect_readonly(path)
-    except sqlite3.Error as exc:
-        raise CLIError(f"cannot open {path}: {one_line(exc)}") from None
-    try:
-        tables = {
-            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        if "ironflow_meta" not in tables:
-            if not tables and writable:
-                return
-            raise CLIError(f"{path} is not an ironflow database (a SQLite file without ours)")
-        row = conn.execute(
-            "SELECT value FROM ironflow_meta WHERE key = 'schema_version'"
-        ).fetchone()
-    except sqlite3.Error as exc:
-        raise CLIError(f"{path} is not a usable ironflow database: {one_line(exc)}") from None
-    finally:
-        conn.close()
-    version = row[0] if row else None
+        tables, version = probe(path)
+    except StoreError as exc:  # "cannot open ...", "... is not a usable ironflow database"
+        raise CLIError(one_line(exc)) from None
+    if "ironflow_meta" not in tables:
+        if not tables and writable:
+            return
+        raise CLIError(f"{path} is not an ironflow database (a SQLite file without ours)")
     if version not in {str(v) for v in READABLE_VERSIONS}:
         raise CLIError(
             f"{path} has ironflow schema version {version}; this ironflow reads version "
@@ -104,31 +75,15 @@ def check_writable(path: str, *, create: bool) -> None:
     check_database(path, writable=create)
 
 
-class ReadOnlyStore(SQLiteStore):
-    """The engine's store on a read-only connection: its read queries, and no writes."""
-
-    def __init__(self, path: str) -> None:  # no super().__init__: it would migrate
-        self.path = path
-        self.durability = "full"
-        self.lock = threading.RLock()
-        self.conn = connect_readonly(path)
-        self.db = sqlite_utils.Database(self.conn)
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        raise RuntimeError(f"{self.path} is open read-only")
-        yield self.conn  # pragma: no cover - makes this a generator
-
-
 @contextlib.contextmanager
 def reading(url: str | None) -> Iterator[Engine]:
     """An engine on the existing database ``url`` names that can only read it."""
     path = db_path(url)
     check_database(path)
     try:
-        engine = Engine(ReadOnlyStore(path))
-    except sqlite3.Error as exc:
-        raise CLIError(f"cannot open {path}: {one_line(exc)}") from None
+        engine = Engine(open_store(path, read_only=True))
+    except StoreError as exc:  # "cannot open <path>: ..."
+        raise CLIError(one_line(exc)) from None
     try:
         yield engine
     finally:
@@ -142,7 +97,7 @@ def open_engine(path: str, *, create: bool, **settings: Any) -> Engine:
         return Engine(path, **settings)
     except StoreError as exc:  # names the database and says what is wrong with it
         raise CLIError(one_line(exc)) from None
-    except (sqlite3.Error, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise CLIError(f"cannot open {path}: {one_line(exc)}") from None
 
 

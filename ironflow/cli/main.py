@@ -28,7 +28,7 @@ from ironflow.interpreter import check_replayable
 from ironflow.interpreter import replay as replay_history
 from ironflow.runtime import STATUSES, Engine, StoreError
 from ironflow.runtime.engine import check_run_id
-from ironflow.runtime.rows import from_us
+from ironflow.runtime.store.rows import from_us
 
 F = Callable[..., Any]
 
@@ -184,8 +184,8 @@ class Reporter:
         self.last: tuple[Any, ...] | None = None
 
     def next_timer(self) -> _dt.datetime | None:
-        row = self.engine.store.query("SELECT MIN(due_us) FROM timers")
-        return from_us(row[0][0]) if row and row[0][0] is not None else None
+        due = self.engine.store.next_due()
+        return from_us(due) if due is not None else None
 
     def summary(self) -> str:
         """Runs (each counted once, however often it was taken up again) and steps."""
@@ -408,16 +408,7 @@ def runs_app_option(fn: F) -> F:
 
 def count_runs(engine: Engine, status: str | None, function_id: str | None) -> int:
     """How many runs ``runs list`` would show without ``--limit``."""
-    where, params = [], []
-    if status is not None:
-        where.append("status = ?")
-        params.append(status)
-    if function_id is not None:
-        where.append("function_id = ?")
-        params.append(function_id)
-    sql = "SELECT COUNT(*) FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-    found = engine.store.query(sql, params)
-    return int(found[0][0])
+    return engine.store.count_runs(status, function_id)
 
 
 @runs.command("list")

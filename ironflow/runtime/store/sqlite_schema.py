@@ -1,7 +1,8 @@
-"""The SQLite store: schema, migrations and the queries the engine needs.
+"""The SQLite store's schema: opening a database, checking it is ours, migrating it.
 
-Schema changes go through sqlite-utils; the hot paths (appending history, reading it back)
-use plain prepared statements on the same connection.
+Schema changes go through sqlite-utils; the store's statements (``sqlite.py``) are plain
+prepared statements on the same connection. Also here: what a SQLite error means for the
+database (``unusable``), and the read-only opening the CLI's reading commands use.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from pathlib import Path
+import urllib.parse
 from typing import Any
 
 import sqlite_utils
@@ -20,6 +21,9 @@ SCHEMA_VERSION = 2
 # Versions whose tables this code can read as they are (v2 changed indexes only).
 READABLE_VERSIONS = (1, 2)
 TERMINAL = ("completed", "failed", "cancelled")
+
+TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+SCHEMA_VERSION_ROW = "SELECT value FROM ironflow_meta WHERE key = 'schema_version'"
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 
 
@@ -80,32 +84,8 @@ def unusable(path: str, exc: sqlite3.Error) -> StoreError | None:
     return None
 
 
-def parse_url(store: Any) -> str:
-    """The SQLite path a store argument names: a path, ``sqlite:///path`` or ``:memory:``."""
-    if store is None:
-        return "ironflow.db"
-    if isinstance(store, Path):
-        return str(store)
-    if not isinstance(store, str) or not store.strip():
-        raise ValueError(f"store must be a path, 'sqlite:///path.db' or ':memory:', got {store!r}")
-    if store.startswith("sqlite://"):
-        path = store[len("sqlite://") :]
-        if path.startswith("/"):
-            path = path[1:]  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
-        if not path:
-            raise ValueError(f"store URL {store!r} names no file; use 'sqlite:///path.db'")
-        return path
-    if "://" in store:
-        scheme = store.split("://", 1)[0]
-        raise ValueError(
-            f"store URL {store!r}: the {scheme!r} backend is not available yet; "
-            f"use a SQLite path, 'sqlite:///path.db' or ':memory:'"
-        )
-    return store
-
-
-class SQLiteStore:
-    """One SQLite database holding runs, history, timers, waits, events and leases."""
+class SQLiteDatabase:
+    """Opening a SQLite database: checked to be ours, configured, migrated (the store's base)."""
 
     def __init__(self, path: str, *, durability: str = "full", busy_timeout: float = 10.0):
         if durability not in DURABILITY:
@@ -179,9 +159,7 @@ class SQLiteStore:
     def schema_version(self) -> int | None:
         if "ironflow_meta" not in self.db.table_names():
             return None
-        row = self.conn.execute(
-            "SELECT value FROM ironflow_meta WHERE key = 'schema_version'"
-        ).fetchone()
+        row = self.conn.execute(SCHEMA_VERSION_ROW).fetchone()
         return int(row[0]) if row else None
 
     def _check_ours(self) -> None:
@@ -330,62 +308,11 @@ class SQLiteStore:
             for index in indexes:
                 self.conn.execute(index)
 
-    # --- transactions ----------------------------------------------------------------------
-
-    def transaction(self) -> _Transaction:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the store's lock; rolled back on error."""
-        return _Transaction(self)
-
-    def query(self, sql: str, params: Any = ()) -> list[Any]:
-        with self.lock:
-            try:
-                return self.conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                _reraise(self.path, exc)
-                raise
+    def transaction(self) -> Any:  # the store's (see sqlite.py)
+        raise NotImplementedError
 
 
-class _Transaction:
-    """A store's write transaction as a context manager (a class: the hot paths open one per
-    start and per round, and a generator-based one costs several microseconds more)."""
-
-    __slots__ = ("store",)
-
-    def __init__(self, store: SQLiteStore) -> None:
-        self.store = store
-
-    def __enter__(self) -> sqlite3.Connection:
-        store = self.store
-        store.lock.acquire()
-        try:
-            store.conn.execute("BEGIN IMMEDIATE")
-        except BaseException as exc:
-            store.lock.release()
-            if isinstance(exc, sqlite3.Error):
-                _reraise(store.path, exc)
-            raise
-        return store.conn
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        conn = self.store.conn
-        try:
-            if kind is None:
-                try:
-                    conn.execute("COMMIT")
-                    return
-                except BaseException as error:
-                    _rollback(conn)  # a failed commit leaves the transaction open
-                    if isinstance(error, sqlite3.Error):
-                        _reraise(self.store.path, error)
-                    raise
-            _rollback(conn)
-            if isinstance(exc, sqlite3.Error):
-                _reraise(self.store.path, exc)
-        finally:
-            self.store.lock.release()
-
-
-def _reraise(path: str, exc: sqlite3.Error) -> None:
+def reraise(path: str, exc: sqlite3.Error) -> None:
     """Raise the ``StoreError`` ``exc`` means (read-only, damaged, full), if it means one.
 
     Called on error paths only: a database that cannot be used is the caller's
@@ -402,8 +329,43 @@ def _may_write(path: str) -> bool:
     return os.access(path, os.W_OK)
 
 
-def _rollback(conn: sqlite3.Connection) -> None:
+def rollback(conn: sqlite3.Connection) -> None:
     # SQLite may have rolled back already (some errors end the transaction themselves):
     # a second ROLLBACK would raise and hide the error that got us here.
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A connection that cannot write to ``path``.
+
+    Through SQLite's read-only URI (``mode=ro``); when no ``-wal`` or ``-journal`` file sits
+    beside the database (nobody has it open, everything is in the main file) with
+    ``immutable=1`` too, so that not even the empty ``-wal``/``-shm`` side files a read-only
+    WAL reader would leave behind are created. A worker that starts meanwhile writes to a new
+    ``-wal`` file, not to the main file, so that snapshot stays consistent.
+    """
+    full = os.path.abspath(path)
+    quiescent = not any(os.path.exists(full + suffix) for suffix in ("-wal", "-journal"))
+    query = "mode=ro&immutable=1" if quiescent else "mode=ro"
+    uri = f"file:{urllib.parse.quote(full)}?{query}"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+def probe(path: str) -> tuple[set[str], str | None]:
+    """The tables of the SQLite file ``path`` and its stored ironflow schema version (text,
+    ``None`` without one), read without writing anything; ``StoreError`` if unreadable."""
+    try:
+        conn = connect_readonly(path)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from None
+    try:
+        tables = {row[0] for row in conn.execute(TABLES)}
+        if "ironflow_meta" not in tables:
+            return tables, None
+        row = conn.execute(SCHEMA_VERSION_ROW).fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path} is not a usable ironflow database: {exc}") from None
+    finally:
+        conn.close()
+    return tables, row[0] if row else None

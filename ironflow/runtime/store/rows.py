@@ -1,4 +1,8 @@
-"""History events to table rows and back, fast: replay from the store reads these in bulk."""
+"""The row codec: history events to table rows and back, fast (replay reads these in bulk).
+
+Shared by every store: a row is ``(seq, type, ts_us, body_json)``; timestamps are integer
+microseconds since the epoch, bodies compact JSON. A hot path: no per-row objects beyond the
+events themselves."""
 
 from __future__ import annotations
 
@@ -184,16 +188,12 @@ def corrupt_row(run_id: str, row: str, problem: str) -> CorruptRow:
     return CorruptRow(run_id, StoreError(f"run {run_id!r}: {row} cannot be decoded: {problem}"))
 
 
-def read_histories(conn: Any, where: str, params: Any) -> dict[str, list[HistoryEvent]]:
-    """The histories of the runs ``where`` selects (a condition on ``history``), by run id.
+def decode_histories(found: list[Any]) -> dict[str, list[HistoryEvent]]:
+    """Histories by run id from ``(run_id, seq, type, ts_us, body)`` rows in run, seq order.
 
     One ``json.loads`` over all bodies: per-call decoder overhead dominates small bodies.
     ``CorruptRow`` names the first run (in run id order) with a row that cannot be decoded.
     """
-    found = conn.execute(
-        f"SELECT run_id, seq, type, ts_us, body FROM history WHERE {where} ORDER BY run_id, seq",
-        params,
-    ).fetchall()
     if not found:
         return {}
     try:

@@ -1,0 +1,172 @@
+"""Events, waits and mail: emitting, matching waits, and the mail a round takes.
+
+An emitted event is recorded (its position is commit order), starts the functions it
+triggers, and is handed to the first matching wait of each run waiting for it, as mail
+(``WaitMatched``) that the run's next round takes. A wait reached later looks among the
+events recorded after its run started and not consumed by it (``register_wait``). A
+publish is an emit inside the publishing run's round, keyed by its event id so that it
+happens once.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import TYPE_CHECKING, Any
+
+from ironflow.commands.event import MISSING, Event, lookup
+from ironflow.history.events import (
+    ChildCompleted,
+    ChildFailed,
+    RunCancelled,
+    RunResumed,
+    WaitMatched,
+)
+from ironflow.interpreter import Work
+from ironflow.runtime.faults import ENABLED as _FAULTS
+from ironflow.runtime.faults import crash_point
+from ironflow.runtime.ids import new_id
+from ironflow.runtime.live import Broken, Input, Live, create_run, problem
+from ironflow.runtime.store import StoreError, Transaction, rows
+
+if TYPE_CHECKING:
+    from ironflow.runtime.driver import Driver
+
+INBOX_TYPES: dict[str, type] = {
+    "WaitMatched": WaitMatched,
+    "ChildCompleted": ChildCompleted,
+    "ChildFailed": ChildFailed,
+    "RunCancelled": RunCancelled,
+    # resume() now writes RunResumed into the history itself; a database written by an
+    # earlier version may still hold one as mail.
+    "RunResumed": RunResumed,
+}
+
+
+def canonical(value: Any) -> str:
+    """The JSON text two equal match values share (key order does not matter)."""
+    return rows.dumps_sorted(value)
+
+
+def emit_in(
+    driver: Driver,
+    tx: Transaction,
+    name: str,
+    data: Any,
+    event_id: str,
+    idempotency_key: str | None,
+    now: _dt.datetime,
+) -> list[str]:
+    """Record an event, match waits, start the functions it triggers; the runs started."""
+    if idempotency_key is not None:
+        known = tx.event_started(idempotency_key)
+        if known is not None:
+            try:
+                return list(json.loads(known))
+            except (TypeError, ValueError) as exc:
+                raise StoreError(
+                    f"event with idempotency key {idempotency_key!r}: its events row "
+                    f"(started) cannot be decoded: {problem(exc)}"
+                ) from None
+    now_us = rows.to_us(now)
+    pos = tx.record_event(event_id, name, rows.dumps(data), now_us, idempotency_key)
+    event = Event(event_id, name, data, now)
+    match_waits(driver, tx, event, now_us)
+    started = []
+    trigger = None
+    for function in driver.functions.values():
+        if function.triggered_by(name):
+            trigger = trigger or rows.dumps(rows.event_body(event))
+            run_id = new_id()
+            create_run(driver, tx, run_id, function.id, trigger, now_us)
+            started.append(run_id)
+    if started:  # the column's default says none
+        tx.set_event_started(pos, rows.dumps(started))
+    return started
+
+
+def match_waits(driver: Driver, tx: Transaction, event: Event, now_us: int) -> None:
+    """Hand ``event`` to the first matching wait of each run waiting for it."""
+    found: dict[str, tuple[int, str]] = {}
+    for path in tx.wait_paths(event.name):
+        if path is None:
+            hits = tx.waits_for(event.name, None, None)
+        else:
+            value = lookup(event, path)
+            if value is MISSING:
+                continue
+            hits = tx.waits_for(event.name, path, canonical(value))
+        for run_id, step_id, seq in hits:
+            if run_id not in found or seq < found[run_id][0]:
+                found[run_id] = (seq, step_id)
+    body = rows.event_body(event)
+    for run_id, (_, step_id) in found.items():
+        tx.deliver(run_id, step_id, event.id, now_us, rows.dumps({"id": step_id, "event": body}))
+        driver.woken.add(run_id)
+
+
+def register_wait(tx: Transaction, live: Live, work: Work) -> Event | None:
+    """Index a wait; if an event emitted since the run started matches, take it now."""
+    detail = work.detail
+    name, path = detail["event"], detail.get("match")
+    key = None if path is None else canonical(detail.get("match_value"))
+    for event_id, data, ts_us in tx.unconsumed_events(name, live.event_pos, live.run_id):
+        try:
+            event = Event(event_id, name, json.loads(data), rows.from_us(ts_us))
+        except (TypeError, ValueError) as exc:  # blocks this run, names the event
+            raise StoreError(
+                f"event {event_id!r} ({name}): its events row (data) cannot be decoded: "
+                f"{problem(exc)}"
+            ) from None
+        if path is None or (
+            (value := lookup(event, path)) is not MISSING and canonical(value) == key
+        ):
+            tx.consume(live.run_id, event_id)
+            return event
+    tx.add_wait(live.run_id, work.id, name, path, key, live.next_seq)
+    return None
+
+
+def take_mail(
+    tx: Transaction, drivable: list[str], cold: set[str], discovered: set[str]
+) -> dict[str, list[Input]]:
+    """The mail of the drivable runs found by discovery (only they can have any: producers
+    set ``ready`` with it), as inputs by run; damaged mail blocks the run it was sent to."""
+    inbox: dict[str, list[Input]] = {}
+    with_mail = [run_id for run_id in drivable if run_id in discovered]
+    for start in range(0, len(with_mail), 400):
+        chunk = with_mail[start : start + 400]
+        # Cleared as the mail is taken (for cold runs, by acquire_all): mail that arrives
+        # later in this same transaction (another run publishes, a child ends) sets it
+        # again and is read next round.
+        warm = [run_id for run_id in chunk if run_id not in cold]
+        mail = tx.take_mail(chunk, warm)
+        try:  # free unless raised
+            for item in mail:
+                _, run_id, kind, body = item
+                if _FAULTS and kind == "WaitMatched":
+                    crash_point("event-deliver")
+                inbox.setdefault(run_id, []).append(inbox_input(kind, json.loads(body)))
+        except Exception as exc:  # damaged mail blocks the run it was sent to
+            pos, run_id, kind, _ = item
+            known = kind in INBOX_TYPES
+            why = problem(exc) if known else f"unknown mail type {kind!r}"
+            error = rows.corrupt_row(run_id, f"inbox row pos {pos} ({kind})", why).error
+            raise Broken(run_id, error) from None
+    return inbox
+
+
+def inbox_input(kind: str, body: dict[str, Any]) -> Input:
+    cls = INBOX_TYPES[kind]
+    if cls is WaitMatched:
+        return (cls, {"id": body["id"], "event": rows.event_from_body(body["event"])})
+    if cls is ChildFailed:
+        return (
+            cls,
+            {
+                "id": body["id"],
+                "child_run_id": body["child_run_id"],
+                "error": rows.error_info(body["error"]),
+            },
+        )
+    return (cls, body)

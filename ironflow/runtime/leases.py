@@ -1,0 +1,97 @@
+"""Leases: taking runs (and rebuilding their interpreters), renewing and letting go.
+
+A run is driven by the worker holding its lease; every write of a round is fenced on it (see
+``Transaction.commit_round``). A round takes the runs it drives and does not hold yet
+(``acquire_all``), renews what it holds a third of a lease before it runs out (``renew``), and
+a worker that stops lets all go (``release_all``). A run taken is rebuilt here: its history
+read in bulk, its ``RunStarted`` written at its first drive, its interpreter fed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ironflow.history.events import RunResumed
+from ironflow.interpreter import Interpreter
+from ironflow.runtime.live import Broken, Live, gap, run_started
+from ironflow.runtime.store import Transaction, rows
+
+if TYPE_CHECKING:
+    from ironflow.runtime.driver import Driver
+
+
+def acquire_all(
+    driver: Driver, tx: Transaction, run_ids: list[str], now_us: int, mail: set[str]
+) -> int:
+    """Take the leases of ``run_ids`` that are free and rebuild their interpreters; return
+    how many of them start here (their ``RunStarted`` is written now).
+
+    Runs in ``mail`` have their ``ready`` flag cleared in the same statement (their
+    inbox is read next, in this transaction)."""
+    taken = tx.take_runs(
+        run_ids,
+        mail,
+        driver.worker_id,
+        now_us + driver.lease_us,
+        now_us,
+        tuple(driver.functions),
+    )
+    if not taken:
+        return 0
+    ids = [row[0] for row in taken]
+    try:
+        stored = tx.histories(ids)
+        histories = {run_id: stored.get(run_id, []) for run_id in ids}
+        unwritten = []
+        for row in taken:
+            run_id, function_id, _, parent_run, _, _, _, trigger = row
+            if not histories[run_id]:
+                started = run_started(run_id, function_id, trigger, parent_run)
+                histories[run_id].append(started)
+                unwritten.append((run_id, *rows.encode(started)))
+    except rows.CorruptRow as bad:  # that run is blocked, the others are driven
+        raise Broken(bad.run_id, bad.error) from None
+    tx.append_history(unwritten)
+    functions, live_runs, stats = driver.functions, driver.live, driver.stats
+    for row in taken:
+        run_id, function_id, event_pos, parent_run, parent_step, notify, status, _ = row
+        history = histories[run_id]
+        if history[-1].seq != len(history) - 1:
+            raise Broken(run_id, gap(run_id, history))
+        stats["runs_taken"] += 1
+        function = functions[function_id]
+        interpreter = Interpreter(function)
+        live = Live(
+            run_id,
+            function,
+            interpreter,
+            event_pos,
+            parent_run,
+            parent_step,
+            bool(notify),
+            status,
+        )
+        # Resumed and not driven since: what the failure abandoned is indexed again.
+        live.resumed = type(history[-1]) is RunResumed
+        live_runs[run_id] = live
+        try:
+            live.decision = interpreter.feed(history)
+        except Exception as exc:
+            raise Broken(run_id, exc) from exc
+    return len(unwritten)
+
+
+def renew(driver: Driver, now_us: int) -> None:
+    """Extend the leases of the runs held, once a third of a lease has passed."""
+    if now_us < driver.next_renewal_us or not driver.live:
+        return
+    # The runs held are the live ones (a parked or ended run lets its lease go).
+    driver.store.renew_leases(list(driver.live), driver.worker_id, now_us + driver.lease_us)
+    driver.next_renewal_us = now_us + driver.lease_us // 3
+
+
+def release_all(driver: Driver) -> None:
+    """Let go of every run this worker holds (a graceful stop)."""
+    driver.store.release_all(driver.worker_id)
+    driver.live.clear()
+    driver.in_flight.clear()

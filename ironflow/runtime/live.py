@@ -1,0 +1,125 @@
+"""The live-run cache: the runs this engine holds the lease of, each with its interpreter.
+
+A ``Live`` is made when a round takes a run's lease and rebuilds its interpreter from the
+stored history (``leases.acquire_all``); it stays while the run keeps running here, so the
+next round folds only the new events. A run that parks, ends or is lost leaves the cache and
+is rebuilt from the store when it is taken again. Also here: the inputs a round feeds, and
+what a run row's JSON columns hold.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ironflow.commands.function import Function
+from ironflow.history.events import ErrorInfo, HistoryEvent, RunStarted
+from ironflow.interpreter import Decision, Interpreter, Work
+from ironflow.runtime.ids import new_id
+from ironflow.runtime.store import StoreError, Transaction, rows
+
+if TYPE_CHECKING:
+    from ironflow.runtime.driver import Driver
+
+# An event the round has for a run, not numbered yet: (event class, its fields but seq/ts).
+Input = tuple[type, dict[str, Any]]
+
+
+class Broken(Exception):
+    """A run could not be driven (its history and code diverge, or a bug): park it."""
+
+    def __init__(self, run_id: str, error: BaseException) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+        self.error = error
+
+
+@attrs.define
+class Live:
+    """A run this engine holds the lease of, with its cached interpreter."""
+
+    run_id: str
+    function: Function
+    interpreter: Interpreter
+    event_pos: int
+    parent_run_id: str | None
+    parent_step_id: str | None
+    notify_parent: bool
+    status: str
+    decision: Decision | None = None  # from a rebuild, not acted on yet
+    pending: tuple[Work, ...] | None = None  # outstanding work after the last drive
+    resumed: bool = False  # rebuilt from a history that ends with RunResumed
+
+    @property
+    def next_seq(self) -> int:
+        return len(self.interpreter.events)
+
+
+def trigger(name: str, data: Any, now_us: int) -> str:
+    """The stored triggering event of a run started by ``start`` or ``invoke`` (JSON)."""
+    return rows.dumps({"id": new_id(), "name": name, "data": data, "ts": now_us})
+
+
+def run_started(
+    run_id: str, function_id: str, trigger: str, parent_run_id: str | None
+) -> RunStarted:
+    """The first event of a run not driven yet, from its row; ``CorruptRow`` if damaged."""
+    try:
+        event = rows.event_from_body(json.loads(trigger))
+        return RunStarted(0, event.ts, run_id, function_id, event, parent_run_id)
+    except Exception as exc:
+        raise rows.corrupt_row(run_id, "its runs row (trigger)", problem(exc)) from None
+
+
+def gap(run_id: str, history: list[HistoryEvent]) -> StoreError:
+    """The error of a history whose rows are not numbered 0, 1, 2, ... (rows went missing)."""
+    at = next(i for i, event in enumerate(history) if event.seq != i)
+    event = history[at]
+    row = f"history row seq {event.seq} ({type(event).__name__})"
+    return rows.corrupt_row(run_id, row, f"expected seq {at} there (a row is missing)").error
+
+
+def problem(exc: BaseException) -> str:
+    """What is wrong with a stored value that did not decode, in a few words."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc})"
+    if isinstance(exc, KeyError):
+        return f"no {exc} field"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def column(run_id: str, name: str, text: Any) -> Any:
+    """A JSON column of the runs row of ``run_id``; ``StoreError`` naming it if damaged."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise rows.corrupt_row(run_id, f"its runs row ({name})", problem(exc)).error from None
+
+
+def run_error(run_id: str, text: Any) -> ErrorInfo:
+    """The stored error of a run (its ``error`` column); ``StoreError`` naming it if damaged."""
+    body = column(run_id, "error", text)
+    try:
+        return ErrorInfo(str(body["type"]), str(body["message"]), body.get("traceback"))
+    except Exception as exc:
+        raise rows.corrupt_row(run_id, "its runs row (error)", problem(exc)).error from None
+
+
+def create_run(
+    driver: Driver,
+    tx: Transaction,
+    run_id: str,
+    function_id: str,
+    trigger: str,
+    now_us: int,
+    parent: tuple[str, str, bool] | None = None,
+) -> None:
+    """Insert a pending run; ``trigger`` is its triggering event as stored (JSON)."""
+    # The run's RunStarted event is written by the first drive, from this row: one row
+    # per start keeps starting a run one small commit.
+    parent_run, parent_step, notify = parent if parent else (None, None, False)
+    tx.create_run(run_id, function_id, trigger, now_us, parent_run, parent_step, notify)
+    # Not flagged ready: a pending run without a lease is found by discovery anyway.
+    driver.fresh.add(run_id)

@@ -1,0 +1,75 @@
+"""Stores: where runs, their histories, timers, waits, events and mail live.
+
+``base`` holds the interface the engine drives (``Store``, ``Transaction``, ``Batch``) and the
+store's errors; ``sqlite`` is the SQLite store, ``sqlite_schema`` its schema and migrations;
+``rows`` is the row codec every store shares. ``open_store`` picks a store by URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ironflow.runtime.store.base import Batch, LeaseLost, Store, StoreError, Transaction
+from ironflow.runtime.store.sqlite import (
+    DURABILITY,
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    TERMINAL,
+    ReadOnlySQLiteStore,
+    SQLiteStore,
+    SQLiteTransaction,
+    probe,
+    unusable,
+)
+
+__all__ = [
+    "DURABILITY",
+    "READABLE_VERSIONS",
+    "SCHEMA_VERSION",
+    "TERMINAL",
+    "Batch",
+    "LeaseLost",
+    "SQLiteStore",
+    "SQLiteTransaction",
+    "Store",
+    "StoreError",
+    "Transaction",
+    "open_store",
+    "parse_url",
+    "probe",
+    "unusable",
+]
+
+
+def open_store(url: Any = None, *, read_only: bool = False, durability: str = "full") -> Store:
+    """The store ``url`` names (see ``parse_url``). ``read_only=True`` opens an existing
+    database without writing to it, not even to migrate it: ``transaction()`` is refused."""
+    path = parse_url(url)
+    if read_only:
+        return ReadOnlySQLiteStore(path)
+    return SQLiteStore(path, durability=durability)
+
+
+def parse_url(store: Any) -> str:
+    """The SQLite path a store argument names: a path, ``sqlite:///path`` or ``:memory:``."""
+    if store is None:
+        return "ironflow.db"
+    if isinstance(store, Path):
+        return str(store)
+    if not isinstance(store, str) or not store.strip():
+        raise ValueError(f"store must be a path, 'sqlite:///path.db' or ':memory:', got {store!r}")
+    if store.startswith("sqlite://"):
+        path = store[len("sqlite://") :]
+        if path.startswith("/"):
+            path = path[1:]  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
+        if not path:
+            raise ValueError(f"store URL {store!r} names no file; use 'sqlite:///path.db'")
+        return path
+    if "://" in store:
+        scheme = store.split("://", 1)[0]
+        raise ValueError(
+            f"store URL {store!r}: the {scheme!r} backend is not available yet; "
+            f"use a SQLite path, 'sqlite:///path.db' or ':memory:'"
+        )
+    return store

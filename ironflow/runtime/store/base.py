@@ -1,0 +1,265 @@
+"""What the engine asks of a store: domain verbs, batch-shaped, and the store's own errors.
+
+A ``Store`` is one database. Reads that stand alone (a run, a listing, discovery) are verbs of
+the store; everything a round or a control call writes happens inside one ``Transaction``
+(``with store.transaction() as tx:``), committed once. A round's writes are gathered in a
+``Batch`` and handed over whole (``commit_round``), so a store writes them in bulk under the
+lease fence: if any run of the batch is no longer held by the writer, nothing of it is
+written and ``LeaseLost`` is raised. A store never leaks its driver's exceptions for the
+cases the engine handles: a lost lease is ``LeaseLost``, a database that is not ours, damaged
+or read-only is ``StoreError``; a damaged row is ``rows.CorruptRow`` naming its run.
+
+Rows cross this boundary as plain tuples (the row codec in ``rows`` turns them into history
+events): no per-row objects on the hot path. Implementations are siblings (``sqlite.py``);
+every statement of one is a named constant at the top of its module.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from typing import Any
+
+import attrs
+
+from ironflow.errors import StoreError
+from ironflow.history.events import HistoryEvent
+
+__all__ = ["Batch", "LeaseLost", "Store", "StoreError", "Transaction"]
+
+# (id, function_id, status, output, error, created_us, updated_us, ended_us, parent_run_id)
+RunRow = tuple[Any, ...]
+# (run_id, function_id, event_pos, parent_run_id, parent_step_id, notify_parent, status,
+# trigger): a run whose lease was just taken.
+TakenRow = tuple[Any, ...]
+
+
+class LeaseLost(StoreError):
+    """A round's write found a run it drives held by another worker: nothing was written."""
+
+
+@attrs.define
+class Batch:
+    """What one driving transaction writes, gathered so that it is written in bulk.
+
+    The store reads the first block of fields; ``jobs``, ``parked``, ``finished`` and
+    ``failed`` are the driver's bookkeeping of the same round (one object per round)."""
+
+    history: list[tuple[Any, ...]] = attrs.Factory(list)  # (run_id, seq, type, ts_us, body)
+    running: list[tuple[Any, ...]] = attrs.Factory(list)  # (updated_us, run_id)
+    # Runs that stay running: their row is not rewritten (the history says how far they
+    # are), only their lease is checked.
+    fenced: list[str] = attrs.Factory(list)
+    waiting: list[tuple[Any, ...]] = attrs.Factory(list)  # (updated_us, run_id)
+    # (status, output, error, updated_us, ended_us, run_id)
+    ended: list[tuple[Any, ...]] = attrs.Factory(list)
+    notify: list[tuple[Any, ...]] = attrs.Factory(list)  # mail (run_id, type, ts_us, body)
+    timers_done: list[tuple[str, str]] = attrs.Factory(list)
+    waits_done: list[tuple[str, str]] = attrs.Factory(list)
+    jobs: list[Any] = attrs.Factory(list)
+    parked: list[str] = attrs.Factory(list)
+    finished: list[str] = attrs.Factory(list)  # their timers, waits and mail go too
+    failed: list[tuple[str, str, BaseException | None]] = attrs.Factory(list)
+
+
+class Transaction(abc.ABC):
+    """One write transaction: the verbs of a round, of a start or emit, and of control."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def __enter__(self) -> Transaction: ...
+
+    @abc.abstractmethod
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None: ...
+
+    # --- a round --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def take_runs(
+        self,
+        run_ids: list[str],
+        mail: set[str],
+        owner: str,
+        until_us: int,
+        now_us: int,
+        functions: tuple[str, ...],
+    ) -> list[TakenRow]:
+        """Lease the runs of ``run_ids`` that are free (not ended or blocked, of one of
+        ``functions``) to ``owner`` until ``until_us``; a pending one becomes running. Runs in
+        ``mail`` have their ready flag cleared (their mail is taken next)."""
+
+    @abc.abstractmethod
+    def histories(self, run_ids: list[str]) -> dict[str, list[HistoryEvent]]:
+        """The stored histories of ``run_ids`` (a run without one is absent)."""
+
+    @abc.abstractmethod
+    def append_history(self, rows: list[tuple[Any, ...]]) -> None:
+        """Append ``(run_id, seq, type, ts_us, body)`` rows."""
+
+    @abc.abstractmethod
+    def take_mail(self, run_ids: list[str], warm: list[str]) -> list[tuple[Any, ...]]:
+        """Delete and return the mail of ``run_ids`` as ``(pos, run_id, type, body)`` in send
+        order, clearing the ready flag of ``warm`` (the others had it cleared when taken)."""
+
+    @abc.abstractmethod
+    def commit_round(self, batch: Batch, owner: str) -> None:
+        """Write ``batch`` under the fence: ``LeaseLost`` if a run is not ``owner``'s."""
+
+    @abc.abstractmethod
+    def set_timer(self, run_id: str, step_id: str, kind: str, due_us: int, attempt: int) -> None:
+        """Set (or move) the timer of step ``step_id``."""
+
+    # --- runs -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_run(
+        self,
+        run_id: str,
+        function_id: str,
+        trigger: str,
+        now_us: int,
+        parent_run_id: str | None,
+        parent_step_id: str | None,
+        notify_parent: bool,
+    ) -> None:
+        """Insert a pending run; events recorded from here on are after its start."""
+
+    @abc.abstractmethod
+    def run_function(self, run_id: str) -> str | None:
+        """The function id of run ``run_id``, or ``None`` if there is no such run."""
+
+    @abc.abstractmethod
+    def find_run(self, run_id: str) -> tuple[Any, ...] | None:
+        """``(status, output, error, function_id, parent_run_id, parent_step_id)``."""
+
+    @abc.abstractmethod
+    def run_status(self, run_id: str) -> tuple[str, int]:
+        """``(status, history length)`` of an existing run."""
+
+    @abc.abstractmethod
+    def active_children(self, run_id: str) -> list[str]:
+        """The ids of the child runs of ``run_id`` that have not ended."""
+
+    @abc.abstractmethod
+    def unstarted(self, run_id: str) -> tuple[Any, ...] | None:
+        """``(function_id, trigger, parent_run_id)`` if the run has no history yet."""
+
+    @abc.abstractmethod
+    def block(self, run_id: str, error: str, now_us: int) -> str | None:
+        """Park the run as blocked with ``error``; its function id, ``None`` if no such run."""
+
+    @abc.abstractmethod
+    def cancel_blocked(self, run_id: str, now_us: int) -> None:
+        """End a blocked run as cancelled (its ``RunCancelled`` is appended by the caller)."""
+
+    @abc.abstractmethod
+    def resume_blocked(self, run_id: str, now_us: int) -> None:
+        """Make a blocked run drivable again."""
+
+    @abc.abstractmethod
+    def resume_failed(self, run_id: str, now_us: int) -> None:
+        """Reopen a failed run (its ``RunResumed`` is appended by the caller)."""
+
+    # --- mail, events and waits -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def send_mail(self, run_id: str, kind: str, ts_us: int, body: str) -> None:
+        """Leave mail for a run and flag it ready."""
+
+    @abc.abstractmethod
+    def event_started(self, idempotency_key: str) -> str | None:
+        """The stored ``started`` list (JSON) of the event recorded under the key."""
+
+    @abc.abstractmethod
+    def record_event(
+        self, event_id: str, name: str, data: str, ts_us: int, idempotency_key: str | None
+    ) -> int:
+        """Record an event; its position (commit order on every store)."""
+
+    @abc.abstractmethod
+    def set_event_started(self, pos: int, started: str) -> None:
+        """Remember the runs (JSON list) an event started, for its idempotency key."""
+
+    @abc.abstractmethod
+    def wait_paths(self, event_name: str) -> list[str | None]:
+        """The distinct match paths of the waits for ``event_name``."""
+
+    @abc.abstractmethod
+    def waits_for(
+        self, event_name: str, path: str | None, key: str | None
+    ) -> list[tuple[str, str, int]]:
+        """``(run_id, step_id, seq)`` of the waits for ``event_name`` on ``path`` = ``key``."""
+
+    @abc.abstractmethod
+    def deliver(self, run_id: str, step_id: str, event_id: str, ts_us: int, body: str) -> None:
+        """Hand an event to a wait: drop the wait and its timer, mark the event consumed by
+        the run, and send the run the ``WaitMatched`` mail ``body``."""
+
+    @abc.abstractmethod
+    def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
+        """``(id, data, ts_us)`` of the events ``name`` recorded after ``after_pos`` that the
+        run has not consumed, in commit order."""
+
+    @abc.abstractmethod
+    def consume(self, run_id: str, event_id: str) -> None:
+        """Mark an event consumed by the run."""
+
+    @abc.abstractmethod
+    def add_wait(
+        self, run_id: str, step_id: str, name: str, path: str | None, key: str | None, seq: int
+    ) -> None:
+        """Index a wait of the run for ``name`` (matching ``path`` = ``key`` if given)."""
+
+
+class Store(abc.ABC):
+    """One database of runs, history, timers, waits, events and mail."""
+
+    path: str
+    durability: str
+    lock: threading.RLock  # serializes this process's use of the store
+
+    @abc.abstractmethod
+    def transaction(self) -> Transaction:
+        """A write transaction, committed on a clean exit and rolled back otherwise."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def discover(
+        self, now_us: int, functions: tuple[str, ...], owner: str, limit: int
+    ) -> tuple[list[tuple[Any, ...]], list[str], int | None]:
+        """Work for ``owner``: due timers ``(run_id, step_id, kind, attempt)``, runs to
+        drive (with mail, new, or orphaned by a dead worker), and the next timer after now."""
+
+    @abc.abstractmethod
+    def next_due(self) -> int | None:
+        """When the earliest timer falls due (µs), or ``None`` if there is none."""
+
+    @abc.abstractmethod
+    def renew_leases(self, run_ids: list[str], owner: str, until_us: int) -> None:
+        """Extend ``owner``'s leases of ``run_ids`` to ``until_us``."""
+
+    @abc.abstractmethod
+    def release_all(self, owner: str) -> None:
+        """Let go of every lease ``owner`` holds."""
+
+    @abc.abstractmethod
+    def get_run(self, run_id: str) -> RunRow | None:
+        """The run's row, or ``None``."""
+
+    @abc.abstractmethod
+    def list_runs(
+        self, status: str | None, function_id: str | None, limit: int | None
+    ) -> list[RunRow]:
+        """Runs, newest first."""
+
+    @abc.abstractmethod
+    def count_runs(self, status: str | None, function_id: str | None) -> int:
+        """How many runs ``list_runs`` would return without a limit."""
+
+    @abc.abstractmethod
+    def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
+        """``((function_id, trigger, parent_run_id), stored history)`` of a run, read
+        consistently, or ``None`` if there is no such run."""

@@ -1,0 +1,57 @@
+"""Timers: what each kind means when it falls due, and setting one.
+
+A timer is keyed by (run, step). Kinds:
+
+| kind     | set for                           | when due, the run receives               |
+|----------|-----------------------------------|------------------------------------------|
+| `retry`  | a step's next attempt with a delay | nothing: the step is due and starts      |
+| `sleep`  | `step.sleep` / `sleep_until`       | `TimerFired`                             |
+| `wait`   | `wait_for_event`'s timeout         | `WaitTimedOut` (and its wait is dropped) |
+| `invoke` | `invoke`'s timeout                 | `ChildFailed` with the timeout error     |
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ironflow.history.events import ChildFailed, TimerFired, WaitTimedOut
+from ironflow.interpreter.interpreter import INVOKE_TIMEOUT
+from ironflow.runtime.faults import ENABLED as _FAULTS
+from ironflow.runtime.faults import crash_point
+from ironflow.runtime.live import Input
+from ironflow.runtime.store import Batch, Transaction
+
+if TYPE_CHECKING:
+    from ironflow.runtime.driver import Driver
+
+
+def set_timer(
+    driver: Driver, tx: Transaction, run_id: str, step_id: str, kind: str, due_us: int, attempt: int
+) -> None:
+    """Set (or move) a step's timer; the driver looks again by then."""
+    driver.next_timer_us = min(driver.next_timer_us, due_us)
+    tx.set_timer(run_id, step_id, kind, due_us, attempt)
+
+
+def fired(run_id: str, due: list[tuple[str, str, int]], inputs: list[Input], batch: Batch) -> None:
+    """Turn the run's due timers ``(step_id, kind, attempt)`` into inputs; drop them."""
+    for step_id, kind, _attempt in due:
+        if _FAULTS:
+            crash_point("timer-fire")
+        batch.timers_done.append((run_id, step_id))
+        if kind == "sleep":
+            inputs.append((TimerFired, {"id": step_id}))
+        elif kind == "wait":
+            batch.waits_done.append((run_id, step_id))
+            inputs.append((WaitTimedOut, {"id": step_id}))
+        elif kind == "invoke":
+            inputs.append(
+                (
+                    ChildFailed,
+                    {
+                        "id": step_id,
+                        "child_run_id": f"{run_id}/{step_id}",
+                        "error": INVOKE_TIMEOUT,
+                    },
+                )
+            )
