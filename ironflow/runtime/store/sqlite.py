@@ -1,4 +1,5 @@
-"""The SQLite store: every statement the engine runs, named, then the verbs that run them.
+"""The SQLite store: the statements of its own verbs (reads, discovery, leases), named, then
+the store; a write transaction's statements and verbs are in ``sqlite_tx``.
 
 One connection per engine, serialized by the store's lock; a write transaction is
 ``BEGIN IMMEDIATE`` … ``COMMIT`` (the writer lock is taken up front, so a check and the write
@@ -17,8 +18,7 @@ from typing import Any
 import sqlite_utils
 
 from ironflow.history.events import HistoryEvent
-from ironflow.runtime.store import rows
-from ironflow.runtime.store.base import Batch, LeaseLost, Store, StoreError, Transaction
+from ironflow.runtime.store.base import Store, StoreError
 from ironflow.runtime.store.sqlite_schema import (
     DURABILITY,
     READABLE_VERSIONS,
@@ -28,8 +28,13 @@ from ironflow.runtime.store.sqlite_schema import (
     connect_readonly,
     probe,
     reraise,
-    rollback,
     unusable,
+)
+from ironflow.runtime.store.sqlite_tx import (
+    SQLiteTransaction,
+    chunks,
+    marks,
+    read_histories,
 )
 
 __all__ = [
@@ -45,7 +50,7 @@ __all__ = [
 ]
 
 # --- statements -------------------------------------------------------------------------------
-# ``{marks}`` / ``{fids}``: as many ``?`` as ids; ``{owner}``: the quoted worker id inline.
+# ``{marks}`` / ``{fids}``: as many ``?`` as ids.
 
 # A running run's row is not rewritten per step: its last history event says when it moved.
 RUN_COLUMNS = (
@@ -56,43 +61,7 @@ RUN_COLUMNS = (
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"
 LIST_RUNS = f"SELECT {RUN_COLUMNS} FROM runs"
 COUNT_RUNS = "SELECT COUNT(*) FROM runs"
-RUN_FUNCTION = "SELECT function_id FROM runs WHERE id = ?"
 RUN_START_ROW = "SELECT function_id, trigger, parent_run_id FROM runs WHERE id = ?"
-FIND_RUN = (
-    "SELECT status, output, error, function_id, parent_run_id, parent_step_id "
-    "FROM runs WHERE id = ?"
-)
-RUN_STATUS = (
-    "SELECT status, (SELECT COUNT(*) FROM history WHERE run_id = ?1) FROM runs WHERE id = ?1"
-)
-ACTIVE_CHILDREN = (
-    "SELECT id FROM runs WHERE parent_run_id = ? AND status NOT IN "
-    "('completed', 'failed', 'cancelled')"
-)
-CREATE_RUN = (
-    "INSERT INTO runs (id, function_id, status, parent_run_id, parent_step_id, "
-    "notify_parent, trigger, created_us, updated_us, ready, event_pos) "
-    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 0, "
-    "(SELECT COALESCE(MAX(pos), 0) FROM events))"
-)
-UNSTARTED = (
-    "SELECT function_id, trigger, parent_run_id FROM runs WHERE id = ?1 "
-    "AND NOT EXISTS (SELECT 1 FROM history WHERE run_id = ?1)"
-)
-BLOCK = (
-    "UPDATE runs SET status = 'blocked', error = ?, ready = 0, lease_owner = NULL, "
-    "lease_until_us = NULL, updated_us = ? WHERE id = ? RETURNING function_id"
-)
-CANCEL_BLOCKED = "UPDATE runs SET status = 'cancelled', ended_us = ?, updated_us = ? WHERE id = ?"
-RESUME_BLOCKED = (
-    "UPDATE runs SET status = 'running', error = NULL, ready = 1, "
-    "lease_owner = NULL, updated_us = ? WHERE id = ?"
-)
-RESUME_FAILED = (
-    "UPDATE runs SET status = 'running', error = NULL, ended_us = NULL, "
-    "ready = 1, lease_owner = NULL, lease_until_us = NULL, updated_us = ? "
-    "WHERE id = ?"
-)
 
 # Discovery. CROSS JOIN keeps SQLite walking timers by due time; +function_id keeps it off
 # the function index (which would visit every run of the function, parked or ended).
@@ -114,90 +83,8 @@ READY_RUNS = (
 )
 NEXT_TIMER_AFTER = "SELECT MIN(due_us) FROM timers WHERE due_us > ?"
 NEXT_TIMER = "SELECT MIN(due_us) FROM timers"
-
-# Leases. A pending run is running from here (its first round starts its first steps, or
-# parks or ends it): marked so in the same statement, not with one more update.
-TAKE_RUNS = (
-    "UPDATE runs SET lease_owner = ?, lease_until_us = ?{clear}, "
-    "status = CASE status WHEN 'pending' THEN 'running' ELSE status END "
-    "WHERE id IN ({marks}) "
-    "AND status NOT IN ('completed', 'failed', 'cancelled', 'blocked') "
-    "AND function_id IN ({fids}) "
-    "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until_us < ?) "
-    "RETURNING id, function_id, event_pos, parent_run_id, parent_step_id, "
-    "notify_parent, status, trigger"
-)
 RENEW_LEASES = "UPDATE runs SET lease_until_us = ? WHERE id IN ({marks}) AND lease_owner = ?"
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = ?"
-
-# History (append-only: triggers refuse updates and deletes).
-HISTORIES = "SELECT run_id, seq, type, ts_us, body FROM history WHERE {where} ORDER BY run_id, seq"
-INSERT_HISTORY = "INSERT INTO history VALUES (?, ?, ?, ?, ?)"
-
-# Mail.
-CLEAR_READY = "UPDATE runs SET ready = 0 WHERE id IN ({marks})"
-TAKE_MAIL = "DELETE FROM inbox WHERE run_id IN ({marks}) RETURNING pos, run_id, type, body"
-SEND_MAIL = "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (?, ?, ?, ?)"
-SET_READY = "UPDATE runs SET ready = 1 WHERE id = ?"
-# A parent that already ended (its invoke timed out, say) is not told.
-NOTIFY_PARENT = (
-    "INSERT INTO inbox (run_id, type, ts_us, body) SELECT ?, ?, ?, ? WHERE EXISTS "
-    "(SELECT 1 FROM runs WHERE id = ?1 "
-    "AND status NOT IN ('completed', 'failed', 'cancelled'))"
-)
-WAKE_PARENT = (
-    "UPDATE runs SET ready = 1 WHERE id = ? AND status NOT IN ('completed', 'failed', 'cancelled')"
-)
-
-# A round's commit (under the lease fence: every update names the owner).
-FENCED = "SELECT COUNT(*) FROM runs WHERE id IN ({marks}) AND lease_owner = ?"
-MARK_RUNNING = (
-    "UPDATE runs SET status = 'running', updated_us = ? WHERE id = ? AND lease_owner = '{owner}'"
-)
-MARK_WAITING = (
-    "UPDATE runs SET status = 'waiting', updated_us = ?, "
-    "lease_owner = NULL, lease_until_us = NULL WHERE id = ? "
-    "AND lease_owner = '{owner}'"
-)
-MARK_ENDED = (
-    "UPDATE runs SET status = ?, output = ?, error = ?, ready = 0, "
-    "updated_us = ?, ended_us = ?, lease_owner = NULL, lease_until_us = NULL "
-    "WHERE id = ? AND lease_owner = '{owner}'"
-)
-DROP_OF_ENDED = ("timers", "waits", "inbox")
-DROP_ALL_OF = "DELETE FROM {table} WHERE run_id IN ({marks})"
-
-# Timers, waits, events.
-SET_TIMER = "INSERT OR REPLACE INTO timers VALUES (?, ?, ?, ?, ?)"
-DELETE_TIMER = "DELETE FROM timers WHERE run_id = ? AND step_id = ?"
-DELETE_WAIT = "DELETE FROM waits WHERE run_id = ? AND step_id = ?"
-ADD_WAIT = "INSERT OR REPLACE INTO waits VALUES (?, ?, ?, ?, ?, ?)"
-WAIT_PATHS = "SELECT DISTINCT match_path FROM waits WHERE event_name = ?"
-WAITS_ANY = "SELECT run_id, step_id, seq FROM waits WHERE event_name = ? AND match_path IS NULL"
-WAITS_KEYED = (
-    "SELECT run_id, step_id, seq FROM waits "
-    "WHERE event_name = ? AND match_path = ? AND match_key = ?"
-)
-CONSUME = "INSERT OR IGNORE INTO consumed VALUES (?, ?)"
-EVENT_STARTED = "SELECT started FROM events WHERE idempotency_key = ?"
-RECORD_EVENT = "INSERT INTO events (id, name, data, ts_us, idempotency_key) VALUES (?, ?, ?, ?, ?)"
-SET_EVENT_STARTED = "UPDATE events SET started = ? WHERE pos = ?"
-UNCONSUMED_EVENTS = (
-    "SELECT id, data, ts_us FROM events WHERE name = ? AND pos > ? AND id NOT IN "
-    "(SELECT event_id FROM consumed WHERE run_id = ?) ORDER BY pos"
-)
-
-
-def _marks(values: Any) -> str:
-    return ",".join("?" * len(values))
-
-
-def _chunks(values: list[str], size: int = 400) -> list[list[str]]:
-    return [values[i : i + size] for i in range(0, len(values), size)]
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "''")
 
 
 class SQLiteStore(SQLiteDatabase, Store):
@@ -219,7 +106,7 @@ class SQLiteStore(SQLiteDatabase, Store):
     def discover(
         self, now_us: int, functions: tuple[str, ...], owner: str, limit: int
     ) -> tuple[list[tuple[Any, ...]], list[str], int | None]:
-        fids = _marks(functions)
+        fids = marks(functions)
         due = self.query(
             DUE_TIMERS.format(fids=fids, limit=limit), (now_us, *functions, owner, now_us)
         )
@@ -236,8 +123,8 @@ class SQLiteStore(SQLiteDatabase, Store):
 
     def renew_leases(self, run_ids: list[str], owner: str, until_us: int) -> None:
         with self.transaction() as tx:
-            for chunk in _chunks(run_ids):
-                tx.conn.execute(RENEW_LEASES.format(marks=_marks(chunk)), (until_us, *chunk, owner))
+            for chunk in chunks(run_ids):
+                tx.conn.execute(RENEW_LEASES.format(marks=marks(chunk)), (until_us, *chunk, owner))
 
     def release_all(self, owner: str) -> None:
         with self.transaction() as tx:
@@ -266,7 +153,7 @@ class SQLiteStore(SQLiteDatabase, Store):
             if not found:
                 return None
             try:
-                stored = _histories(self.conn, "run_id = ?", (run_id,))
+                stored = read_histories(self.conn, "run_id = ?", (run_id,))
             except sqlite3.Error as exc:
                 store_error = unusable(self.path, exc)
                 if store_error is None:
@@ -286,11 +173,6 @@ def _filter(status: str | None, function_id: str | None) -> tuple[str, list[Any]
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-def _histories(conn: Any, where: str, params: Any) -> dict[str, list[HistoryEvent]]:
-    found = conn.execute(HISTORIES.format(where=where), params).fetchall()
-    return rows.decode_histories(found)
-
-
 class ReadOnlySQLiteStore(SQLiteStore):
     """The store on a read-only connection (see ``connect_readonly``): reads, and no writes."""
 
@@ -306,242 +188,3 @@ class ReadOnlySQLiteStore(SQLiteStore):
 
     def transaction(self) -> SQLiteTransaction:
         raise RuntimeError(f"{self.path} is open read-only")
-
-
-class SQLiteTransaction(Transaction):
-    """A store's write transaction as a context manager (a class: the hot paths open one per
-    start and per round, and a generator-based one costs several microseconds more).
-
-    A round's transaction is ``fenced`` once it takes runs or commits a batch: a constraint
-    that fails in it means another worker wrote to a run of the batch, and is ``LeaseLost``."""
-
-    __slots__ = ("conn", "fenced", "store")
-
-    def __init__(self, store: SQLiteStore) -> None:
-        self.store = store
-        self.conn: sqlite3.Connection = store.conn
-        self.fenced = False
-
-    def __enter__(self) -> SQLiteTransaction:
-        store = self.store
-        store.lock.acquire()
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except BaseException as exc:
-            store.lock.release()
-            if isinstance(exc, sqlite3.Error):
-                reraise(store.path, exc)
-            raise
-        return self
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        conn = self.conn
-        try:
-            if kind is None:
-                try:
-                    conn.execute("COMMIT")
-                    return
-                except BaseException as error:
-                    rollback(conn)  # a failed commit leaves the transaction open
-                    if isinstance(error, sqlite3.Error):
-                        self._reraise(error)
-                    raise
-            rollback(conn)
-            if isinstance(exc, sqlite3.Error):
-                self._reraise(exc)
-        finally:
-            self.store.lock.release()
-
-    def _reraise(self, exc: sqlite3.Error) -> None:
-        reraise(self.store.path, exc)
-        if self.fenced and isinstance(exc, sqlite3.IntegrityError):
-            raise LeaseLost(f"lease lost: {exc}") from exc
-
-    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
-        """Run one statement in this transaction (for tests and tools, not the engine)."""
-        return self.conn.execute(sql, params)
-
-    # --- a round --------------------------------------------------------------------------
-
-    def take_runs(
-        self,
-        run_ids: list[str],
-        mail: set[str],
-        owner: str,
-        until_us: int,
-        now_us: int,
-        functions: tuple[str, ...],
-    ) -> list[tuple[Any, ...]]:
-        self.fenced = True
-        conn = self.conn
-        fids = _marks(functions)
-        with_mail = [run_id for run_id in run_ids if run_id in mail]
-        without = [run_id for run_id in run_ids if run_id not in mail]
-        groups = [(chunk, ", ready = 0") for chunk in _chunks(with_mail)]
-        groups += [(chunk, "") for chunk in _chunks(without)]
-        taken: list[tuple[Any, ...]] = []
-        for chunk, clear in groups:
-            taken += conn.execute(
-                TAKE_RUNS.format(clear=clear, marks=_marks(chunk), fids=fids),
-                (owner, until_us, *chunk, *functions, owner, now_us),
-            ).fetchall()
-        return taken
-
-    def histories(self, run_ids: list[str]) -> dict[str, list[HistoryEvent]]:
-        if len(run_ids) <= 400:
-            return _histories(self.conn, f"run_id IN ({_marks(run_ids)})", run_ids)
-        found: dict[str, list[HistoryEvent]] = {}
-        for chunk in _chunks(run_ids):
-            found.update(_histories(self.conn, f"run_id IN ({_marks(chunk)})", chunk))
-        return found
-
-    def append_history(self, rows: list[tuple[Any, ...]]) -> None:
-        self.conn.executemany(INSERT_HISTORY, rows)
-
-    def take_mail(self, run_ids: list[str], warm: list[str]) -> list[tuple[Any, ...]]:
-        conn = self.conn
-        if warm:
-            conn.execute(CLEAR_READY.format(marks=_marks(warm)), warm)
-        return sorted(conn.execute(TAKE_MAIL.format(marks=_marks(run_ids)), run_ids).fetchall())
-
-    def commit_round(self, batch: Batch, owner: str) -> None:
-        self.fenced = True
-        conn = self.conn
-        if batch.timers_done:
-            conn.executemany(DELETE_TIMER, batch.timers_done)
-        if batch.waits_done:
-            conn.executemany(DELETE_WAIT, batch.waits_done)
-        if batch.history:
-            conn.executemany(INSERT_HISTORY, batch.history)
-        expected = len(batch.running) + len(batch.waiting) + len(batch.ended) + len(batch.fenced)
-        changed = 0
-        for chunk in _chunks(batch.fenced):
-            changed += conn.execute(FENCED.format(marks=_marks(chunk)), (*chunk, owner)).fetchone()[
-                0
-            ]
-        quoted = _quote(owner)
-        if batch.running:
-            changed += conn.executemany(MARK_RUNNING.format(owner=quoted), batch.running).rowcount
-        if batch.waiting:
-            changed += conn.executemany(MARK_WAITING.format(owner=quoted), batch.waiting).rowcount
-        if batch.ended:
-            changed += conn.executemany(MARK_ENDED.format(owner=quoted), batch.ended).rowcount
-            for chunk in _chunks(batch.finished):
-                marks = _marks(chunk)
-                for table in DROP_OF_ENDED:
-                    conn.execute(DROP_ALL_OF.format(table=table, marks=marks), chunk)
-        if changed != expected:
-            # A run's lease moved to another worker under us: write nothing of this batch.
-            raise LeaseLost(f"lease lost: {changed} of {expected} runs still ours")
-        if batch.notify:
-            conn.executemany(NOTIFY_PARENT, batch.notify)
-            conn.executemany(WAKE_PARENT, [(row[0],) for row in batch.notify])
-
-    def set_timer(self, run_id: str, step_id: str, kind: str, due_us: int, attempt: int) -> None:
-        self.conn.execute(SET_TIMER, (run_id, step_id, kind, due_us, attempt))
-
-    # --- runs -----------------------------------------------------------------------------
-
-    def create_run(
-        self,
-        run_id: str,
-        function_id: str,
-        trigger: str,
-        now_us: int,
-        parent_run_id: str | None,
-        parent_step_id: str | None,
-        notify_parent: bool,
-    ) -> None:
-        self.conn.execute(
-            CREATE_RUN,
-            (
-                run_id,
-                function_id,
-                parent_run_id,
-                parent_step_id,
-                int(notify_parent),
-                trigger,
-                now_us,
-                now_us,
-            ),
-        )
-
-    def run_function(self, run_id: str) -> str | None:
-        found = self.conn.execute(RUN_FUNCTION, (run_id,)).fetchone()
-        return None if found is None else found[0]
-
-    def find_run(self, run_id: str) -> tuple[Any, ...] | None:
-        found: tuple[Any, ...] | None = self.conn.execute(FIND_RUN, (run_id,)).fetchone()
-        return found
-
-    def run_status(self, run_id: str) -> tuple[str, int]:
-        status, length = self.conn.execute(RUN_STATUS, (run_id,)).fetchone()
-        return status, length
-
-    def active_children(self, run_id: str) -> list[str]:
-        return [row[0] for row in self.conn.execute(ACTIVE_CHILDREN, (run_id,)).fetchall()]
-
-    def unstarted(self, run_id: str) -> tuple[Any, ...] | None:
-        found: tuple[Any, ...] | None = self.conn.execute(UNSTARTED, (run_id,)).fetchone()
-        return found
-
-    def block(self, run_id: str, error: str, now_us: int) -> str | None:
-        found = self.conn.execute(BLOCK, (error, now_us, run_id)).fetchone()
-        return None if found is None else found[0]
-
-    def cancel_blocked(self, run_id: str, now_us: int) -> None:
-        self.conn.execute(CANCEL_BLOCKED, (now_us, now_us, run_id))
-
-    def resume_blocked(self, run_id: str, now_us: int) -> None:
-        self.conn.execute(RESUME_BLOCKED, (now_us, run_id))
-
-    def resume_failed(self, run_id: str, now_us: int) -> None:
-        self.conn.execute(RESUME_FAILED, (now_us, run_id))
-
-    # --- mail, events and waits -----------------------------------------------------------
-
-    def send_mail(self, run_id: str, kind: str, ts_us: int, body: str) -> None:
-        self.conn.execute(SEND_MAIL, (run_id, kind, ts_us, body))
-        self.conn.execute(SET_READY, (run_id,))
-
-    def event_started(self, idempotency_key: str) -> str | None:
-        found = self.conn.execute(EVENT_STARTED, (idempotency_key,)).fetchone()
-        return None if found is None else found[0]
-
-    def record_event(
-        self, event_id: str, name: str, data: str, ts_us: int, idempotency_key: str | None
-    ) -> int:
-        cursor = self.conn.execute(RECORD_EVENT, (event_id, name, data, ts_us, idempotency_key))
-        pos: int = cursor.lastrowid  # type: ignore[assignment]
-        return pos
-
-    def set_event_started(self, pos: int, started: str) -> None:
-        self.conn.execute(SET_EVENT_STARTED, (started, pos))
-
-    def wait_paths(self, event_name: str) -> list[str | None]:
-        return [row[0] for row in self.conn.execute(WAIT_PATHS, (event_name,)).fetchall()]
-
-    def waits_for(
-        self, event_name: str, path: str | None, key: str | None
-    ) -> list[tuple[str, str, int]]:
-        if path is None:
-            return self.conn.execute(WAITS_ANY, (event_name,)).fetchall()
-        return self.conn.execute(WAITS_KEYED, (event_name, path, key)).fetchall()
-
-    def deliver(self, run_id: str, step_id: str, event_id: str, ts_us: int, body: str) -> None:
-        conn = self.conn
-        conn.execute(DELETE_WAIT, (run_id, step_id))
-        conn.execute(DELETE_TIMER, (run_id, step_id))
-        conn.execute(CONSUME, (run_id, event_id))
-        self.send_mail(run_id, "WaitMatched", ts_us, body)
-
-    def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
-        return self.conn.execute(UNCONSUMED_EVENTS, (name, after_pos, run_id)).fetchall()
-
-    def consume(self, run_id: str, event_id: str) -> None:
-        self.conn.execute(CONSUME, (run_id, event_id))
-
-    def add_wait(
-        self, run_id: str, step_id: str, name: str, path: str | None, key: str | None, seq: int
-    ) -> None:
-        self.conn.execute(ADD_WAIT, (run_id, step_id, name, path, key, seq))
