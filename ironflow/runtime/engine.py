@@ -56,7 +56,6 @@ from ironflow.history.events import (
     WaitTimedOut,
 )
 from ironflow.interpreter import Decision, Interpreter, Work
-from ironflow.interpreter.interpreter import INVOKE_TIMEOUT
 from ironflow.runtime import rows
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.executor import Executor, Job, Outcome, is_async
@@ -926,7 +925,9 @@ class Engine:
                             {
                                 "id": step_id,
                                 "child_run_id": f"{run_id}/{step_id}",
-                                "error": INVOKE_TIMEOUT,
+                                "error": live.interpreter.invoke_timeout(
+                                    step_id, f"{run_id}/{step_id}"
+                                ),
                             },
                         )
                     )
