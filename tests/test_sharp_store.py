@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -580,6 +581,33 @@ def test_a_worker_whose_database_became_read_only_stops_with_store_error(
         pytest.fail("serve() kept running on a read-only database")
     assert len(outcome) == 1 and isinstance(outcome[0], StoreError), outcome
     assert "cannot write to the database" in str(outcome[0])
+    engine.close()
+
+
+def test_engine_opens_at_once_while_another_connection_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """The read-only probe does not wait for (nor fail on) another writer's transaction."""
+    path = str(tmp_path / "app.db")
+    clock = VirtualClock()
+    first = _engine(path, clock)
+    first.start("waiter", run_id="r1")
+    first.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO ironflow_meta VALUES ('held', 'by another writer')")
+    try:
+        began = time.monotonic()
+        engine = _engine(path, clock)  # waited the 10 s busy timeout, then raised, before
+        assert time.monotonic() - began < 5.0  # far below the busy timeout: it did not wait
+        assert engine.get_run("r1").status == "pending"  # reads go on beside the writer
+        # The probe's busy_timeout of 0 is not left behind: writes still wait their turn.
+        assert engine.store.conn.execute("PRAGMA busy_timeout").fetchone() == (10000,)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    engine.run_until_idle()
+    assert engine.get_run("r1").status == "waiting"
     engine.close()
 
 
