@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -35,6 +36,7 @@ from ironflow import Engine, step
 from ironflow.cli import cli
 from ironflow.errors import NonDeterminismError
 from ironflow.runtime import StoreError
+from ironflow.runtime import engine as engine_module
 from ironflow.testing import VirtualClock
 
 WAIT = 30.0
@@ -286,6 +288,147 @@ def test_a_blocked_run_still_raises_non_determinism_from_wait(engine: Engine) ->
     )
     with pytest.raises(NonDeterminismError, match="diverged"):
         engine.wait(run_id)
+
+
+# --- review: many damaged runs at once; blocking counted and logged once committed ---------
+
+
+def test_many_damaged_runs_are_blocked_together_in_one_recovery(
+    waiting: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each damaged run used to roll back and redo the whole batch: quadratic in their number.
+    Now one pass finds them all (bad history bodies, unknown types, damaged mail), they are
+    blocked in one transaction, and the rest are driven again once."""
+    path, clock, _ = waiting
+    not_json = [f"ok-{i:03d}" for i in range(0, 6)]
+    unknown = [f"ok-{i:03d}" for i in range(6, 10)]
+    with _writable_history(path) as conn:
+        conn.execute(
+            f"UPDATE history SET body = 'x' WHERE seq = 1 AND run_id IN ({_marks(not_json)})",
+            not_json,
+        )
+        conn.execute(
+            f"UPDATE history SET type = 'NoSuchEvent' WHERE seq = 1 "
+            f"AND run_id IN ({_marks(unknown)})",
+            unknown,
+        )
+    engine = _engine(path, clock)
+    engine.emit("go", {"n": 1})  # mail for every run, not read yet
+    bad_mail = ["ok-010", "ok-011", "bad"]
+    engine.store.query(
+        f"UPDATE inbox SET body = '{{not json' WHERE run_id IN ({_marks(bad_mail)})", bad_mail
+    )
+    rollbacks: list[list[str]] = []
+    drive_all = Engine._drive_all
+
+    def counting(self: Engine, *args: Any) -> Any:
+        try:
+            return drive_all(self, *args)
+        except engine_module._Broken as broken:
+            rollbacks.append(sorted(broken.args))  # the runs it names
+            raise
+
+    monkeypatch.setattr(Engine, "_drive_all", counting)
+    engine.run_until_idle()
+    damaged = not_json + unknown + bad_mail
+    assert rollbacks == [sorted(damaged)]  # one rollback for all of them, not one each
+    assert engine.stats["runs_blocked"] == len(damaged)
+    blocked = engine.list_runs(status="blocked", limit=1000)
+    assert sorted(run.id for run in blocked) == sorted(damaged)
+    for run in blocked:
+        message = run.error.message
+        if run.id in not_json:
+            expected = "history row seq 1 (CommandScheduled) cannot be decoded: its body is not"
+        elif run.id in unknown:
+            expected = "cannot be decoded: unknown event type 'NoSuchEvent'"
+        else:
+            expected = "(WaitMatched) cannot be decoded: not JSON"
+        assert message.startswith(f"run {run.id!r}: ") and expected in message, message
+    done = engine.list_runs(status="completed", limit=1000)
+    assert len(done) == HEALTHY + 1 - len(damaged)
+    assert {run.output for run in done} == {2}
+    engine.close()
+
+
+def _marks(values: list[str]) -> str:
+    return ", ".join("?" * len(values))
+
+
+class _FailingCommit:
+    """The store's connection, whose next COMMIT fails once when asked (as on a full disk)."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+        self.fail_next = False
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and self.fail_next:
+            self.fail_next = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class _Lines(logging.Handler):
+    """Records each line logged and whether the store's write transaction was open then."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
+        self.conn = conn
+        self.lines: list[tuple[str, bool]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.getMessage(), self.conn.in_transaction))
+
+
+def test_a_blocked_run_is_counted_and_logged_only_once_its_block_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "app.db")
+    clock = VirtualClock()
+    engine = _engine(path, clock)
+    engine.start("waiter", run_id="bad")
+    engine.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET trigger = 'oops' WHERE id = 'bad'")
+    conn.close()
+    engine = _engine(path, clock)
+    real = engine.store.conn
+    proxy = _FailingCommit(real)
+    engine.store.conn = proxy  # type: ignore[assignment]
+    block = Engine._block
+
+    def block_then_fail(self: Engine, *args: Any) -> Any:
+        done = block(self, *args)
+        proxy.fail_next = True  # the commit of the blocking transaction fails
+        return done
+
+    monkeypatch.setattr(Engine, "_block", block_then_fail)
+    lines = _Lines(real)
+    runs_log = logging.getLogger("ironflow.runs")
+    runs_log.addHandler(lines)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            engine.run_until_idle()
+        assert engine.get_run("bad").status == "pending"  # not blocked: nothing to report
+        assert engine.stats["runs_blocked"] == 0
+        assert lines.lines == []
+        monkeypatch.setattr(Engine, "_block", block)
+        engine.run_until_idle()
+    finally:
+        runs_log.removeHandler(lines)
+    assert engine.get_run("bad").status == "blocked"
+    assert engine.stats["runs_blocked"] == 1  # once, not once per attempt
+    assert lines.lines == [
+        (
+            "run bad (waiter) blocked: ironflow.errors.StoreError: run 'bad': its runs row "
+            "(trigger) cannot be decoded: not JSON (Expecting value: line 1 column 1 (char 0))",
+            False,  # logged after the commit: no write lock held while a handler runs
+        )
+    ]
+    engine.close()
 
 
 # --- item 4: the CLI on damaged rows and damaged files ----------------------------------------
