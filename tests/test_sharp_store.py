@@ -431,6 +431,52 @@ def test_a_blocked_run_is_counted_and_logged_only_once_its_block_commits(
     engine.close()
 
 
+@ironflow.function(id="order")
+def order(ctx: Any) -> Any:
+    yield step.sleep("settle", "1s")  # the wait is registered after the events below
+    event = yield step.wait_for_event("approval", "approved", match="data.orderId", timeout="1h")
+    return event.data
+
+
+def test_a_damaged_event_row_matches_no_wait_and_blocks_no_run(tmp_path: Path) -> None:
+    """A damaged events row (another order's) used to block every run waiting for that name,
+    the one whose own event is intact too. Now it matches nothing and is reported once."""
+    path = str(tmp_path / "app.db")
+    clock = VirtualClock()
+    engine = Engine(path, clock=clock)
+    engine.register(order)
+    for n in (1, 2, 3):
+        engine.start("order", {"orderId": n}, run_id=f"o{n}")
+    engine.run_until_idle()
+    engine.emit("approved", {"orderId": 99})  # some other order's, damaged below
+    engine.emit("approved", {"orderId": 2})
+    [(damaged,)] = engine.store.query("SELECT id FROM events WHERE data LIKE '%99%'")
+    engine.store.query("UPDATE events SET data = '{trunc' WHERE id = ?", (damaged,))
+    lines = _Lines(engine.store.conn)
+    runs_log = logging.getLogger("ironflow.runs")
+    runs_log.addHandler(lines)
+    try:
+        clock.advance("2s")
+        engine.run_until_idle()  # o1, o2 and o3 all register their wait past both events
+    finally:
+        runs_log.removeHandler(lines)
+    assert engine.get_run("o2").status == "completed"
+    assert engine.get_run("o2").output == {"orderId": 2}
+    assert [engine.get_run(r).status for r in ("o1", "o3")] == ["waiting", "waiting"]
+    assert lines.lines == [  # once, though three waits skipped it
+        (
+            f"event {damaged} (approved): its events row (data) cannot be decoded: not JSON "
+            "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); "
+            "waits for 'approved' skip it",
+            False,
+        )
+    ]
+    engine.emit("approved", {"orderId": 1})  # later events still match
+    engine.run_until_idle()
+    assert engine.get_run("o1").output == {"orderId": 1}
+    engine.close()
+
+
 # --- item 4: the CLI on damaged rows and damaged files ----------------------------------------
 
 

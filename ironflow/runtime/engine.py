@@ -294,6 +294,10 @@ class Engine:
         }
         # What the driving transaction in progress started and ended, counted once it commits.
         self._committing: tuple[int, _Batch] | None = None
+        # Damaged events rows that waits skip: each is reported once (by id), after the
+        # transaction that found it (no logging handler runs under the write lock).
+        self._damaged_events: set[str] = set()
+        self._unreported_events: list[tuple[str, str, str]] = []
         # Test kit hook: step functions replaced by step name (see ironflow.testing.mock_steps).
         self.step_mocks: dict[str, Callable[..., Any]] = {}
 
@@ -695,53 +699,69 @@ class Engine:
             discovered |= self._discover(now_us, work, timers)
         if not work:
             return None
-        while True:
-            try:
-                with self.store.transaction() as conn:
-                    jobs = self._drive_all(conn, work, timers, discovered, now, now_us)
-                self._report_committed()
-                break
-            except _Broken as broken:
-                # The whole batch was rolled back: interpreters that moved on in memory are
-                # dropped (rebuilt from the store on next use); the broken runs are parked,
-                # together, and the rest driven again (once, however many runs broke).
-                for run_id in work:
-                    self._live.pop(run_id, None)
-                with self.store.transaction() as conn:
-                    blocked = [
-                        (run_id, error, self._block(conn, run_id, error, now_us))
-                        for run_id, error in broken.runs.items()
-                    ]
-                # Only once committed (a failed commit blocked nothing, and the next round
-                # tries again), and outside the write lock (a logging handler may be slow).
-                for run_id, error, done in blocked:
-                    work.pop(run_id, None)
-                    if done is not None:
-                        function_id, started = done
-                        self.stats["runs_started"] += started
-                        self.stats["runs_blocked"] += 1
-                        _report_run(run_id, function_id, "blocked", error)
-                if not work:
+        try:
+            while True:
+                try:
+                    with self.store.transaction() as conn:
+                        jobs = self._drive_all(conn, work, timers, discovered, now, now_us)
+                    self._report_committed()
+                    break
+                except _Broken as broken:
+                    # The whole batch was rolled back: interpreters that moved on in memory are
+                    # dropped (rebuilt from the store on next use); the broken runs are parked,
+                    # together, and the rest driven again (once, however many runs broke).
+                    for run_id in work:
+                        self._live.pop(run_id, None)
+                    with self.store.transaction() as conn:
+                        blocked = [
+                            (run_id, error, self._block(conn, run_id, error, now_us))
+                            for run_id, error in broken.runs.items()
+                        ]
+                    # Only once committed (a failed commit blocked nothing, and the next round
+                    # tries again), and outside the write lock (a logging handler may be slow).
+                    for run_id, error, done in blocked:
+                        work.pop(run_id, None)
+                        if done is not None:
+                            function_id, started = done
+                            self.stats["runs_started"] += started
+                            self.stats["runs_blocked"] += 1
+                            _report_run(run_id, function_id, "blocked", error)
+                    if not work:
+                        return []
+                except sqlite3.IntegrityError:
+                    # Another worker took one of these runs (our lease ran out): let all go.
+                    for run_id in work:
+                        self._live.pop(run_id, None)
+                        self._in_flight.pop(run_id, None)
                     return []
-            except sqlite3.IntegrityError:
-                # Another worker took one of these runs (our lease ran out): let all go.
-                for run_id in work:
-                    self._live.pop(run_id, None)
-                    self._in_flight.pop(run_id, None)
-                return []
-            except BaseException:
-                # Interpreters moved on in memory past what was committed: rebuild them. The
-                # runs taken for this round are found again by the next discovery.
-                for run_id in work:
-                    self._live.pop(run_id, None)
-                self._dirty = True
-                raise
+                except BaseException:
+                    # Interpreters moved on in memory past what was committed: rebuild them. The
+                    # runs taken for this round are found again by the next discovery.
+                    for run_id in work:
+                        self._live.pop(run_id, None)
+                    self._dirty = True
+                    raise
+        finally:
+            if self._unreported_events:  # after the transaction: no handler under its lock
+                self._report_damaged_events()
         self.stats["commits"] += 1
         for job in jobs:
             self._in_flight.setdefault(job.run_id, {})[job.step_id] = job.attempt
         if _FAULTS:
             crash_point("commit")
         return jobs
+
+    def _report_damaged_events(self) -> None:
+        found, self._unreported_events = self._unreported_events, []
+        for event_id, name, problem in found:
+            _RUNS_LOG.warning(
+                "event %s (%s): its events row (data) cannot be decoded: %s; waits for %r skip it",
+                event_id,
+                name,
+                problem,
+                name,
+                extra={"event_id": event_id, "event_name": name},
+            )
 
     def _should_discover(self, now_us: int) -> bool:
         """Look for new work in the database only when something may have changed."""
@@ -1185,11 +1205,13 @@ class Engine:
         ).fetchall():
             try:
                 event = Event(event_id, name, json.loads(data), rows.from_us(ts_us))
-            except (TypeError, ValueError) as exc:  # blocks this run, names the event
-                raise StoreError(
-                    f"event {event_id!r} ({name}): its events row (data) cannot be decoded: "
-                    f"{_problem(exc)}"
-                ) from None
+            except (TypeError, ValueError) as exc:
+                # Matches no wait: it may be another order's, and blocking every run waiting
+                # for this name would stop the one whose own event is intact. Said once.
+                if event_id not in self._damaged_events:
+                    self._damaged_events.add(event_id)
+                    self._unreported_events.append((event_id, name, _problem(exc)))
+                continue
             if path is None or (
                 (value := lookup(event, path)) is not MISSING and canonical(value) == key
             ):
