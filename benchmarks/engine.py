@@ -586,9 +586,9 @@ def bench_replay(ws: Workspace, sizes: dict[str, int], repeat: int, floors: dict
 def acquire_row(engine: Any, run_id: str, events: int, repeat: int, note: str) -> dict[str, Any]:
     """Time the engine's own cold load (lease, read, decode, feed); rolled back after each try.
 
-    Uses ``Engine._acquire_all(conn, run_ids, now_us, mail)`` (or its older forms without
-    ``mail``, or ``Engine._acquire(conn, run_id, now_us)``), with the cyclic GC paused as the
-    engine's rounds have it: private, so a missing one skips the row.
+    Uses ``Engine._acquire_all(conn, run_ids, now_us, mail, broken)`` (or its older forms
+    without ``broken`` or ``mail``, or ``Engine._acquire(conn, run_id, now_us)``), with the
+    cyclic GC paused as the engine's rounds have it: private, so a missing one skips the row.
     """
     name = "cold load: engine acquire"
     target = ">= 200,000/s"
@@ -613,6 +613,8 @@ def acquire_row(engine: Any, run_id: str, events: int, repeat: int, note: str) -
                 try:
                     if acquire_all is None:
                         acquire_one(conn, run_id, now_us)
+                    elif "broken" in inspect.signature(acquire_all).parameters:
+                        acquire_all(conn, [run_id], now_us, set(), {})
                     elif "mail" in inspect.signature(acquire_all).parameters:
                         acquire_all(conn, [run_id], now_us, set())
                     else:

@@ -56,7 +56,6 @@ from ironflow.history.events import (
     WaitTimedOut,
 )
 from ironflow.interpreter import Decision, Interpreter, Work
-from ironflow.interpreter.interpreter import INVOKE_TIMEOUT
 from ironflow.runtime import rows
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.executor import Executor, Job, Outcome, is_async
@@ -114,12 +113,12 @@ _TICK_RUNS = 1000  # runs driven per transaction at most
 
 
 class _Broken(Exception):
-    """A run could not be driven (its history and code diverge, or a bug): park it."""
+    """Runs that could not be driven (a damaged row, history and code diverge, a bug), each
+    with its error: the batch is rolled back and they are blocked, all in one go."""
 
-    def __init__(self, run_id: str, error: BaseException) -> None:
-        super().__init__(run_id)
-        self.run_id = run_id
-        self.error = error
+    def __init__(self, runs: dict[str, BaseException]) -> None:
+        super().__init__(*runs)
+        self.runs = runs
 
 
 @attrs.define
@@ -295,6 +294,10 @@ class Engine:
         }
         # What the driving transaction in progress started and ended, counted once it commits.
         self._committing: tuple[int, _Batch] | None = None
+        # Damaged events rows that waits skip: each is reported once (by id), after the
+        # transaction that found it (no logging handler runs under the write lock).
+        self._damaged_events: set[str] = set()
+        self._unreported_events: list[tuple[str, str, str]] = []
         # Test kit hook: step functions replaced by step name (see ironflow.testing.mock_steps).
         self.step_mocks: dict[str, Callable[..., Any]] = {}
 
@@ -696,41 +699,69 @@ class Engine:
             discovered |= self._discover(now_us, work, timers)
         if not work:
             return None
-        while True:
-            try:
-                with self.store.transaction() as conn:
-                    jobs = self._drive_all(conn, work, timers, discovered, now, now_us)
-                self._report_committed()
-                break
-            except _Broken as broken:
-                # The whole batch was rolled back: interpreters that moved on in memory are
-                # dropped (rebuilt from the store on next use); the broken run is parked.
-                for run_id in work:
-                    self._live.pop(run_id, None)
-                with self.store.transaction() as conn:
-                    self._block(conn, broken.run_id, broken.error, now_us)
-                del work[broken.run_id]
-                if not work:
+        try:
+            while True:
+                try:
+                    with self.store.transaction() as conn:
+                        jobs = self._drive_all(conn, work, timers, discovered, now, now_us)
+                    self._report_committed()
+                    break
+                except _Broken as broken:
+                    # The whole batch was rolled back: interpreters that moved on in memory are
+                    # dropped (rebuilt from the store on next use); the broken runs are parked,
+                    # together, and the rest driven again (once, however many runs broke).
+                    for run_id in work:
+                        self._live.pop(run_id, None)
+                    with self.store.transaction() as conn:
+                        blocked = [
+                            (run_id, error, self._block(conn, run_id, error, now_us))
+                            for run_id, error in broken.runs.items()
+                        ]
+                    # Only once committed (a failed commit blocked nothing, and the next round
+                    # tries again), and outside the write lock (a logging handler may be slow).
+                    for run_id, error, done in blocked:
+                        work.pop(run_id, None)
+                        if done is not None:
+                            function_id, started = done
+                            self.stats["runs_started"] += started
+                            self.stats["runs_blocked"] += 1
+                            _report_run(run_id, function_id, "blocked", error)
+                    if not work:
+                        return []
+                except sqlite3.IntegrityError:
+                    # Another worker took one of these runs (our lease ran out): let all go.
+                    for run_id in work:
+                        self._live.pop(run_id, None)
+                        self._in_flight.pop(run_id, None)
                     return []
-            except sqlite3.IntegrityError:
-                # Another worker took one of these runs (our lease ran out): let all go.
-                for run_id in work:
-                    self._live.pop(run_id, None)
-                    self._in_flight.pop(run_id, None)
-                return []
-            except BaseException:
-                # Interpreters moved on in memory past what was committed: rebuild them. The
-                # runs taken for this round are found again by the next discovery.
-                for run_id in work:
-                    self._live.pop(run_id, None)
-                self._dirty = True
-                raise
+                except BaseException:
+                    # Interpreters moved on in memory past what was committed: rebuild them. The
+                    # runs taken for this round are found again by the next discovery.
+                    for run_id in work:
+                        self._live.pop(run_id, None)
+                    self._dirty = True
+                    raise
+        finally:
+            if self._unreported_events:  # after the transaction: no handler under its lock
+                self._report_damaged_events()
         self.stats["commits"] += 1
         for job in jobs:
             self._in_flight.setdefault(job.run_id, {})[job.step_id] = job.attempt
         if _FAULTS:
             crash_point("commit")
         return jobs
+
+    def _report_damaged_events(self) -> None:
+        found, self._unreported_events = self._unreported_events, []
+        for event_id, name, problem in found:
+            _RUNS_LOG.warning(
+                "event %s (%s): its events row (data) cannot be decoded: %s; waits for %r skip it",
+                event_id,
+                name,
+                problem,
+                name,
+                extra={"event_id": event_id, "event_name": name},
+            )
 
     def _should_discover(self, now_us: int) -> bool:
         """Look for new work in the database only when something may have changed."""
@@ -792,12 +823,20 @@ class Engine:
                 )
         self._next_renewal_us = now_us + lease_us // 3
 
-    def _acquire_all(self, conn: Any, run_ids: list[str], now_us: int, mail: set[str]) -> int:
+    def _acquire_all(
+        self,
+        conn: Any,
+        run_ids: list[str],
+        now_us: int,
+        mail: set[str],
+        broken: dict[str, BaseException],
+    ) -> int:
         """Take the leases of ``run_ids`` that are free and rebuild their interpreters; return
         how many of them start here (their ``RunStarted`` is written now).
 
         Runs in ``mail`` have their ``ready`` flag cleared in the same statement (their
-        inbox is read next, in this transaction)."""
+        inbox is read next, in this transaction). Runs that cannot be rebuilt (a damaged
+        row, a divergence) go to ``broken``, all of them, and get no interpreter."""
         new_runs = 0
         lease_us = int(self.lease.total_seconds() * 1_000_000)
         fids = tuple(self.functions)
@@ -822,25 +861,31 @@ class Engine:
             if not taken:
                 continue
             ids = [row[0] for row in taken]
-            try:
-                stored = rows.read_histories(conn, f"run_id IN ({_marks(ids)})", ids)
-                histories = {run_id: stored.get(run_id, []) for run_id in ids}
-                unwritten = []
-                for row in taken:
-                    run_id, function_id, _, parent_run, _, _, _, trigger = row
-                    if not histories[run_id]:
+            corrupt: dict[str, StoreError] = {}  # runs with a damaged row: blocked, not driven
+            stored = rows.read_histories(conn, f"run_id IN ({_marks(ids)})", ids, corrupt)
+            histories = {run_id: stored.get(run_id, []) for run_id in ids}
+            unwritten = []
+            for row in taken:
+                run_id, function_id, _, parent_run, _, _, _, trigger = row
+                if not histories[run_id] and run_id not in corrupt:
+                    try:
                         started = _run_started(run_id, function_id, trigger, parent_run)
-                        histories[run_id].append(started)
-                        unwritten.append((run_id, *rows.encode(started)))
-            except rows.CorruptRow as bad:  # that run is blocked, the others are driven
-                raise _Broken(bad.run_id, bad.error) from None
+                    except rows.CorruptRow as bad:  # a damaged trigger
+                        corrupt[run_id] = bad.error
+                        continue
+                    histories[run_id].append(started)
+                    unwritten.append((run_id, *rows.encode(started)))
+            broken.update(corrupt)
             conn.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?)", unwritten)
             new_runs += len(unwritten)
             for row in taken:
                 run_id, function_id, event_pos, parent_run, parent_step, notify, status, _ = row
+                if run_id in corrupt:
+                    continue
                 history = histories[run_id]
                 if history[-1].seq != len(history) - 1:
-                    raise _Broken(run_id, _gap(run_id, history))
+                    broken[run_id] = _gap(run_id, history)
+                    continue
                 self.stats["runs_taken"] += 1
                 function = self.functions[function_id]
                 interpreter = Interpreter(function)
@@ -860,7 +905,8 @@ class Engine:
                 try:
                     live.decision = interpreter.feed(history)
                 except Exception as exc:
-                    raise _Broken(run_id, exc) from exc
+                    broken[run_id] = exc
+                    del self._live[run_id]
         return new_runs
 
     def _drive_all(
@@ -873,8 +919,11 @@ class Engine:
         now_us: int,
     ) -> list[Job]:
         self._committing = None
+        # Runs that cannot be driven: all are found in this one pass, then _round blocks them
+        # together and drives the rest again (not once per broken run: that was quadratic).
+        broken: dict[str, BaseException] = {}
         cold = [run_id for run_id in work if run_id not in self._live]
-        started = self._acquire_all(conn, cold, now_us, discovered) if cold else 0
+        started = self._acquire_all(conn, cold, now_us, discovered, broken) if cold else 0
         drivable = [run_id for run_id in work if run_id in self._live]
         cold_set = set(cold)
         inbox: dict[str, list[Input]] = {}
@@ -893,19 +942,23 @@ class Engine:
                 "RETURNING pos, run_id, type, body",
                 chunk,
             ).fetchall()
-            mail = sorted(found)
-            try:  # free unless raised
-                for item in mail:
-                    _, run_id, kind, body = item
-                    if _FAULTS and kind == "WaitMatched":
-                        crash_point("event-deliver")
-                    inbox.setdefault(run_id, []).append(_inbox_input(kind, json.loads(body)))
-            except Exception as exc:  # damaged mail blocks the run it was sent to
-                pos, run_id, kind, _ = item
-                known = kind in _INBOX_TYPES
-                problem = _problem(exc) if known else f"unknown mail type {kind!r}"
-                error = rows.corrupt_row(run_id, f"inbox row pos {pos} ({kind})", problem).error
-                raise _Broken(run_id, error) from None
+            mail = iter(sorted(found))
+            while True:
+                try:  # free unless raised
+                    for item in mail:
+                        _, run_id, kind, body = item
+                        if _FAULTS and kind == "WaitMatched":
+                            crash_point("event-deliver")
+                        inbox.setdefault(run_id, []).append(_inbox_input(kind, json.loads(body)))
+                    break
+                except Exception as exc:  # damaged mail blocks the run it was sent to
+                    pos, run_id, kind, _ = item
+                    known = kind in _INBOX_TYPES
+                    problem = _problem(exc) if known else f"unknown mail type {kind!r}"
+                    row = f"inbox row pos {pos} ({kind})"
+                    broken.setdefault(run_id, rows.corrupt_row(run_id, row, problem).error)
+        if broken:
+            drivable = [run_id for run_id in drivable if run_id not in broken]
         batch = _Batch()
         for run_id in drivable:
             live = self._live[run_id]
@@ -926,7 +979,9 @@ class Engine:
                             {
                                 "id": step_id,
                                 "child_run_id": f"{run_id}/{step_id}",
-                                "error": INVOKE_TIMEOUT,
+                                "error": live.interpreter.invoke_timeout(
+                                    step_id, f"{run_id}/{step_id}"
+                                ),
                             },
                         )
                     )
@@ -934,7 +989,9 @@ class Engine:
             try:
                 self._drive_live(conn, live, inputs, now, now_us, batch)
             except Exception as exc:
-                raise _Broken(run_id, exc) from exc
+                broken[run_id] = exc  # the others are driven on to find all broken ones
+        if broken:
+            raise _Broken(broken)
         batch.write(conn, self.worker_id, now_us)
         self._committing = (started, batch)
         self._woken.update(row[0] for row in batch.notify)  # parents told that a child ended
@@ -963,7 +1020,12 @@ class Engine:
         for run_id, function_id, error in batch.failed:
             _report_run(run_id, function_id, "failed", error)
 
-    def _block(self, conn: Any, run_id: str, exc: BaseException, now_us: int) -> None:
+    def _block(
+        self, conn: Any, run_id: str, exc: BaseException, now_us: int
+    ) -> tuple[str, int] | None:
+        """Set ``run_id`` blocked with ``exc``; its function id and whether its RunStarted was
+        written now (1 or 0), or None if it is gone. The caller counts and logs once committed.
+        """
         self._live.pop(run_id, None)
         self._in_flight.pop(run_id, None)
         # Blocked at its first drive, the run's RunStarted went with the rolled-back batch.
@@ -972,13 +1034,14 @@ class Engine:
             "AND NOT EXISTS (SELECT 1 FROM history WHERE run_id = ?1)",
             (run_id,),
         ).fetchone()
+        started = 0
         if unstarted is not None:
             with contextlib.suppress(rows.CorruptRow):  # a damaged trigger is why it blocks
-                started = _run_started(run_id, *unstarted)
+                event = _run_started(run_id, *unstarted)
                 conn.execute(
-                    "INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(started))
+                    "INSERT INTO history VALUES (?, ?, ?, ?, ?)", (run_id, *rows.encode(event))
                 )
-                self.stats["runs_started"] += 1
+                started = 1
         # A divergence or a damaged row says all there is; a bug needs its traceback.
         plain = isinstance(exc, NonDeterminismError | StoreError)
         info = encode_error(exc, with_traceback=not plain)
@@ -987,9 +1050,7 @@ class Engine:
             "lease_until_us = NULL, updated_us = ? WHERE id = ? RETURNING function_id",
             (rows.dumps(rows.error_body(info)), now_us, run_id),
         ).fetchone()
-        if blocked is not None:
-            self.stats["runs_blocked"] += 1
-            _report_run(run_id, blocked[0], "blocked", exc)
+        return None if blocked is None else (blocked[0], started)
 
     def _drive_live(
         self,
@@ -1144,11 +1205,13 @@ class Engine:
         ).fetchall():
             try:
                 event = Event(event_id, name, json.loads(data), rows.from_us(ts_us))
-            except (TypeError, ValueError) as exc:  # blocks this run, names the event
-                raise StoreError(
-                    f"event {event_id!r} ({name}): its events row (data) cannot be decoded: "
-                    f"{_problem(exc)}"
-                ) from None
+            except (TypeError, ValueError) as exc:
+                # Matches no wait: it may be another order's, and blocking every run waiting
+                # for this name would stop the one whose own event is intact. Said once.
+                if event_id not in self._damaged_events:
+                    self._damaged_events.add(event_id)
+                    self._unreported_events.append((event_id, name, _problem(exc)))
+                continue
             if path is None or (
                 (value := lookup(event, path)) is not MISSING and canonical(value) == key
             ):
