@@ -586,7 +586,7 @@ def bench_replay(ws: Workspace, sizes: dict[str, int], repeat: int, floors: dict
 def acquire_row(engine: Any, run_id: str, events: int, repeat: int, note: str) -> dict[str, Any]:
     """Time the engine's own cold load (lease, read, decode, feed); rolled back after each try.
 
-    Uses the driver's ``acquire_all(tx, run_ids, now_us, mail)`` in a store transaction, with
+    Uses the driver's ``acquire_all(tx, run_ids, now_us, mail, broken)`` in a transaction, with
     the cyclic GC paused as the engine's rounds have it: private, so a missing one skips the
     row.
     """
@@ -612,7 +612,7 @@ def acquire_row(engine: Any, run_id: str, events: int, repeat: int, note: str) -
                 gc.disable()
                 start = time.perf_counter()
                 try:
-                    acquire_all(tx, [run_id], now_us, set())
+                    acquire_all(tx, [run_id], now_us, set(), {})
                     elapsed = time.perf_counter() - start
                 finally:
                     if paused:

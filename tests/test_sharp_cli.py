@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -10,6 +11,7 @@ import re
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +310,86 @@ def test_the_worker_log_format_shows_run_and_step_and_copes_without_them() -> No
     assert re.fullmatch(stamp + "INFO myapp.billing: charged", mine), mine
     ours = formatter.format(record("ironflow.runs", "run r (f) failed: E: x", run_id="r"))
     assert re.fullmatch(stamp + "INFO run r \\(f\\) failed: E: x", ours), ours
+
+
+def _logging_flow(ctx: Any) -> Any:
+    ctx.log.info("about to fail")
+    yield step.run("ok", str, 1)
+    raise ValueError("no stock for order 7")
+
+
+@contextlib.contextmanager
+def _app_logging(name: str | None) -> Iterator[list[str]]:
+    """No logging configured but what an app puts on logger ``name`` (a handler collecting
+    what reaches it); pytest's own handlers on the root are put back afterwards."""
+    root, saved = logging.getLogger(), logging.getLogger().handlers[:]
+    got: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(f"{record.name}: {record.getMessage()}")
+
+    logger, handler = logging.getLogger(name), Collect()
+    level = logger.level
+    root.handlers.clear()
+    if name is not None:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield got
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        root.handlers[:] = saved
+
+
+def _serve_failing_run(capsys: pytest.CaptureFixture[str], configured: str | None) -> Any:
+    from ironflow.cli.main import worker_logging  # here: the other tests run without it
+
+    engine = Engine(":memory:")
+    engine.register(ironflow.function(id="sells")(_logging_flow))
+    capsys.readouterr()
+    with _app_logging(configured) as got, worker_logging(engine.functions):
+        run_id = engine.start("sells", run_id="r-sells")
+        engine.run_until_idle()
+    assert engine.get_run(run_id).status == "failed"
+    engine.close()
+    return got, capsys.readouterr().err
+
+
+WORKFLOW_LINE = "ironflow.workflow.sells: about to fail"
+RUNS_LINE = "ironflow.runs: run r-sells (sells) failed: ValueError: no stock for order 7"
+
+
+@pytest.mark.parametrize(
+    ("configured", "lines"),
+    [
+        ("ironflow", [WORKFLOW_LINE, RUNS_LINE]),
+        ("ironflow.runs", [RUNS_LINE]),
+        ("ironflow.workflow", [WORKFLOW_LINE]),
+        ("ironflow.workflow.sells", [WORKFLOW_LINE]),
+    ],
+)
+def test_the_worker_adds_no_log_handler_when_the_app_configured_an_ironflow_logger(
+    capsys: pytest.CaptureFixture[str], configured: str, lines: list[str]
+) -> None:
+    # With the worker's handler on the root as well, each line would appear twice.
+    got, err = _serve_failing_run(capsys, configured)
+    assert got == lines
+    assert err == ""
+    assert logging.getLogger().handlers  # pytest's handlers are back
+
+
+def test_the_worker_logs_each_line_once_when_nothing_is_configured(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    got, err = _serve_failing_run(capsys, None)
+    assert got == []
+    shown = [re.sub(r"^\[[^]]*\] ", "", line) for line in err.splitlines()]
+    assert shown == [
+        "INFO run=r-sells step=- about to fail",
+        "WARNING run r-sells (sells) failed: ValueError: no stock for order 7",
+    ]
 
 
 class _TickClock(SystemClock):

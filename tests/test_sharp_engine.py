@@ -23,7 +23,8 @@ import ironflow
 from ironflow import Engine, InvokeError, IronflowError, RetryPolicy, StoreError, step
 from ironflow.cli import cli
 from ironflow.history import dumps
-from ironflow.interpreter.interpreter import _span
+from ironflow.history.events import ErrorInfo
+from ironflow.interpreter.interpreter import INVOKE_TIMEOUT, _span
 from ironflow.runtime import STATUSES
 from ironflow.runtime import engine as engine_module
 from ironflow.testing import VirtualClock
@@ -278,13 +279,83 @@ def test_a_timed_out_invoke_says_it_timed_out_and_that_the_child_goes_on(
     assert engine.get_run(run_id).output == {
         "error": f"invoke 'report' of 'slow' timed out after 1h; the child run {child!r} goes on",
         "child": child,
-        "cause": "TimeoutError('invoke timed out')",
+        "cause": repr(
+            TimeoutError(
+                f"invoke 'report' of 'slow' timed out after 1h; the child run {child!r} goes on"
+            )
+        ),
     }
     assert engine.get_run(child).status == "waiting"  # not cancelled, as the message says
     clock.advance("1h")
     engine.run_until_idle()
     assert engine.get_run(child).output == "late"
     assert engine.get_run(run_id).status == "completed"
+
+
+@ironflow.function(id="branchy")
+def branchy(ctx: Any) -> Any:
+    """Branches on the invoke's message, as a workflow may: a replay must see the same text."""
+    try:
+        return (yield step.invoke("report", slow, timeout="1h"))
+    except InvokeError as error:
+        message = str(error)
+        if "timed out after" in message:
+            yield step.run("on-timeout", len, message)
+        else:
+            yield step.run("on-failed", len, message)
+        return {"error": message, "cause": repr(error.__cause__)}
+
+
+def test_a_timed_out_invoke_records_its_message_and_replays_to_it(
+    engine: Engine, clock: VirtualClock
+) -> None:
+    engine.register(slow)
+    engine.register(branchy)
+    run_id = engine.start("branchy")
+    engine.run_until_idle()
+    clock.advance("1h")
+    engine.run_until_idle()
+    child = f"{run_id}/report"
+    message = f"invoke 'report' of 'slow' timed out after 1h; the child run {child!r} goes on"
+    live = engine.get_run(run_id).output
+    assert live == {"error": message, "cause": repr(TimeoutError(message))}
+    history = engine.history(run_id)
+    [failed] = [e for e in history if type(e).__name__ == "ChildFailed"]
+    assert failed.error == ErrorInfo("TimeoutError", message)  # the text is recorded
+    assert [e.id for e in history if type(e).__name__ == "CommandScheduled"] == [
+        "report",
+        "on-timeout",
+    ]
+    decision = golden_replay(branchy, dumps(history))
+    assert decision.done and decision.output == live
+
+
+def test_a_history_recorded_with_the_old_timeout_error_replays_to_the_old_message() -> None:
+    # Earlier engines recorded INVOKE_TIMEOUT and the run saw the generic "failed" text: such a
+    # history must replay to that text (and the branch it took), not to today's wording.
+    old = "child run 'P/report' of 'slow' failed: TimeoutError: invoke timed out"
+    ts = "2026-01-01T00:00:00+00:00"
+    later = "2026-01-01T01:00:00+00:00"
+    error = {"type": "TimeoutError", "message": "invoke timed out", "traceback": None}
+    history = [
+        {"type": "RunStarted", "seq": 0, "ts": ts, "run_id": "P", "function_id": "branchy",
+         "event": {"id": "e1", "name": "branchy", "data": None, "ts": ts},
+         "parent_run_id": None},
+        {"type": "CommandScheduled", "seq": 1, "ts": ts, "id": "report", "kind": "invoke",
+         "name": "report", "scope": "", "fingerprint": "slow",
+         "detail": {"due": later, "function": "slow", "data": None, "child_run_id": "P/report"}},
+        {"type": "ChildStarted", "seq": 2, "ts": ts, "id": "report", "child_run_id": "P/report"},
+        {"type": "ChildFailed", "seq": 3, "ts": later, "id": "report",
+         "child_run_id": "P/report", "error": error},
+        {"type": "CommandScheduled", "seq": 4, "ts": later, "id": "on-failed", "kind": "run",
+         "name": "on-failed", "scope": "", "fingerprint": "len", "detail": {"max_attempts": 3}},
+        {"type": "StepCompleted", "seq": 5, "ts": later, "id": "on-failed", "attempt": 1,
+         "result": len(old)},
+    ]  # fmt: skip
+    assert ErrorInfo(**error) == INVOKE_TIMEOUT
+    decision = golden_replay(branchy, json.dumps(history))
+    assert decision.done
+    assert decision.output == {"error": old, "cause": repr(TimeoutError("invoke timed out"))}
 
 
 @pytest.mark.parametrize(

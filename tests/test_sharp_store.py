@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,9 @@ import ironflow
 from ironflow import Engine, step
 from ironflow.cli import cli
 from ironflow.errors import NonDeterminismError
-from ironflow.runtime import StoreError
+from ironflow.runtime import StoreError, control
+from ironflow.runtime import live as live_module
+from ironflow.runtime.driver import Driver
 from ironflow.testing import VirtualClock
 
 WAIT = 30.0
@@ -285,6 +289,193 @@ def test_a_blocked_run_still_raises_non_determinism_from_wait(engine: Engine) ->
     )
     with pytest.raises(NonDeterminismError, match="diverged"):
         engine.wait(run_id)
+
+
+# --- review: many damaged runs at once; blocking counted and logged once committed ---------
+
+
+def test_many_damaged_runs_are_blocked_together_in_one_recovery(
+    waiting: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each damaged run used to roll back and redo the whole batch: quadratic in their number.
+    Now one pass finds them all (bad history bodies, unknown types, damaged mail), they are
+    blocked in one transaction, and the rest are driven again once."""
+    path, clock, _ = waiting
+    not_json = [f"ok-{i:03d}" for i in range(0, 6)]
+    unknown = [f"ok-{i:03d}" for i in range(6, 10)]
+    with _writable_history(path) as conn:
+        conn.execute(
+            f"UPDATE history SET body = 'x' WHERE seq = 1 AND run_id IN ({_marks(not_json)})",
+            not_json,
+        )
+        conn.execute(
+            f"UPDATE history SET type = 'NoSuchEvent' WHERE seq = 1 "
+            f"AND run_id IN ({_marks(unknown)})",
+            unknown,
+        )
+    engine = _engine(path, clock)
+    engine.emit("go", {"n": 1})  # mail for every run, not read yet
+    bad_mail = ["ok-010", "ok-011", "bad"]
+    engine.store.query(
+        f"UPDATE inbox SET body = '{{not json' WHERE run_id IN ({_marks(bad_mail)})", bad_mail
+    )
+    rollbacks: list[list[str]] = []
+    drive_all = Driver.drive_all
+
+    def counting(self: Driver, *args: Any) -> Any:
+        try:
+            return drive_all(self, *args)
+        except live_module.Broken as broken:
+            rollbacks.append(sorted(broken.args))  # the runs it names
+            raise
+
+    monkeypatch.setattr(Driver, "drive_all", counting)
+    engine.run_until_idle()
+    damaged = not_json + unknown + bad_mail
+    assert rollbacks == [sorted(damaged)]  # one rollback for all of them, not one each
+    assert engine.stats["runs_blocked"] == len(damaged)
+    blocked = engine.list_runs(status="blocked", limit=1000)
+    assert sorted(run.id for run in blocked) == sorted(damaged)
+    for run in blocked:
+        message = run.error.message
+        if run.id in not_json:
+            expected = "history row seq 1 (CommandScheduled) cannot be decoded: its body is not"
+        elif run.id in unknown:
+            expected = "cannot be decoded: unknown event type 'NoSuchEvent'"
+        else:
+            expected = "(WaitMatched) cannot be decoded: not JSON"
+        assert message.startswith(f"run {run.id!r}: ") and expected in message, message
+    done = engine.list_runs(status="completed", limit=1000)
+    assert len(done) == HEALTHY + 1 - len(damaged)
+    assert {run.output for run in done} == {2}
+    engine.close()
+
+
+def _marks(values: list[str]) -> str:
+    return ", ".join("?" * len(values))
+
+
+class _FailingCommit:
+    """The store's connection, whose next COMMIT fails once when asked (as on a full disk)."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+        self.fail_next = False
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and self.fail_next:
+            self.fail_next = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class _Lines(logging.Handler):
+    """Records each line logged and whether the store's write transaction was open then."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
+        self.conn = conn
+        self.lines: list[tuple[str, bool]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.getMessage(), self.conn.in_transaction))
+
+
+def test_a_blocked_run_is_counted_and_logged_only_once_its_block_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "app.db")
+    clock = VirtualClock()
+    engine = _engine(path, clock)
+    engine.start("waiter", run_id="bad")
+    engine.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET trigger = 'oops' WHERE id = 'bad'")
+    conn.close()
+    engine = _engine(path, clock)
+    real = engine.store.conn
+    proxy = _FailingCommit(real)
+    engine.store.conn = proxy  # type: ignore[assignment]
+    block = control.block
+
+    def block_then_fail(*args: Any) -> Any:
+        done = block(*args)
+        proxy.fail_next = True  # the commit of the blocking transaction fails
+        return done
+
+    monkeypatch.setattr(control, "block", block_then_fail)
+    lines = _Lines(real)
+    runs_log = logging.getLogger("ironflow.runs")
+    runs_log.addHandler(lines)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            engine.run_until_idle()
+        assert engine.get_run("bad").status == "pending"  # not blocked: nothing to report
+        assert engine.stats["runs_blocked"] == 0
+        assert lines.lines == []
+        monkeypatch.setattr(control, "block", block)
+        engine.run_until_idle()
+    finally:
+        runs_log.removeHandler(lines)
+    assert engine.get_run("bad").status == "blocked"
+    assert engine.stats["runs_blocked"] == 1  # once, not once per attempt
+    assert lines.lines == [
+        (
+            "run bad (waiter) blocked: ironflow.errors.StoreError: run 'bad': its runs row "
+            "(trigger) cannot be decoded: not JSON (Expecting value: line 1 column 1 (char 0))",
+            False,  # logged after the commit: no write lock held while a handler runs
+        )
+    ]
+    engine.close()
+
+
+@ironflow.function(id="order")
+def order(ctx: Any) -> Any:
+    yield step.sleep("settle", "1s")  # the wait is registered after the events below
+    event = yield step.wait_for_event("approval", "approved", match="data.orderId", timeout="1h")
+    return event.data
+
+
+def test_a_damaged_event_row_matches_no_wait_and_blocks_no_run(tmp_path: Path) -> None:
+    """A damaged events row (another order's) used to block every run waiting for that name,
+    the one whose own event is intact too. Now it matches nothing and is reported once."""
+    path = str(tmp_path / "app.db")
+    clock = VirtualClock()
+    engine = Engine(path, clock=clock)
+    engine.register(order)
+    for n in (1, 2, 3):
+        engine.start("order", {"orderId": n}, run_id=f"o{n}")
+    engine.run_until_idle()
+    engine.emit("approved", {"orderId": 99})  # some other order's, damaged below
+    engine.emit("approved", {"orderId": 2})
+    [(damaged,)] = engine.store.query("SELECT id FROM events WHERE data LIKE '%99%'")
+    engine.store.query("UPDATE events SET data = '{trunc' WHERE id = ?", (damaged,))
+    lines = _Lines(engine.store.conn)
+    runs_log = logging.getLogger("ironflow.runs")
+    runs_log.addHandler(lines)
+    try:
+        clock.advance("2s")
+        engine.run_until_idle()  # o1, o2 and o3 all register their wait past both events
+    finally:
+        runs_log.removeHandler(lines)
+    assert engine.get_run("o2").status == "completed"
+    assert engine.get_run("o2").output == {"orderId": 2}
+    assert [engine.get_run(r).status for r in ("o1", "o3")] == ["waiting", "waiting"]
+    assert lines.lines == [  # once, though three waits skipped it
+        (
+            f"event {damaged} (approved): its events row (data) cannot be decoded: not JSON "
+            "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); "
+            "waits for 'approved' skip it",
+            False,
+        )
+    ]
+    engine.emit("approved", {"orderId": 1})  # later events still match
+    engine.run_until_idle()
+    assert engine.get_run("o1").output == {"orderId": 1}
+    engine.close()
 
 
 # --- item 4: the CLI on damaged rows and damaged files ----------------------------------------
@@ -580,6 +771,33 @@ def test_a_worker_whose_database_became_read_only_stops_with_store_error(
         pytest.fail("serve() kept running on a read-only database")
     assert len(outcome) == 1 and isinstance(outcome[0], StoreError), outcome
     assert "cannot write to the database" in str(outcome[0])
+    engine.close()
+
+
+def test_engine_opens_at_once_while_another_connection_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """The read-only probe does not wait for (nor fail on) another writer's transaction."""
+    path = str(tmp_path / "app.db")
+    clock = VirtualClock()
+    first = _engine(path, clock)
+    first.start("waiter", run_id="r1")
+    first.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO ironflow_meta VALUES ('held', 'by another writer')")
+    try:
+        began = time.monotonic()
+        engine = _engine(path, clock)  # waited the 10 s busy timeout, then raised, before
+        assert time.monotonic() - began < 5.0  # far below the busy timeout: it did not wait
+        assert engine.get_run("r1").status == "pending"  # reads go on beside the writer
+        # The probe's busy_timeout of 0 is not left behind: writes still wait their turn.
+        assert engine.store.conn.execute("PRAGMA busy_timeout").fetchone() == (10000,)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    engine.run_until_idle()
+    assert engine.get_run("r1").status == "waiting"
     engine.close()
 
 

@@ -201,6 +201,78 @@ def test_a_field_typed_any_holds_plain_json_only(engine: Any) -> None:
     assert "test_sharp_values.Color" in run.error.message
 
 
+@attrs.frozen
+class Bare:
+    """Containers without item types: what they hold is as untyped as a field typed Any."""
+
+    mapping: dict = attrs.Factory(dict)  # type: ignore[type-arg]
+    items: list = attrs.Factory(list)  # type: ignore[type-arg]
+    pair: tuple = ()  # type: ignore[type-arg]
+
+
+@dataclasses.dataclass(frozen=True)
+class BareRows:
+    rows: list[dict]  # type: ignore[type-arg]
+
+
+@pytest.mark.parametrize(
+    ("value", "typed", "where"),
+    [
+        (Bare(mapping={"k": Color.RED}), "dict", "its value['k'] is a test_sharp_values.Color"),
+        (Bare(mapping={Color.RED: 1}), "dict", "its value has the key <Color.RED: 'red'>"),
+        (Bare(items=[Shade.DARK]), "list", "its value[0] is a test_sharp_values.Shade"),
+        (Bare(pair=(1, Size.BIG)), "tuple", "its value[1] is a test_sharp_values.Size"),
+        (Bare(mapping={"at": AWARE}), "dict", "its value['at'] is a datetime.datetime"),
+        (BareRows([{"k": Color.RED}]), "dict", "its value['k'] is a test_sharp_values.Color"),
+    ],
+    ids=["dict value", "dict key", "list", "tuple", "aware datetime", "list of dict"],
+)
+def test_a_field_typed_dict_list_or_tuple_without_item_types_holds_plain_json_only(
+    engine: Any, value: Any, typed: str, where: str
+) -> None:
+    # cattrs would unstructure such items by their runtime type: a member to its plain
+    # value, never to be turned back, so they are refused like in a field typed Any.
+    flow, run, rid = run_step_returning(engine, value)
+    assert run.status == "failed" and run.error.type == "TypeError"
+    message = run.error.message
+    assert (
+        f"whose fields cannot be stored: a field typed {typed} without item types must hold "
+        f"plain JSON, since nothing converts its items back; name the item types "
+        f"(dict[str, Color], list[datetime]...) to get them back: {where}"
+    ) in message, message
+    assert not [e for e in engine.history(rid) if isinstance(e, StepCompleted)]
+    assert str(replay(flow, engine.history(rid)).error) == message
+
+
+@attrs.frozen
+class Typed:
+    colors: dict[str, Color]
+    sizes: list[Size]
+
+
+def test_plain_json_in_bare_containers_and_members_in_typed_ones_are_kept(engine: Any) -> None:
+    seen: list[Any] = []
+
+    def bare() -> Bare:
+        return Bare({"n": [1, (2, 3)], "none": None}, [{"a": "b"}], (1, "x"))
+
+    def typed() -> Typed:
+        return Typed({"k": Color.RED}, [Size.BIG])
+
+    @ironflow.function(id="containers")
+    def flow(ctx: Any) -> Any:
+        seen.append((yield step.run("bare", bare)))
+        seen.append((yield step.run("typed", typed)))
+
+    engine.register(flow)
+    engine.wait(engine.start("containers"), timeout=10)
+    assert seen == [
+        Bare({"n": [1, [2, 3]], "none": None}, [{"a": "b"}], (1, "x")),
+        Typed({"k": Color.RED}, [Size.BIG]),
+    ]
+    assert seen[1].colors["k"] is Color.RED and seen[1].sizes[0] is Size.BIG
+
+
 def test_the_check_kit_stores_results_as_the_engine_does() -> None:
     def produce() -> Any:
         return {"when": NAIVE}

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
@@ -230,11 +230,16 @@ class LogFormatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def worker_logging() -> Iterator[None]:
+def worker_logging(function_ids: Iterable[str] = ()) -> Iterator[None]:
     """Show runs that fail or block and ``ctx.log`` INFO records on stderr, unless the app
     configured logging itself (its handlers then get them)."""
     root, ours = logging.getLogger(), logging.getLogger("ironflow")
-    if root.handlers:
+    names = [
+        "ironflow.runs",
+        "ironflow.workflow",
+        *(f"ironflow.workflow.{f}" for f in function_ids),
+    ]
+    if root.handlers or any(_handled(logging.getLogger(name)) for name in names):
         yield
         return
     handler = logging.StreamHandler()
@@ -248,6 +253,19 @@ def worker_logging() -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         ours.setLevel(level)
+
+
+def _handled(logger: logging.Logger) -> bool:
+    """Whether a handler of the app gets ``logger``'s records: one on the logger or on an
+    ancestor they propagate to. Ours would print each line a second time."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
 
 
 @cli.command()
@@ -275,7 +293,7 @@ def worker(app: str, db: str | None) -> None:
     )
     reporter = Reporter(engine)
     try:
-        with worker_logging():
+        with worker_logging(engine.functions):
             engine.serve(install_signals=True, on_idle=reporter)
     finally:
         loaded.close(engine)

@@ -91,7 +91,9 @@ _DECISION_TYPES = (
 _TIMED_KINDS = ("sleep", "sleep_until", "wait_event", "invoke")
 # An undo registered by step.compensate('charge', ...) runs as the step 'compensate:charge'.
 UNDO_PREFIX = "compensate:"
-# What the runtime records (as a ChildFailed) for an invoke whose timeout passed.
+# What earlier runtimes recorded (as a ChildFailed) for an invoke whose timeout passed; such
+# histories replay to the message their runs saw ("child run ... failed: TimeoutError: invoke
+# timed out"). The runtime now records the whole message: see ``Interpreter.invoke_timeout``.
 INVOKE_TIMEOUT = ErrorInfo("TimeoutError", "invoke timed out")
 
 
@@ -279,6 +281,11 @@ def _span(duration: _dt.timedelta) -> str:
     return "".join(parts) or "0s"
 
 
+def _invoke_timeout_tail(child_run_id: str) -> str:
+    # The runtime does not cancel the child: it runs to its end, unheard.
+    return f"; the child run {child_run_id!r} goes on"
+
+
 def step_error(info: ErrorInfo, step_id: str, attempts: int) -> BaseException:
     """The exception a workflow receives for a step that failed for good."""
     original = decode_error(info)
@@ -408,6 +415,23 @@ class Interpreter:
     def decide(self) -> Decision:
         """The decision for the history folded so far (what ``feed`` returns)."""
         return self._decide()
+
+    def invoke_timeout(self, step_id: str, child_run_id: str) -> ErrorInfo:
+        """The error a runtime records (as a ChildFailed) when the invoke ``step_id`` times out.
+
+        The whole message is recorded, not rebuilt on replay, so that a history replays to the
+        text its run saw whatever the code (or this wording) is by then.
+        """
+        slot = self._waiting.get(step_id)
+        command = None if slot is None else slot.command
+        timeout = getattr(command, "timeout", None)
+        if command is None or timeout is None:  # not waiting: the input is dropped as stale
+            return INVOKE_TIMEOUT
+        return ErrorInfo(
+            "TimeoutError",
+            f"invoke {command.name!r} of {command.function!r} timed out after "
+            f"{_span(timeout)}{_invoke_timeout_tail(child_run_id)}",
+        )
 
     def record(self, events: Iterable[HistoryEvent]) -> None:
         """Fold ``events`` without deciding: for a runtime appending a decision's own events."""
@@ -1163,13 +1187,12 @@ class Interpreter:
         del self._waiting[slot.id]
         info = event.error
         command = slot.command
-        timeout = getattr(command, "timeout", None)
-        if timeout is not None and info == INVOKE_TIMEOUT:
-            # The runtime does not cancel the child: it runs to its end, unheard.
-            message = (
-                f"invoke {command.name!r} of {command.function!r} timed out after "
-                f"{_span(timeout)}; the child run {event.child_run_id!r} goes on"
-            )
+        if info.type == "TimeoutError" and info.message.endswith(
+            _invoke_timeout_tail(event.child_run_id)
+        ):
+            # Recorded by the runtime when the timeout passed (``invoke_timeout``): said as
+            # recorded. A history with the older INVOKE_TIMEOUT replays to the older text below.
+            message = info.message
         else:
             message = (
                 f"child run {event.child_run_id!r} of {command.function!r} failed: "

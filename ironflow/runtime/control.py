@@ -70,24 +70,27 @@ def resume(driver: Driver, run_id: str) -> None:
         driver.woken.add(run_id)
 
 
-def block(driver: Driver, tx: Transaction, run_id: str, exc: BaseException, now_us: int) -> None:
-    """Park a run that could not be driven as ``blocked``, with ``exc`` as its error."""
+def block(
+    driver: Driver, tx: Transaction, run_id: str, exc: BaseException, now_us: int
+) -> tuple[str, int] | None:
+    """Set ``run_id`` blocked with ``exc``; its function id and whether its RunStarted was
+    written now (1 or 0), or None if it is gone. The caller counts and logs once committed.
+    """
     driver.live.pop(run_id, None)
     driver.in_flight.pop(run_id, None)
     # Blocked at its first drive, the run's RunStarted went with the rolled-back batch.
     unstarted = tx.unstarted(run_id)
+    started = 0
     if unstarted is not None:
         with contextlib.suppress(rows.CorruptRow):  # a damaged trigger is why it blocks
-            started = run_started(run_id, *unstarted)
-            tx.append_history([(run_id, *rows.encode(started))])
-            driver.stats["runs_started"] += 1
+            event = run_started(run_id, *unstarted)
+            tx.append_history([(run_id, *rows.encode(event))])
+            started = 1
     # A divergence or a damaged row says all there is; a bug needs its traceback.
     plain = isinstance(exc, NonDeterminismError | StoreError)
     info = encode_error(exc, with_traceback=not plain)
     function_id = tx.block(run_id, rows.dumps(rows.error_body(info)), now_us)
-    if function_id is not None:
-        driver.stats["runs_blocked"] += 1
-        report_run(run_id, function_id, "blocked", exc)
+    return None if function_id is None else (function_id, started)
 
 
 def report_run(run_id: str, function_id: str, how: str, error: BaseException | None) -> None:

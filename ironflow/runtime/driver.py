@@ -91,6 +91,10 @@ class Driver:
         }
         # What the driving transaction in progress started and ended, counted once it commits.
         self.committing: tuple[int, Batch] | None = None
+        # Damaged events rows that waits skip: each is reported once (by id), after the
+        # transaction that found it (no logging handler runs under the write lock).
+        self.damaged_events: set[str] = set()
+        self.unreported_events: list[tuple[str, str, str]] = []
         # Test kit hook: step functions replaced by step name (see ironflow.testing.mock_steps).
         self.step_mocks: dict[str, Callable[..., Any]] = {}
         self.done = threading.Condition()  # notified when runs end
@@ -104,9 +108,16 @@ class Driver:
         now_us = self.now_us()
         return rows.from_us(now_us), now_us
 
-    def acquire_all(self, tx: Transaction, run_ids: list[str], now_us: int, mail: set[str]) -> int:
+    def acquire_all(
+        self,
+        tx: Transaction,
+        run_ids: list[str],
+        now_us: int,
+        mail: set[str],
+        broken: dict[str, BaseException],
+    ) -> int:
         """Take and rebuild runs (see ``leases.acquire_all``; the benchmarks time this)."""
-        return leases.acquire_all(self, tx, run_ids, now_us, mail)
+        return leases.acquire_all(self, tx, run_ids, now_us, mail, broken)
 
     def round(self, drain: Callable[[], list[Outcome]]) -> list[Job] | None:
         """Fold outcomes (``drain``), woken and due runs into one transaction; the jobs it
@@ -153,28 +164,64 @@ class Driver:
             discovered |= self.discover(now_us, work, due)
         if not work:
             return None
+        try:
+            jobs = self.commit(work, due, discovered, now, now_us)
+        finally:
+            if self.unreported_events:  # after the transaction: no handler under its lock
+                events.report_damaged(self)
+        if jobs is None:
+            return []
+        self.stats["commits"] += 1
+        for job in jobs:
+            in_flight_of.setdefault(job.run_id, {})[job.step_id] = job.attempt
+        if _FAULTS:
+            crash_point("commit")
+        return jobs
+
+    def commit(
+        self,
+        work: dict[str, list[Input]],
+        due: dict[str, list[tuple[str, str, int]]],
+        discovered: set[str],
+        now: _dt.datetime,
+        now_us: int,
+    ) -> list[Job] | None:
+        """Drive ``work`` in one transaction until it commits; ``None`` if nothing of it is
+        left to drive (all blocked, or the leases were lost)."""
         while True:
             try:
                 with self.store.transaction() as tx:
                     jobs = self.drive_all(tx, work, due, discovered, now, now_us)
                 self.report_committed()
-                break
+                return jobs
             except Broken as broken:
                 # The whole batch was rolled back: interpreters that moved on in memory are
-                # dropped (rebuilt from the store on next use); the broken run is parked.
+                # dropped (rebuilt from the store on next use); the broken runs are parked,
+                # together, and the rest driven again (once, however many runs broke).
                 for run_id in work:
                     self.live.pop(run_id, None)
                 with self.store.transaction() as tx:
-                    control.block(self, tx, broken.run_id, broken.error, now_us)
-                del work[broken.run_id]
+                    blocked = [
+                        (run_id, error, control.block(self, tx, run_id, error, now_us))
+                        for run_id, error in broken.runs.items()
+                    ]
+                # Only once committed (a failed commit blocked nothing, and the next round
+                # tries again), and outside the write lock (a logging handler may be slow).
+                for run_id, error, done in blocked:
+                    work.pop(run_id, None)
+                    if done is not None:
+                        function_id, started = done
+                        self.stats["runs_started"] += started
+                        self.stats["runs_blocked"] += 1
+                        control.report_run(run_id, function_id, "blocked", error)
                 if not work:
-                    return []
+                    return None
             except LeaseLost:
                 # Another worker took one of these runs (our lease ran out): let all go.
                 for run_id in work:
                     self.live.pop(run_id, None)
                     self.in_flight.pop(run_id, None)
-                return []
+                return None
             except BaseException:
                 # Interpreters moved on in memory past what was committed: rebuild them. The
                 # runs taken for this round are found again by the next discovery.
@@ -182,12 +229,6 @@ class Driver:
                     self.live.pop(run_id, None)
                 self.dirty = True
                 raise
-        self.stats["commits"] += 1
-        for job in jobs:
-            in_flight_of.setdefault(job.run_id, {})[job.step_id] = job.attempt
-        if _FAULTS:
-            crash_point("commit")
-        return jobs
 
     def should_discover(self, now_us: int) -> bool:
         """Look for new work in the database only when something may have changed."""
@@ -226,22 +267,30 @@ class Driver:
     ) -> list[Job]:
         self.committing = None
         live_runs = self.live
+        # Runs that cannot be driven: all are found in this one pass, then ``commit`` blocks
+        # them together and drives the rest again (not once per broken run: quadratic).
+        broken: dict[str, BaseException] = {}
         cold = [run_id for run_id in work if run_id not in live_runs]
-        started = leases.acquire_all(self, tx, cold, now_us, discovered) if cold else 0
+        started = leases.acquire_all(self, tx, cold, now_us, discovered, broken) if cold else 0
         drivable = [run_id for run_id in work if run_id in live_runs]
         # Only runs found by discovery can have mail: producers set ``ready`` with it.
-        inbox = events.take_mail(tx, drivable, set(cold), discovered) if discovered else {}
+        inbox = events.take_mail(tx, drivable, set(cold), discovered, broken) if discovered else {}
+        if broken:
+            drivable = [run_id for run_id in drivable if run_id not in broken]
         batch = Batch()
         for run_id in drivable:
+            live = live_runs[run_id]
             inputs = list(work[run_id])  # a copy: a rolled-back batch is driven again
             fired = due.get(run_id)
             if fired:
-                timers.fired(run_id, fired, inputs, batch)
+                timers.fired(live, fired, inputs, batch)
             inputs.extend(inbox.get(run_id, ()))
             try:
-                self.drive_live(tx, live_runs[run_id], inputs, now, now_us, batch)
+                self.drive_live(tx, live, inputs, now, now_us, batch)
             except Exception as exc:
-                raise Broken(run_id, exc) from exc
+                broken[run_id] = exc  # the others are driven on to find all broken ones
+        if broken:
+            raise Broken(broken)
         tx.commit_round(batch, self.worker_id)
         self.committing = (started, batch)
         self.woken.update(row[0] for row in batch.notify)  # parents told that a child ended
@@ -360,7 +409,7 @@ class Driver:
                 assert due_us is not None
                 timers.set_timer(self, tx, run_id, work.id, "sleep", due_us, 1)
             elif kind == "wait_event":
-                found = events.register_wait(tx, live, work)
+                found = events.register_wait(self, tx, live, work)
                 if found is not None:
                     inputs.append((WaitMatched, {"id": work.id, "event": found}))
                 else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ironflow.commands.event import MISSING, Event, lookup
@@ -26,11 +27,13 @@ from ironflow.interpreter import Work
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.ids import new_id
-from ironflow.runtime.live import Broken, Input, Live, create_run, problem
+from ironflow.runtime.live import Input, Live, create_run, problem
 from ironflow.runtime.store import StoreError, Transaction, rows
 
 if TYPE_CHECKING:
     from ironflow.runtime.driver import Driver
+
+_RUNS_LOG = logging.getLogger("ironflow.runs")
 
 INBOX_TYPES: dict[str, type] = {
     "WaitMatched": WaitMatched,
@@ -105,7 +108,7 @@ def match_waits(driver: Driver, tx: Transaction, event: Event, now_us: int) -> N
         driver.woken.add(run_id)
 
 
-def register_wait(tx: Transaction, live: Live, work: Work) -> Event | None:
+def register_wait(driver: Driver, tx: Transaction, live: Live, work: Work) -> Event | None:
     """Index a wait; if an event emitted since the run started matches, take it now."""
     detail = work.detail
     name, path = detail["event"], detail.get("match")
@@ -113,11 +116,13 @@ def register_wait(tx: Transaction, live: Live, work: Work) -> Event | None:
     for event_id, data, ts_us in tx.unconsumed_events(name, live.event_pos, live.run_id):
         try:
             event = Event(event_id, name, json.loads(data), rows.from_us(ts_us))
-        except (TypeError, ValueError) as exc:  # blocks this run, names the event
-            raise StoreError(
-                f"event {event_id!r} ({name}): its events row (data) cannot be decoded: "
-                f"{problem(exc)}"
-            ) from None
+        except (TypeError, ValueError) as exc:
+            # Matches no wait: it may be another order's, and blocking every run waiting
+            # for this name would stop the one whose own event is intact. Said once.
+            if event_id not in driver.damaged_events:
+                driver.damaged_events.add(event_id)
+                driver.unreported_events.append((event_id, name, problem(exc)))
+            continue
         if path is None or (
             (value := lookup(event, path)) is not MISSING and canonical(value) == key
         ):
@@ -128,10 +133,14 @@ def register_wait(tx: Transaction, live: Live, work: Work) -> Event | None:
 
 
 def take_mail(
-    tx: Transaction, drivable: list[str], cold: set[str], discovered: set[str]
+    tx: Transaction,
+    drivable: list[str],
+    cold: set[str],
+    discovered: set[str],
+    broken: dict[str, BaseException],
 ) -> dict[str, list[Input]]:
     """The mail of the drivable runs found by discovery (only they can have any: producers
-    set ``ready`` with it), as inputs by run; damaged mail blocks the run it was sent to."""
+    set ``ready`` with it), as inputs by run; a run sent damaged mail goes to ``broken``."""
     inbox: dict[str, list[Input]] = {}
     with_mail = [run_id for run_id in drivable if run_id in discovered]
     for start in range(0, len(with_mail), 400):
@@ -140,20 +149,37 @@ def take_mail(
         # later in this same transaction (another run publishes, a child ends) sets it
         # again and is read next round.
         warm = [run_id for run_id in chunk if run_id not in cold]
-        mail = tx.take_mail(chunk, warm)
-        try:  # free unless raised
-            for item in mail:
-                _, run_id, kind, body = item
-                if _FAULTS and kind == "WaitMatched":
-                    crash_point("event-deliver")
-                inbox.setdefault(run_id, []).append(inbox_input(kind, json.loads(body)))
-        except Exception as exc:  # damaged mail blocks the run it was sent to
-            pos, run_id, kind, _ = item
-            known = kind in INBOX_TYPES
-            why = problem(exc) if known else f"unknown mail type {kind!r}"
-            error = rows.corrupt_row(run_id, f"inbox row pos {pos} ({kind})", why).error
-            raise Broken(run_id, error) from None
+        mail = iter(tx.take_mail(chunk, warm))
+        while True:
+            try:  # free unless raised
+                for item in mail:
+                    _, run_id, kind, body = item
+                    if _FAULTS and kind == "WaitMatched":
+                        crash_point("event-deliver")
+                    inbox.setdefault(run_id, []).append(inbox_input(kind, json.loads(body)))
+                break
+            except Exception as exc:  # damaged mail blocks the run it was sent to
+                pos, run_id, kind, _ = item
+                known = kind in INBOX_TYPES
+                why = problem(exc) if known else f"unknown mail type {kind!r}"
+                row = f"inbox row pos {pos} ({kind})"
+                broken.setdefault(run_id, rows.corrupt_row(run_id, row, why).error)
     return inbox
+
+
+def report_damaged(driver: Driver) -> None:
+    """Log the damaged events rows waits skipped, once each (after the transaction: no
+    logging handler runs under the write lock)."""
+    found, driver.unreported_events = driver.unreported_events, []
+    for event_id, name, why in found:
+        _RUNS_LOG.warning(
+            "event %s (%s): its events row (data) cannot be decoded: %s; waits for %r skip it",
+            event_id,
+            name,
+            why,
+            name,
+            extra={"event_id": event_id, "event_name": name},
+        )
 
 
 def inbox_input(kind: str, body: dict[str, Any]) -> Input:

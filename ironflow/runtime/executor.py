@@ -14,6 +14,8 @@ import os
 import queue
 import threading
 import time
+import typing
+from collections import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -56,8 +58,34 @@ STEP_ADVICE = (
 # Step results' attrs/dataclass instances are unstructured with a copy of the history
 # converter made strict: a field typed ``Any`` (or ``dict[str, Any]``...) holds plain JSON
 # only, since nothing would convert a datetime or an enum member back; a naive datetime is
-# refused, since the converter would read it in the worker's local time zone.
+# refused, since the converter would read it in the worker's local time zone. A field typed
+# ``dict``, ``list``, ``tuple`` (or ``object``) without item types gets the same rule: cattrs
+# would unstructure its items by their runtime type (an enum member to its plain value), and
+# nothing would structure them back.
 _values = converter.copy()
+
+# Field types that say nothing about the items they hold (bare ``typing`` aliases too).
+_BARE_CONTAINERS: tuple[Any, ...] = (
+    dict,
+    list,
+    tuple,
+    object,
+    typing.Dict,  # noqa: UP006 - a field may be annotated with the bare alias
+    typing.List,  # noqa: UP006
+    typing.Tuple,  # noqa: UP006
+    typing.Mapping,
+    typing.MutableMapping,
+    typing.Sequence,
+    typing.MutableSequence,
+    typing.Iterable,
+    typing.Collection,
+    abc.Mapping,
+    abc.MutableMapping,
+    abc.Sequence,
+    abc.MutableSequence,
+    abc.Iterable,
+    abc.Collection,
+)
 
 
 def _aware_datetime(value: _dt.datetime) -> str:
@@ -70,13 +98,28 @@ def _aware_datetime(value: _dt.datetime) -> str:
     return value.astimezone(_dt.UTC).isoformat()
 
 
-def _plain_json(value: Any) -> Any:
-    return to_json_value(
-        value,
-        "a field typed Any must hold plain JSON, since nothing converts it back",
-        root="its value",
-        advice="",
-        unstructure=_record,
+_ANY_FIELD = "a field typed {name} must hold plain JSON, since nothing converts it back"
+
+
+def _plain_json_hook(what: str) -> Callable[[Any], Any]:
+    def plain_json(value: Any) -> Any:
+        return to_json_value(value, what, root="its value", advice="", unstructure=_record)
+
+    return plain_json
+
+
+def _is_bare_container(kind: Any) -> bool:
+    return any(kind is bare for bare in _BARE_CONTAINERS)
+
+
+def _bare_container_hook(kind: Any) -> Callable[[Any], Any]:
+    if kind is object:
+        return _plain_json_hook(_ANY_FIELD.format(name="object"))
+    name = kind.__qualname__ if isinstance(kind, type) else repr(kind)
+    return _plain_json_hook(
+        f"a field typed {name} without item types must hold plain JSON, since nothing "
+        f"converts its items back; name the item types (dict[str, Color], list[datetime]...) "
+        f"to get them back"
     )
 
 
@@ -85,7 +128,8 @@ def _record(value: Any) -> Any:
 
 
 _values.register_unstructure_hook(_dt.datetime, _aware_datetime)
-_values.register_unstructure_hook(Any, _plain_json)
+_values.register_unstructure_hook(Any, _plain_json_hook(_ANY_FIELD.format(name="Any")))
+_values.register_unstructure_hook_factory(_is_bare_container, _bare_container_hook)
 
 
 def serialize_result(value: Any, step_id: str) -> Any:

@@ -13,21 +13,27 @@ from typing import TYPE_CHECKING
 
 from ironflow.history.events import RunResumed
 from ironflow.interpreter import Interpreter
-from ironflow.runtime.live import Broken, Live, gap, run_started
-from ironflow.runtime.store import Transaction, rows
+from ironflow.runtime.live import Live, gap, run_started
+from ironflow.runtime.store import StoreError, Transaction, rows
 
 if TYPE_CHECKING:
     from ironflow.runtime.driver import Driver
 
 
 def acquire_all(
-    driver: Driver, tx: Transaction, run_ids: list[str], now_us: int, mail: set[str]
+    driver: Driver,
+    tx: Transaction,
+    run_ids: list[str],
+    now_us: int,
+    mail: set[str],
+    broken: dict[str, BaseException],
 ) -> int:
     """Take the leases of ``run_ids`` that are free and rebuild their interpreters; return
     how many of them start here (their ``RunStarted`` is written now).
 
     Runs in ``mail`` have their ``ready`` flag cleared in the same statement (their
-    inbox is read next, in this transaction)."""
+    inbox is read next, in this transaction). Runs that cannot be rebuilt (a damaged
+    row, a divergence) go to ``broken``, all of them, and get no interpreter."""
     taken = tx.take_runs(
         run_ids,
         mail,
@@ -39,25 +45,31 @@ def acquire_all(
     if not taken:
         return 0
     ids = [row[0] for row in taken]
-    try:
-        stored = tx.histories(ids)
-        histories = {run_id: stored.get(run_id, []) for run_id in ids}
-        unwritten = []
-        for row in taken:
-            run_id, function_id, _, parent_run, _, _, _, trigger = row
-            if not histories[run_id]:
+    corrupt: dict[str, StoreError] = {}  # runs with a damaged row: blocked, not driven
+    stored = tx.histories(ids, corrupt)
+    histories = {run_id: stored.get(run_id, []) for run_id in ids}
+    unwritten = []
+    for row in taken:
+        run_id, function_id, _, parent_run, _, _, _, trigger = row
+        if not histories[run_id] and run_id not in corrupt:
+            try:
                 started = run_started(run_id, function_id, trigger, parent_run)
-                histories[run_id].append(started)
-                unwritten.append((run_id, *rows.encode(started)))
-    except rows.CorruptRow as bad:  # that run is blocked, the others are driven
-        raise Broken(bad.run_id, bad.error) from None
+            except rows.CorruptRow as bad:  # a damaged trigger
+                corrupt[run_id] = bad.error
+                continue
+            histories[run_id].append(started)
+            unwritten.append((run_id, *rows.encode(started)))
+    broken.update(corrupt)
     tx.append_history(unwritten)
     functions, live_runs, stats = driver.functions, driver.live, driver.stats
     for row in taken:
         run_id, function_id, event_pos, parent_run, parent_step, notify, status, _ = row
+        if run_id in corrupt:
+            continue
         history = histories[run_id]
         if history[-1].seq != len(history) - 1:
-            raise Broken(run_id, gap(run_id, history))
+            broken[run_id] = gap(run_id, history)
+            continue
         stats["runs_taken"] += 1
         function = functions[function_id]
         interpreter = Interpreter(function)
@@ -77,7 +89,8 @@ def acquire_all(
         try:
             live.decision = interpreter.feed(history)
         except Exception as exc:
-            raise Broken(run_id, exc) from exc
+            broken[run_id] = exc
+            del live_runs[run_id]
     return len(unwritten)
 
 

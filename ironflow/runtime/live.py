@@ -28,12 +28,12 @@ Input = tuple[type, dict[str, Any]]
 
 
 class Broken(Exception):
-    """A run could not be driven (its history and code diverge, or a bug): park it."""
+    """Runs that could not be driven (a damaged row, history and code diverge, a bug), each
+    with its error: the batch is rolled back and they are blocked, all in one go."""
 
-    def __init__(self, run_id: str, error: BaseException) -> None:
-        super().__init__(run_id)
-        self.run_id = run_id
-        self.error = error
+    def __init__(self, runs: dict[str, BaseException]) -> None:
+        super().__init__(*runs)
+        self.runs = runs
 
 
 @attrs.define

@@ -7,7 +7,7 @@ A timer is keyed by (run, step). Kinds:
 | `retry`  | a step's next attempt with a delay | nothing: the step is due and starts      |
 | `sleep`  | `step.sleep` / `sleep_until`       | `TimerFired`                             |
 | `wait`   | `wait_for_event`'s timeout         | `WaitTimedOut` (and its wait is dropped) |
-| `invoke` | `invoke`'s timeout                 | `ChildFailed` with the timeout error     |
+| `invoke` | `invoke`'s timeout                 | `ChildFailed` (a `TimeoutError`, worded) |
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ironflow.history.events import ChildFailed, TimerFired, WaitTimedOut
-from ironflow.interpreter.interpreter import INVOKE_TIMEOUT
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
-from ironflow.runtime.live import Input
+from ironflow.runtime.live import Input, Live
 from ironflow.runtime.store import Batch, Transaction
 
 if TYPE_CHECKING:
@@ -33,8 +32,9 @@ def set_timer(
     tx.set_timer(run_id, step_id, kind, due_us, attempt)
 
 
-def fired(run_id: str, due: list[tuple[str, str, int]], inputs: list[Input], batch: Batch) -> None:
+def fired(live: Live, due: list[tuple[str, str, int]], inputs: list[Input], batch: Batch) -> None:
     """Turn the run's due timers ``(step_id, kind, attempt)`` into inputs; drop them."""
+    run_id = live.run_id
     for step_id, kind, _attempt in due:
         if _FAULTS:
             crash_point("timer-fire")
@@ -45,13 +45,6 @@ def fired(run_id: str, due: list[tuple[str, str, int]], inputs: list[Input], bat
             batch.waits_done.append((run_id, step_id))
             inputs.append((WaitTimedOut, {"id": step_id}))
         elif kind == "invoke":
-            inputs.append(
-                (
-                    ChildFailed,
-                    {
-                        "id": step_id,
-                        "child_run_id": f"{run_id}/{step_id}",
-                        "error": INVOKE_TIMEOUT,
-                    },
-                )
-            )
+            child_id = f"{run_id}/{step_id}"
+            error = live.interpreter.invoke_timeout(step_id, child_id)
+            inputs.append((ChildFailed, {"id": step_id, "child_run_id": child_id, "error": error}))

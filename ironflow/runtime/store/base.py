@@ -90,8 +90,12 @@ class Transaction(abc.ABC):
         ``mail`` have their ready flag cleared (their mail is taken next)."""
 
     @abc.abstractmethod
-    def histories(self, run_ids: list[str]) -> dict[str, list[HistoryEvent]]:
-        """The stored histories of ``run_ids`` (a run without one is absent)."""
+    def histories(
+        self, run_ids: list[str], corrupt: dict[str, StoreError] | None = None
+    ) -> dict[str, list[HistoryEvent]]:
+        """The stored histories of ``run_ids`` (a run without one is absent). A damaged row
+        raises ``rows.CorruptRow``; given ``corrupt``, every run with one is left out and put
+        there with its error instead."""
 
     @abc.abstractmethod
     def append_history(self, rows: list[tuple[Any, ...]]) -> None:

@@ -188,11 +188,15 @@ def corrupt_row(run_id: str, row: str, problem: str) -> CorruptRow:
     return CorruptRow(run_id, StoreError(f"run {run_id!r}: {row} cannot be decoded: {problem}"))
 
 
-def decode_histories(found: list[Any]) -> dict[str, list[HistoryEvent]]:
+def decode_histories(
+    found: list[Any], corrupt: dict[str, StoreError] | None = None
+) -> dict[str, list[HistoryEvent]]:
     """Histories by run id from ``(run_id, seq, type, ts_us, body)`` rows in run, seq order.
 
     One ``json.loads`` over all bodies: per-call decoder overhead dominates small bodies.
-    ``CorruptRow`` names the first run (in run id order) with a row that cannot be decoded.
+    A run with a row that cannot be decoded raises ``CorruptRow`` (the first such run, in
+    run id order); or, given ``corrupt``, every such run is left out and put there with the
+    error naming its first bad row, so that a caller can set them all aside at once.
     """
     if not found:
         return {}
@@ -201,8 +205,8 @@ def decode_histories(found: list[Any]) -> dict[str, list[HistoryEvent]]:
         if len(bodies) != len(found):  # a damaged body that holds a comma: "1,2"
             raise ValueError("not one body per row")
     except (TypeError, ValueError):
-        # Off the fast path: parse row by row to name the first one that is not JSON.
-        bodies = [_body(row) for row in found]
+        # Off the fast path: parse row by row to name the rows that are not JSON.
+        bodies = [_body(row, corrupt) for row in found]
     by_run: dict[str, list[Any]] = {}
     for (run_id, seq, kind, ts_us, _), body in zip(found, bodies, strict=True):
         items = by_run.get(run_id)
@@ -211,23 +215,32 @@ def decode_histories(found: list[Any]) -> dict[str, list[HistoryEvent]]:
         items.append((seq, kind, ts_us, body))
     histories = {}
     for run_id, items in by_run.items():
+        if corrupt is not None and run_id in corrupt:
+            continue
         try:
             histories[run_id] = build(items)
         except _BadEvent as bad:
-            raise corrupt_row(run_id, bad.row, bad.problem) from bad.__cause__
+            error = corrupt_row(run_id, bad.row, bad.problem)
+            if corrupt is None:
+                raise error from bad.__cause__
+            corrupt[run_id] = error.error
     return histories
 
 
-def _body(row: tuple[Any, ...]) -> Any:
+def _body(row: tuple[Any, ...], corrupt: dict[str, StoreError] | None) -> Any:
     run_id, seq, kind, _, body = row
     try:
         if not isinstance(body, str | bytes):
             raise TypeError(f"it is {type(body).__name__} {body!r}, not JSON text")
         return json.loads(body)
     except (TypeError, ValueError) as exc:
-        raise corrupt_row(
+        error = corrupt_row(
             run_id, f"history row seq {seq} ({kind})", f"its body is not JSON: {exc}"
-        ) from None
+        )
+        if corrupt is None:
+            raise error from None
+        corrupt.setdefault(run_id, error.error)  # its first bad row (rows come in seq order)
+        return None
 
 
 class _BadEvent(Exception):

@@ -84,6 +84,10 @@ def unusable(path: str, exc: sqlite3.Error) -> StoreError | None:
     return None
 
 
+# SQLITE_BUSY and SQLITE_LOCKED (primary result codes): another connection holds a lock.
+_BUSY_CODES = (5, 6)
+
+
 class SQLiteDatabase:
     """Opening a SQLite database: checked to be ours, configured, migrated (the store's base)."""
 
@@ -138,17 +142,29 @@ class SQLiteDatabase:
         self.conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
         self._migrate()
         if path != ":memory:":
-            self._check_writable()
+            self._check_writable(busy_timeout)
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, busy_timeout: float) -> None:
         # A database SQLite can only read (a read-only file system, -wal/-shm files of
         # another user) opens and reads fine: say so now, not at the first start() or in a
         # worker's round. A write that changes nothing, rolled back, asks SQLite itself.
-        self.conn.execute("BEGIN IMMEDIATE")
+        # Without waiting: while another process holds the write lock the answer is "not
+        # known", and opening must not wait for (or fail on) that process's transaction; a
+        # read-only database is still refused at its first write (see ``unusable``).
+        self.conn.execute("PRAGMA busy_timeout = 0")
         try:
-            self.conn.execute("DELETE FROM ironflow_meta WHERE 0")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _BUSY_CODES:
+                    return
+                raise
+            try:
+                self.conn.execute("DELETE FROM ironflow_meta WHERE 0")
+            finally:
+                self.conn.execute("ROLLBACK")
         finally:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
 
     def close(self) -> None:
         with self.lock:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
-from ironflow.runtime.store.base import Batch, LeaseLost, Transaction
+from ironflow.runtime.store.base import Batch, LeaseLost, StoreError, Transaction
 from ironflow.runtime.store.sqlite_schema import reraise, rollback
 
 if TYPE_CHECKING:
@@ -140,9 +140,11 @@ def _quote(text: str) -> str:
     return text.replace("'", "''")
 
 
-def read_histories(conn: Any, where: str, params: Any) -> dict[str, list[HistoryEvent]]:
+def read_histories(
+    conn: Any, where: str, params: Any, corrupt: dict[str, StoreError] | None = None
+) -> dict[str, list[HistoryEvent]]:
     found = conn.execute(HISTORIES.format(where=where), params).fetchall()
-    return rows.decode_histories(found)
+    return rows.decode_histories(found, corrupt)
 
 
 class SQLiteTransaction(Transaction):
@@ -224,12 +226,14 @@ class SQLiteTransaction(Transaction):
             ).fetchall()
         return taken
 
-    def histories(self, run_ids: list[str]) -> dict[str, list[HistoryEvent]]:
+    def histories(
+        self, run_ids: list[str], corrupt: dict[str, StoreError] | None = None
+    ) -> dict[str, list[HistoryEvent]]:
         if len(run_ids) <= 400:
-            return read_histories(self.conn, f"run_id IN ({marks(run_ids)})", run_ids)
+            return read_histories(self.conn, f"run_id IN ({marks(run_ids)})", run_ids, corrupt)
         found: dict[str, list[HistoryEvent]] = {}
         for chunk in chunks(run_ids):
-            found.update(read_histories(self.conn, f"run_id IN ({marks(chunk)})", chunk))
+            found.update(read_histories(self.conn, f"run_id IN ({marks(chunk)})", chunk, corrupt))
         return found
 
     def append_history(self, rows: list[tuple[Any, ...]]) -> None:
