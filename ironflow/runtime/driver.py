@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +29,9 @@ from ironflow.history.events import (
     WaitMatched,
 )
 from ironflow.interpreter import Decision, Work
-from ironflow.runtime import children, control, events, leases, timers
+from ironflow.runtime import children, control, discovery, events, leases, timers
 from ironflow.runtime.clock import SystemClock
+from ironflow.runtime.discovery import TICK_RUNS
 from ironflow.runtime.executor import Job, Outcome
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
@@ -39,17 +39,6 @@ from ironflow.runtime.live import Broken, Input, Live
 from ironflow.runtime.store import Batch, LeaseLost, Store, Transaction, rows
 
 _STEP_KINDS = ("run", "undo")
-NEVER = 2**63 - 1
-TICK_RUNS = 1000  # runs driven per transaction at most
-
-
-def _take(pool: set[str], most: int) -> set[str]:
-    """Remove and return up to ``most`` items of ``pool`` (a bounded batch per round)."""
-    if len(pool) <= most:
-        taken = set(pool)
-        pool.clear()
-        return taken
-    return {pool.pop() for _ in range(most)}
 
 
 class Driver:
@@ -154,14 +143,14 @@ class Driver:
         discovered: set[str] = set()  # runs that may have mail
         if self.woken or self.fresh:  # one woken after this check kicks another round
             with self.store.lock:
-                discovered = _take(self.woken, TICK_RUNS)
-                fresh = _take(self.fresh, TICK_RUNS - len(discovered))
+                discovered = discovery.take(self.woken, TICK_RUNS)
+                fresh = discovery.take(self.fresh, TICK_RUNS - len(discovered))
             for run_id in discovered:
                 work.setdefault(run_id, [])
             for run_id in fresh:
                 work.setdefault(run_id, [])
-        if self.functions and len(work) < TICK_RUNS and self.should_discover(now_us):
-            discovered |= self.discover(now_us, work, due)
+        if self.functions and len(work) < TICK_RUNS and discovery.due(self, now_us):
+            discovered |= discovery.find(self, now_us, work, due)
         if not work:
             return None
         try:
@@ -229,32 +218,6 @@ class Driver:
                     self.live.pop(run_id, None)
                 self.dirty = True
                 raise
-
-    def should_discover(self, now_us: int) -> bool:
-        """Look for new work in the database only when something may have changed."""
-        return self.dirty or now_us >= self.next_timer_us or time.monotonic() >= self.next_poll
-
-    def discover(
-        self,
-        now_us: int,
-        work: dict[str, list[Input]],
-        due: dict[str, list[tuple[str, str, int]]],
-    ) -> set[str]:
-        """Due timers and runs that need driving (new, woken, or orphaned by a dead worker)."""
-        fids = tuple(self.functions)
-        timers_due, ready, nearest = self.store.discover(now_us, fids, self.worker_id, TICK_RUNS)
-        for run_id, step_id, kind, attempt in timers_due:
-            due.setdefault(run_id, []).append((step_id, kind, attempt))
-            work.setdefault(run_id, [])
-        for run_id in ready:
-            work.setdefault(run_id, [])
-        found = set(ready)
-        found.update(row[0] for row in timers_due)
-        self.next_timer_us = nearest if nearest is not None else NEVER
-        # A full page means there may be more: look again on the next tick.
-        self.dirty = len(timers_due) >= TICK_RUNS or len(ready) >= TICK_RUNS
-        self.next_poll = time.monotonic() + self.poll
-        return found
 
     def drive_all(
         self,

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ironflow.runtime import leases
-from ironflow.runtime.driver import NEVER, Driver
+from ironflow.runtime.discovery import NEVER
+from ironflow.runtime.driver import Driver
 from ironflow.runtime.executor import Executor, Job, Outcome, is_async
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
