@@ -34,7 +34,7 @@ before it to commit; a snapshot cut (``pg_current_snapshot``) needs no lock but 
 that commits between the run's snapshot and its commit as "after", which is not commit order.
 
 **Connections.** A ``PostgresStore`` holds one connection, used under ``lock`` as the SQLite store
-uses its one: the engine already drives one round at a time and sends each round as one pipeline,
+uses its one: the engine already drives one round at a time and sends each round as one query,
 so a pool would only add connections contending for the same rows. The wake-up listener (LISTEN,
 item 6) will add one more, idle: a worker holds two, ten workers twenty of the default 100.
 
@@ -623,30 +623,39 @@ class Round:
 
 
 def commit_round(conn: psycopg.Connection[Any], lock_class: int, owner: str, round_: Round) -> None:
-    """Commit ``round_`` in one transaction sent as one pipeline (one round trip): advisory
-    locks, the fence, the writes, ``COMMIT``. If ``owner`` no longer holds every run's lease
-    the fence raises inside the transaction, nothing of it is written, and ``LeaseLost``
-    names the runs lost. Call on a connection in autocommit mode, outside a transaction."""
+    """Commit ``round_`` in one round trip: advisory locks, the fence, the writes, as one
+    multi-statement query, which PostgreSQL runs as one transaction (all or nothing). If
+    ``owner`` no longer holds every run's lease the fence raises, nothing is written, and
+    ``LeaseLost`` names the runs lost. Call outside a transaction.
+
+    Why one query: it is one network round trip and one server-side transaction; measured on
+    the throwaway server it costs ~300 µs less than the same statements in a pipeline with
+    ``BEGIN``/``COMMIT`` (psycopg syncs the pipeline more than once). The parameters are
+    bound client-side by psycopg's ``ClientCursor`` (literals quoted by its dumpers)."""
     import psycopg
 
-    history = round_.history
+    statements: list[str] = []
+    params: list[Any] = []
+    keys, exclusive = round_.locks.keys()
+    if keys:
+        statements.append(LOCK_STRIPES)
+        params += [lock_class, lock_class, keys, exclusive]
+    statements.append(FENCE)
+    params += [owner, round_.run_ids()]
+    if round_.history:
+        statements.append(INSERT_HISTORY)
+        params += [list(column) for column in zip(*round_.history, strict=True)]
+    if round_.running:
+        statements.append(UPDATE_RUNNING)
+        params += [*(list(column) for column in zip(*round_.running, strict=True)), owner]
+    if round_.waiting:
+        statements.append(UPDATE_WAITING)
+        params += [*(list(column) for column in zip(*round_.waiting, strict=True)), owner]
+    if round_.ended:
+        statements.append(UPDATE_ENDED)
+        params += [*(list(column) for column in zip(*round_.ended, strict=True)), owner]
     try:
-        with conn.pipeline(), conn.transaction():
-            take_locks(conn, lock_class, round_.locks)
-            conn.execute(FENCE, (owner, round_.run_ids()))
-            if history:
-                conn.execute(
-                    INSERT_HISTORY, [list(column) for column in zip(*history, strict=True)]
-                )
-            if round_.running:
-                ids, ts = zip(*round_.running, strict=True)
-                conn.execute(UPDATE_RUNNING, (list(ids), list(ts), owner))
-            if round_.waiting:
-                ids, ts = zip(*round_.waiting, strict=True)
-                conn.execute(UPDATE_WAITING, (list(ids), list(ts), owner))
-            if round_.ended:
-                ended = [list(column) for column in zip(*round_.ended, strict=True)]
-                conn.execute(UPDATE_ENDED, (*ended, owner))
+        psycopg.ClientCursor(conn).execute("; ".join(statements), params)
     except psycopg.Error as exc:
         if exc.sqlstate == LEASE_LOST_STATE:
             detail = exc.diag.message_detail or ""
