@@ -196,10 +196,6 @@ def test_a_newer_schema_version_is_refused_untouched(store, pg_url):
         PostgresStore(pg_url)
     schema = schema_of(pg_url)
     assert str(caught.value) == (
-        f"cannot use the PostgreSQL database {pg_url}: schema {schema!r} has ironflow schema "
-        f"version 99, newer than this ironflow understands ({sqlite_store.SCHEMA_VERSION}); "
-        "upgrade ironflow"
-    ) or str(caught.value) == (
         f"schema {schema!r} has ironflow schema version 99, newer than this ironflow "
         f"understands ({sqlite_store.SCHEMA_VERSION}); upgrade ironflow"
     )
