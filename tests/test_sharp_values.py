@@ -165,6 +165,57 @@ def test_an_annotated_attrs_result_keeps_aware_datetimes_and_enum_members(engine
     assert seen[1] == seen[0]
 
 
+class Shade(enum.StrEnum):
+    DARK = "dark"
+
+
+class Tone(str, enum.Enum):  # noqa: UP042 - the pre-3.11 spelling users still write
+    WARM = "warm"
+
+
+@attrs.frozen
+class Palette:
+    shade: Shade
+    shades: list[Shade]
+    tone: Tone
+    label: str
+
+
+def test_str_enum_fields_come_back_as_members_and_a_str_field_as_a_str(engine: Any) -> None:
+    # cattrs dispatches a StrEnum field by its MRO to the str hook, which passed the member
+    # through, and the JSON check then refused what the docs promise to keep.
+    seen: list[Any] = []
+
+    def paint() -> Palette:
+        return Palette(Shade.DARK, [Shade.DARK], Tone.WARM, Shade.DARK)
+
+    @ironflow.function(id="paint")
+    def flow(ctx: Any) -> Any:
+        palette = yield step.run("paint", paint)
+        seen.append(palette)
+        return [
+            type(palette.shade).__name__,
+            type(palette.shades[0]).__name__,
+            type(palette.tone).__name__,
+            type(palette.label).__name__,
+        ]
+
+    engine.register(flow)
+    rid = engine.start("paint")
+    output = engine.wait(rid, timeout=10)
+    assert output == ["Shade", "Shade", "Tone", "str"]  # a field typed str gets a plain str
+    assert seen[0] == Palette(Shade.DARK, [Shade.DARK], Tone.WARM, "dark")
+    [completed] = [e for e in engine.history(rid) if isinstance(e, StepCompleted)]
+    assert completed.result == {
+        "shade": "dark",
+        "shades": ["dark"],
+        "tone": "warm",
+        "label": "dark",
+    }
+    assert replay(flow, engine.history(rid)).output == output
+    assert seen[1] == seen[0]
+
+
 def test_a_naive_datetime_in_an_attrs_result_is_refused(engine: Any) -> None:
     def book() -> Meeting:
         return Meeting("kickoff", NAIVE, Color.RED)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import enum
 import inspect
 import os
 import queue
@@ -130,6 +131,12 @@ def _record(value: Any) -> Any:
 _values.register_unstructure_hook(_dt.datetime, _aware_datetime)
 _values.register_unstructure_hook(Any, _plain_json_hook(_ANY_FIELD.format(name="Any")))
 _values.register_unstructure_hook_factory(_is_bare_container, _bare_container_hook)
+# A field typed with a str enum (StrEnum, ``class C(str, Enum)``): cattrs dispatches on the
+# class's MRO, takes it for a str and would pass the member through. It is stored as its value,
+# and the converter structures the value back into the member by the field's type.
+_values.register_unstructure_hook(
+    str, lambda text: text.value if isinstance(text, enum.Enum) else text
+)
 
 
 def serialize_result(value: Any, step_id: str) -> Any:
