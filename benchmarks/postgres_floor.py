@@ -7,9 +7,9 @@ schema of that database that it drops afterwards, over the URL's connection (TCP
   one commit). Every PostgreSQL number of the engine is read against it: a step commits once.
 * ``floor_tx``: the same as ``BEGIN``; ``INSERT``; ``COMMIT`` sent one by one (three round trips),
   what a driver that does not pipeline pays.
-* ``round``: the engine's round shape through ``store_postgres.commit_round``: the lease fence
-  (locks the run, checks its owner), 3 history rows in one bulk insert, 1 run update, sent as
-  one multi-statement query (one round trip, one transaction).
+* ``round``: the engine's round commit through the store's ``Transaction.commit_round``:
+  ``BEGIN``, then the lease fence (locks the run, checks its owner), 3 history rows in one bulk
+  insert and 1 run update sent as one multi-statement query, then ``COMMIT``.
 
 Each with the server's ``synchronous_commit`` (``full``) and with it off (``normal``). Times are
 per operation: the median and the mean of ``--n`` operations after a warm-up, best of
@@ -28,7 +28,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from ironflow.runtime import store_postgres as pg
+from ironflow.runtime.store.base import Batch
+from ironflow.runtime.store.postgres import PostgresStore, redact
 
 MODES = ("full", "normal")
 RUNS = 1000
@@ -65,7 +66,7 @@ def timed(op: Callable[[], None], n: int, repeat: int) -> tuple[float, float]:
 
 
 def measure(url: str, mode: str, n: int, repeat: int) -> dict[str, tuple[float, float]]:
-    store = pg.PostgresStore(url, durability=mode)
+    store = PostgresStore(url, durability=mode)
     conn = store.conn
     seq = [0]
     results: dict[str, tuple[float, float]] = {}
@@ -94,8 +95,8 @@ def measure(url: str, mode: str, n: int, repeat: int) -> dict[str, tuple[float, 
             turn[0] = (turn[0] + 1) % RUNS
             run_id = f"run{turn[0]}"
             rows = [insert_row(run_id), insert_row(run_id), insert_row(run_id)]
-            round_ = pg.Round(history=rows, running=[(run_id, 1)])
-            pg.commit_round(conn, store.lock_class, "w1", round_)
+            with store.transaction() as tx:
+                tx.commit_round(Batch(history=rows, running=[(1, run_id)]), "w1")
 
         results["floor"] = timed(floor, n, repeat)
         results["floor_tx"] = timed(floor_tx, n, repeat)
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, tuple[float, 
         for mode in MODES:
             admin.execute(f"CREATE SCHEMA {schema}_{mode}")
     print(
-        f"PostgreSQL {version[0] if version else '?'} at {pg.redact(args.db)} "
+        f"PostgreSQL {version[0] if version else '?'} at {redact(args.db)} "
         f"(server address {settings[2] or 'unix socket'}; synchronous_commit={settings[0]}, "
         f"fsync={settings[1]}); {args.n} ops, best of {args.repeat}"
     )

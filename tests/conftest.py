@@ -23,9 +23,42 @@ def db(tmp_path) -> str:
     return str(tmp_path / "x.db")
 
 
+# --- the engine suite on both stores ---------------------------------------------------------
+# A test that asks for ``engine`` or ``store_url`` runs once per store: ``[sqlite]`` on a fresh
+# file, ``[postgres]`` on a fresh schema of the session's server. A test about SQLite itself
+# (raw SQL, files, WAL, read-only files) is marked ``sqlite_only`` and runs on SQLite alone.
+
+STORES = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_kind" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        metafunc.parametrize("store_kind", STORES[:1] if only else STORES)
+
+
 @pytest.fixture
-def engine(db: str, clock: VirtualClock) -> Iterator[Engine]:
-    eng = Engine(db, clock=clock)
+def store_url(request: pytest.FixtureRequest, store_kind: str, tmp_path) -> str:
+    """A fresh, empty database of the test's store: a SQLite path, or a PostgreSQL URL."""
+    if store_kind == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return str(tmp_path / "x.db")
+
+
+@pytest.fixture
+def engine(store_url: str, clock: VirtualClock) -> Iterator[Engine]:
+    eng = Engine(store_url, clock=clock)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def ironflow_engine(
+    store_kind: str, store_url: str, tmp_path, ironflow_clock: VirtualClock
+) -> Iterator[Engine]:
+    """The plugin's fixture, on each store (the plugin's own is SQLite's, as here)."""
+    url = str(tmp_path / "ironflow.db") if store_kind == "sqlite" else store_url
+    eng = Engine(url, clock=ironflow_clock, durability="normal")
     yield eng
     eng.close()
 
@@ -52,7 +85,9 @@ def _postgres() -> pgcluster.Availability:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test that uses the fixtures is a PostgreSQL test, marked or not: `-m postgres` finds all.
     for item in items:
-        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("store_kind") == "postgres"
+        if on_postgres or POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)
 
 

@@ -113,7 +113,7 @@ def test_event_names_of_any_script_and_with_a_slash_are_accepted(site: str, name
 
 @pytest.mark.parametrize(("name", "where"), [*CONTROL[:2], (SURROGATE, "")])
 def test_emit_refuses_an_event_name_it_cannot_store_or_show_and_stores_nothing(
-    engine: Engine, db: str, name: str, where: str
+    engine: Engine, name: str, where: str
 ) -> None:
     engine.register(ironflow.function(id="any", on="*")(nap))
     with pytest.raises(ValueError) as info:
@@ -122,7 +122,7 @@ def test_emit_refuses_an_event_name_it_cannot_store_or_show_and_stores_nothing(
         assert str(info.value) == SURROGATE_MESSAGE.format(what="event name")
     else:
         assert str(info.value) == control_message("event name", name, where, EVENT_SHOWN)
-    assert stored_events(db) == 0
+    assert engine.store.query("SELECT COUNT(*) FROM events") == [(0,)]
     assert engine.list_runs() == []  # the catch-all function started nothing
 
 
@@ -203,7 +203,7 @@ def test_start_refuses_a_run_id_with_a_lone_surrogate_instead_of_crashing_in_sql
 
 @pytest.mark.parametrize(("key", "where"), [*CONTROL[:2], (SURROGATE, "")])
 def test_emit_refuses_an_idempotency_key_it_cannot_store_and_stores_nothing(
-    engine: Engine, db: str, key: str, where: str
+    engine: Engine, key: str, where: str
 ) -> None:
     engine.register(ironflow.function(id="nap", on="go")(nap))
     with pytest.raises(ValueError) as info:
@@ -212,7 +212,7 @@ def test_emit_refuses_an_idempotency_key_it_cannot_store_and_stores_nothing(
         assert str(info.value) == SURROGATE_MESSAGE.format(what="idempotency key")
     else:
         assert str(info.value) == control_message("idempotency key", key, where, KEY_SHOWN)
-    assert stored_events(db) == 0
+    assert engine.store.query("SELECT COUNT(*) FROM events") == [(0,)]
     assert engine.list_runs() == []
 
 
@@ -274,7 +274,7 @@ def delivery(ctx: Context) -> Generator[Any, Any, Any]:
     return (yield step.run("受領", echo, ctx.event.data["id"]))
 
 
-def test_names_of_any_script_work_end_to_end(engine: Engine, db: str) -> None:
+def test_names_of_any_script_work_end_to_end(engine: Engine, store_url: str) -> None:
     engine.register(order)
     engine.register(delivery)
     (emitted,) = engine.emit("commande-été", {"id": "A-1"}, idempotency_key="🔑-été")
@@ -293,11 +293,11 @@ def test_names_of_any_script_work_end_to_end(engine: Engine, db: str) -> None:
     for run_id in (emitted, "run-été-🚀"):
         assert replay(order, engine.history(run_id)).status == "completed"
     runner = CliRunner()
-    listed = runner.invoke(cli, ["runs", "list", "--db", db])
+    listed = runner.invoke(cli, ["runs", "list", "--db", store_url])
     assert listed.exit_code == 0, listed.stderr
     assert "run-été-🚀" in listed.stdout and "注文" in listed.stdout
     assert "🚚 livraison" in listed.stdout
-    shown = runner.invoke(cli, ["runs", "show", "run-été-🚀", "--db", db])
+    shown = runner.invoke(cli, ["runs", "show", "run-été-🚀", "--db", store_url])
     assert shown.exit_code == 0, shown.stderr
     for name in ("確認-été", "通知", "配達-🚚"):
         assert any(line.lstrip().startswith(name) for line in shown.stdout.splitlines()), (

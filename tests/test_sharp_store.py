@@ -246,6 +246,7 @@ def test_a_damaged_trigger_of_a_run_not_driven_yet_blocks_it(tmp_path: Path) -> 
     engine.close()
 
 
+@pytest.mark.sqlite_only  # damages a row with SQLite's SQL
 def test_a_damaged_output_is_the_runs_error_and_wait_raises_it(engine: Engine) -> None:
     @ironflow.function(id="quick")
     def quick(ctx: Any) -> Any:
@@ -270,6 +271,7 @@ def test_a_damaged_output_is_the_runs_error_and_wait_raises_it(engine: Engine) -
     assert engine.wait(other) == 2
 
 
+@pytest.mark.sqlite_only  # damages a row with SQLite's SQL
 def test_a_blocked_run_still_raises_non_determinism_from_wait(engine: Engine) -> None:
     """Unchanged: only a damaged row makes wait() raise StoreError."""
 

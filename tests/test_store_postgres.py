@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pgcluster
@@ -15,8 +16,13 @@ import pytest
 
 from ironflow.errors import StoreError
 from ironflow.runtime import store as sqlite_store
-from ironflow.runtime import store_postgres as pg
-from ironflow.runtime.store_postgres import Locks, NewEvent, NewRun, PostgresStore, Round
+from ironflow.runtime.store import LeaseLost
+from ironflow.runtime.store import postgres_schema as pg
+from ironflow.runtime.store import postgres_tx as pg_tx
+from ironflow.runtime.store.base import Batch
+from ironflow.runtime.store.postgres import READY_RUNS, PostgresStore
+from ironflow.runtime.store.postgres_schema import Locks
+from ironflow.runtime.store.postgres_tx import PostgresTransaction
 
 WAIT_S = 10  # bounded waits: a hang fails the test instead of the session
 
@@ -52,9 +58,49 @@ def tables(url: str) -> list[str]:
         ]
 
 
+def tx_on(conn: psycopg.Connection[Any], store: PostgresStore) -> PostgresTransaction:
+    """The store's transaction verbs on the test's own connection (and its transactions)."""
+    shim = SimpleNamespace(
+        conn=conn, lock=threading.RLock(), lock_class=store.lock_class, reraise=store.reraise
+    )
+    return PostgresTransaction(shim)  # type: ignore[arg-type]
+
+
 def add_runs(conn: psycopg.Connection[Any], store: PostgresStore, ids: list[str]) -> None:
     with conn.transaction():
-        pg.create_runs(conn, store.lock_class, [NewRun(i, "f", "{}", 1) for i in ids])
+        create_runs(conn, store, ids)
+
+
+def create_runs(conn: psycopg.Connection[Any], store: PostgresStore, ids: list[str]) -> None:
+    tx = tx_on(conn, store)
+    for run_id in ids:
+        tx.create_run(run_id, "f", "{}", 1, None, None, False)
+
+
+def claim_runs(
+    conn: psycopg.Connection[Any], store: PostgresStore, owner: str, now_us: int, limit: int
+) -> list[tuple[Any, ...]]:
+    """What a worker's discovery finds (a read), then takes (skipping rows held elsewhere)."""
+    params = {"now": now_us, "fids": ["f"], "owner": owner, "limit": limit}
+    ids = [row[0] for row in conn.execute(READY_RUNS, params).fetchall()]
+    if not ids:
+        return []
+    return tx_on(conn, store).take_runs(ids, set(ids), owner, now_us + 1000, now_us, ("f",))
+
+
+def take_runs(
+    conn: psycopg.Connection[Any], store: PostgresStore, owner: str, ids: list[str], now_us: int
+) -> list[tuple[Any, ...]]:
+    return tx_on(conn, store).take_runs(ids, set(), owner, now_us + 1000, now_us, ("f",))
+
+
+def commit_round(
+    conn: psycopg.Connection[Any], store: PostgresStore, owner: str, batch: Batch, **locks: Any
+) -> None:
+    with tx_on(conn, store) as tx:
+        if locks:
+            pg.take_locks(conn, store.lock_class, Locks(**locks))
+        tx.commit_round(batch, owner)
 
 
 # --- opening ----------------------------------------------------------------------------------
@@ -245,9 +291,9 @@ def test_a_claim_skips_runs_another_transaction_holds_instead_of_waiting(store, 
         add_runs(a, store, ["r1", "r2", "r3", "r4"])
         b.execute("SET lock_timeout = '1s'")  # FOR UPDATE without SKIP LOCKED would fail here
         with a.transaction():
-            got_a = pg.claim_runs(a, "wa", ["f"], now_us=100, lease_us=1000, limit=2)
+            got_a = claim_runs(a, store, "wa", now_us=100, limit=2)
             with b.transaction():
-                got_b = pg.claim_runs(b, "wb", ["f"], now_us=100, lease_us=1000, limit=10)
+                got_b = claim_runs(b, store, "wb", now_us=100, limit=10)
         ids_a = {row[0] for row in got_a}
         ids_b = {row[0] for row in got_b}
         assert len(ids_a) == 2
@@ -274,8 +320,9 @@ def test_concurrent_claimers_never_get_the_same_run(store, pg_url):
                 mine = claimed.setdefault(name, [])
                 while True:
                     with conn.transaction():
-                        got = pg.claim_runs(conn, name, ["f"], 100, 10_000, limit=7)
-                    if not got:
+                        got = claim_runs(conn, store, name, 100, limit=7)
+                    left = conn.execute("SELECT 1 FROM runs WHERE lease_owner IS NULL LIMIT 1")
+                    if not got and left.fetchone() is None:
                         return
                     mine.extend(row[0] for row in got)
         except BaseException as exc:
@@ -303,25 +350,31 @@ def test_claims_take_mail_pending_and_orphaned_runs_only(store, pg_url):
             "WHERE id IN ('held', 'expired')"
         )
         conn.execute("UPDATE runs SET lease_until_us = 50 WHERE id = 'expired'")
-        conn.execute("UPDATE runs SET status = 'waiting', ready = 1 WHERE id = 'mail'")
+        conn.execute("UPDATE runs SET status = 'waiting' WHERE id = 'mail'")
+        conn.execute("INSERT INTO inbox (run_id, type, ts_us, body) VALUES ('mail', 'x', 1, '{}')")
         conn.execute("UPDATE runs SET status = 'waiting' WHERE id = 'parked'")
         conn.execute("UPDATE runs SET status = 'completed', ready = 1 WHERE id = 'done'")
         conn.execute("UPDATE runs SET function_id = 'g' WHERE id = 'other'")
-        got = pg.claim_runs(conn, "w1", ["f"], now_us=100, lease_us=1000, limit=100)
+        got = claim_runs(conn, store, "w1", now_us=100, limit=100)
         assert sorted(row[0] for row in got) == ["expired", "mail", "pending"]
         mail = conn.execute("SELECT status, ready, lease_until_us FROM runs WHERE id = 'mail'")
         assert mail.fetchone() == ("waiting", 0, 1100)  # the caller reads its inbox now
+        # A run is ready while it has mail: the flag is for a resumed run.
+        conn.execute("DELETE FROM inbox")  # as the round's take_mail does
+        conn.execute("UPDATE runs SET ready = 1 WHERE id IN ('parked', 'done')")
+        again = claim_runs(conn, store, "w2", now_us=2000, limit=100)  # leases of 1100 expired
+        assert sorted(row[0] for row in again) == ["expired", "held", "parked", "pending"]
 
 
 def test_leases_are_renewed_only_where_still_held_and_released_by_worker(store, pg_url):
     with connect(pg_url) as conn:
         add_runs(conn, store, ["a", "b", "c"])
-        assert len(pg.take_runs(conn, "w1", ["a", "b"], ["f"], 100, 1000)) == 2
-        assert [row[0] for row in pg.take_runs(conn, "w2", ["b", "c"], ["f"], 200, 1000)] == ["c"]
+        assert len(take_runs(conn, store, "w1", ["a", "b"], 100)) == 2
+        assert [row[0] for row in take_runs(conn, store, "w2", ["b", "c"], 200)] == ["c"]
         # w1's lease on b expires; w2 takes it over.
-        assert [row[0] for row in pg.take_runs(conn, "w2", ["b"], ["f"], 1200, 1000)] == ["b"]
-        assert pg.renew_leases(conn, "w1", ["a", "b"], 5000) == {"a"}
-        assert pg.release_all(conn, "w2") == 2
+        assert [row[0] for row in take_runs(conn, store, "w2", ["b"], 1200)] == ["b"]
+        store.renew_leases(["a", "b"], "w1", 5000)
+        store.release_all("w2")
         leases = conn.execute("SELECT id, lease_owner, lease_until_us FROM runs ORDER BY id")
         assert leases.fetchall() == [("a", "w1", 5000), ("b", None, None), ("c", None, None)]
 
@@ -336,21 +389,22 @@ def history_of(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
 def test_a_round_commits_history_and_run_updates_in_bulk(store, pg_url):
     with connect(pg_url) as conn:
         add_runs(conn, store, ["a", "b", "c", "d"])
-        pg.take_runs(conn, "w1", ["a", "b", "c", "d"], ["f"], 100, 1000)
-        round_ = Round(
+        take_runs(conn, store, "w1", ["a", "b", "c", "d"], 100)
+        batch = Batch(
             history=[
                 ("a", 0, "RunStarted", 1, "{}"),
                 ("a", 1, "StepCompleted", 2, "[]"),
                 ("b", 0, "RunStarted", 1, "{}"),
                 ("c", 0, "RunStarted", 1, "{}"),
             ],
-            running=[("a", 7)],
-            waiting=[("b", 8)],
-            ended=[("c", "completed", "42", None, 9)],
+            running=[(7, "a")],
+            waiting=[(8, "b")],
+            ended=[("completed", "42", None, 9, 9, "c")],
             fenced=["d"],
-            locks=Locks(emits=frozenset(["paid"]), waits=frozenset(["shipped"])),
         )
-        pg.commit_round(conn, store.lock_class, "w1", round_)
+        commit_round(
+            conn, store, "w1", batch, emits=frozenset(["paid"]), waits=frozenset(["shipped"])
+        )
         assert history_of(conn) == [
             ("a", 0, "RunStarted"),
             ("a", 1, "StepCompleted"),
@@ -371,16 +425,16 @@ def test_a_round_commits_history_and_run_updates_in_bulk(store, pg_url):
 def test_a_round_whose_lease_moved_is_rejected_whole(store, pg_url):
     with connect(pg_url) as w1, connect(pg_url) as w2:
         add_runs(w1, store, ["a", "b"])
-        pg.take_runs(w1, "w1", ["a", "b"], ["f"], 100, 1000)
+        take_runs(w1, store, "w1", ["a", "b"], 100)
         # w1 stalls past its lease on b; w2 takes b over.
-        assert [row[0] for row in pg.take_runs(w2, "w2", ["b"], ["f"], 2000, 1000)] == ["b"]
-        round_ = Round(
+        assert [row[0] for row in take_runs(w2, store, "w2", ["b"], 2000)] == ["b"]
+        batch = Batch(
             history=[("a", 0, "RunStarted", 1, "{}"), ("b", 0, "RunStarted", 1, "{}")],
-            running=[("a", 5)],
-            ended=[("b", "completed", "1", None, 5)],
+            running=[(5, "a")],
+            ended=[("completed", "1", None, 5, 5, "b")],
         )
-        with pytest.raises(pg.LeaseLost) as caught:
-            pg.commit_round(w1, store.lock_class, "w1", round_)
+        with pytest.raises(LeaseLost) as caught:
+            commit_round(w1, store, "w1", batch)
         assert str(caught.value) == "lease lost: 1 of 2 runs still held by w1"
         assert caught.value.run_ids == ("b",)
         # Nothing of the round was written, not even for run a, whose lease w1 still holds.
@@ -389,20 +443,20 @@ def test_a_round_whose_lease_moved_is_rejected_whole(store, pg_url):
         assert rows.fetchall() == [("a", "running", 1, "w1"), ("b", "running", 1, "w2")]
         assert w1.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         # The connection is usable again: the next round with what w1 holds commits.
-        pg.commit_round(w1, store.lock_class, "w1", Round(running=[("a", 6)]))
+        commit_round(w1, store, "w1", Batch(running=[(6, "a")]))
 
 
 def test_the_fence_holds_the_runs_until_commit_a_takeover_waits_for_it(store, pg_url):
     with connect(pg_url) as w1, connect(pg_url) as w2:
         add_runs(w1, store, ["a"])
-        pg.take_runs(w1, "w1", ["a"], ["f"], 100, 1000)
+        take_runs(w1, store, "w1", ["a"], 100)
         with w1.transaction():
-            w1.execute(pg.FENCE, ("w1", ["a"]))
+            w1.execute(pg_tx.FENCE, ("w1", ["a"]))
             # The lease has expired by w2's clock, but w1's fenced round is in flight: a claim
             # skips the run rather than take it from under the commit.
-            assert pg.claim_runs(w2, "w2", ["f"], 5000, 1000, limit=10) == []
-            w1.execute(pg.INSERT_HISTORY, (["a"], [0], ["RunStarted"], [1], ["{}"]))
-        got = pg.claim_runs(w2, "w2", ["f"], 5000, 1000, limit=10)
+            assert claim_runs(w2, store, "w2", 5000, limit=10) == []
+            w1.execute(pg_tx.INSERT_HISTORY, (["a"], [0], ["RunStarted"], [1], ["{}"]))
+        got = claim_runs(w2, store, "w2", 5000, limit=10)
         assert [row[0] for row in got] == ["a"]
 
 
@@ -410,8 +464,7 @@ def test_the_fence_holds_the_runs_until_commit_a_takeover_waits_for_it(store, pg
 
 
 def emit(conn: psycopg.Connection[Any], store: PostgresStore, event_id: str, name: str) -> int:
-    [pos] = pg.record_events(conn, store.lock_class, [NewEvent(event_id, name, "{}", 1)])
-    return pos
+    return tx_on(conn, store).record_event(event_id, name, "{}", 1, None)
 
 
 def cut_of(conn: psycopg.Connection[Any], run_id: str) -> int:
@@ -465,12 +518,9 @@ def test_an_event_with_a_lower_pos_committing_after_a_run_is_after_it(store, pg_
     is created, e1 commits. The run must wait for e1, so that e1 is before it, in commit order
     and by pos; without the locks the run's cut would be 2 and e1, committed after it, lost."""
     with connect(pg_url) as e1, connect(pg_url) as e2, connect(pg_url) as r:
+        assert e2 is not None  # emits take turns now (see the next tests): one in flight here
         with e1.transaction():
             pos1 = emit(e1, store, "e1", "paid")
-            with e2.transaction():
-                pos2 = emit(e2, store, "e2", "shipped")  # another stripe: does not wait
-            assert pg.stripe("paid") != pg.stripe("shipped")
-            assert pos2 > pos1
             thread, result = in_thread(lambda: add_runs(r, store, ["run"]))
             until(blocked_on_lock(r.info.backend_pid, pg_url), "the run creation waits")
         thread.join(WAIT_S)
@@ -484,7 +534,7 @@ def test_an_event_with_a_lower_pos_committing_after_a_run_is_after_it(store, pg_
 def test_an_event_emitted_while_a_run_is_being_created_commits_after_it_and_is_after(store, pg_url):
     with connect(pg_url) as r, connect(pg_url) as e:
         with r.transaction():
-            pg.create_runs(r, store.lock_class, [NewRun("run", "f", "{}", 1)])
+            create_runs(r, store, ["run"])
             thread, result = in_thread(lambda: emit(e, store, "e1", "paid"))
             until(blocked_on_lock(e.info.backend_pid, pg_url), "the emit waits")
             assert result == []  # not committed before the run
@@ -503,17 +553,23 @@ def test_a_run_created_while_an_event_is_in_flight_sees_it_as_before(store, pg_u
         assert cut_of(r, "run") >= pos
 
 
-def test_runs_do_not_wait_for_runs_nor_emits_for_emits_of_other_stripes(store, pg_url):
+def test_runs_do_not_wait_for_runs_and_emits_take_turns(store, pg_url):
+    """Run creations share every stripe. An emit may start runs right after its event, so it
+    takes every stripe (its own exclusive) at once: emits take turns, even of other names."""
     with connect(pg_url) as a, connect(pg_url) as b:
         b.execute("SET lock_timeout = '1s'")
         with a.transaction():
-            pg.create_runs(a, store.lock_class, [NewRun("r1", "f", "{}", 1)])
+            create_runs(a, store, ["r1"])
             with b.transaction():
-                pg.create_runs(b, store.lock_class, [NewRun("r2", "f", "{}", 1)])
+                create_runs(b, store, ["r2"])
         with a.transaction():
             emit(a, store, "e1", "paid")
-            with b.transaction():
-                emit(b, store, "e2", "shipped")
+            thread, result = in_thread(
+                lambda: _in_transaction(b, lambda: emit(b, store, "e2", "shipped"))
+            )
+            until(blocked_on_lock(b.info.backend_pid, pg_url), "the second emit waits")
+        thread.join(WAIT_S)
+        assert result == [pos_of(a, "e1") + 1]
 
 
 def visible(xid: int, snapshot: str) -> bool:
@@ -550,7 +606,7 @@ def test_concurrent_emitters_and_run_creators_agree_with_commit_order(store, pg_
             barrier.wait()
             for i in range(per_thread):
                 with conn.transaction():
-                    pg.create_runs(conn, store.lock_class, [NewRun(f"r{k}-{i}", "f", "{}", 1)])
+                    create_runs(conn, store, [f"r{k}-{i}"])
                     seen[f"r{k}-{i}"] = conn.execute(last).fetchone()
 
     def guarded(fn: Callable[[int], None], k: int) -> Callable[[], None]:
@@ -596,7 +652,7 @@ def test_a_wait_registered_under_its_stripe_sees_every_event_committed_before_it
             # The wait registration waits for the emit in flight, then sees its event.
             thread, result = in_thread(
                 lambda: _in_transaction(
-                    r, lambda: pg.events_after(r, store.lock_class, "run", "paid", cut)
+                    r, lambda: tx_on(r, store).unconsumed_events("paid", cut, "run")
                 )
             )
             until(blocked_on_lock(r.info.backend_pid, pg_url), "the wait registration waits")
@@ -604,7 +660,7 @@ def test_a_wait_registered_under_its_stripe_sees_every_event_committed_before_it
         assert [found[0] for found in result[0]] == ["e1"]
         r.execute("INSERT INTO consumed VALUES ('run', 'e1')")
         with r.transaction():
-            assert pg.events_after(r, store.lock_class, "run", "paid", cut) == []
+            assert tx_on(r, store).unconsumed_events("paid", cut, "run") == []
 
 
 def _in_transaction(conn: psycopg.Connection[Any], fn: Callable[[], Any]) -> Any:
@@ -621,9 +677,9 @@ def test_emit_and_run_creation_in_one_transaction_take_their_locks_in_order(stor
     def emit_and_start(name: str, run_id: str) -> None:
         with connect(pg_url) as conn, conn.transaction():
             barrier.wait()
-            pg.take_locks(conn, store.lock_class, Locks(emits=frozenset([name]), creates_runs=True))
-            pg.record_events(conn, store.lock_class, [NewEvent(run_id, name, "{}", 1)], locked=True)
-            pg.create_runs(conn, store.lock_class, [NewRun(run_id, "f", "{}", 1)], locked=True)
+            tx = tx_on(conn, store)
+            tx.record_event(run_id, name, "{}", 1, None)
+            tx.create_run(run_id, "f", "{}", 1, None, None, False)
 
     first = in_thread(lambda: emit_and_start("paid", "a"))
     second = in_thread(lambda: emit_and_start("shipped", "b"))

@@ -18,14 +18,22 @@ from typing import Any
 
 from ironflow.cli.errors import CLIError, one_line
 from ironflow.runtime import Engine, StoreError
-from ironflow.runtime.store import READABLE_VERSIONS, SCHEMA_VERSION, open_store, parse_url, probe
+from ironflow.runtime.store import (
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    is_postgres_url,
+    open_store,
+    parse_url,
+    probe,
+)
 
 DEFAULT_DB = "ironflow.db"
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def db_path(url: str | None) -> str:
-    """The SQLite path ``--db`` names (default ``ironflow.db``); ``CLIError`` if unusable."""
+    """The SQLite path ``--db`` names (default ``ironflow.db``), or its PostgreSQL URL;
+    ``CLIError`` if unusable."""
     try:
         return parse_url(url if url is not None else DEFAULT_DB)
     except ValueError as exc:
@@ -38,6 +46,8 @@ def check_database(path: str, *, writable: bool = False) -> None:
     ``writable=True`` (a command that may create the database) also accepts an empty file,
     which the engine initializes like a new one.
     """
+    if is_postgres_url(path):
+        return  # the store checks it is ours as it opens (read-only: creating nothing)
     if path == ":memory:":
         raise CLIError("--db :memory: holds nothing between commands; give a database file")
     if not os.path.exists(path):
@@ -70,6 +80,8 @@ def check_database(path: str, *, writable: bool = False) -> None:
 
 def check_writable(path: str, *, create: bool) -> None:
     """Before opening ``path`` read-write: it is ours, or ``create`` allows a new one there."""
+    if is_postgres_url(path):
+        return  # the store refuses a foreign or newer schema untouched as it opens
     if create and (path == ":memory:" or not os.path.exists(path)):
         return
     check_database(path, writable=create)
@@ -98,10 +110,21 @@ def open_engine(path: str, *, create: bool, **settings: Any) -> Engine:
     except StoreError as exc:  # names the database and says what is wrong with it
         raise CLIError(one_line(exc)) from None
     except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot open {path}: {one_line(exc)}") from None
+        raise CLIError(f"cannot open {shown(path)}: {one_line(exc)}") from None
+
+
+def shown(path: str) -> str:
+    """``path`` as messages show it: a PostgreSQL URL without its password."""
+    if not is_postgres_url(path):
+        return path
+    from ironflow.runtime.store.postgres_schema import redact
+
+    return redact(path)
 
 
 def same_database(a: str, b: str) -> bool:
     if ":memory:" in (a, b):
         return False
+    if is_postgres_url(a) or is_postgres_url(b):
+        return shown(a) == shown(b)  # a store's path is its URL without the password
     return os.path.realpath(a) == os.path.realpath(b)

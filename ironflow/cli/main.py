@@ -28,6 +28,7 @@ from ironflow.interpreter import check_replayable
 from ironflow.interpreter import replay as replay_history
 from ironflow.runtime import STATUSES, Engine, StoreError
 from ironflow.runtime.engine import check_run_id
+from ironflow.runtime.store import is_postgres_url
 from ironflow.runtime.store.rows import from_us
 
 F = Callable[..., Any]
@@ -610,7 +611,7 @@ def _history_of(source: str, db: str | None, app: App) -> tuple[list[Any], str]:
         raise CLIError(f"file {source} does not exist")
     db = app_database(db, app)
     path = db_path(db)
-    if not os.path.exists(path):
+    if not is_postgres_url(path) and not os.path.exists(path):
         raise CLIError(f"{source} is not a file, and database {path} does not exist")
     with reading(db) as engine:
         get_run(engine, source)

@@ -240,6 +240,8 @@ class Driver:
         inbox = events.take_mail(tx, drivable, set(cold), discovered, broken) if discovered else {}
         if broken:
             drivable = [run_id for run_id in drivable if run_id not in broken]
+        if due:  # only timers still set fire (an emit may have taken a wait first)
+            due = timers.claim(tx, due, drivable, now_us)
         batch = Batch()
         for run_id in drivable:
             live = live_runs[run_id]

@@ -32,6 +32,25 @@ def set_timer(
     tx.set_timer(run_id, step_id, kind, due_us, attempt)
 
 
+def claim(
+    tx: Transaction, due: dict[str, list[tuple[str, str, int]]], drivable: list[str], now_us: int
+) -> dict[str, list[tuple[str, str, int]]]:
+    """The due timers of ``drivable`` runs this round claims (deletes) in the store: a timer
+    gone since discovery (its wait took an event, another round fired it) does not fire."""
+    keys = [
+        (run_id, step_id, kind) for run_id in drivable for step_id, kind, _ in due.get(run_id, ())
+    ]
+    if not keys:
+        return {}
+    claimed = tx.take_timers(keys, now_us)
+    found: dict[str, list[tuple[str, str, int]]] = {}
+    for run_id in drivable:
+        for item in due.get(run_id, ()):
+            if (run_id, item[0]) in claimed:
+                found.setdefault(run_id, []).append(item)
+    return found
+
+
 def fired(live: Live, due: list[tuple[str, str, int]], inputs: list[Input], batch: Batch) -> None:
     """Turn the run's due timers ``(step_id, kind, attempt)`` into inputs; drop them."""
     run_id = live.run_id

@@ -2,7 +2,9 @@
 
 ``base`` holds the interface the engine drives (``Store``, ``Transaction``, ``Batch``) and the
 store's errors; ``sqlite`` is the SQLite store, ``sqlite_schema`` its schema and migrations;
-``rows`` is the row codec every store shares. ``open_store`` picks a store by URL.
+``postgres`` is the PostgreSQL store (psycopg 3, imported only when a ``postgresql://`` URL is
+opened), ``postgres_schema`` its schema; ``rows`` is the row codec every store shares.
+``open_store`` picks a store by URL.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from ironflow.runtime.store.sqlite import (
     unusable,
 )
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
 __all__ = [
     "DURABILITY",
     "READABLE_VERSIONS",
@@ -35,6 +39,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Transaction",
+    "is_postgres_url",
     "open_store",
     "parse_url",
     "probe",
@@ -46,13 +51,25 @@ def open_store(url: Any = None, *, read_only: bool = False, durability: str = "f
     """The store ``url`` names (see ``parse_url``). ``read_only=True`` opens an existing
     database without writing to it, not even to migrate it: ``transaction()`` is refused."""
     path = parse_url(url)
+    if is_postgres_url(path):
+        from ironflow.runtime.store.postgres import PostgresStore, ReadOnlyPostgresStore
+
+        if read_only:
+            return ReadOnlyPostgresStore(path)
+        return PostgresStore(path, durability=durability)
     if read_only:
         return ReadOnlySQLiteStore(path)
     return SQLiteStore(path, durability=durability)
 
 
+def is_postgres_url(store: object) -> bool:
+    """Whether ``store`` is a ``postgresql://`` or ``postgres://`` URL."""
+    return isinstance(store, str) and store.split("://", 1)[0].lower() in POSTGRES_SCHEMES
+
+
 def parse_url(store: Any) -> str:
-    """The SQLite path a store argument names: a path, ``sqlite:///path`` or ``:memory:``."""
+    """The SQLite path a store argument names (a path, ``sqlite:///path`` or ``:memory:``), or
+    a PostgreSQL URL as it is."""
     if store is None:
         return "ironflow.db"
     if isinstance(store, Path):
@@ -66,10 +83,12 @@ def parse_url(store: Any) -> str:
         if not path:
             raise ValueError(f"store URL {store!r} names no file; use 'sqlite:///path.db'")
         return path
+    if is_postgres_url(store):
+        return store
     if "://" in store:
         scheme = store.split("://", 1)[0]
         raise ValueError(
-            f"store URL {store!r}: the {scheme!r} backend is not available yet; "
-            f"use a SQLite path, 'sqlite:///path.db' or ':memory:'"
+            f"store URL {store!r}: the {scheme!r} backend is not available; "
+            f"use a SQLite path, 'sqlite:///path.db', ':memory:' or 'postgresql://...'"
         )
     return store

@@ -35,7 +35,13 @@ TakenRow = tuple[Any, ...]
 
 
 class LeaseLost(StoreError):
-    """A round's write found a run it drives held by another worker: nothing was written."""
+    """A round's write found a run it drives held by another worker: nothing was written.
+
+    ``run_ids``: the runs found held elsewhere, when the store can say (PostgreSQL's fence)."""
+
+    def __init__(self, message: str, run_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.run_ids = run_ids
 
 
 @attrs.define
@@ -105,6 +111,12 @@ class Transaction(abc.ABC):
     def take_mail(self, run_ids: list[str], warm: list[str]) -> list[tuple[Any, ...]]:
         """Delete and return the mail of ``run_ids`` as ``(pos, run_id, type, body)`` in send
         order, clearing the ready flag of ``warm`` (the others had it cleared when taken)."""
+
+    @abc.abstractmethod
+    def take_timers(self, keys: list[tuple[str, str, str]], now_us: int) -> set[tuple[str, str]]:
+        """Claim due timers ``(run_id, step_id, kind)`` of runs this round holds: delete those
+        still set and due (and, for a ``wait`` timer, its wait: an emit that took the wait
+        first delivered the event instead); the ``(run_id, step_id)`` claimed fire."""
 
     @abc.abstractmethod
     def commit_round(self, batch: Batch, owner: str) -> None:
@@ -197,8 +209,9 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     def deliver(self, run_id: str, step_id: str, event_id: str, ts_us: int, body: str) -> None:
-        """Hand an event to a wait: drop the wait and its timer, mark the event consumed by
-        the run, and send the run the ``WaitMatched`` mail ``body``."""
+        """Hand an event to a wait: claim the wait (delete its row; if it is gone, its timeout
+        fired or another emit took it, and nothing happens), drop its timer, mark the event
+        consumed by the run, and send the run the ``WaitMatched`` mail ``body``."""
 
     @abc.abstractmethod
     def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:

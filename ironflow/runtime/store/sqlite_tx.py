@@ -111,6 +111,8 @@ DROP_ALL_OF = "DELETE FROM {table} WHERE run_id IN ({marks})"
 SET_TIMER = "INSERT OR REPLACE INTO timers VALUES (?, ?, ?, ?, ?)"
 DELETE_TIMER = "DELETE FROM timers WHERE run_id = ? AND step_id = ?"
 DELETE_WAIT = "DELETE FROM waits WHERE run_id = ? AND step_id = ?"
+CLAIM_WAIT = "DELETE FROM waits WHERE run_id = ? AND step_id = ? RETURNING run_id"
+CLAIM_TIMER = "DELETE FROM timers WHERE run_id = ? AND step_id = ? AND due_us <= ? RETURNING kind"
 ADD_WAIT = "INSERT OR REPLACE INTO waits VALUES (?, ?, ?, ?, ?, ?)"
 WAIT_PATHS = "SELECT DISTINCT match_path FROM waits WHERE event_name = ?"
 WAITS_ANY = "SELECT run_id, step_id, seq FROM waits WHERE event_name = ? AND match_path IS NULL"
@@ -245,6 +247,16 @@ class SQLiteTransaction(Transaction):
             conn.execute(CLEAR_READY.format(marks=marks(warm)), warm)
         return sorted(conn.execute(TAKE_MAIL.format(marks=marks(run_ids)), run_ids).fetchall())
 
+    def take_timers(self, keys: list[tuple[str, str, str]], now_us: int) -> set[tuple[str, str]]:
+        conn = self.conn
+        claimed = set()
+        for run_id, step_id, kind in keys:
+            if kind == "wait" and conn.execute(CLAIM_WAIT, (run_id, step_id)).fetchone() is None:
+                continue
+            if conn.execute(CLAIM_TIMER, (run_id, step_id, now_us)).fetchone() is not None:
+                claimed.add((run_id, step_id))
+        return claimed
+
     def commit_round(self, batch: Batch, owner: str) -> None:
         self.fenced = True
         conn = self.conn
@@ -371,7 +383,8 @@ class SQLiteTransaction(Transaction):
 
     def deliver(self, run_id: str, step_id: str, event_id: str, ts_us: int, body: str) -> None:
         conn = self.conn
-        conn.execute(DELETE_WAIT, (run_id, step_id))
+        if conn.execute(CLAIM_WAIT, (run_id, step_id)).fetchone() is None:
+            return  # its timeout fired, or another emit took it first
         conn.execute(DELETE_TIMER, (run_id, step_id))
         conn.execute(CONSUME, (run_id, event_id))
         self.send_mail(run_id, "WaitMatched", ts_us, body)

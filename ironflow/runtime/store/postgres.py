@@ -1,0 +1,266 @@
+"""The PostgreSQL store: its own verbs (reads, discovery, leases), named, then the store; a write
+transaction's statements and verbs are in ``postgres_tx``, the schema and advisory locks in
+``postgres_schema``. Same semantics as the SQLite store, verb by verb.
+
+**Event order is commit order** (issue 11, item 4). A run's ``event_pos`` is its cut: an event of
+the run's waits counts as "emitted after the run started" iff its ``pos`` is above the cut. On
+SQLite one writer at a time makes ``pos`` order commit order. On PostgreSQL a sequence hands out
+``pos`` before commit, so concurrent emitters commit out of ``pos`` order, and a run created in
+between would take a cut above an event that commits after it: that event would be lost to the
+run. The rule that closes this:
+
+- Event names hash onto ``STRIPES`` transaction-level advisory locks. Inserting an event takes its
+  stripe *exclusive*, before ``nextval`` and until commit.
+- Creating a run takes *every* stripe *shared*, then reads ``MAX(pos)`` in a later statement (so
+  under READ COMMITTED its snapshot is taken after the locks are granted), until commit.
+- Registering a wait for a name takes that name's stripe *shared*, then looks for events after
+  the cut and inserts the wait.
+- A transaction takes the advisory locks it needs in one statement, in key order, and each only
+  once. An emit may start runs right after it records its event, so recording an event takes
+  every stripe shared along with its own exclusive, at once: taking the rest later would let two
+  emits each hold one stripe and wait for the other's. So emits take turns on PostgreSQL (each
+  holds the stripes for its short transaction); runs never wait for runs (shared with shared).
+
+So an event insert and a run creation never overlap: one commits (and, PostgreSQL releasing locks
+after making the commit visible, is seen) before the other starts. An event committed before the
+run is at or below its cut; one committed after it took its ``pos`` after the cut was read, and
+the sequence (``CACHE 1``: no per-session blocks) only grows, so it is above. An emit sees every
+wait committed before it, a wait registration sees every event committed before it, so an event
+is never lost between a wait and an emit; the wait row's delete (``DELETE ... RETURNING``, by the
+emit or by the round firing the wait's timeout) and the ``consumed`` key deliver it at most once.
+A snapshot cut (``pg_current_snapshot``) would need no lock but counts an event that commits
+between the run's snapshot and its commit as "after", which is not commit order.
+
+**Mail** never writes the run's row (the run's round may hold it, and an emit waiting for that
+round while the round waits for the emit's stripe would deadlock): a run has mail iff it has inbox
+rows, and discovery looks there as well as at the ``ready`` flag (which a resume sets).
+
+**Connections.** A ``PostgresStore`` holds one connection, used under ``lock`` as the SQLite store
+uses its one: the engine drives one round at a time, so a pool would only add connections
+contending for the same rows. The wake-up listener (LISTEN, item 6) will add one more, idle: a
+worker holds two, ten workers twenty of the default 100.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ironflow.history.events import HistoryEvent
+from ironflow.runtime.store import rows
+from ironflow.runtime.store.base import Store, StoreError
+from ironflow.runtime.store.postgres_schema import (
+    DURABILITY,
+    INSTALL_HINT,
+    NOT_ENDED,
+    first_line,
+    is_postgres_url,
+    lock_class,
+    migrate,
+    redact,
+    schema_version,
+)
+from ironflow.runtime.store.postgres_tx import HISTORIES, PostgresTransaction
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PostgresStore", "PostgresTransaction", "is_postgres_url", "redact"]
+
+# A running run's row is not rewritten per step: its last history event says when it moved.
+RUN_COLUMNS = (
+    "id, function_id, status, output, error, created_us, GREATEST(updated_us, COALESCE((SELECT "
+    "ts_us FROM history WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1), 0)), ended_us, "
+    "parent_run_id"
+)
+GET_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = %s"
+LIST_RUNS = f"SELECT {RUN_COLUMNS} FROM runs"
+COUNT_RUNS = "SELECT COUNT(*) FROM runs"
+RUN_START_ROW = "SELECT function_id, trigger, parent_run_id FROM runs WHERE id = %s"
+
+# Discovery: reads, no locks (``take_runs`` claims what it finds, skipping held rows).
+_LEASE_FREE = "(r.lease_owner IS NULL OR r.lease_owner = %(owner)s OR r.lease_until_us < %(now)s)"
+DUE_TIMERS = (
+    "SELECT t.run_id, t.step_id, t.kind, t.attempt FROM timers t JOIN runs r ON r.id = t.run_id "
+    "WHERE t.due_us <= %(now)s AND r.status != 'blocked' AND r.function_id = ANY(%(fids)s) "
+    f"AND {_LEASE_FREE} ORDER BY t.due_us LIMIT %(limit)s"
+)
+READY_RUNS = (
+    "SELECT r.id FROM runs r WHERE r.ready = 1 AND r.function_id = ANY(%(fids)s) "
+    f"AND r.status NOT IN {NOT_ENDED} AND {_LEASE_FREE} "
+    "UNION SELECT r.id FROM (SELECT DISTINCT run_id FROM inbox) i JOIN runs r ON r.id = i.run_id "
+    f"WHERE r.function_id = ANY(%(fids)s) AND r.status NOT IN {NOT_ENDED} AND {_LEASE_FREE} "
+    "UNION SELECT r.id FROM runs r WHERE r.status IN ('pending', 'running') "
+    "AND (r.lease_owner IS NULL OR r.lease_until_us < %(now)s) "
+    "AND r.function_id = ANY(%(fids)s) LIMIT %(limit)s"
+)
+NEXT_TIMER_AFTER = "SELECT MIN(due_us) FROM timers WHERE due_us > %s"
+NEXT_TIMER = "SELECT MIN(due_us) FROM timers"
+RENEW_LEASES = "UPDATE runs SET lease_until_us = %s WHERE id = ANY(%s::text[]) AND lease_owner = %s"
+RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = %s"
+
+
+class PostgresStore(Store):
+    """One PostgreSQL schema holding runs, history, timers, waits, events and leases."""
+
+    read_only = False
+
+    def __init__(self, url: str, *, durability: str = "full", connect_timeout: float = 10.0):
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
+        if not is_postgres_url(url):
+            raise ValueError(
+                f"not a PostgreSQL URL: {redact(str(url))!r}; use 'postgresql://user@host/db'"
+            )
+        self.url = self.path = redact(url)
+        self.durability = durability
+        self.lock = threading.RLock()
+        try:
+            import psycopg
+        except ImportError:
+            raise StoreError(
+                f"cannot open {self.url}: the PostgreSQL store needs psycopg 3; {INSTALL_HINT}"
+            ) from None
+        try:
+            self.conn: psycopg.Connection[Any] = psycopg.connect(
+                url, autocommit=True, connect_timeout=max(1, round(connect_timeout))
+            )
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to the PostgreSQL database {self.url}: {first_line(exc)}"
+            ) from None
+        try:
+            self._open()
+        except psycopg.Error as exc:
+            self.conn.close()
+            raise StoreError(f"cannot use the PostgreSQL database {self.url}: {exc}") from None
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _open(self) -> None:
+        if self.durability == "normal":
+            # A crash may lose the last commits (never corrupt): as SQLite's NORMAL.
+            self.conn.execute("SET synchronous_commit = off")
+        schema = self.conn.execute("SELECT current_schema()").fetchone()
+        if schema is None or schema[0] is None:
+            path = self.conn.execute("SHOW search_path").fetchone()
+            raise StoreError(
+                f"{self.url}: no schema of its search_path ({path[0] if path else '?'}) "
+                f"exists; create it first (CREATE SCHEMA ...)"
+            )
+        self.schema: str = schema[0]
+        self.lock_class = lock_class(self.schema)
+        if self.read_only:
+            if schema_version(self.conn) is None:
+                raise StoreError(f"{self.url} holds no ironflow database (no ironflow tables)")
+            # Every transaction of this session refuses writes: reads only, by construction.
+            self.conn.execute("SET default_transaction_read_only = on")
+        else:
+            migrate(self.conn, self.lock_class, self.url)
+
+    def reraise(self, exc: BaseException) -> None:
+        """Raise the ``StoreError`` a driver error means (the server gone, a read-only
+        database), if it means one."""
+        import psycopg
+
+        if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+            raise StoreError(f"cannot write to the database {self.url}: it is open read-only")
+        if isinstance(exc, psycopg.OperationalError) and (
+            self.conn.broken or (exc.sqlstate or "08").startswith("08")
+        ):
+            raise StoreError(f"lost the PostgreSQL database {self.url}: {first_line(exc)}") from exc
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    def transaction(self) -> PostgresTransaction:
+        """``BEGIN`` … ``COMMIT`` under the store's lock; rolled back on error."""
+        return PostgresTransaction(self)
+
+    def schema_version(self) -> int | None:
+        with self.lock:
+            return schema_version(self.conn)
+
+    def query(self, sql: str, params: Any = ()) -> list[Any]:
+        """Run one statement and fetch its rows (for tests and tools, not the engine)."""
+        with self.lock:
+            try:
+                cursor = self.conn.execute(sql, params)
+                return cursor.fetchall() if cursor.description is not None else []
+            except Exception as exc:
+                self.reraise(exc)
+                raise
+
+    def discover(
+        self, now_us: int, functions: tuple[str, ...], owner: str, limit: int
+    ) -> tuple[list[tuple[Any, ...]], list[str], int | None]:
+        params = {"now": now_us, "fids": list(functions), "owner": owner, "limit": limit}
+        due = self.query(DUE_TIMERS, params)
+        ready = self.query(READY_RUNS, params)
+        nearest = self.query(NEXT_TIMER_AFTER, (now_us,))
+        return due, [row[0] for row in ready], nearest[0][0] if nearest else None
+
+    def next_due(self) -> int | None:
+        row = self.query(NEXT_TIMER)
+        return row[0][0] if row else None
+
+    def renew_leases(self, run_ids: list[str], owner: str, until_us: int) -> None:
+        self.query(RENEW_LEASES, (until_us, run_ids, owner))
+
+    def release_all(self, owner: str) -> None:
+        self.query(RELEASE_ALL, (owner,))
+
+    def get_run(self, run_id: str) -> tuple[Any, ...] | None:
+        found = self.query(GET_RUN, (run_id,))
+        return found[0] if found else None
+
+    def list_runs(
+        self, status: str | None, function_id: str | None, limit: int | None
+    ) -> list[tuple[Any, ...]]:
+        where, params = _filter(status, function_id)
+        sql = LIST_RUNS + where + " ORDER BY created_us DESC, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.query(sql, params)
+
+    def count_runs(self, status: str | None, function_id: str | None) -> int:
+        where, params = _filter(status, function_id)
+        return int(self.query(COUNT_RUNS + where, params)[0][0])
+
+    def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
+        # One repeatable-read transaction: the run's row and its history from one snapshot.
+        with self.lock:
+            try:
+                with self.conn.transaction():
+                    self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    found = self.conn.execute(RUN_START_ROW, (run_id,)).fetchone()
+                    if found is None:
+                        return None
+                    stored = self.conn.execute(HISTORIES, ([run_id],)).fetchall()
+            except Exception as exc:
+                self.reraise(exc)
+                raise
+        return tuple(found), rows.decode_histories(stored).get(run_id, [])
+
+
+def _filter(status: str | None, function_id: str | None) -> tuple[str, list[Any]]:
+    where, params = [], []
+    if status is not None:
+        where.append("status = %s")
+        params.append(status)
+    if function_id is not None:
+        where.append("function_id = %s")
+        params.append(function_id)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+class ReadOnlyPostgresStore(PostgresStore):
+    """The store on a session whose transactions refuse writes; the schema is not created or
+    migrated, and ``transaction()`` is refused."""
+
+    read_only = True
+
+    def transaction(self) -> PostgresTransaction:
+        raise RuntimeError(f"{self.path} is open read-only")

@@ -1,0 +1,485 @@
+"""The PostgreSQL store's write transaction: its statements, named, then the verbs that run them.
+
+Same semantics as ``sqlite_tx``, verb by verb; what differs is how concurrent writers are kept
+apart (SQLite has one writer at a time, PostgreSQL many):
+
+- ``take_runs`` skips runs another transaction holds (``FOR UPDATE SKIP LOCKED``);
+- ``commit_round`` is one multi-statement query whose first statement is the lease fence;
+- events, run creation and wait registration take the advisory stripes (see ``postgres.py``);
+- a wait is claimed by deleting its row (``DELETE ... RETURNING``): an emit delivers to it, or
+  a round fires its timeout (``take_timers``), never both;
+- mail does not touch the run's row (which the run's round may hold): a run has mail iff it
+  has inbox rows, and discovery looks there.
+
+Arrays carry the rows (``unnest``): one statement per verb, not one per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from ironflow.history.events import HistoryEvent
+from ironflow.runtime.store import rows
+from ironflow.runtime.store.base import Batch, LeaseLost, StoreError, Transaction
+from ironflow.runtime.store.postgres_schema import (
+    LEASE_LOST_STATE,
+    LOCK_STRIPES,
+    NOT_ENDED,
+    STRIPES,
+    first_line,
+    stripe,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ironflow.runtime.store.postgres import PostgresStore
+
+_TERMINAL = "('completed', 'failed', 'cancelled')"
+
+# History (append-only: a trigger refuses updates and deletes).
+HISTORIES = (
+    "SELECT run_id, seq, type, ts_us, body FROM history WHERE run_id = ANY(%s::text[]) "
+    "ORDER BY run_id, seq"
+)
+INSERT_HISTORY = (
+    "INSERT INTO history (run_id, seq, type, ts_us, body) "
+    "SELECT * FROM unnest(%s::text[], %s::int[], %s::text[], %s::bigint[], %s::text[])"
+)
+
+# Runs.
+RUN_FUNCTION = "SELECT function_id FROM runs WHERE id = %s"
+FIND_RUN = (
+    "SELECT status, output, error, function_id, parent_run_id, parent_step_id "
+    "FROM runs WHERE id = %s"
+)
+RUN_STATUS = (
+    "SELECT status, (SELECT COUNT(*) FROM history WHERE run_id = %(id)s) FROM runs "
+    "WHERE id = %(id)s"
+)
+ACTIVE_CHILDREN = f"SELECT id FROM runs WHERE parent_run_id = %s AND status NOT IN {_TERMINAL}"
+# The cut is read in this statement, after the locks statement: its snapshot sees every event
+# whose lock was released, and no event of any stripe is in flight.
+CREATE_RUN = (
+    "INSERT INTO runs (id, function_id, status, parent_run_id, parent_step_id, notify_parent, "
+    "trigger, created_us, updated_us, ready, event_pos) "
+    "VALUES (%s, %s, 'pending', %s, %s, %s, %s, %s, %s, 0, "
+    "(SELECT coalesce(max(pos), 0) FROM events))"
+)
+UNSTARTED = (
+    "SELECT function_id, trigger, parent_run_id FROM runs WHERE id = %(id)s "
+    "AND NOT EXISTS (SELECT 1 FROM history WHERE run_id = %(id)s)"
+)
+BLOCK = (
+    "UPDATE runs SET status = 'blocked', error = %s, ready = 0, lease_owner = NULL, "
+    "lease_until_us = NULL, updated_us = %s WHERE id = %s RETURNING function_id"
+)
+CANCEL_BLOCKED = (
+    "UPDATE runs SET status = 'cancelled', ended_us = %s, updated_us = %s WHERE id = %s"
+)
+RESUME_BLOCKED = (
+    "UPDATE runs SET status = 'running', error = NULL, ready = 1, "
+    "lease_owner = NULL, updated_us = %s WHERE id = %s"
+)
+RESUME_FAILED = (
+    "UPDATE runs SET status = 'running', error = NULL, ended_us = NULL, ready = 1, "
+    "lease_owner = NULL, lease_until_us = NULL, updated_us = %s WHERE id = %s"
+)
+
+# Leases: a claim locks the rows it takes and skips rows another transaction holds, so two
+# workers never wait for each other over a run. The WHERE is checked again on the newest row
+# version when the lock is taken (READ COMMITTED): a run taken meanwhile is not taken twice.
+# A pending run is running from here (as on SQLite).
+TAKE_RUNS = (
+    "UPDATE runs SET lease_owner = %(owner)s, lease_until_us = %(until)s, "
+    "ready = CASE WHEN id = ANY(%(mail)s::text[]) THEN 0 ELSE ready END, "
+    "status = CASE status WHEN 'pending' THEN 'running' ELSE status END "
+    "WHERE id IN (SELECT id FROM runs WHERE id = ANY(%(ids)s::text[]) "
+    f"AND function_id = ANY(%(fids)s::text[]) AND status NOT IN {NOT_ENDED} "
+    "AND (lease_owner IS NULL OR lease_owner = %(owner)s OR lease_until_us < %(now)s) "
+    "FOR UPDATE SKIP LOCKED) RETURNING id, function_id, event_pos, parent_run_id, "
+    "parent_step_id, notify_parent, status, trigger"
+)
+
+# Mail.
+CLEAR_READY = "UPDATE runs SET ready = 0 WHERE id = ANY(%s::text[]) AND ready = 1"
+TAKE_MAIL = "DELETE FROM inbox WHERE run_id = ANY(%s::text[]) RETURNING pos, run_id, type, body"
+SEND_MAIL = "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (%s, %s, %s, %s)"
+
+# Timers, waits, events. A wait is claimed by whoever deletes its row; one held by another
+# transaction (an emit delivering to it, a round firing its timeout) is skipped, not waited
+# for: that transaction claims it.
+SET_TIMER = (
+    "INSERT INTO timers VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, step_id) "
+    "DO UPDATE SET kind = excluded.kind, due_us = excluded.due_us, attempt = excluded.attempt"
+)
+CLAIM_WAIT = (
+    "DELETE FROM waits WHERE (run_id, step_id) IN (SELECT run_id, step_id FROM waits "
+    "WHERE run_id = %s AND step_id = %s FOR UPDATE SKIP LOCKED) RETURNING run_id"
+)
+DELETE_TIMER = "DELETE FROM timers WHERE run_id = %s AND step_id = %s"
+CLAIM_WAITS = (
+    "DELETE FROM waits WHERE (run_id, step_id) IN (SELECT w.run_id, w.step_id FROM waits w "
+    "JOIN unnest(%s::text[], %s::text[]) AS u(r, s) ON w.run_id = u.r AND w.step_id = u.s "
+    "ORDER BY 1, 2 FOR UPDATE OF w SKIP LOCKED) RETURNING run_id, step_id"
+)
+CLAIM_TIMERS = (
+    "DELETE FROM timers WHERE (run_id, step_id) IN (SELECT t.run_id, t.step_id FROM timers t "
+    "JOIN unnest(%s::text[], %s::text[]) AS u(r, s) ON t.run_id = u.r AND t.step_id = u.s "
+    "WHERE t.due_us <= %s ORDER BY 1, 2 FOR UPDATE OF t SKIP LOCKED) RETURNING run_id, step_id"
+)
+ADD_WAIT = (
+    "INSERT INTO waits VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, step_id) "
+    "DO UPDATE SET event_name = excluded.event_name, match_path = excluded.match_path, "
+    "match_key = excluded.match_key, seq = excluded.seq"
+)
+WAIT_PATHS = "SELECT DISTINCT match_path FROM waits WHERE event_name = %s"
+WAITS_ANY = "SELECT run_id, step_id, seq FROM waits WHERE event_name = %s AND match_path IS NULL"
+WAITS_KEYED = (
+    "SELECT run_id, step_id, seq FROM waits "
+    "WHERE event_name = %s AND match_path = %s AND match_key = %s"
+)
+CONSUME = "INSERT INTO consumed VALUES (%s, %s) ON CONFLICT DO NOTHING"
+EVENT_STARTED = "SELECT started FROM events WHERE idempotency_key = %s"
+RECORD_EVENT = (
+    "INSERT INTO events (id, name, data, ts_us, idempotency_key) VALUES (%s, %s, %s, %s, %s) "
+    "RETURNING pos"
+)
+SET_EVENT_STARTED = "UPDATE events SET started = %s WHERE pos = %s"
+UNCONSUMED_EVENTS = (
+    "SELECT id, data, ts_us FROM events WHERE name = %s AND pos > %s AND id NOT IN "
+    "(SELECT event_id FROM consumed WHERE run_id = %s) ORDER BY pos"
+)
+
+# A round's commit, one query: the fence first (it locks the runs, or raises LEASE_LOST_STATE
+# and nothing is written), then the writes in bulk.
+FENCE = "SELECT ironflow_fence(%s, %s::text[])"
+DELETE_TIMERS = (
+    "DELETE FROM timers t USING unnest(%s::text[], %s::text[]) AS u(r, s) "
+    "WHERE t.run_id = u.r AND t.step_id = u.s"
+)
+DELETE_WAITS = (
+    "DELETE FROM waits w USING unnest(%s::text[], %s::text[]) AS u(r, s) "
+    "WHERE w.run_id = u.r AND w.step_id = u.s"
+)
+MARK_RUNNING = (
+    "UPDATE runs SET status = 'running', updated_us = u.ts FROM unnest(%s::bigint[], %s::text[]) "
+    "AS u(ts, id) WHERE runs.id = u.id AND lease_owner = %s"
+)
+MARK_WAITING = (
+    "UPDATE runs SET status = 'waiting', updated_us = u.ts, lease_owner = NULL, "
+    "lease_until_us = NULL FROM unnest(%s::bigint[], %s::text[]) AS u(ts, id) "
+    "WHERE runs.id = u.id AND lease_owner = %s"
+)
+MARK_ENDED = (
+    "UPDATE runs SET status = u.status, output = u.output, error = u.error, ready = 0, "
+    "updated_us = u.ts, ended_us = u.ended, lease_owner = NULL, lease_until_us = NULL "
+    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]) "
+    "AS u(status, output, error, ts, ended, id) WHERE runs.id = u.id AND lease_owner = %s"
+)
+DROP_OF_ENDED = tuple(
+    f"DELETE FROM {table} WHERE run_id = ANY(%s::text[])" for table in ("timers", "waits", "inbox")
+)
+# A parent that already ended (its invoke timed out, say) is not told.
+NOTIFY_PARENTS = (
+    "INSERT INTO inbox (run_id, type, ts_us, body) SELECT u.r, u.t, u.ts, u.b "
+    "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) WITH ORDINALITY "
+    "AS u(r, t, ts, b, n) JOIN runs ON runs.id = u.r "
+    f"WHERE runs.status NOT IN {_TERMINAL} ORDER BY u.n"
+)
+
+
+def columns(found: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as columns (the arrays ``unnest`` takes)."""
+    return [list(column) for column in zip(*found, strict=True)]
+
+
+def round_query(batch: Batch, owner: str) -> tuple[list[str], list[Any]]:
+    """The statements and parameters of ``batch``'s commit, the fence first."""
+    statements: list[str] = []
+    params: list[Any] = []
+    fenced = {*batch.fenced}
+    fenced.update(row[1] for row in batch.running)
+    fenced.update(row[1] for row in batch.waiting)
+    fenced.update(row[5] for row in batch.ended)
+    if fenced:
+        statements.append(FENCE)
+        params += [owner, sorted(fenced)]
+    if batch.timers_done:
+        statements.append(DELETE_TIMERS)
+        params += columns(batch.timers_done)
+    if batch.waits_done:
+        statements.append(DELETE_WAITS)
+        params += columns(batch.waits_done)
+    if batch.history:
+        statements.append(INSERT_HISTORY)
+        params += columns(batch.history)
+    for rows_, statement in (
+        (batch.running, MARK_RUNNING),
+        (batch.waiting, MARK_WAITING),
+        (batch.ended, MARK_ENDED),
+    ):
+        if rows_:
+            statements.append(statement)
+            params += [*columns(rows_), owner]
+    if batch.finished:
+        for statement in DROP_OF_ENDED:
+            statements.append(statement)
+            params.append(list(batch.finished))
+    if batch.notify:
+        statements.append(NOTIFY_PARENTS)
+        params += columns(batch.notify)
+    return statements, params
+
+
+class PostgresTransaction(Transaction):
+    """A store's write transaction (``BEGIN`` … ``COMMIT`` under the store's lock).
+
+    A round's transaction is ``fenced`` once it takes runs or commits a batch: a unique key
+    that fails in it means another worker wrote to a run of the batch, and is ``LeaseLost``.
+    ``shared``/``exclusive`` are the advisory stripes it holds (taken once each)."""
+
+    __slots__ = ("conn", "exclusive", "fenced", "shared", "store", "tx")
+
+    tx: AbstractContextManager[Any]
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.conn: psycopg.Connection[Any] = store.conn
+        self.fenced = False
+        self.shared: set[int] = set()
+        self.exclusive: set[int] = set()
+
+    def __enter__(self) -> PostgresTransaction:
+        store = self.store
+        store.lock.acquire()
+        try:
+            self.tx = self.conn.transaction()
+            self.tx.__enter__()
+        except BaseException as exc:
+            store.lock.release()
+            store.reraise(exc)
+            raise
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        try:
+            try:
+                self.tx.__exit__(kind, exc, tb)
+            except BaseException as error:
+                self._reraise(error)
+                raise
+            if exc is not None:
+                self._reraise(exc)
+        finally:
+            self.store.lock.release()
+
+    def _reraise(self, exc: BaseException) -> None:
+        import psycopg
+
+        if not isinstance(exc, psycopg.Error):
+            return
+        if exc.sqlstate == LEASE_LOST_STATE:
+            detail = exc.diag.message_detail or ""
+            raise LeaseLost(str(exc.diag.message_primary), tuple(detail.split())) from None
+        if self.fenced and isinstance(exc, psycopg.errors.UniqueViolation):
+            raise LeaseLost(f"lease lost: {first_line(exc)}") from exc
+        self.store.reraise(exc)
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        """Run one statement in this transaction (for tests and tools, not the engine)."""
+        return self.conn.execute(sql, params)
+
+    def lock(self, exclusive: int | None = None, shared: Sequence[int] = ()) -> None:
+        """Take advisory stripes not held yet, in one statement, in key order. A first emit
+        or run creation takes every stripe shared at once (the emit's own exclusive): taking
+        more later, one by one, could deadlock with another transaction doing the same."""
+        wanted: dict[int, bool] = {}
+        if exclusive is not None and exclusive not in self.exclusive:
+            wanted[exclusive] = True
+        for key in shared:
+            if key not in self.shared and key not in self.exclusive:
+                wanted.setdefault(key, False)
+        if not wanted:
+            return
+        keys = sorted(wanted)
+        lock_class = self.store.lock_class
+        self.conn.execute(LOCK_STRIPES, (lock_class, lock_class, keys, [wanted[k] for k in keys]))
+        for key in keys:
+            (self.exclusive if wanted[key] else self.shared).add(key)
+
+    # --- a round --------------------------------------------------------------------------
+
+    def take_runs(
+        self,
+        run_ids: list[str],
+        mail: set[str],
+        owner: str,
+        until_us: int,
+        now_us: int,
+        functions: tuple[str, ...],
+    ) -> list[tuple[Any, ...]]:
+        self.fenced = True
+        params = {
+            "owner": owner,
+            "until": until_us,
+            "now": now_us,
+            "ids": run_ids,
+            "mail": [run_id for run_id in run_ids if run_id in mail],
+            "fids": list(functions),
+        }
+        return self.conn.execute(TAKE_RUNS, params).fetchall()
+
+    def histories(
+        self, run_ids: list[str], corrupt: dict[str, StoreError] | None = None
+    ) -> dict[str, list[HistoryEvent]]:
+        found = self.conn.execute(HISTORIES, (run_ids,)).fetchall()
+        return rows.decode_histories(found, corrupt)
+
+    def append_history(self, rows_: list[tuple[Any, ...]]) -> None:
+        if rows_:
+            self.conn.execute(INSERT_HISTORY, columns(rows_))
+
+    def take_mail(self, run_ids: list[str], warm: list[str]) -> list[tuple[Any, ...]]:
+        if warm:
+            self.conn.execute(CLEAR_READY, (warm,))
+        return sorted(self.conn.execute(TAKE_MAIL, (run_ids,)).fetchall())
+
+    def take_timers(self, keys: list[tuple[str, str, str]], now_us: int) -> set[tuple[str, str]]:
+        waits = [(run_id, step_id) for run_id, step_id, kind in keys if kind == "wait"]
+        lost: set[tuple[str, str]] = set()
+        if waits:
+            claimed = {tuple(row) for row in self.conn.execute(CLAIM_WAITS, columns(waits))}
+            lost = {key for key in waits if key not in claimed}
+        wanted = [(run_id, step_id) for run_id, step_id, _ in keys if (run_id, step_id) not in lost]
+        if not wanted:
+            return set()
+        found = self.conn.execute(CLAIM_TIMERS, (*columns(wanted), now_us)).fetchall()
+        return {(row[0], row[1]) for row in found}
+
+    def commit_round(self, batch: Batch, owner: str) -> None:
+        self.fenced = True
+        statements, params = round_query(batch, owner)
+        if not statements:
+            return
+        import psycopg
+
+        psycopg.ClientCursor(self.conn).execute("; ".join(statements), params)
+
+    def set_timer(self, run_id: str, step_id: str, kind: str, due_us: int, attempt: int) -> None:
+        self.conn.execute(SET_TIMER, (run_id, step_id, kind, due_us, attempt))
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        run_id: str,
+        function_id: str,
+        trigger: str,
+        now_us: int,
+        parent_run_id: str | None,
+        parent_step_id: str | None,
+        notify_parent: bool,
+    ) -> None:
+        self.lock(shared=range(STRIPES))
+        self.conn.execute(
+            CREATE_RUN,
+            (
+                run_id,
+                function_id,
+                parent_run_id,
+                parent_step_id,
+                int(notify_parent),
+                trigger,
+                now_us,
+                now_us,
+            ),
+        )
+
+    def run_function(self, run_id: str) -> str | None:
+        found = self.conn.execute(RUN_FUNCTION, (run_id,)).fetchone()
+        return None if found is None else found[0]
+
+    def find_run(self, run_id: str) -> tuple[Any, ...] | None:
+        found: tuple[Any, ...] | None = self.conn.execute(FIND_RUN, (run_id,)).fetchone()
+        return found
+
+    def run_status(self, run_id: str) -> tuple[str, int]:
+        status, length = self.conn.execute(RUN_STATUS, {"id": run_id}).fetchone()  # type: ignore[misc]
+        return status, length
+
+    def active_children(self, run_id: str) -> list[str]:
+        return [row[0] for row in self.conn.execute(ACTIVE_CHILDREN, (run_id,)).fetchall()]
+
+    def unstarted(self, run_id: str) -> tuple[Any, ...] | None:
+        found: tuple[Any, ...] | None = self.conn.execute(UNSTARTED, {"id": run_id}).fetchone()
+        return found
+
+    def block(self, run_id: str, error: str, now_us: int) -> str | None:
+        found = self.conn.execute(BLOCK, (error, now_us, run_id)).fetchone()
+        return None if found is None else found[0]
+
+    def cancel_blocked(self, run_id: str, now_us: int) -> None:
+        self.conn.execute(CANCEL_BLOCKED, (now_us, now_us, run_id))
+
+    def resume_blocked(self, run_id: str, now_us: int) -> None:
+        self.conn.execute(RESUME_BLOCKED, (now_us, run_id))
+
+    def resume_failed(self, run_id: str, now_us: int) -> None:
+        self.conn.execute(RESUME_FAILED, (now_us, run_id))
+
+    # --- mail, events and waits -----------------------------------------------------------
+
+    def send_mail(self, run_id: str, kind: str, ts_us: int, body: str) -> None:
+        self.conn.execute(SEND_MAIL, (run_id, kind, ts_us, body))
+
+    def event_started(self, idempotency_key: str) -> str | None:
+        found = self.conn.execute(EVENT_STARTED, (idempotency_key,)).fetchone()
+        return None if found is None else found[0]
+
+    def record_event(
+        self, event_id: str, name: str, data: str, ts_us: int, idempotency_key: str | None
+    ) -> int:
+        # Every stripe shared with its own exclusive, at once: an emit may start runs next.
+        self.lock(exclusive=stripe(name), shared=range(STRIPES))
+        found = self.conn.execute(RECORD_EVENT, (event_id, name, data, ts_us, idempotency_key))
+        pos: int = found.fetchone()[0]  # type: ignore[index]
+        return pos
+
+    def set_event_started(self, pos: int, started: str) -> None:
+        self.conn.execute(SET_EVENT_STARTED, (started, pos))
+
+    def wait_paths(self, event_name: str) -> list[str | None]:
+        return [row[0] for row in self.conn.execute(WAIT_PATHS, (event_name,)).fetchall()]
+
+    def waits_for(
+        self, event_name: str, path: str | None, key: str | None
+    ) -> list[tuple[str, str, int]]:
+        if path is None:
+            return self.conn.execute(WAITS_ANY, (event_name,)).fetchall()
+        return self.conn.execute(WAITS_KEYED, (event_name, path, key)).fetchall()
+
+    def deliver(self, run_id: str, step_id: str, event_id: str, ts_us: int, body: str) -> None:
+        conn = self.conn
+        if conn.execute(CLAIM_WAIT, (run_id, step_id)).fetchone() is None:
+            return  # its timeout fired, or another emit took it first
+        conn.execute(DELETE_TIMER, (run_id, step_id))
+        conn.execute(CONSUME, (run_id, event_id))
+        self.send_mail(run_id, "WaitMatched", ts_us, body)
+
+    def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
+        # A wait registration: the name's stripe shared, so no event of it is in flight and
+        # one emitted later sees the wait this transaction adds.
+        self.lock(shared=(stripe(name),))
+        return self.conn.execute(UNCONSUMED_EVENTS, (name, after_pos, run_id)).fetchall()
+
+    def consume(self, run_id: str, event_id: str) -> None:
+        self.conn.execute(CONSUME, (run_id, event_id))
+
+    def add_wait(
+        self, run_id: str, step_id: str, name: str, path: str | None, key: str | None, seq: int
+    ) -> None:
+        self.lock(shared=(stripe(name),))
+        self.conn.execute(ADD_WAIT, (run_id, step_id, name, path, key, seq))
