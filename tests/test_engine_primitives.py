@@ -258,6 +258,44 @@ def test_wait_timeout_fails_run_and_wait_raises(engine, clock):
     assert status(engine, rid) == "failed"
 
 
+def test_an_event_that_takes_a_wait_after_its_timeout_was_found_due_wins_alone(
+    engine, clock, monkeypatch
+):
+    """Discovery finds the wait's timeout due; before the round's transaction an emit takes
+    the wait. Only one of them may reach the run: the round claims the timer (gone, so it
+    does not fire) and the run receives the event. It used to get both: the timeout was
+    folded first and the event, consumed by the run, was dropped as stale."""
+    from ironflow.runtime import discovery
+
+    @ironflow.function(id="racer")
+    def flow(ctx):
+        try:
+            return (yield step.wait_for_event("w", "go", timeout="1h")).data
+        except WaitTimeoutError:
+            return "timed out"
+
+    engine.register(flow)
+    rid = engine.start("racer")
+    engine.run_until_idle()
+    find = discovery.find
+    raced = []
+
+    def find_then_emit(driver, now_us, work, due):
+        found = find(driver, now_us, work, due)
+        if due and not raced:  # the timeout is due: an emit slips in before the round
+            raced.append(engine.emit("go", {"n": 1}))
+        return found
+
+    monkeypatch.setattr(discovery, "find", find_then_emit)
+    clock.advance("2h")
+    engine.run_until_idle()
+    assert raced == [[]]
+    assert engine.get_run(rid).output == {"n": 1}
+    kinds = [type(event).__name__ for event in engine.history(rid)]
+    assert kinds.count("WaitMatched") == 1 and "WaitTimedOut" not in kinds
+    assert engine.store.query("SELECT COUNT(*) FROM timers") == [(0,)]
+
+
 def test_wait_timeout_caught_inside_the_workflow(engine, clock, calls):
     @ironflow.function(id="patient")
     def flow(ctx):

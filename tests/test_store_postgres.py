@@ -17,8 +17,8 @@ import pytest
 from ironflow.errors import StoreError
 from ironflow.runtime import store as sqlite_store
 from ironflow.runtime.store import LeaseLost
+from ironflow.runtime.store import postgres_round as pg_round
 from ironflow.runtime.store import postgres_schema as pg
-from ironflow.runtime.store import postgres_tx as pg_tx
 from ironflow.runtime.store.base import Batch
 from ironflow.runtime.store.postgres import READY_RUNS, PostgresStore
 from ironflow.runtime.store.postgres_schema import Locks
@@ -451,11 +451,11 @@ def test_the_fence_holds_the_runs_until_commit_a_takeover_waits_for_it(store, pg
         add_runs(w1, store, ["a"])
         take_runs(w1, store, "w1", ["a"], 100)
         with w1.transaction():
-            w1.execute(pg_tx.FENCE, ("w1", ["a"]))
+            w1.execute(pg_round.FENCE, ("w1", ["a"]))
             # The lease has expired by w2's clock, but w1's fenced round is in flight: a claim
             # skips the run rather than take it from under the commit.
             assert claim_runs(w2, store, "w2", 5000, limit=10) == []
-            w1.execute(pg_tx.INSERT_HISTORY, (["a"], [0], ["RunStarted"], [1], ["{}"]))
+            w1.execute(pg_round.INSERT_HISTORY, (["a"], [0], ["RunStarted"], [1], ["{}"]))
         got = claim_runs(w2, store, "w2", 5000, limit=10)
         assert [row[0] for row in got] == ["a"]
 

@@ -3,8 +3,9 @@
 ``base`` holds the interface the engine drives (``Store``, ``Transaction``, ``Batch``) and the
 store's errors; ``sqlite`` is the SQLite store, ``sqlite_schema`` its schema and migrations;
 ``postgres`` is the PostgreSQL store (psycopg 3, imported only when a ``postgresql://`` URL is
-opened), ``postgres_schema`` its schema; ``rows`` is the row codec every store shares.
-``open_store`` picks a store by URL.
+opened), ``postgres_tx`` its write transaction, ``postgres_round`` a round's commit as one
+query, ``postgres_schema`` its schema and advisory locks; ``rows`` is the row codec every
+store shares. ``open_store`` picks a store by URL.
 """
 
 from __future__ import annotations
