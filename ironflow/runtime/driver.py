@@ -320,6 +320,10 @@ class Driver:
         # 3. Commit (a short transaction): what the fold decided, under the lease fence.
         later = self.later
         with self.store.transaction() as tx:
+            if later:
+                # A child run made meanwhile by a worker that took the run over fails an
+                # insert here: that is a lost lease too.
+                tx.fence()
             for action, args in later:
                 action(self, tx, *args)
             if with_mail:

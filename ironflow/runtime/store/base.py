@@ -107,6 +107,12 @@ class Transaction(abc.ABC):
         order, clearing the ready flag of ``warm`` (the others had it cleared when taken)."""
 
     @abc.abstractmethod
+    def fence(self) -> None:
+        """Writes for a round follow: a constraint that fails from here on means another
+        worker wrote to a run of the batch, and is ``LeaseLost`` (``take_runs`` and
+        ``commit_round`` imply it)."""
+
+    @abc.abstractmethod
     def mail_of(self, run_ids: list[str]) -> list[tuple[Any, ...]]:
         """The mail of ``run_ids`` as ``(pos, run_id, type, body)`` in send order, left in
         place (a round reads it before folding, and drops it with ``drop_mail`` when it

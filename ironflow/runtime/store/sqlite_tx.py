@@ -252,6 +252,9 @@ class SQLiteTransaction(Transaction):
             conn.execute(CLEAR_READY.format(marks=marks(warm)), warm)
         return sorted(conn.execute(TAKE_MAIL.format(marks=marks(run_ids)), run_ids).fetchall())
 
+    def fence(self) -> None:
+        self.fenced = True
+
     def mail_of(self, run_ids: list[str]) -> list[tuple[Any, ...]]:
         conn = self.conn
         found: list[tuple[Any, ...]] = []
