@@ -71,9 +71,10 @@ PHASE_TIMEOUT = 30.0  # seconds one worker process may take before the test give
 POLL = 0.005
 
 # Injection points and hit counts. A clean run makes 14-15 driver commits (``dispatch`` is
-# reached right after each ``commit``); step bodies start in this order: fetch, flaky (fails),
-# flaky, pair/0/left, pair/1/right, hold, boom (fails), compensate:hold, finish; ``step-end`` is
-# only reached by bodies that return. ``timer-fire`` 1 is flaky's retry timer, 2 the 200ms sleep.
+# reached right after each ``commit``, ``fold`` right before it, between the round's take and
+# its commit); step bodies start in this order: fetch, flaky (fails), flaky, pair/0/left,
+# pair/1/right, hold, boom (fails), compensate:hold, finish; ``step-end`` is only reached by
+# bodies that return. ``timer-fire`` 1 is flaky's retry timer, 2 the 200ms sleep.
 CRASH_POINTS = [
     "commit:1",
     "commit:4",
@@ -92,6 +93,10 @@ CRASH_POINTS = [
     "timer-fire:1",
     "timer-fire:2",
     "event-deliver:1",
+    # Between a round's two transactions: leases taken and mail read, nothing committed.
+    "fold:1",
+    "fold:5",
+    "fold:9",
 ]
 # Step bodies the test kills the worker in, with os.kill(pid, SIGKILL), while they run.
 KILL_IN = ["fetch", "pair/1/right", "compensate:hold"]
@@ -359,7 +364,15 @@ def _scenario(sc: Scenario, mode: str, arg: str) -> None:
 RESUME_RUN = "resume-run"
 # The resumed worker's commits: 1 = the retry of "gate" decided, 2 = gate done and "last"
 # scheduled, 3 = the run completed.
-RESUME_POINTS = ["commit:1", "commit:2", "dispatch:1", "step-start:1", "step-end:1"]
+RESUME_POINTS = [
+    "commit:1",
+    "commit:2",
+    "fold:1",
+    "fold:2",
+    "dispatch:1",
+    "step-start:1",
+    "step-end:1",
+]
 RESUME_PARAMS = [
     pytest.param(rep, point, id=point + (f"-r{rep}" if REPEAT > 1 else ""))
     for rep in range(REPEAT)

@@ -296,6 +296,46 @@ def test_an_event_that_takes_a_wait_after_its_timeout_was_found_due_wins_alone(
     assert engine.store.query("SELECT COUNT(*) FROM timers") == [(0,)]
 
 
+def test_an_event_that_takes_a_wait_while_its_timeout_is_folded_wins_alone(
+    engine, clock, monkeypatch
+):
+    """The round fires the wait's timeout into the fold (no transaction open) and an emit
+    takes the wait before the round commits. The commit claims the timer, finds it gone, and
+    writes nothing: the round is folded again without it, and the run receives the event
+    alone. A claim in the round's first transaction would have left the emit no wait (the
+    run timed out, the event unconsumed); no claim, both (the timeout won, the event lost)."""
+    from ironflow.runtime import timers
+
+    @ironflow.function(id="racer")
+    def flow(ctx):
+        try:
+            return (yield step.wait_for_event("w", "go", timeout="1h")).data
+        except WaitTimeoutError:
+            return "timed out"
+
+    engine.register(flow)
+    rid = engine.start("racer")
+    engine.run_until_idle()
+    fired = timers.fired
+    raced = []
+
+    def fire_then_emit(live, due, inputs, batch):
+        fired(live, due, inputs, batch)
+        if not raced:  # folding the timeout: an emit slips in before the commit
+            raced.append(engine.emit("go", {"n": 1}))
+
+    monkeypatch.setattr(timers, "fired", fire_then_emit)
+    clock.advance("2h")
+    engine.run_until_idle()
+    assert raced == [[]]
+    assert engine.get_run(rid).output == {"n": 1}
+    kinds = [type(event).__name__ for event in engine.history(rid)]
+    assert kinds.count("WaitMatched") == 1 and "WaitTimedOut" not in kinds
+    assert engine.store.query("SELECT COUNT(*) FROM timers") == [(0,)]
+    assert engine.store.query("SELECT COUNT(*) FROM waits") == [(0,)]
+    assert engine.store.query("SELECT COUNT(*) FROM inbox") == [(0,)]
+
+
 def test_wait_timeout_caught_inside_the_workflow(engine, clock, calls):
     @ironflow.function(id="patient")
     def flow(ctx):

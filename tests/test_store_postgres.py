@@ -689,3 +689,55 @@ def test_emit_and_run_creation_in_one_transaction_take_their_locks_in_order(stor
     with connect(pg_url) as conn:
         for run_id in ("a", "b"):
             assert pos_of(conn, run_id) <= cut_of(conn, run_id)
+
+
+# --- a round in two transactions (take, commit) and the reads of its fold ---------------------
+
+
+def test_mail_is_read_in_place_and_dropped_by_the_commit_mail_sent_between_stays(store, pg_url):
+    with connect(pg_url) as conn:
+        add_runs(conn, store, ["a", "b"])
+        conn.execute("UPDATE runs SET status = 'waiting', ready = 1")  # as a resume leaves it
+        send = "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (%s, %s, 1, '{}')"
+        for run_id, kind in (("b", "x1"), ("a", "x2"), ("b", "x3")):
+            conn.execute(send, (run_id, kind))
+        with store.transaction() as tx:  # the take
+            read = tx.mail_of(["a", "b"])
+        assert [(row[1], row[2]) for row in read] == [("b", "x1"), ("a", "x2"), ("b", "x3")]
+        assert read == sorted(read)  # send order
+        assert conn.execute("SELECT COUNT(*) FROM inbox").fetchone() == (3,)  # left in place
+        conn.execute(send, ("a", "x4"))  # sent while the round folds
+        with store.transaction() as tx:  # the commit
+            tx.fence()
+            assert tx.fenced
+            tx.drop_mail([row[0] for row in read], ["a", "b"])
+        assert conn.execute("SELECT run_id, type FROM inbox").fetchall() == [("a", "x4")]
+        # The flag is cleared; the mail sent since is what discovery finds the run by.
+        assert conn.execute("SELECT id, ready FROM runs ORDER BY id").fetchall() == [
+            ("a", 0),
+            ("b", 0),
+        ]
+        params = {"now": 1, "fids": ["f"], "owner": "w1", "limit": 10}
+        assert conn.execute(READY_RUNS, params).fetchall() == [("a",)]
+
+
+def test_a_folds_reads_leave_no_transaction_open_and_do_not_wait_for_an_emit(store, pg_url):
+    """``find_run``/``unconsumed_events`` outside a transaction: one autocommit statement each
+    on the store's connection, no advisory stripe (an emit in flight is not waited for: the
+    round's commit looks again under the stripe)."""
+    with connect(pg_url) as conn:
+        add_runs(conn, store, ["run"])
+        cut = cut_of(conn, "run")
+        emit(conn, store, "e1", "paid")
+        with conn.transaction():
+            emit(conn, store, "e2", "paid")  # in flight: holds the stripe exclusive
+            found = store.find_run("run")
+            assert found is not None and found[0] == "pending" and found[3] == "f"
+            assert store.find_run("nope") is None
+            assert [row[0] for row in store.unconsumed_events("paid", cut, "run")] == ["e1"]
+            idle = psycopg.pq.TransactionStatus.IDLE
+            assert store.conn.info.transaction_status == idle
+        assert [row[0] for row in store.unconsumed_events("paid", cut, "run")] == ["e1", "e2"]
+        conn.execute("INSERT INTO consumed VALUES ('run', 'e1')")
+        assert [row[0] for row in store.unconsumed_events("paid", cut, "run")] == ["e2"]
+        assert store.conn.info.transaction_status == idle

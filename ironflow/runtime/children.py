@@ -16,14 +16,17 @@ from ironflow.history.events import ChildCompleted, ChildFailed, ChildStarted, E
 from ironflow.interpreter import Decision, Work
 from ironflow.runtime.live import Input, Live, column, create_run, run_error, trigger
 from ironflow.runtime.models import TERMINAL
-from ironflow.runtime.store import Batch, Transaction, rows
+from ironflow.runtime.store import Batch, rows
 
 if TYPE_CHECKING:
     from ironflow.runtime.driver import Driver
 
 
-def start_child(driver: Driver, tx: Transaction, live: Live, work: Work, now_us: int) -> Input:
-    """Start the child run an invoke names (once); what the parent receives now."""
+def start_child(driver: Driver, live: Live, work: Work, now_us: int) -> Input:
+    """Start the child run an invoke names (once; created when the round commits): what the
+    parent receives now. Looked up while folding, with no transaction open: only the
+    parent's lease holder creates ``<parent>/<step>``, and a run made under that id since
+    makes the commit's insert fail, dropping the round."""
     detail = work.detail
     child_id, function_id = detail["child_run_id"], detail["function"]
     if function_id not in driver.functions:
@@ -34,7 +37,7 @@ def start_child(driver: Driver, tx: Transaction, live: Live, work: Work, now_us:
             child_id,
             f"unknown function {function_id!r}; registered functions: {known}",
         )
-    found = tx.find_run(child_id)
+    found = driver.store.find_run(child_id)
     if found is not None and (found[3], found[4], found[5]) != (
         function_id,
         live.run_id,
@@ -51,7 +54,7 @@ def start_child(driver: Driver, tx: Transaction, live: Live, work: Work, now_us:
     if found is None:
         stored = trigger(function_id, detail["data"], now_us)
         parent = (live.run_id, work.id, work.kind == "invoke")
-        create_run(driver, tx, child_id, function_id, stored, now_us, parent)
+        driver.later.append((create_run, (child_id, function_id, stored, now_us, parent)))
     elif work.kind == "invoke" and found[0] in TERMINAL:
         # Waited for again after a resume: the child ended while this run was failed
         # (it was not told then), or the child's failure is what failed it.

@@ -1,11 +1,24 @@
-"""One round of driving, the hot path: outcomes and mail in, fold, apply, one commit.
+"""One round of driving, the hot path: take, fold with no transaction open, one commit.
 
 A round gathers what is new for the runs it drives (step outcomes, woken and fresh runs, due
-timers and runs found by discovery), takes the leases of runs not held yet, folds the new
-events into each run's interpreter, applies the decisions (timers, waits, children,
-publishes) and commits the events and the decisions of every run in one transaction
-(``Transaction.commit_round``). A run that cannot be driven (a divergence, damaged rows, a
-bug) is blocked and the batch is driven again without it; a lost lease drops the batch.
+timers and runs found by discovery). Then, in three parts:
+
+1. take (a short transaction, only if there are runs not held yet or mail to read): the
+   leases and histories of runs not held, and the mail of runs found by discovery;
+2. fold, with no transaction open: the new events go into each run's interpreter (this is
+   where the workflows' code runs, however long it takes) and the decisions are applied in
+   memory: writes wait in ``later``, and what a run receives at once (a wait's event emitted
+   before, a child started, a publish) is read outside a transaction and folded right away;
+3. commit (a short transaction): ``later``, the mail taken, and the events and decisions of
+   every run (``Transaction.commit_round``), under the lease fence.
+
+Mail and due timers are dropped only by the commit: a round that fails or dies in between
+loses neither. The commit claims the due timers the fold fired (``timers.claim``) before
+anything else: one gone since discovery (an emit took its wait meanwhile) voids the fold
+(``timers.Unclaimed``, nothing written), and the round is folded again without it, the
+event's mail read instead. An ordinary step (a warm run, an outcome in) is one transaction,
+the commit. A run that cannot be driven (a divergence, damaged rows, a bug) is blocked and
+the batch is driven again without it; a lost lease drops the batch.
 
 Kept inline on purpose: per step a round costs about 120 µs of Python over a 20 µs commit,
 so it builds no objects per step beyond the events, and calls the store once per round.
@@ -39,6 +52,7 @@ from ironflow.runtime.live import Broken, Input, Live
 from ironflow.runtime.store import Batch, LeaseLost, Store, Transaction, rows
 
 _STEP_KINDS = ("run", "undo")
+_NO_MAIL: set[str] = set()  # ready flags are cleared by the commit (drop_mail), not the take
 
 
 class Driver:
@@ -87,6 +101,14 @@ class Driver:
         # Test kit hook: step functions replaced by step name (see ironflow.testing.mock_steps).
         self.step_mocks: dict[str, Callable[..., Any]] = {}
         self.done = threading.Condition()  # notified when runs end
+        # Writes the fold decided, done by the round's commit in order: (fn, args), called
+        # as fn(driver, tx, *args). Events the fold took for waits, consumed by then.
+        self.later: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self.consumed: set[tuple[str, str]] = set()
+        # The run whose workflow code runs now (None between folds) and a count of folds,
+        # read by the watchdog thread to warn of code stuck between yields.
+        self.folding: Live | None = None
+        self.folds = 0
 
     def now_us(self) -> int:
         if type(self.clock) is SystemClock:  # the common case, without a datetime round trip
@@ -175,88 +197,160 @@ class Driver:
         now: _dt.datetime,
         now_us: int,
     ) -> list[Job] | None:
-        """Drive ``work`` in one transaction until it commits; ``None`` if nothing of it is
-        left to drive (all blocked, or the leases were lost)."""
-        while True:
-            try:
-                with self.store.transaction() as tx:
-                    jobs = self.drive_all(tx, work, due, discovered, now, now_us)
-                self.report_committed()
-                return jobs
-            except Broken as broken:
-                # The whole batch was rolled back: interpreters that moved on in memory are
-                # dropped (rebuilt from the store on next use); the broken runs are parked,
-                # together, and the rest driven again (once, however many runs broke).
-                for run_id in work:
-                    self.live.pop(run_id, None)
-                with self.store.transaction() as tx:
-                    blocked = [
-                        (run_id, error, control.block(self, tx, run_id, error, now_us))
-                        for run_id, error in broken.runs.items()
-                    ]
-                # Only once committed (a failed commit blocked nothing, and the next round
-                # tries again), and outside the write lock (a logging handler may be slow).
-                for run_id, error, done in blocked:
-                    work.pop(run_id, None)
-                    if done is not None:
-                        function_id, started = done
-                        self.stats["runs_started"] += started
-                        self.stats["runs_blocked"] += 1
-                        control.report_run(run_id, function_id, "blocked", error)
-                if not work:
+        """Drive ``work`` until its decisions commit; ``None`` if nothing of it is left to
+        drive (all blocked, or the leases were lost)."""
+        try:
+            while True:
+                try:
+                    jobs = self.drive_all(work, due, discovered, now, now_us)
+                    self.report_committed()
+                    return jobs
+                except Broken as broken:
+                    if not self.block_broken(work, broken, now_us):
+                        return None
+                except timers.Unclaimed as unclaimed:
+                    # Nothing was written: fold again without the timers that are gone (a
+                    # wait's event came instead: its mail is read with the run's).
+                    for run_id in work:
+                        self.live.pop(run_id, None)
+                    lost = unclaimed.lost
+                    due = {
+                        run_id: [item for item in items if (run_id, item[0]) not in lost]
+                        for run_id, items in due.items()
+                    }
+                    discovered = discovered | {run_id for run_id, _ in lost}
+                except LeaseLost:
+                    # Another worker took one of these runs (our lease ran out): let all go.
+                    for run_id in work:
+                        self.live.pop(run_id, None)
+                        self.in_flight.pop(run_id, None)
                     return None
-            except LeaseLost:
-                # Another worker took one of these runs (our lease ran out): let all go.
-                for run_id in work:
-                    self.live.pop(run_id, None)
-                    self.in_flight.pop(run_id, None)
-                return None
-            except BaseException:
-                # Interpreters moved on in memory past what was committed: rebuild them. The
-                # runs taken for this round are found again by the next discovery.
-                for run_id in work:
-                    self.live.pop(run_id, None)
-                self.dirty = True
-                raise
+        except BaseException:
+            # Interpreters moved on in memory past what was committed: rebuild them. The
+            # runs of this round are driven again next round: those the take leased stay
+            # ours until the lease runs out, and discovery would not see them before.
+            for run_id in work:
+                self.live.pop(run_id, None)
+            with self.store.lock:
+                self.woken.update(work)
+            self.dirty = True
+            raise
+
+    def block_broken(self, work: dict[str, list[Input]], broken: Broken, now_us: int) -> bool:
+        """Park the runs that broke, together, and drop them from ``work``; whether any of
+        it is left to drive."""
+        # Nothing of the batch was written: interpreters that moved on in memory are
+        # dropped (rebuilt from the store on next use); the broken runs are parked,
+        # together, and the rest driven again (once, however many runs broke).
+        for run_id in work:
+            self.live.pop(run_id, None)
+        with self.store.transaction() as tx:
+            blocked = [
+                (run_id, error, control.block(self, tx, run_id, error, now_us))
+                for run_id, error in broken.runs.items()
+            ]
+        # Only once committed (a failed commit blocked nothing, and the next round tries
+        # again), and outside the write lock (a logging handler may be slow).
+        for run_id, error, done in blocked:
+            work.pop(run_id, None)
+            if done is not None:
+                function_id, started = done
+                self.stats["runs_started"] += started
+                self.stats["runs_blocked"] += 1
+                control.report_run(run_id, function_id, "blocked", error)
+        return bool(work)
 
     def drive_all(
         self,
-        tx: Transaction,
         work: dict[str, list[Input]],
         due: dict[str, list[tuple[str, str, int]]],
         discovered: set[str],
         now: _dt.datetime,
         now_us: int,
     ) -> list[Job]:
+        """Take, fold, commit: the round's three parts, the workflows' code in the middle
+        with no transaction open. ``Broken`` (nothing written) if a run cannot be driven."""
         self.committing = None
+        self.later.clear()
+        self.consumed.clear()
         live_runs = self.live
         # Runs that cannot be driven: all are found in this one pass, then ``commit`` blocks
         # them together and drives the rest again (not once per broken run: quadratic).
         broken: dict[str, BaseException] = {}
-        cold = [run_id for run_id in work if run_id not in live_runs]
-        started = leases.acquire_all(self, tx, cold, now_us, discovered, broken) if cold else 0
-        drivable = [run_id for run_id in work if run_id in live_runs]
-        # Only runs found by discovery can have mail: producers set ``ready`` with it.
-        inbox = events.take_mail(tx, drivable, set(cold), discovered, broken) if discovered else {}
-        if broken:
-            drivable = [run_id for run_id in drivable if run_id not in broken]
-        if due:  # only timers still set fire (an emit may have taken a wait first)
-            due = timers.claim(tx, due, drivable, now_us)
         batch = Batch()
-        for run_id in drivable:
-            live = live_runs[run_id]
-            inputs = list(work[run_id])  # a copy: a rolled-back batch is driven again
+        started = 0
+        cold = [run_id for run_id in work if run_id not in live_runs]
+        with_mail: list[str] = []
+        positions: list[int] = []
+        inbox: dict[str, list[Input]] = {}
+        if cold or discovered:
+            histories: dict[str, list[HistoryEvent]] = {}
+            unwritten: list[tuple[Any, ...]] = []
+            mail: list[tuple[Any, ...]] = []
+            # 1. Take (a short transaction): leases and histories of the runs not held, and
+            # the mail of runs found by discovery (only they can have any: producers set
+            # ``ready`` with it). Mail and timers are dropped only by the commit, so a round
+            # that fails in between loses neither; the ready flags stay set until then too.
+            taken: list[Any] = []
+            with self.store.transaction() as tx:
+                if cold:
+                    taken, histories, unwritten = leases.take(
+                        self, tx, cold, now_us, _NO_MAIL, broken
+                    )
+                if discovered:
+                    held = {row[0] for row in taken}
+                    with_mail = [
+                        run_id
+                        for run_id in work
+                        if run_id in discovered and (run_id in held or run_id in live_runs)
+                    ]
+                    mail = tx.mail_of(with_mail) if with_mail else []
+            if taken:
+                started = len(unwritten)
+                batch.history.extend(unwritten)  # their RunStarted first
+                leases.rebuild(self, taken, histories, broken)
+            if mail:
+                inbox, positions = events.decode_mail(mail, broken)
+        # 2. Fold, with no transaction open: workflow code may take its time here without
+        # holding the write lock (the watchdog warns when it takes too long).
+        fired_in: list[str] = []  # runs whose due timers this fold fired
+        for run_id in work:
+            live = live_runs.get(run_id)
+            if live is None or run_id in broken:
+                continue
+            inputs = list(work[run_id])  # a copy: a batch that broke is driven again
             fired = due.get(run_id)
             if fired:
+                fired_in.append(run_id)
                 timers.fired(live, fired, inputs, batch)
-            inputs.extend(inbox.get(run_id, ()))
+            if inbox:
+                inputs.extend(inbox.get(run_id, ()))
             try:
-                self.drive_live(tx, live, inputs, now, now_us, batch)
+                self.drive_live(live, inputs, now, now_us, batch)
             except Exception as exc:
                 broken[run_id] = exc  # the others are driven on to find all broken ones
         if broken:
             raise Broken(broken)
-        tx.commit_round(batch, self.worker_id)
+        if _FAULTS:
+            crash_point("fold")  # taken (leases, mail read), folded, nothing committed
+        # 3. Commit (a short transaction): what the fold decided, under the lease fence.
+        later = self.later
+        with self.store.transaction() as tx:
+            if fired_in:
+                # The timers the fold fired are claimed here, with what they led to: one
+                # gone since discovery (an emit took its wait, another round fired it)
+                # voids the fold (``Unclaimed``, nothing written), and a round that fails
+                # or dies before this commit leaves them set, to fire next round.
+                timers.claim(tx, due, fired_in, now_us)
+            if later:
+                # A child run made meanwhile by a worker that took the run over fails an
+                # insert here: that is a lost lease too.
+                tx.fence()
+            for action, args in later:
+                action(self, tx, *args)
+            if with_mail:
+                tx.drop_mail(positions, with_mail)
+            tx.commit_round(batch, self.worker_id)
         self.committing = (started, batch)
         self.woken.update(row[0] for row in batch.notify)  # parents told that a child ended
         for run_id in batch.parked:
@@ -286,7 +380,6 @@ class Driver:
 
     def drive_live(
         self,
-        tx: Transaction,
         live: Live,
         inputs: list[Input],
         now: _dt.datetime,
@@ -306,11 +399,18 @@ class Driver:
         while True:
             accepted = _accepted(live, pending, inputs, now)
             inputs = []
-            if accepted:
-                batch.history.extend((run_id, *rows.encode(event)) for event in accepted)
-                decision = interpreter.feed(accepted)
-            elif decision is None or acted:
-                decision = interpreter.decide()
+            # The workflow's code runs in feed/decide: watched (see watchdog), never with a
+            # transaction open.
+            self.folds += 1
+            self.folding = live
+            try:
+                if accepted:
+                    batch.history.extend((run_id, *rows.encode(event)) for event in accepted)
+                    decision = interpreter.feed(accepted)
+                elif decision is None or acted:
+                    decision = interpreter.decide()
+            finally:
+                self.folding = None
             acted = True
             pending = decision.pending
             if decision.events:
@@ -321,7 +421,7 @@ class Driver:
             # After a resume, work abandoned at the failure is pending again: index it all.
             resumed = live.resumed or any(type(event) is RunResumed for event in accepted)
             live.resumed = False
-            inputs = self.apply(tx, live, decision, now, now_us, resumed)
+            inputs = self.apply(live, decision, now, now_us, resumed)
             if not inputs:
                 break
         if decision.done:
@@ -352,7 +452,6 @@ class Driver:
 
     def apply(
         self,
-        tx: Transaction,
         live: Live,
         decision: Decision,
         now: _dt.datetime,
@@ -361,33 +460,37 @@ class Driver:
     ) -> list[Input]:
         """Index the new work (timers, waits), start children, publish; return new inputs.
 
-        With ``everything``, all pending work is (re)indexed; each action is idempotent."""
+        The writes wait in ``later`` for the round's commit; what the run receives at once
+        (a wait's event emitted before, a child started or already ended, a publish) is
+        known now, from reads outside a transaction, and folded in this same round. With
+        ``everything``, all pending work is (re)indexed; each action is idempotent."""
         run_id = live.run_id
         inputs: list[Input] = []
+        later = self.later
         for work in decision.pending if everything else decision.commands:
             kind = work.kind
             due_us = None if work.due is None else rows.to_us(rows.as_datetime(work.due))
             if kind in _STEP_KINDS:
                 if due_us is not None and due_us > now_us:
-                    timers.set_timer(self, tx, run_id, work.id, "retry", due_us, work.attempt)
+                    later.append(
+                        (timers.set_timer, (run_id, work.id, "retry", due_us, work.attempt))
+                    )
             elif kind in ("sleep", "sleep_until"):
                 assert due_us is not None
-                timers.set_timer(self, tx, run_id, work.id, "sleep", due_us, 1)
+                later.append((timers.set_timer, (run_id, work.id, "sleep", due_us, 1)))
             elif kind == "wait_event":
-                found = events.register_wait(self, tx, live, work)
+                found = events.register_wait(self, live, work, now_us, self.consumed)
                 if found is not None:
                     inputs.append((WaitMatched, {"id": work.id, "event": found}))
-                else:
-                    assert due_us is not None
-                    timers.set_timer(self, tx, run_id, work.id, "wait", due_us, 1)
             elif kind in ("invoke", "invoke_async"):
-                inputs.append(children.start_child(self, tx, live, work, now_us))
+                inputs.append(children.start_child(self, live, work, now_us))
                 if kind == "invoke" and due_us is not None:
-                    timers.set_timer(self, tx, run_id, work.id, "invoke", due_us, 1)
+                    later.append((timers.set_timer, (run_id, work.id, "invoke", due_us, 1)))
             elif kind == "publish":
                 detail = work.detail
                 event_id = detail["event_id"]
-                events.emit_in(self, tx, detail["event"], detail["data"], event_id, event_id, now)
+                args = (detail["event"], detail["data"], event_id, event_id, now)
+                later.append((events.emit_in, args))
                 inputs.append((EventPublished, {"id": work.id, "event_id": event_id}))
         return inputs
 

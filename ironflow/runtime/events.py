@@ -24,6 +24,7 @@ from ironflow.history.events import (
     WaitMatched,
 )
 from ironflow.interpreter import Work
+from ironflow.runtime import timers
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.ids import new_id
@@ -108,12 +109,74 @@ def match_waits(driver: Driver, tx: Transaction, event: Event, now_us: int) -> N
         driver.woken.add(run_id)
 
 
-def register_wait(driver: Driver, tx: Transaction, live: Live, work: Work) -> Event | None:
-    """Index a wait; if an event emitted since the run started matches, take it now."""
+def register_wait(
+    driver: Driver, live: Live, work: Work, now_us: int, consumed: set[tuple[str, str]]
+) -> Event | None:
+    """While folding (no transaction open): if an event emitted since the run started
+    matches the wait, take it (consumed when the round commits); else index the wait when
+    the round commits (``index_wait``, which looks again under the write lock)."""
     detail = work.detail
     name, path = detail["event"], detail.get("match")
     key = None if path is None else canonical(detail.get("match_value"))
-    for event_id, data, ts_us in tx.unconsumed_events(name, live.event_pos, live.run_id):
+    run_id = live.run_id
+    found = driver.store.unconsumed_events(name, live.event_pos, run_id)
+    event = _first_match(driver, found, name, path, key, run_id, consumed)
+    if event is not None:
+        consumed.add((run_id, event.id))
+        driver.later.append((_consume, (run_id, event.id)))
+        return event
+    due_us = None if work.due is None else rows.to_us(rows.as_datetime(work.due))
+    args = (run_id, work.id, name, path, key, live.event_pos, live.next_seq, due_us, now_us)
+    driver.later.append((index_wait, args))
+    return None
+
+
+def _consume(driver: Driver, tx: Transaction, run_id: str, event_id: str) -> None:
+    tx.consume(run_id, event_id)
+
+
+def index_wait(
+    driver: Driver,
+    tx: Transaction,
+    run_id: str,
+    step_id: str,
+    name: str,
+    path: str | None,
+    key: str | None,
+    event_pos: int,
+    seq: int,
+    due_us: int | None,
+    now_us: int,
+) -> None:
+    """In the round's commit: index a wait the fold found no event for. An event that
+    matches and was emitted since the fold looked (it could not see this wait) is handed
+    to the wait now, as mail, as its emit would have done had the wait been indexed."""
+    found = tx.unconsumed_events(name, event_pos, run_id)
+    event = _first_match(driver, found, name, path, key, run_id, None)
+    if event is None:
+        tx.add_wait(run_id, step_id, name, path, key, seq)
+        if due_us is not None:
+            timers.set_timer(driver, tx, run_id, step_id, "wait", due_us, 1)
+        return
+    tx.consume(run_id, event.id)
+    body = rows.dumps({"id": step_id, "event": rows.event_body(event)})
+    tx.send_mail(run_id, "WaitMatched", now_us, body)
+    driver.woken.add(run_id)
+
+
+def _first_match(
+    driver: Driver,
+    found: list[tuple[Any, ...]],
+    name: str,
+    path: str | None,
+    key: str | None,
+    run_id: str,
+    consumed: set[tuple[str, str]] | None,
+) -> Event | None:
+    """The first of ``found`` (unconsumed events, in commit order) a wait matches."""
+    for event_id, data, ts_us in found:
+        if consumed and (run_id, event_id) in consumed:  # taken earlier in this fold
+            continue
         try:
             event = Event(event_id, name, json.loads(data), rows.from_us(ts_us))
         except (TypeError, ValueError) as exc:
@@ -126,45 +189,33 @@ def register_wait(driver: Driver, tx: Transaction, live: Live, work: Work) -> Ev
         if path is None or (
             (value := lookup(event, path)) is not MISSING and canonical(value) == key
         ):
-            tx.consume(live.run_id, event_id)
             return event
-    tx.add_wait(live.run_id, work.id, name, path, key, live.next_seq)
     return None
 
 
-def take_mail(
-    tx: Transaction,
-    drivable: list[str],
-    cold: set[str],
-    discovered: set[str],
-    broken: dict[str, BaseException],
-) -> dict[str, list[Input]]:
-    """The mail of the drivable runs found by discovery (only they can have any: producers
-    set ``ready`` with it), as inputs by run; a run sent damaged mail goes to ``broken``."""
+def decode_mail(
+    mail: list[tuple[Any, ...]], broken: dict[str, BaseException]
+) -> tuple[dict[str, list[Input]], list[int]]:
+    """The mail a round read (``Transaction.mail_of``) as inputs by run, and the positions
+    to drop when the round commits; a run sent damaged mail goes to ``broken``."""
     inbox: dict[str, list[Input]] = {}
-    with_mail = [run_id for run_id in drivable if run_id in discovered]
-    for start in range(0, len(with_mail), 400):
-        chunk = with_mail[start : start + 400]
-        # Cleared as the mail is taken (for cold runs, by acquire_all): mail that arrives
-        # later in this same transaction (another run publishes, a child ends) sets it
-        # again and is read next round.
-        warm = [run_id for run_id in chunk if run_id not in cold]
-        mail = iter(tx.take_mail(chunk, warm))
-        while True:
-            try:  # free unless raised
-                for item in mail:
-                    _, run_id, kind, body = item
-                    if _FAULTS and kind == "WaitMatched":
-                        crash_point("event-deliver")
-                    inbox.setdefault(run_id, []).append(inbox_input(kind, json.loads(body)))
-                break
-            except Exception as exc:  # damaged mail blocks the run it was sent to
-                pos, run_id, kind, _ = item
-                known = kind in INBOX_TYPES
-                why = problem(exc) if known else f"unknown mail type {kind!r}"
-                row = f"inbox row pos {pos} ({kind})"
-                broken.setdefault(run_id, rows.corrupt_row(run_id, row, why).error)
-    return inbox
+    positions = [item[0] for item in mail]
+    items = iter(mail)
+    while True:
+        try:  # free unless raised
+            for item in items:
+                _, run_id, kind, body = item
+                if _FAULTS and kind == "WaitMatched":
+                    crash_point("event-deliver")
+                inbox.setdefault(run_id, []).append(inbox_input(kind, json.loads(body)))
+            break
+        except Exception as exc:  # damaged mail blocks the run it was sent to
+            pos, run_id, kind, _ = item
+            known = kind in INBOX_TYPES
+            why = problem(exc) if known else f"unknown mail type {kind!r}"
+            row = f"inbox row pos {pos} ({kind})"
+            broken.setdefault(run_id, rows.corrupt_row(run_id, row, why).error)
+    return inbox, positions
 
 
 def report_damaged(driver: Driver) -> None:

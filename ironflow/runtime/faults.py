@@ -1,9 +1,11 @@
 """Crash injection for the crash tests: ``IRONFLOW_CRASH_AT=point[:n]`` SIGKILLs the process.
 
 The process kills itself the n-th time (default 1st) it reaches ``point``. Points: ``commit``
-(a transaction just committed), ``dispatch`` (after handing one step to the executor),
-``step-start`` / ``step-end`` (around a step body), ``timer-fire`` and ``event-deliver``
-(inside the transaction that records them). Unset, it costs one comparison.
+(a round's commit just committed), ``fold`` (between a round's two transactions: its take
+committed leases and read mail, its fold is done, nothing of it is committed), ``dispatch``
+(after handing one step to the executor), ``step-start`` / ``step-end`` (around a step
+body), ``timer-fire`` and ``event-deliver`` (while folding, before the commit that records
+them). Unset, it costs one comparison.
 """
 
 from __future__ import annotations

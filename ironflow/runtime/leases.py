@@ -2,19 +2,21 @@
 
 A run is driven by the worker holding its lease; every write of a round is fenced on it (see
 ``Transaction.commit_round``). A round takes the runs it drives and does not hold yet
-(``acquire_all``), renews what it holds a third of a lease before it runs out (``renew``), and
-a worker that stops lets all go (``release_all``). A run taken is rebuilt here: its history
-read in bulk, its ``RunStarted`` written at its first drive, its interpreter fed.
+(``take``, in the round's first short transaction), renews what it holds a third of a lease
+before it runs out (``renew``), and a worker that stops lets all go (``release_all``). A run
+taken is rebuilt here (``rebuild``, with no transaction open: replay runs workflow code): its
+history read in bulk, its ``RunStarted`` made at its first drive, its interpreter fed.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ironflow.history.events import RunResumed
+from ironflow.history.events import HistoryEvent, RunResumed
 from ironflow.interpreter import Interpreter
 from ironflow.runtime.live import Live, gap, run_started
 from ironflow.runtime.store import StoreError, Transaction, rows
+from ironflow.runtime.store.base import TakenRow
 
 if TYPE_CHECKING:
     from ironflow.runtime.driver import Driver
@@ -28,12 +30,31 @@ def acquire_all(
     mail: set[str],
     broken: dict[str, BaseException],
 ) -> int:
-    """Take the leases of ``run_ids`` that are free and rebuild their interpreters; return
-    how many of them start here (their ``RunStarted`` is written now).
+    """Take the leases of ``run_ids`` that are free and rebuild their interpreters, all in
+    ``tx``; return how many of them start here (their ``RunStarted`` is written now).
 
-    Runs in ``mail`` have their ``ready`` flag cleared in the same statement (their
-    inbox is read next, in this transaction). Runs that cannot be rebuilt (a damaged
-    row, a divergence) go to ``broken``, all of them, and get no interpreter."""
+    A round does the same in two parts (``take`` in its first transaction, ``rebuild`` with
+    no transaction open); this whole form is what the benchmarks time as the cold load."""
+    taken, histories, unwritten = take(driver, tx, run_ids, now_us, mail, broken)
+    tx.append_history(unwritten)
+    rebuild(driver, taken, histories, broken)
+    return len(unwritten)
+
+
+def take(
+    driver: Driver,
+    tx: Transaction,
+    run_ids: list[str],
+    now_us: int,
+    mail: set[str],
+    broken: dict[str, BaseException],
+) -> tuple[list[TakenRow], dict[str, list[HistoryEvent]], list[tuple[Any, ...]]]:
+    """Take the leases of ``run_ids`` that are free and read their histories: the runs
+    taken, their histories, and the ``RunStarted`` rows of runs not started yet (written by
+    the caller; their events already end those histories).
+
+    Runs in ``mail`` have their ``ready`` flag cleared in the same statement. Runs that
+    cannot be rebuilt (a damaged row) go to ``broken``, all of them."""
     taken = tx.take_runs(
         run_ids,
         mail,
@@ -43,7 +64,7 @@ def acquire_all(
         tuple(driver.functions),
     )
     if not taken:
-        return 0
+        return taken, {}, []
     ids = [row[0] for row in taken]
     corrupt: dict[str, StoreError] = {}  # runs with a damaged row: blocked, not driven
     stored = tx.histories(ids, corrupt)
@@ -59,14 +80,27 @@ def acquire_all(
                 continue
             histories[run_id].append(started)
             unwritten.append((run_id, *rows.encode(started)))
+    for run_id in corrupt:
+        histories.pop(run_id, None)
     broken.update(corrupt)
-    tx.append_history(unwritten)
+    return taken, histories, unwritten
+
+
+def rebuild(
+    driver: Driver,
+    taken: list[TakenRow],
+    histories: dict[str, list[HistoryEvent]],
+    broken: dict[str, BaseException],
+) -> None:
+    """Make the interpreters of the runs ``take`` took and feed them their histories: the
+    workflows' code runs here (replayed), so no transaction is open. A run that cannot be
+    rebuilt (a gap in its history, a divergence) goes to ``broken`` and gets none."""
     functions, live_runs, stats = driver.functions, driver.live, driver.stats
     for row in taken:
         run_id, function_id, event_pos, parent_run, parent_step, notify, status, _ = row
-        if run_id in corrupt:
+        history = histories.get(run_id)
+        if history is None:  # damaged
             continue
-        history = histories[run_id]
         if history[-1].seq != len(history) - 1:
             broken[run_id] = gap(run_id, history)
             continue
@@ -86,12 +120,15 @@ def acquire_all(
         # Resumed and not driven since: what the failure abandoned is indexed again.
         live.resumed = type(history[-1]) is RunResumed
         live_runs[run_id] = live
+        driver.folds += 1
+        driver.folding = live  # watched: a replay runs the workflow's code
         try:
             live.decision = interpreter.feed(history)
         except Exception as exc:
             broken[run_id] = exc
             del live_runs[run_id]
-    return len(unwritten)
+        finally:
+            driver.folding = None
 
 
 def renew(driver: Driver, now_us: int) -> None:

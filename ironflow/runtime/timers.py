@@ -32,23 +32,30 @@ def set_timer(
     tx.set_timer(run_id, step_id, kind, due_us, attempt)
 
 
+class Unclaimed(Exception):
+    """A round's commit found due timers it folded gone from the store: ``lost``, as
+    ``(run_id, step_id)``. Raised inside the commit's transaction, so nothing is written."""
+
+    def __init__(self, lost: set[tuple[str, str]]) -> None:
+        super().__init__(f"{len(lost)} due timer(s) gone before the round committed")
+        self.lost = lost
+
+
 def claim(
-    tx: Transaction, due: dict[str, list[tuple[str, str, int]]], drivable: list[str], now_us: int
-) -> dict[str, list[tuple[str, str, int]]]:
-    """The due timers of ``drivable`` runs this round claims (deletes) in the store: a timer
-    gone since discovery (its wait took an event, another round fired it) does not fire."""
+    tx: Transaction, due: dict[str, list[tuple[str, str, int]]], run_ids: list[str], now_us: int
+) -> None:
+    """Claim (delete) in the store the due timers of ``run_ids`` a round fired; ``Unclaimed``
+    if one is gone since discovery (its wait took an event, another round fired it): the
+    round folded an input the run must not get."""
     keys = [
-        (run_id, step_id, kind) for run_id in drivable for step_id, kind, _ in due.get(run_id, ())
+        (run_id, step_id, kind) for run_id in run_ids for step_id, kind, _ in due.get(run_id, ())
     ]
     if not keys:
-        return {}
+        return
     claimed = tx.take_timers(keys, now_us)
-    found: dict[str, list[tuple[str, str, int]]] = {}
-    for run_id in drivable:
-        for item in due.get(run_id, ()):
-            if (run_id, item[0]) in claimed:
-                found.setdefault(run_id, []).append(item)
-    return found
+    lost = {(run_id, step_id) for run_id, step_id, _ in keys if (run_id, step_id) not in claimed}
+    if lost:
+        raise Unclaimed(lost)
 
 
 def fired(live: Live, due: list[tuple[str, str, int]], inputs: list[Input], batch: Batch) -> None:

@@ -25,6 +25,7 @@ from ironflow.runtime.executor import Executor, Job, Outcome, is_async
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.models import TERMINAL, Run
+from ironflow.runtime.watchdog import Watchdog
 
 
 class Worker:
@@ -41,6 +42,7 @@ class Worker:
         self.drivers = 0  # threads in run_until_idle/serve
         self.serving = False
         self.stopping = threading.Event()
+        self.watchdog = Watchdog(driver)  # warns of workflow code stuck between yields
 
     def wake(self) -> None:
         """Make the thread in run_until_idle/serve look again."""
@@ -74,11 +76,15 @@ class Worker:
         """Count a thread in run_until_idle/serve: pool threads drive only while one is."""
         with self.drive_lock:
             self.drivers += 1
+            if self.drivers == 1:
+                self.watchdog.start()
         try:
             yield
         finally:
             with self.drive_lock:
                 self.drivers -= 1
+                if not self.drivers:
+                    self.watchdog.stop()
 
     def wait_for_outcome(self, timeout: float) -> None:
         try:

@@ -119,6 +119,23 @@ class Transaction(abc.ABC):
         first delivered the event instead); the ``(run_id, step_id)`` claimed fire."""
 
     @abc.abstractmethod
+    def fence(self) -> None:
+        """Writes for a round follow: a constraint that fails from here on means another
+        worker wrote to a run of the batch, and is ``LeaseLost`` (``take_runs`` and
+        ``commit_round`` imply it)."""
+
+    @abc.abstractmethod
+    def mail_of(self, run_ids: list[str]) -> list[tuple[Any, ...]]:
+        """The mail of ``run_ids`` as ``(pos, run_id, type, body)`` in send order, left in
+        place (a round reads it before folding, and drops it with ``drop_mail`` when it
+        commits: a round that fails in between loses none)."""
+
+    @abc.abstractmethod
+    def drop_mail(self, positions: list[int], run_ids: list[str]) -> None:
+        """Delete the mail at ``positions`` (read by ``mail_of``) and clear the ready flag of
+        those of ``run_ids`` that have no other mail (mail sent since stays, flagged)."""
+
+    @abc.abstractmethod
     def commit_round(self, batch: Batch, owner: str) -> None:
         """Write ``batch`` under the fence: ``LeaseLost`` if a run is not ``owner``'s."""
 
@@ -249,6 +266,17 @@ class Store(abc.ABC):
     ) -> tuple[list[tuple[Any, ...]], list[str], int | None]:
         """Work for ``owner``: due timers ``(run_id, step_id, kind, attempt)``, runs to
         drive (with mail, new, or orphaned by a dead worker), and the next timer after now."""
+
+    # Reads a round makes while folding, outside any write transaction (a round's commit
+    # checks again what a concurrent writer could have changed since).
+
+    @abc.abstractmethod
+    def find_run(self, run_id: str) -> tuple[Any, ...] | None:
+        """As ``Transaction.find_run``, read outside a transaction."""
+
+    @abc.abstractmethod
+    def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
+        """As ``Transaction.unconsumed_events``, read outside a transaction."""
 
     @abc.abstractmethod
     def next_due(self) -> int | None:

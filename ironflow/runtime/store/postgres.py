@@ -60,7 +60,12 @@ from ironflow.runtime.store.postgres_schema import (
     redact,
     schema_version,
 )
-from ironflow.runtime.store.postgres_tx import HISTORIES, PostgresTransaction
+from ironflow.runtime.store.postgres_tx import (
+    FIND_RUN,
+    HISTORIES,
+    UNCONSUMED_EVENTS,
+    PostgresTransaction,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -201,6 +206,17 @@ class PostgresStore(Store):
         ready = self.query(READY_RUNS, params)
         nearest = self.query(NEXT_TIMER_AFTER, (now_us,))
         return due, [row[0] for row in ready], nearest[0][0] if nearest else None
+
+    # A round's reads while folding: one autocommit statement each (the connection is in
+    # autocommit: no transaction is left open on it), no advisory stripe taken. The round's
+    # commit looks again under the stripes (``PostgresTransaction.unconsumed_events``).
+
+    def find_run(self, run_id: str) -> tuple[Any, ...] | None:
+        found = self.query(FIND_RUN, (run_id,))
+        return tuple(found[0]) if found else None
+
+    def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
+        return self.query(UNCONSUMED_EVENTS, (name, after_pos, run_id))
 
     def next_due(self) -> int | None:
         row = self.query(NEXT_TIMER)

@@ -9,7 +9,9 @@ apart (SQLite has one writer at a time, PostgreSQL many):
 - a wait is claimed by deleting its row (``DELETE ... RETURNING``): an emit delivers to it, or
   a round fires its timeout (``take_timers``), never both;
 - mail does not touch the run's row (which the run's round may hold): a run has mail iff it
-  has inbox rows, and discovery looks there.
+  has inbox rows, and discovery looks there. A round reads its runs' mail in its take
+  (``mail_of``) and deletes what it read in its commit (``drop_mail``): mail sent in between
+  stays, and discovery finds it.
 
 Arrays carry the rows (``unnest``): one statement per verb, not one per row.
 """
@@ -104,6 +106,8 @@ TAKE_RUNS = (
 CLEAR_READY = "UPDATE runs SET ready = 0 WHERE id = ANY(%s::text[]) AND ready = 1"
 TAKE_MAIL = "DELETE FROM inbox WHERE run_id = ANY(%s::text[]) RETURNING pos, run_id, type, body"
 SEND_MAIL = "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (%s, %s, %s, %s)"
+MAIL_OF = "SELECT pos, run_id, type, body FROM inbox WHERE run_id = ANY(%s::text[]) ORDER BY pos"
+DROP_MAIL = "DELETE FROM inbox WHERE pos = ANY(%s::bigint[])"
 
 # Timers, waits, events. A wait is claimed by whoever deletes its row; one held by another
 # transaction (an emit delivering to it, a round firing its timeout) is skipped, not waited
@@ -263,6 +267,20 @@ class PostgresTransaction(Transaction):
         if warm:
             self.conn.execute(CLEAR_READY, (warm,))
         return sorted(self.conn.execute(TAKE_MAIL, (run_ids,)).fetchall())
+
+    def fence(self) -> None:
+        self.fenced = True
+
+    def mail_of(self, run_ids: list[str]) -> list[tuple[Any, ...]]:
+        return self.conn.execute(MAIL_OF, (run_ids,)).fetchall()
+
+    def drop_mail(self, positions: list[int], run_ids: list[str]) -> None:
+        if positions:
+            self.conn.execute(DROP_MAIL, (positions,))
+        if run_ids:
+            # Mail sent since ``mail_of`` is an inbox row, which discovery finds: the flag (a
+            # resume's) is cleared whatever came since, only where set (no row rewritten).
+            self.conn.execute(CLEAR_READY, (run_ids,))
 
     def take_timers(self, keys: list[tuple[str, str, str]], now_us: int) -> set[tuple[str, str]]:
         waits = [(run_id, step_id) for run_id, step_id, kind in keys if kind == "wait"]

@@ -31,6 +31,8 @@ from ironflow.runtime.store.sqlite_schema import (
     unusable,
 )
 from ironflow.runtime.store.sqlite_tx import (
+    FIND_RUN,
+    UNCONSUMED_EVENTS,
     SQLiteTransaction,
     chunks,
     marks,
@@ -116,6 +118,13 @@ class SQLiteStore(SQLiteDatabase, Store):
         )
         nearest = self.query(NEXT_TIMER_AFTER, (now_us,))
         return due, [row[0] for row in ready], nearest[0][0] if nearest else None
+
+    def find_run(self, run_id: str) -> tuple[Any, ...] | None:
+        found = self.query(FIND_RUN, (run_id,))
+        return found[0] if found else None
+
+    def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
+        return self.query(UNCONSUMED_EVENTS, (name, after_pos, run_id))
 
     def next_due(self) -> int | None:
         row = self.query(NEXT_TIMER)

@@ -77,6 +77,13 @@ INSERT_HISTORY = "INSERT INTO history VALUES (?, ?, ?, ?, ?)"
 # Mail.
 CLEAR_READY = "UPDATE runs SET ready = 0 WHERE id IN ({marks})"
 TAKE_MAIL = "DELETE FROM inbox WHERE run_id IN ({marks}) RETURNING pos, run_id, type, body"
+MAIL_OF = "SELECT pos, run_id, type, body FROM inbox WHERE run_id IN ({marks}) ORDER BY pos"
+DROP_MAIL = "DELETE FROM inbox WHERE pos IN ({marks})"
+# Mail sent after the round read its mail keeps the run flagged: it is read next round.
+UNREADY = (
+    "UPDATE runs SET ready = 0 WHERE id IN ({marks}) "
+    "AND NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.run_id = runs.id)"
+)
 SEND_MAIL = "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (?, ?, ?, ?)"
 SET_READY = "UPDATE runs SET ready = 1 WHERE id = ?"
 # A parent that already ended (its invoke timed out, say) is not told.
@@ -256,6 +263,26 @@ class SQLiteTransaction(Transaction):
             if conn.execute(CLAIM_TIMER, (run_id, step_id, now_us)).fetchone() is not None:
                 claimed.add((run_id, step_id))
         return claimed
+
+    def fence(self) -> None:
+        self.fenced = True
+
+    def mail_of(self, run_ids: list[str]) -> list[tuple[Any, ...]]:
+        conn = self.conn
+        found: list[tuple[Any, ...]] = []
+        for chunk in chunks(run_ids):
+            found += conn.execute(MAIL_OF.format(marks=marks(chunk)), chunk).fetchall()
+        if len(run_ids) > 400:
+            found.sort()
+        return found
+
+    def drop_mail(self, positions: list[int], run_ids: list[str]) -> None:
+        conn = self.conn
+        for start in range(0, len(positions), 400):
+            chunk = positions[start : start + 400]
+            conn.execute(DROP_MAIL.format(marks=marks(chunk)), chunk)
+        for ids in chunks(run_ids):
+            conn.execute(UNREADY.format(marks=marks(ids)), ids)
 
     def commit_round(self, batch: Batch, owner: str) -> None:
         self.fenced = True
