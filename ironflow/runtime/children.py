@@ -14,6 +14,7 @@ from ironflow.errors import CancelledError
 from ironflow.history.errors import encode_error
 from ironflow.history.events import ChildCompleted, ChildFailed, ChildStarted, ErrorInfo
 from ironflow.interpreter import Decision, Work
+from ironflow.runtime import registry
 from ironflow.runtime.live import Input, Live, column, create_run, run_error, trigger
 from ironflow.runtime.models import TERMINAL
 from ironflow.runtime.store import Batch, Transaction, rows
@@ -26,14 +27,10 @@ def start_child(driver: Driver, tx: Transaction, live: Live, work: Work, now_us:
     """Start the child run an invoke names (once); what the parent receives now."""
     detail = work.detail
     child_id, function_id = detail["child_run_id"], detail["function"]
-    if function_id not in driver.functions:
+    why = registry.unknown(driver, tx, function_id)
+    if why is not None:
         # Both kinds fail at the yield: a child nobody can run would stay pending forever.
-        known = ", ".join(sorted(driver.functions)) or "none"
-        return refused(
-            work.id,
-            child_id,
-            f"unknown function {function_id!r}; registered functions: {known}",
-        )
+        return refused(work.id, child_id, why)
     found = tx.find_run(child_id)
     if found is not None and (found[3], found[4], found[5]) != (
         function_id,
