@@ -293,7 +293,7 @@ def check_run_id(run_id: Any) -> str:
             f"run id {run_id!r} contains '/', which is reserved for the ids of child runs "
             f"(<parent run id>/<step id>); choose an id without '/'"
         )
-    return run_id
+    return str(run_id)
 
 
 def _json(value: Any, what: str) -> Any:

@@ -1,8 +1,9 @@
 """Events, waits and mail: emitting, matching waits, and the mail a round takes.
 
 An emitted event is recorded (its position is commit order), starts the registered
-functions it triggers (the registry in the database: see ``registry``), and is handed to the first matching wait of each run waiting for it, as mail
-(``WaitMatched``) that the run's next round takes. A wait reached later looks among the
+functions it triggers (the registry in the database, see ``registry``: whichever process
+registered them), and is handed to the first matching wait of each run waiting for it, as
+mail (``WaitMatched``) that the run's next round takes. A wait reached later looks among the
 events recorded after its run started and not consumed by it (``register_wait``). A
 publish is an emit inside the publishing run's round, keyed by its event id so that it
 happens once.

@@ -17,6 +17,7 @@ function that no live worker has says so (``Run.waiting_for``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import types
@@ -177,10 +178,9 @@ def forget(driver: Driver) -> None:
         return
     driver.heartbeats = False
     driver.next_heartbeat_us = 0
-    try:
+    # If the database is gone, the row expires by itself a lease after its last beat.
+    with contextlib.suppress(StoreError):
         driver.store.forget_worker(driver.worker_id)
-    except StoreError:
-        pass  # the row expires by itself a lease from its last beat
 
 
 def live_functions(store: Store, now_us: int) -> set[str] | None:

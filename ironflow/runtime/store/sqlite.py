@@ -140,7 +140,10 @@ class SQLiteStore(SQLiteDatabase, Store):
 
     def registration(self, function_id: str) -> tuple[str, str, str] | None:
         found = self.query(REGISTRATION, (function_id,))
-        return tuple(found[0]) if found else None  # type: ignore[return-value]
+        if not found:
+            return None
+        triggers, settings, version = found[0]
+        return triggers, settings, version
 
     def heartbeat(self, owner: str, functions: str, now_us: int, until_us: int) -> None:
         with self.transaction() as tx:
@@ -166,7 +169,9 @@ class SQLiteStore(SQLiteDatabase, Store):
         self, status: str | None, function_id: str | None, limit: int | None
     ) -> list[tuple[Any, ...]]:
         where, params = _filter(status, function_id)
-        sql = LIST_RUNS.format(code_version=self._columns()) + where + " ORDER BY created_us DESC, id"
+        sql = (
+            LIST_RUNS.format(code_version=self._columns()) + where + " ORDER BY created_us DESC, id"
+        )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return self.query(sql, params)
