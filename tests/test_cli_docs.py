@@ -30,6 +30,8 @@ _MASKS = [
     (_HEX_ID, "<ID>"),
     (re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\b"), "<TIME>"),
     (re.compile(r"\S+:\d+:[0-9a-f]{8}\b"), "<WORKER>"),
+    # A code version hashes bytecode, which differs between Python versions.
+    (re.compile(r"^code      [0-9a-f]{12}$"), "code      <CODE>"),
     (re.compile(r"\b\d+d\d\dh\b|\b\d+h\d\dm\b|\b\d+m\d\ds\b|\b\d+(?:\.\d+)?(?:ms|s)\b"), "<DUR>"),
 ]
 SLEEP_FIRST = "# after moving the sleep first"

@@ -488,21 +488,33 @@ def test_docs_index_lists_every_engine_argument() -> None:
 # --- 20: emit without --app says what it cannot do ----------------------------------------
 
 
-def test_emit_without_app_says_no_function_is_triggered_now_or_later(project: Project) -> None:
-    project.ok("start", "greet", "--app", project.spec, "--run-id", "first")
+def test_emit_without_app_starts_registered_functions_and_says_when_none_is_triggered(
+    project: Project,
+) -> None:
+    # The app's engine registered greet (on "user.created") in app.db as it was imported: an
+    # emit without --app starts it from the database, and a worker that has it runs it.
     emitted = project.ok("emit", "user.created", '{"name": "zed"}', "--db", str(project.app_db))
-    assert emitted.stdout == ""
-    assert emitted.stderr == (
-        "ironflow: event 'user.created' emitted; it started no runs: no functions are loaded "
-        "without --app; the event is stored and can satisfy the waits of runs already started, "
-        "but functions are not triggered by it, not even by a worker that has them later; give "
-        "--app to start them\n"
+    run_id = emitted.stdout.strip()
+    assert len(run_id) == 32 and emitted.stderr == ""
+    engine = project.module.engine
+    assert engine.get_run(run_id).status == "pending"
+    engine.run_until_idle()
+    assert engine.get_run(run_id).output == "hello zed"
+    # An event no registered function is triggered by: said on stderr, even with --json.
+    project.ok("start", "greet", "--app", project.spec, "--run-id", "first")
+    nothing = project.ok("emit", "order.shipped", '{"id": 1}', "--db", str(project.app_db))
+    assert nothing.stdout == ""
+    assert nothing.stderr == (
+        "ironflow: event 'order.shipped' emitted; it started no runs: no function registered "
+        "in the database is triggered by it (an engine that has a function registers it there: "
+        "engine.register, as a worker starts); the event is stored and can satisfy the waits of "
+        "runs already started, but a function registered later is not started by it\n"
     )
-    as_json = project.ok("emit", "user.created", "--db", str(project.app_db), "--json")
+    as_json = project.ok("emit", "order.shipped", "--db", str(project.app_db), "--json")
     assert json.loads(as_json.stdout)["run_ids"] == []
-    assert "not triggered by it" in as_json.stderr
-    project.module.engine.run_until_idle()  # a worker with the functions: still one run
-    assert [run.id for run in project.module.engine.list_runs()] == ["first"]
+    assert "no function registered in the database is triggered by it" in as_json.stderr
+    engine.run_until_idle()
+    assert sorted(run.id for run in engine.list_runs()) == sorted(["first", run_id])
     with_app = project.ok("emit", "user.created", "--app", project.spec)
     assert len(with_app.stdout.split()) == 1
     assert with_app.stderr == ""

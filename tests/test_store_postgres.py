@@ -111,8 +111,9 @@ def test_creates_the_schema_in_the_urls_search_path_with_the_sqlite_version(pg_u
     PostgresStore(pg_url).close()
     assert tables(pg_url) == sorted(pg.TABLES)
     with connect(pg_url) as conn:
-        version = conn.execute("SELECT value FROM ironflow_meta").fetchall()
-        assert version == [(str(sqlite_store.SCHEMA_VERSION),)]
+        meta = conn.execute("SELECT key, value FROM ironflow_meta ORDER BY key").fetchall()
+        assert meta == [("registry_version", "0"), ("schema_version", "3")]
+        assert sqlite_store.SCHEMA_VERSION == 3
         located = conn.execute(
             "SELECT DISTINCT schemaname FROM pg_tables WHERE tablename = ANY(%s)",
             (list(pg.TABLES),),
@@ -219,7 +220,8 @@ def test_many_workers_opening_a_fresh_schema_at_once_create_it_once(pg_url):
     assert errors == []
     assert len(stores) == n
     with connect(pg_url) as conn:
-        assert conn.execute("SELECT count(*) FROM ironflow_meta").fetchone() == (1,)
+        # Created once: one schema version and one registry counter.
+        assert conn.execute("SELECT count(*) FROM ironflow_meta").fetchone() == (2,)
 
 
 # --- refusing what is not ours ----------------------------------------------------------------
@@ -247,7 +249,8 @@ def test_a_newer_schema_version_is_refused_untouched(store, pg_url):
     )
     assert snapshot(pg_url) == before
     with connect(pg_url) as conn:
-        assert conn.execute("SELECT value FROM ironflow_meta").fetchone() == ("99",)
+        version = "SELECT value FROM ironflow_meta WHERE key = 'schema_version'"
+        assert conn.execute(version).fetchone() == ("99",)
 
 
 def test_tables_of_the_same_names_that_are_not_ironflows_are_refused_untouched(pg_url):

@@ -345,9 +345,10 @@ def start(
 
 
 NO_APP_NOTE = (
-    "no functions are loaded without --app; the event is stored and can satisfy the waits of "
-    "runs already started, but functions are not triggered by it, not even by a worker that "
-    "has them later; give --app to start them"
+    "no function registered in the database is triggered by it (an engine that has a function "
+    "registers it there: engine.register, as a worker starts); the event is stored and can "
+    "satisfy the waits of runs already started, but a function registered later is not "
+    "started by it"
 )
 
 
@@ -368,10 +369,10 @@ def emit(
 ) -> None:
     """Emit an event; prints the ids of the runs it started.
 
-    DATA is the event's JSON ('-' reads it from stdin). Without --app no function is loaded,
-    so the event starts none, now or later (the functions an event starts are known to the
-    code, not the database): it is stored, and only runs already started can take it with a
-    wait. The database must exist.
+    DATA is the event's JSON ('-' reads it from stdin). It starts every function registered
+    in the database whose trigger matches (registered by the engine of any process, a worker
+    for one); a worker that has the function's code runs it. Without --app the database must
+    exist.
     """
     checked_name(name, check_event_name)
     payload = parse_data(data, "DATA")
@@ -393,7 +394,7 @@ def emit(
     else:
         for rid in started:
             click.echo(rid)
-    if app_spec is None:  # said even with --json: the event will never start a function
+    if app_spec is None and not started:  # said even with --json: it never starts one
         click.echo(f"ironflow: event {name!r} emitted; it started no runs: {NO_APP_NOTE}", err=True)
     elif not started and not as_json:
         click.echo(f"ironflow: event {name!r} emitted; it started no runs", err=True)

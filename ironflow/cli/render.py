@@ -173,6 +173,8 @@ def run_json(run: Run) -> dict[str, Any]:
         "ended_at": iso(run.ended_at),
         "duration_s": run_seconds(run),
         "parent_run_id": run.parent_run_id,
+        "code_version": run.code_version,
+        "waiting_for": run.waiting_for,
     }
 
 
@@ -444,6 +446,10 @@ def timeline_lines(run: Run, line: Timeline) -> list[str]:
         f"function  {run.function}",
         f"status    {paint(run.status, run.status, color)}",
     ]
+    if run.waiting_for:  # a pending run that no live worker can take
+        out.append(f"pending   {run.waiting_for}")
+    if run.code_version:  # which code recorded the run (it changes in a rolling deploy)
+        out.append(f"code      {run.code_version}")
     if run.parent_run_id:
         out.append(f"parent    {run.parent_run_id}")
     trigger = ""

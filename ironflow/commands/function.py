@@ -40,7 +40,14 @@ class Function:
 
     def triggered_by(self, event_name: str) -> bool:
         """True if an event named ``event_name`` starts a run of this function."""
-        return any(fnmatch.fnmatchcase(event_name, pattern) for pattern in self.on)
+        return triggered_by(self.on, event_name)
+
+
+def triggered_by(patterns: tuple[str, ...] | list[str], event_name: str) -> bool:
+    """True if ``event_name`` matches one of the trigger ``patterns`` (names or wildcards).
+
+    The one rule for triggers, for a ``Function`` and for the triggers the database holds."""
+    return any(fnmatch.fnmatchcase(event_name, pattern) for pattern in patterns)
 
 
 def function(

@@ -14,12 +14,20 @@ from ironflow.errors import CancelledError
 from ironflow.history.errors import encode_error
 from ironflow.history.events import ChildCompleted, ChildFailed, ChildStarted, ErrorInfo
 from ironflow.interpreter import Decision, Work
+from ironflow.runtime import registry
 from ironflow.runtime.live import Input, Live, column, create_run, run_error, trigger
 from ironflow.runtime.models import TERMINAL
 from ironflow.runtime.store import Batch, rows
 
 if TYPE_CHECKING:
     from ironflow.runtime.driver import Driver
+
+
+def _unknown(driver: Driver, function_id: str) -> str | None:
+    """Why no run of ``function_id`` can start, read from the database's registry: a short
+    transaction of its own, since the fold holds none (only for ids this engine lacks)."""
+    with driver.store.transaction() as tx:
+        return registry.unknown(driver, tx, function_id)
 
 
 def start_child(driver: Driver, live: Live, work: Work, now_us: int) -> Input:
@@ -29,14 +37,10 @@ def start_child(driver: Driver, live: Live, work: Work, now_us: int) -> Input:
     makes the commit's insert fail, dropping the round."""
     detail = work.detail
     child_id, function_id = detail["child_run_id"], detail["function"]
-    if function_id not in driver.functions:
+    why = None if function_id in driver.functions else _unknown(driver, function_id)
+    if why is not None:
         # Both kinds fail at the yield: a child nobody can run would stay pending forever.
-        known = ", ".join(sorted(driver.functions)) or "none"
-        return refused(
-            work.id,
-            child_id,
-            f"unknown function {function_id!r}; registered functions: {known}",
-        )
+        return refused(work.id, child_id, why)
     found = driver.store.find_run(child_id)
     if found is not None and (found[3], found[4], found[5]) != (
         function_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from ironflow.runtime import registry
 from ironflow.runtime.live import Input
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def find(
 ) -> set[str]:
     """Due timers and runs that need driving (new, woken, or orphaned by a dead worker)."""
     fids = tuple(driver.functions)
+    registry.heartbeat(driver, now_us)  # at this cadence: no thread of its own
     timers_due, ready, nearest = driver.store.discover(now_us, fids, driver.worker_id, TICK_RUNS)
     for run_id, step_id, kind, attempt in timers_due:
         due.setdefault(run_id, []).append((step_id, kind, attempt))

@@ -42,7 +42,7 @@ from ironflow.history.events import (
     WaitMatched,
 )
 from ironflow.interpreter import Decision, Work
-from ironflow.runtime import children, control, discovery, events, leases, timers
+from ironflow.runtime import children, control, discovery, events, leases, registry, timers
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.discovery import TICK_RUNS
 from ironflow.runtime.executor import Job, Outcome
@@ -67,6 +67,12 @@ class Driver:
         self.lease_us = int(lease.total_seconds() * 1_000_000)
         self.poll = poll
         self.functions: dict[str, Function] = {}
+        # The function registry in the database (see ``registry``): this engine's code
+        # version of each of its functions, the registry as last read, and the heartbeat.
+        self.versions: dict[str, str] = {}
+        self.registry = registry.Registry()
+        self.next_heartbeat_us = 0
+        self.heartbeats = False  # whether this worker's heartbeat row may exist
         self.live: dict[str, Live] = {}
         # Steps handed to the executor and not yet committed, per run: never dispatched twice.
         self.in_flight: dict[str, dict[str, int]] = {}

@@ -26,7 +26,7 @@ from ironflow.commands.names import (
 from ironflow.errors import CancelledError, NonDeterminismError
 from ironflow.history.errors import decode_error, type_name
 from ironflow.history.events import ErrorInfo, HistoryEvent
-from ironflow.runtime import control, events
+from ironflow.runtime import control, events, registry
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.driver import Driver
 from ironflow.runtime.ids import new_id
@@ -107,7 +107,15 @@ class Engine:
                 f"{getattr(existing.fn, '__qualname__', existing.fn)!r}); give the function "
                 f"another id, or use a new Engine to replace it"
             )
-        self.functions[fn.id] = fn  # the same function again changes nothing
+        if existing is not None:
+            return fn  # the same function again changes nothing
+        # Recorded in the database too: emits and starts from any process see it, and the
+        # latest registration of an id sets its triggers and settings.
+        version = registry.code_version(fn)
+        registry.record(self.store, fn, version, self._driver.now_us())
+        self.functions[fn.id] = fn
+        self._driver.versions[fn.id] = version
+        self._driver.next_heartbeat_us = 0  # a live worker says at once it has it now
         return fn
 
     def _check_open(self) -> None:
@@ -116,24 +124,27 @@ class Engine:
                 f"the engine on {self.store.path} is closed; open a new Engine to use it again"
             )
 
-    def _function(self, function: Any) -> Function:
+    def _function_id(self, function: Any) -> str:
+        """The id of a function this engine has or the database registers; ``ValueError``
+        naming the registered ones if neither does."""
         fid = function.id if isinstance(function, Function) else function
         if type(fid) is not str or not fid.strip():
             raise ValueError(
                 f"function must be a function id or a declared function, got {function!r}"
             )
-        found = self.functions.get(fid)
-        if found is None:
-            known = ", ".join(sorted(self.functions)) or "none"
-            raise ValueError(f"unknown function {fid!r}; registered functions: {known}")
-        return found
+        if fid not in self.functions:  # registered by another process, perhaps
+            with self.store.transaction() as tx:
+                why = registry.unknown(self._driver, tx, fid)
+            if why is not None:
+                raise ValueError(why)
+        return fid
 
     # --- starting runs and emitting events ---------------------------------------------------
 
     def start(self, function_id: Any, data: Any = None, *, run_id: str | None = None) -> str:
         """Start a run of ``function_id`` with ``data``; a given ``run_id`` is idempotent."""
         self._check_open()
-        function = self._function(function_id)
+        fid = self._function_id(function_id)
         payload = _json(data, "start data")
         if run_id is not None:
             check_run_id(run_id)
@@ -142,15 +153,15 @@ class Engine:
             if run_id is not None:
                 existing = tx.run_function(run_id)
                 if existing is not None:
-                    if existing != function.id:
+                    if existing != fid:
                         raise ValueError(
                             f"run id {run_id!r} already belongs to a run of {existing!r}, "
-                            f"not {function.id!r}"
+                            f"not {fid!r}"
                         )
                     return run_id
             rid = run_id or new_id()
-            stored = trigger(function.id, payload, now_us)
-            create_run(self._driver, tx, rid, function.id, stored, now_us)
+            stored = trigger(fid, payload, now_us)
+            create_run(self._driver, tx, rid, fid, stored, now_us)
         self._worker.kick()
         return rid
 
@@ -193,6 +204,7 @@ class Engine:
             return
         self._closed = True
         self._worker.executor.shutdown(wait=True)
+        registry.forget(self._driver)  # a clean stop: its functions are no longer live here
         self.store.close()
 
     def wait(self, run_id: str, timeout: float | None = None) -> Any:
@@ -208,7 +220,7 @@ class Engine:
         found = self.store.get_run(run_id)
         if found is None:
             raise KeyError(f"no run with id {run_id!r}")
-        return _run(found)
+        return _run(found, self._live_functions([found]))
 
     def list_runs(
         self,
@@ -230,7 +242,15 @@ class Engine:
             )
         if limit is not None and (type(limit) is not int or limit <= 0):
             raise ValueError(f"limit must be a positive int or None, got {limit!r}")
-        return [_run(row) for row in self.store.list_runs(status, function, limit)]
+        found = self.store.list_runs(status, function, limit)
+        live = self._live_functions(found)
+        return [_run(row, live) for row in found]
+
+    def _live_functions(self, found: list[tuple[Any, ...]]) -> set[str] | None:
+        """The functions live workers have, read only if a run of ``found`` is pending."""
+        if not any(row[2] == "pending" for row in found):
+            return None
+        return registry.live_functions(self.store, self._driver.now_us())
 
     def history(self, run_id: str) -> list[HistoryEvent]:
         """The run's history events, in order."""
@@ -273,7 +293,7 @@ def check_run_id(run_id: Any) -> str:
             f"run id {run_id!r} contains '/', which is reserved for the ids of child runs "
             f"(<parent run id>/<step id>); choose an id without '/'"
         )
-    return run_id
+    return str(run_id)
 
 
 def _json(value: Any, what: str) -> Any:
@@ -283,8 +303,8 @@ def _json(value: Any, what: str) -> Any:
         raise public_error(exc) from None
 
 
-def _run(row: tuple[Any, ...]) -> Run:
-    run_id, function_id, status, output, error, created, updated, ended, parent = row
+def _run(row: tuple[Any, ...], live: set[str] | None) -> Run:
+    run_id, function_id, status, output, error, created, updated, ended, parent, code = row
     failure = value = None
     # A damaged column is reported as the run's error, not raised: one bad row must not
     # make a listing fail. ``wait`` raises it (see _outcome_of).
@@ -306,6 +326,8 @@ def _run(row: tuple[Any, ...]) -> Run:
         updated_at=None if updated is None else rows.from_us(updated),
         ended_at=None if ended is None else rows.from_us(ended),
         parent_run_id=parent,
+        code_version=code,
+        waiting_for=registry.waiting_for(status, function_id, live),
     )
 
 

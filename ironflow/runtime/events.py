@@ -1,8 +1,9 @@
 """Events, waits and mail: emitting, matching waits, and the mail a round takes.
 
-An emitted event is recorded (its position is commit order), starts the functions it
-triggers, and is handed to the first matching wait of each run waiting for it, as mail
-(``WaitMatched``) that the run's next round takes. A wait reached later looks among the
+An emitted event is recorded (its position is commit order), starts the registered
+functions it triggers (the registry in the database, see ``registry``: whichever process
+registered them), and is handed to the first matching wait of each run waiting for it, as
+mail (``WaitMatched``) that the run's next round takes. A wait reached later looks among the
 events recorded after its run started and not consumed by it (``register_wait``). A
 publish is an emit inside the publishing run's round, keyed by its event id so that it
 happens once.
@@ -24,7 +25,7 @@ from ironflow.history.events import (
     WaitMatched,
 )
 from ironflow.interpreter import Work
-from ironflow.runtime import timers
+from ironflow.runtime import registry, timers
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.ids import new_id
@@ -78,12 +79,12 @@ def emit_in(
     match_waits(driver, tx, event, now_us)
     started = []
     trigger = None
-    for function in driver.functions.values():
-        if function.triggered_by(name):
-            trigger = trigger or rows.dumps(rows.event_body(event))
-            run_id = new_id()
-            create_run(driver, tx, run_id, function.id, trigger, now_us)
-            started.append(run_id)
+    # Every registered function (from the database, whichever process registered it).
+    for function_id in registry.triggered(driver, tx, name):
+        trigger = trigger or rows.dumps(rows.event_body(event))
+        run_id = new_id()
+        create_run(driver, tx, run_id, function_id, trigger, now_us)
+        started.append(run_id)
     if started:  # the column's default says none
         tx.set_event_started(pos, rows.dumps(started))
     return started

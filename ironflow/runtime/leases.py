@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ironflow.history.events import HistoryEvent, RunResumed
 from ironflow.interpreter import Interpreter
+from ironflow.runtime import registry
 from ironflow.runtime.live import Live, gap, run_started
 from ironflow.runtime.store import StoreError, Transaction, rows
 from ironflow.runtime.store.base import TakenRow
@@ -61,7 +62,8 @@ def take(
         driver.worker_id,
         now_us + driver.lease_us,
         now_us,
-        tuple(driver.functions),
+        fids := tuple(driver.functions),
+        tuple(registry.version_of(driver, fid) for fid in fids),
     )
     if not taken:
         return taken, {}, []
@@ -143,5 +145,6 @@ def renew(driver: Driver, now_us: int) -> None:
 def release_all(driver: Driver) -> None:
     """Let go of every run this worker holds (a graceful stop)."""
     driver.store.release_all(driver.worker_id)
+    registry.forget(driver)
     driver.live.clear()
     driver.in_flight.clear()

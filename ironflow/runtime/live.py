@@ -121,5 +121,7 @@ def create_run(
     # per start keeps starting a run one small commit.
     parent_run, parent_step, notify = parent if parent else (None, None, False)
     tx.create_run(run_id, function_id, trigger, now_us, parent_run, parent_step, notify)
-    # Not flagged ready: a pending run without a lease is found by discovery anyway.
-    driver.fresh.add(run_id)
+    # Not flagged ready: a pending run without a lease is found by discovery anyway. Only
+    # this engine's functions are driven here (an emit may start others, for their workers).
+    if function_id in driver.functions:
+        driver.fresh.add(run_id)

@@ -33,6 +33,12 @@ class Run:
     updated_at: _dt.datetime | None = None
     ended_at: _dt.datetime | None = None
     parent_run_id: str | None = None
+    # The short hash of the workflow code that last drove the run (``None`` before a worker
+    # took it); a rolling deploy shows here which code recorded which run.
+    code_version: str | None = None
+    # Why the run does not move, when the engine can tell (a pending run whose function no
+    # live worker has); ``None`` otherwise.
+    waiting_for: str | None = None
 
     @property
     def done(self) -> bool:

@@ -27,7 +27,8 @@ from ironflow.history.events import HistoryEvent
 
 __all__ = ["Batch", "LeaseLost", "Store", "StoreError", "Transaction"]
 
-# (id, function_id, status, output, error, created_us, updated_us, ended_us, parent_run_id)
+# (id, function_id, status, output, error, created_us, updated_us, ended_us, parent_run_id,
+# code_version)
 RunRow = tuple[Any, ...]
 # (run_id, function_id, event_pos, parent_run_id, parent_step_id, notify_parent, status,
 # trigger): a run whose lease was just taken.
@@ -90,10 +91,12 @@ class Transaction(abc.ABC):
         until_us: int,
         now_us: int,
         functions: tuple[str, ...],
+        versions: tuple[str, ...] = (),
     ) -> list[TakenRow]:
         """Lease the runs of ``run_ids`` that are free (not ended or blocked, of one of
         ``functions``) to ``owner`` until ``until_us``; a pending one becomes running. Runs in
-        ``mail`` have their ready flag cleared (their mail is taken next)."""
+        ``mail`` have their ready flag cleared (their mail is taken next). ``versions``, one
+        per function, is recorded as each run's ``code_version``."""
 
     @abc.abstractmethod
     def histories(
@@ -194,6 +197,23 @@ class Transaction(abc.ABC):
     def resume_failed(self, run_id: str, now_us: int) -> None:
         """Reopen a failed run (its ``RunResumed`` is appended by the caller)."""
 
+    # --- the function registry ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def register_function(
+        self, function_id: str, triggers: str, settings: str, code_version: str, now_us: int
+    ) -> None:
+        """Record (or replace: the latest wins) a registration, and move the registry's
+        version."""
+
+    @abc.abstractmethod
+    def registry_version(self) -> str | None:
+        """A token that changes whenever a registration is recorded."""
+
+    @abc.abstractmethod
+    def registered(self) -> list[tuple[str, str]]:
+        """``(function_id, triggers)`` (a JSON list) of every registered function."""
+
     # --- mail, events and waits -----------------------------------------------------------
 
     @abc.abstractmethod
@@ -289,6 +309,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def release_all(self, owner: str) -> None:
         """Let go of every lease ``owner`` holds."""
+
+    @abc.abstractmethod
+    def registration(self, function_id: str) -> tuple[str, str, str] | None:
+        """``(triggers, settings, code_version)`` recorded for ``function_id``, or ``None``."""
+
+    @abc.abstractmethod
+    def heartbeat(self, owner: str, functions: str, now_us: int, until_us: int) -> None:
+        """Record that worker ``owner``, with ``functions`` (a JSON list), is live until
+        ``until_us``."""
+
+    @abc.abstractmethod
+    def forget_worker(self, owner: str) -> None:
+        """Remove ``owner``'s heartbeat (it stopped cleanly)."""
+
+    @abc.abstractmethod
+    def live_functions(self, now_us: int) -> list[str] | None:
+        """The function lists (JSON) of the workers live at ``now_us``; ``None`` if this
+        database keeps no heartbeats (a read-only opening of an older schema)."""
 
     @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRow | None:

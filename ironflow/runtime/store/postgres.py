@@ -76,7 +76,7 @@ __all__ = ["PostgresStore", "PostgresTransaction", "is_postgres_url", "redact"]
 RUN_COLUMNS = (
     "id, function_id, status, output, error, created_us, GREATEST(updated_us, COALESCE((SELECT "
     "ts_us FROM history WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1), 0)), ended_us, "
-    "parent_run_id"
+    "parent_run_id, {code_version}"
 )
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = %s"
 LIST_RUNS = f"SELECT {RUN_COLUMNS} FROM runs"
@@ -101,6 +101,15 @@ READY_RUNS = (
 )
 NEXT_TIMER_AFTER = "SELECT MIN(due_us) FROM timers WHERE due_us > %s"
 NEXT_TIMER = "SELECT MIN(due_us) FROM timers"
+# Heartbeats: a worker is live until its row's until_us (judged on the looker's clock).
+HEARTBEAT = (
+    "INSERT INTO workers (id, functions, seen_us, until_us) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (id) DO UPDATE SET functions = excluded.functions, seen_us = excluded.seen_us, "
+    "until_us = excluded.until_us"
+)
+FORGET_WORKER = "DELETE FROM workers WHERE id = %s"
+REGISTRATION = "SELECT triggers, settings, code_version FROM functions WHERE id = %s"
+LIVE_FUNCTIONS = "SELECT functions FROM workers WHERE until_us >= %s"
 RENEW_LEASES = "UPDATE runs SET lease_until_us = %s WHERE id = ANY(%s::text[]) AND lease_owner = %s"
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = %s"
 
@@ -109,6 +118,8 @@ class PostgresStore(Store):
     """One PostgreSQL schema holding runs, history, timers, waits, events and leases."""
 
     read_only = False
+    # A read-only opening of a schema from before v3 has no registry: read as absent.
+    legacy = False
 
     def __init__(self, url: str, *, durability: str = "full", connect_timeout: float = 10.0):
         if durability not in DURABILITY:
@@ -157,8 +168,10 @@ class PostgresStore(Store):
         self.schema: str = schema[0]
         self.lock_class = lock_class(self.schema)
         if self.read_only:
-            if schema_version(self.conn) is None:
+            version = schema_version(self.conn)
+            if version is None:
                 raise StoreError(f"{self.url} holds no ironflow database (no ironflow tables)")
+            self.legacy = version < 3
             # Every transaction of this session refuses writes: reads only, by construction.
             self.conn.execute("SET default_transaction_read_only = on")
         else:
@@ -228,15 +241,38 @@ class PostgresStore(Store):
     def release_all(self, owner: str) -> None:
         self.query(RELEASE_ALL, (owner,))
 
+    def registration(self, function_id: str) -> tuple[str, str, str] | None:
+        found = self.query(REGISTRATION, (function_id,))
+        if not found:
+            return None
+        triggers, settings, version = found[0]
+        return triggers, settings, version
+
+    def heartbeat(self, owner: str, functions: str, now_us: int, until_us: int) -> None:
+        self.query(HEARTBEAT, (owner, functions, now_us, until_us))
+
+    def forget_worker(self, owner: str) -> None:
+        self.query(FORGET_WORKER, (owner,))
+
+    def live_functions(self, now_us: int) -> list[str] | None:
+        if self.legacy:
+            return None
+        return [row[0] for row in self.query(LIVE_FUNCTIONS, (now_us,))]
+
+    def _columns(self) -> str:
+        return "NULL" if self.legacy else "code_version"
+
     def get_run(self, run_id: str) -> tuple[Any, ...] | None:
-        found = self.query(GET_RUN, (run_id,))
+        found = self.query(GET_RUN.format(code_version=self._columns()), (run_id,))
         return found[0] if found else None
 
     def list_runs(
         self, status: str | None, function_id: str | None, limit: int | None
     ) -> list[tuple[Any, ...]]:
         where, params = _filter(status, function_id)
-        sql = LIST_RUNS + where + " ORDER BY created_us DESC, id"
+        sql = (
+            LIST_RUNS.format(code_version=self._columns()) + where + " ORDER BY created_us DESC, id"
+        )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return self.query(sql, params)

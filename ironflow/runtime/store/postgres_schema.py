@@ -37,7 +37,10 @@ STRIPES = 16
 MIGRATE_LOCK = STRIPES
 # What the lease fence raises (a user-defined SQLSTATE: no standard class starts with IF).
 LEASE_LOST_STATE = "IFL01"
-TABLES = ("ironflow_meta", "runs", "history", "timers", "waits", "events", "consumed", "inbox")
+TABLES_V2 = ("ironflow_meta", "runs", "history", "timers", "waits", "events", "consumed", "inbox")
+TABLES = (*TABLES_V2, "functions", "workers")
+# The oldest version this store reads and migrates (it started at the SQLite store's 2).
+OLDEST_VERSION = 2
 FUNCTIONS = ("ironflow_fence", "ironflow_append_only")
 NOT_ENDED = "('completed', 'failed', 'cancelled', 'blocked')"
 
@@ -138,6 +141,18 @@ SCHEMA = (
     "ORDER BY 1), ' '); END IF; END $$",
 )
 
+# Version 3: the function registry (register() records id, triggers, settings and code
+# version; the latest wins), the workers' heartbeats, and the code version that drove each run.
+UPGRADE_V3 = (
+    "CREATE TABLE functions (id TEXT PRIMARY KEY, triggers TEXT NOT NULL, "
+    "settings TEXT NOT NULL, code_version TEXT NOT NULL, registered_us BIGINT NOT NULL)",
+    "CREATE TABLE workers (id TEXT PRIMARY KEY, functions TEXT NOT NULL, "
+    "seen_us BIGINT NOT NULL, until_us BIGINT NOT NULL)",
+    "ALTER TABLE runs ADD COLUMN code_version TEXT",
+    "INSERT INTO ironflow_meta (key, value) VALUES ('registry_version', '0') "
+    "ON CONFLICT (key) DO NOTHING",
+)
+
 SELECT_OURS = (
     "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
     "AND relkind IN ('r', 'p', 'v', 'm', 'f') AND relname = ANY(%s) ORDER BY relname"
@@ -148,7 +163,10 @@ SELECT_META_COLUMNS = (
     "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
 )
 LOCK_MIGRATE = "SELECT pg_advisory_xact_lock(%s, %s)"
-INSERT_VERSION = "INSERT INTO ironflow_meta (key, value) VALUES ('schema_version', %s)"
+INSERT_VERSION = (
+    "INSERT INTO ironflow_meta (key, value) VALUES ('schema_version', %s) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int | None:
@@ -180,8 +198,8 @@ def schema_version(conn: psycopg.Connection[Any]) -> int | None:
             f"schema {_schema(conn)!r} has ironflow schema version {version}, newer than this "
             f"ironflow understands ({SCHEMA_VERSION}); upgrade ironflow"
         )
-    missing = sorted(set(TABLES) - set(found))
-    if version < SCHEMA_VERSION or missing:
+    missing = sorted(set(TABLES if version >= 3 else TABLES_V2) - set(found))
+    if version < OLDEST_VERSION or missing:
         # The PostgreSQL store started at the SQLite store's version 2: nothing older exists.
         raise StoreError(
             f"schema {_schema(conn)!r} has ironflow schema version {version}"
@@ -192,7 +210,8 @@ def schema_version(conn: psycopg.Connection[Any]) -> int | None:
 
 
 def migrate(conn: psycopg.Connection[Any], lock_class: int, url: str) -> None:
-    """Create the schema if the connection's schema has none; refuse a foreign or newer one.
+    """Create the schema if the connection's schema has none, or migrate an older one; refuse
+    a foreign or newer one.
 
     Many workers may start at once: the creation runs under a transaction-level advisory lock,
     and whoever gets it second finds the tables made and leaves them alone."""
@@ -200,9 +219,14 @@ def migrate(conn: psycopg.Connection[Any], lock_class: int, url: str) -> None:
         return
     with conn.transaction():
         conn.execute(LOCK_MIGRATE, (lock_class, MIGRATE_LOCK))
-        if schema_version(conn) == SCHEMA_VERSION:
+        version = schema_version(conn)
+        if version == SCHEMA_VERSION:
             return
-        for statement in SCHEMA:
+        statements: tuple[str, ...] = ()
+        if version is None:
+            statements += SCHEMA
+        statements += UPGRADE_V3
+        for statement in statements:
             conn.execute(statement)
         conn.execute(INSERT_VERSION, (str(SCHEMA_VERSION),))
 

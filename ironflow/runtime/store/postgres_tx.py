@@ -93,6 +93,8 @@ RESUME_FAILED = (
 # A pending run is running from here (as on SQLite).
 TAKE_RUNS = (
     "UPDATE runs SET lease_owner = %(owner)s, lease_until_us = %(until)s, "
+    "code_version = coalesce((SELECT u.v FROM unnest(%(fids)s::text[], %(versions)s::text[]) "
+    "AS u(f, v) WHERE u.f = runs.function_id), code_version), "
     "ready = CASE WHEN id = ANY(%(mail)s::text[]) THEN 0 ELSE ready END, "
     "status = CASE status WHEN 'pending' THEN 'running' ELSE status END "
     "WHERE id IN (SELECT id FROM runs WHERE id = ANY(%(ids)s::text[]) "
@@ -101,6 +103,18 @@ TAKE_RUNS = (
     "FOR UPDATE SKIP LOCKED) RETURNING id, function_id, event_pos, parent_run_id, "
     "parent_step_id, notify_parent, status, trigger"
 )
+
+# The function registry: the latest registration of an id sets its triggers and settings.
+REGISTER_FUNCTION = (
+    "INSERT INTO functions VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+    "triggers = excluded.triggers, settings = excluded.settings, "
+    "code_version = excluded.code_version, registered_us = excluded.registered_us"
+)
+BUMP_REGISTRY = (
+    "UPDATE ironflow_meta SET value = (value::bigint + 1)::text WHERE key = 'registry_version'"
+)
+REGISTRY_VERSION = "SELECT value FROM ironflow_meta WHERE key = 'registry_version'"
+REGISTERED = "SELECT id, triggers FROM functions"
 
 # Mail.
 CLEAR_READY = "UPDATE runs SET ready = 0 WHERE id = ANY(%s::text[]) AND ready = 1"
@@ -241,9 +255,12 @@ class PostgresTransaction(Transaction):
         until_us: int,
         now_us: int,
         functions: tuple[str, ...],
+        versions: tuple[str, ...] = (),
     ) -> list[tuple[Any, ...]]:
         self.fenced = True
         params = {
+            # unnest pads the shorter array with NULLs: no versions keeps each run's own.
+            "versions": list(versions),
             "owner": owner,
             "until": until_us,
             "now": now_us,
@@ -364,6 +381,23 @@ class PostgresTransaction(Transaction):
 
     def resume_failed(self, run_id: str, now_us: int) -> None:
         self.conn.execute(RESUME_FAILED, (now_us, run_id))
+
+    # --- the function registry ------------------------------------------------------------
+
+    def register_function(
+        self, function_id: str, triggers: str, settings: str, code_version: str, now_us: int
+    ) -> None:
+        self.conn.execute(
+            REGISTER_FUNCTION, (function_id, triggers, settings, code_version, now_us)
+        )
+        self.conn.execute(BUMP_REGISTRY)
+
+    def registry_version(self) -> str | None:
+        found = self.conn.execute(REGISTRY_VERSION).fetchone()
+        return None if found is None else str(found[0])
+
+    def registered(self) -> list[tuple[str, str]]:
+        return [(row[0], row[1]) for row in self.conn.execute(REGISTERED).fetchall()]
 
     # --- mail, events and waits -----------------------------------------------------------
 

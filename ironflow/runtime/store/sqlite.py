@@ -58,7 +58,7 @@ __all__ = [
 RUN_COLUMNS = (
     "id, function_id, status, output, error, created_us, MAX(updated_us, COALESCE((SELECT "
     "ts_us FROM history WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1), 0)), ended_us, "
-    "parent_run_id"
+    "parent_run_id, {code_version}"
 )
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"
 LIST_RUNS = f"SELECT {RUN_COLUMNS} FROM runs"
@@ -85,12 +85,20 @@ READY_RUNS = (
 )
 NEXT_TIMER_AFTER = "SELECT MIN(due_us) FROM timers WHERE due_us > ?"
 NEXT_TIMER = "SELECT MIN(due_us) FROM timers"
+# Heartbeats: a worker is live until its row's until_us (judged on the looker's clock).
+HEARTBEAT = "INSERT OR REPLACE INTO workers (id, functions, seen_us, until_us) VALUES (?, ?, ?, ?)"
+FORGET_WORKER = "DELETE FROM workers WHERE id = ?"
+REGISTRATION = "SELECT triggers, settings, code_version FROM functions WHERE id = ?"
+LIVE_FUNCTIONS = "SELECT functions FROM workers WHERE until_us >= ?"
 RENEW_LEASES = "UPDATE runs SET lease_until_us = ? WHERE id IN ({marks}) AND lease_owner = ?"
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = ?"
 
 
 class SQLiteStore(SQLiteDatabase, Store):
     """One SQLite database holding runs, history, timers, waits, events and leases."""
+
+    # A read-only opening of a database from before v3 has no registry: read as absent.
+    legacy = False
 
     def transaction(self) -> SQLiteTransaction:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` under the store's lock; rolled back on error."""
@@ -139,15 +147,40 @@ class SQLiteStore(SQLiteDatabase, Store):
         with self.transaction() as tx:
             tx.conn.execute(RELEASE_ALL, (owner,))
 
+    def registration(self, function_id: str) -> tuple[str, str, str] | None:
+        found = self.query(REGISTRATION, (function_id,))
+        if not found:
+            return None
+        triggers, settings, version = found[0]
+        return triggers, settings, version
+
+    def heartbeat(self, owner: str, functions: str, now_us: int, until_us: int) -> None:
+        with self.transaction() as tx:
+            tx.conn.execute(HEARTBEAT, (owner, functions, now_us, until_us))
+
+    def forget_worker(self, owner: str) -> None:
+        with self.transaction() as tx:
+            tx.conn.execute(FORGET_WORKER, (owner,))
+
+    def live_functions(self, now_us: int) -> list[str] | None:
+        if self.legacy:
+            return None
+        return [row[0] for row in self.query(LIVE_FUNCTIONS, (now_us,))]
+
+    def _columns(self) -> str:
+        return "NULL" if self.legacy else "code_version"
+
     def get_run(self, run_id: str) -> tuple[Any, ...] | None:
-        found = self.query(GET_RUN, (run_id,))
+        found = self.query(GET_RUN.format(code_version=self._columns()), (run_id,))
         return found[0] if found else None
 
     def list_runs(
         self, status: str | None, function_id: str | None, limit: int | None
     ) -> list[tuple[Any, ...]]:
         where, params = _filter(status, function_id)
-        sql = LIST_RUNS + where + " ORDER BY created_us DESC, id"
+        sql = (
+            LIST_RUNS.format(code_version=self._columns()) + where + " ORDER BY created_us DESC, id"
+        )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return self.query(sql, params)
@@ -194,6 +227,11 @@ class ReadOnlySQLiteStore(SQLiteStore):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from None
         self.db = sqlite_utils.Database(self.conn)
+        try:
+            version = self.schema_version()
+        except sqlite3.Error:
+            version = None  # refused as unreadable by whatever reads next
+        self.legacy = version is not None and version < 3
 
     def transaction(self) -> SQLiteTransaction:
         raise RuntimeError(f"{self.path} is open read-only")

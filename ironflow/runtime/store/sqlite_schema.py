@@ -17,9 +17,10 @@ import sqlite_utils
 
 from ironflow.errors import StoreError
 
-SCHEMA_VERSION = 2
-# Versions whose tables this code can read as they are (v2 changed indexes only).
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+# Versions whose tables this code can read as they are (v2 changed indexes only; v3 added the
+# function registry, the workers' heartbeats and runs.code_version, read as absent before).
+READABLE_VERSIONS = (1, 2, 3)
 TERMINAL = ("completed", "failed", "cancelled")
 
 TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -203,7 +204,10 @@ class SQLiteDatabase:
                     return
                 if version is None:
                     self._create_v1()
-                self._upgrade_to_v2()
+                    version = 1
+                if version < 2:
+                    self._upgrade_to_v2()
+                self._upgrade_to_v3()
                 self.conn.execute(
                     "INSERT OR REPLACE INTO ironflow_meta (key, value) "
                     "VALUES ('schema_version', ?)",
@@ -323,6 +327,25 @@ class SQLiteDatabase:
             self.conn.execute(f"ALTER TABLE {table}_v2 RENAME TO {table}")
             for index in indexes:
                 self.conn.execute(index)
+
+    def _upgrade_to_v3(self) -> None:
+        # The function registry (issue 11): what register() recorded, so that an emit from a
+        # process without the code starts the functions; the latest registration of an id
+        # wins. registry_version counts registrations: an emit re-reads the registry only
+        # when it moved. Workers' heartbeats say which functions some live worker has.
+        self.conn.execute(
+            "CREATE TABLE functions (id TEXT PRIMARY KEY, triggers TEXT NOT NULL, "
+            "settings TEXT NOT NULL, code_version TEXT NOT NULL, "
+            "registered_us INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        self.conn.execute(
+            "CREATE TABLE workers (id TEXT PRIMARY KEY, functions TEXT NOT NULL, "
+            "seen_us INTEGER NOT NULL, until_us INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        self.conn.execute("ALTER TABLE runs ADD COLUMN code_version TEXT")
+        self.conn.execute(
+            "INSERT OR IGNORE INTO ironflow_meta (key, value) VALUES ('registry_version', '0')"
+        )
 
     def transaction(self) -> Any:  # the store's (see sqlite.py)
         raise NotImplementedError

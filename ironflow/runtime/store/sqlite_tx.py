@@ -62,8 +62,9 @@ RESUME_FAILED = (
 
 # Leases. A pending run is running from here (its first round starts its first steps, or
 # parks or ends it): marked so in the same statement, not with one more update.
+# ``{version}``: the taker's code version of each function (see ``take_runs``).
 TAKE_RUNS = (
-    "UPDATE runs SET lease_owner = ?, lease_until_us = ?{clear}, "
+    "UPDATE runs SET lease_owner = ?, lease_until_us = ?{version}{clear}, "
     "status = CASE status WHEN 'pending' THEN 'running' ELSE status END "
     "WHERE id IN ({marks}) "
     "AND status NOT IN ('completed', 'failed', 'cancelled', 'blocked') "
@@ -73,6 +74,15 @@ TAKE_RUNS = (
     "notify_parent, status, trigger"
 )
 INSERT_HISTORY = "INSERT INTO history VALUES (?, ?, ?, ?, ?)"
+
+# The function registry: the latest registration of an id sets its triggers and settings.
+REGISTER_FUNCTION = "INSERT OR REPLACE INTO functions VALUES (?, ?, ?, ?, ?)"
+BUMP_REGISTRY = (
+    "UPDATE ironflow_meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
+    "WHERE key = 'registry_version'"
+)
+REGISTRY_VERSION = "SELECT value FROM ironflow_meta WHERE key = 'registry_version'"
+REGISTERED = "SELECT id, triggers FROM functions"
 
 # Mail.
 CLEAR_READY = "UPDATE runs SET ready = 0 WHERE id IN ({marks})"
@@ -219,10 +229,22 @@ class SQLiteTransaction(Transaction):
         until_us: int,
         now_us: int,
         functions: tuple[str, ...],
+        versions: tuple[str, ...] = (),
     ) -> list[tuple[Any, ...]]:
         self.fenced = True
         conn = self.conn
         fids = marks(functions)
+        # The row is rewritten anyway (the lease): recording the code version costs nothing.
+        version = ""
+        pairs: list[str] = []
+        if versions:
+            version = (
+                ", code_version = CASE function_id"
+                + " WHEN ? THEN ?" * len(versions)
+                + " ELSE code_version END"
+            )
+            for fid, code in zip(functions, versions, strict=True):
+                pairs += (fid, code)
         with_mail = [run_id for run_id in run_ids if run_id in mail]
         without = [run_id for run_id in run_ids if run_id not in mail]
         groups = [(chunk, ", ready = 0") for chunk in chunks(with_mail)]
@@ -230,8 +252,8 @@ class SQLiteTransaction(Transaction):
         taken: list[tuple[Any, ...]] = []
         for chunk, clear in groups:
             taken += conn.execute(
-                TAKE_RUNS.format(clear=clear, marks=marks(chunk), fids=fids),
-                (owner, until_us, *chunk, *functions, owner, now_us),
+                TAKE_RUNS.format(version=version, clear=clear, marks=marks(chunk), fids=fids),
+                (owner, until_us, *pairs, *chunk, *functions, owner, now_us),
             ).fetchall()
         return taken
 
@@ -377,6 +399,23 @@ class SQLiteTransaction(Transaction):
 
     def resume_failed(self, run_id: str, now_us: int) -> None:
         self.conn.execute(RESUME_FAILED, (now_us, run_id))
+
+    # --- the function registry ------------------------------------------------------------
+
+    def register_function(
+        self, function_id: str, triggers: str, settings: str, code_version: str, now_us: int
+    ) -> None:
+        self.conn.execute(
+            REGISTER_FUNCTION, (function_id, triggers, settings, code_version, now_us)
+        )
+        self.conn.execute(BUMP_REGISTRY)
+
+    def registry_version(self) -> str | None:
+        found = self.conn.execute(REGISTRY_VERSION).fetchone()
+        return None if found is None else str(found[0])
+
+    def registered(self) -> list[tuple[str, str]]:
+        return self.conn.execute(REGISTERED).fetchall()
 
     # --- mail, events and waits -----------------------------------------------------------
 

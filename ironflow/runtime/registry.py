@@ -1,0 +1,206 @@
+"""The function registry in the database, and which functions some live worker has.
+
+``register()`` records a function's id, triggers, settings and code version in the database
+(the latest registration of an id wins), so that an emit from any process (one without the
+code, the CLI without ``--app``) starts every registered function whose trigger matches, and
+``start`` works for any registered id. A run is still driven only by a worker that has its
+function's code (discovery and ``take_runs`` ask for this engine's function ids).
+
+An emit reads the registry through a cache keyed by the registry's version (a counter in
+``ironflow_meta`` that every registration moves): one small read per emit transaction, the
+whole table only when it changed.
+
+Workers record a heartbeat (their id, their function ids, live until when) at the discovery
+cadence, a third of a lease apart, and remove it when they stop cleanly; a pending run of a
+function that no live worker has says so (``Run.waiting_for``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import types
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ironflow.commands.function import Function, triggered_by
+from ironflow.runtime.store import Store, StoreError, Transaction, rows
+
+if TYPE_CHECKING:
+    from ironflow.runtime.driver import Driver
+
+
+# --- code versions and settings -----------------------------------------------------------------
+
+
+def code_version(function: Function) -> str:
+    """A short hash of the workflow's code: the same for the same source in every process,
+    another when its body changes (bytecode, constants, nested functions, names used)."""
+    code = getattr(function.fn, "__code__", None)
+    digest = hashlib.sha256()
+    if isinstance(code, types.CodeType):
+        _feed(digest, code)
+    else:  # a callable without its own code object: its name is all there is to hash
+        digest.update(repr(getattr(function.fn, "__qualname__", function.fn)).encode())
+    return digest.hexdigest()[:12]
+
+
+def _feed(digest: Any, code: types.CodeType) -> None:
+    digest.update(code.co_code)
+    digest.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+    for const in code.co_consts:
+        _const(digest, const)
+
+
+def _const(digest: Any, const: Any) -> None:
+    if isinstance(const, types.CodeType):
+        _feed(digest, const)
+    elif isinstance(const, frozenset):
+        # A set's order follows string hashes, which differ from process to process.
+        digest.update(b"frozenset")
+        for text in sorted(repr(item) for item in const):
+            digest.update(text.encode())
+    elif isinstance(const, tuple):
+        digest.update(b"tuple")
+        for item in const:
+            _const(digest, item)
+    else:
+        digest.update(repr(const).encode())
+    digest.update(b"\0")
+
+
+def version_of(driver: Driver, function_id: str) -> str:
+    """This engine's code version of one of its functions (computed once)."""
+    found = driver.versions.get(function_id)
+    if found is None:  # put in ``functions`` without register() (a test's shortcut)
+        found = driver.versions[function_id] = code_version(driver.functions[function_id])
+    return found
+
+
+def settings(function: Function) -> dict[str, Any]:
+    """What the registry records besides the triggers (room for flow-control options)."""
+    retry = function.retry
+    return {
+        "retry": None
+        if retry is None
+        else {
+            "max_attempts": retry.max_attempts,
+            "initial_delay_s": retry.initial_delay.total_seconds(),
+            "backoff": retry.backoff,
+            "max_delay_s": retry.max_delay.total_seconds(),
+            "jitter": retry.jitter,
+        }
+    }
+
+
+def record(store: Store, function: Function, version: str, now_us: int) -> None:
+    """Record a registration in the database (the latest registration of an id wins).
+
+    Nothing is written when the database already holds exactly this registration (a worker
+    restarted with the same code): opening an app writes nothing then, and emitters keep
+    their cached registry."""
+    wanted = (rows.dumps(list(function.on)), rows.dumps_sorted(settings(function)), version)
+    if store.registration(function.id) == wanted:
+        return
+    with store.transaction() as tx:
+        tx.register_function(function.id, *wanted, now_us)
+
+
+# --- reading the registry -----------------------------------------------------------------------
+
+
+@attrs.define
+class Registry:
+    """The registry as last read, and the version it was read at."""
+
+    version: str | None = None
+    triggers: dict[str, tuple[str, ...]] = attrs.Factory(dict)
+
+
+def current(driver: Driver, tx: Transaction) -> dict[str, tuple[str, ...]]:
+    """Every registered function's triggers, read again only if a registration moved the
+    registry's version since the last read."""
+    cache = driver.registry
+    version = tx.registry_version()
+    if version is None or version != cache.version:
+        found: dict[str, tuple[str, ...]] = {}
+        for function_id, triggers in tx.registered():
+            try:
+                found[function_id] = tuple(json.loads(triggers))
+            except (TypeError, ValueError):
+                # One damaged row must not stop every emit: that function starts by no event.
+                found[function_id] = ()
+        driver.registry = cache = Registry(version, found)
+    return cache.triggers
+
+
+def triggered(driver: Driver, tx: Transaction, name: str) -> list[str]:
+    """The ids of the registered functions an event named ``name`` starts, in id order."""
+    return [
+        function_id
+        for function_id, patterns in sorted(current(driver, tx).items())
+        if triggered_by(patterns, name)
+    ]
+
+
+def unknown(driver: Driver, tx: Transaction, function_id: str) -> str | None:
+    """Why ``function_id`` cannot be started (registered neither here nor in the database),
+    or ``None`` if it can."""
+    if function_id in driver.functions:
+        return None
+    known = current(driver, tx)
+    if function_id in known:
+        return None
+    names = ", ".join(sorted({*known, *driver.functions})) or "none"
+    return f"unknown function {function_id!r}; registered functions: {names}"
+
+
+# --- heartbeats ---------------------------------------------------------------------------------
+
+
+def heartbeat(driver: Driver, now_us: int) -> None:
+    """Say this worker is live, with its functions, a third of a lease apart (called at the
+    discovery cadence: no thread of its own)."""
+    if now_us < driver.next_heartbeat_us:
+        return
+    driver.store.heartbeat(
+        driver.worker_id, rows.dumps(sorted(driver.functions)), now_us, now_us + driver.lease_us
+    )
+    driver.next_heartbeat_us = now_us + driver.lease_us // 3
+    driver.heartbeats = True
+
+
+def forget(driver: Driver) -> None:
+    """Remove this worker's heartbeat (a clean stop); its functions are no longer its."""
+    if not driver.heartbeats:
+        return
+    driver.heartbeats = False
+    driver.next_heartbeat_us = 0
+    # If the database is gone, the row expires by itself a lease after its last beat.
+    with contextlib.suppress(StoreError):
+        driver.store.forget_worker(driver.worker_id)
+
+
+def live_functions(store: Store, now_us: int) -> set[str] | None:
+    """The ids of the functions some live worker has; ``None`` if the database keeps no
+    heartbeats."""
+    found = store.live_functions(now_us)
+    if found is None:
+        return None
+    live: set[str] = set()
+    for text in found:
+        try:
+            live.update(json.loads(text))
+        except (TypeError, ValueError):
+            continue
+    return live
+
+
+def waiting_for(status: str, function_id: str, live: set[str] | None) -> str | None:
+    """Why a run is not moving, when the database can say: a pending run of a function that
+    no live worker has."""
+    if status != "pending" or live is None or function_id in live:
+        return None
+    return f"no live worker has function {function_id!r}"
