@@ -10,7 +10,9 @@ then:
    ``IRONFLOW_CRASH_AT=point:n`` (``ironflow/runtime/faults.py``) or because the test calls
    ``os.kill(pid, SIGKILL)`` while a step body is blocked (the body journals, then waits for a
    file that never appears);
-2. snapshots what was committed when it died (every run's history) and runs the worker again
+2. snapshots what was committed when it died (every run's history; on PostgreSQL once the
+   server has ended the dead worker's session, which may still apply a COMMIT it had sent)
+   and runs the worker again
    without a crash point: it is a new process with a new worker id, so it must wait for the dead
    worker's lease (400ms) to expire before it takes the run over;
 3. emits the awaited event from the test through a separate ``Engine`` on the same file, as soon
@@ -46,8 +48,10 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import crash_worker as cw
 import pytest
@@ -64,6 +68,7 @@ from ironflow.history.events import (
     TimerFired,
     WaitMatched,
 )
+from ironflow.runtime.store import is_postgres_url
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 REPEAT = int(os.environ.get("IRONFLOW_CRASH_REPEAT", "1"))
@@ -107,6 +112,15 @@ PARAMS = [
     for mode, arg in SCENARIOS
 ]
 
+BACKENDS_NAMED = "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = %s"
+
+
+def _with_param(url: str, key: str, value: str) -> str:
+    parts = urlsplit(url)
+    query = [*parse_qsl(parts.query, keep_blank_values=True), (key, value)]
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
 # Once per id and run: these must never be recorded twice.
 ONCE = (StepCompleted, TimerFired, WaitMatched, ChildStarted, CommandScheduled)
 
@@ -126,6 +140,10 @@ class Worker:
     ) -> None:
         self.out = tmp / f"{name}.out"
         self.err = tmp / f"{name}.err"
+        # On PostgreSQL the worker's session is named, so that the test can see it end.
+        self.tag = f"ironflow-crash-{name}-{uuid.uuid4().hex[:8]}"
+        if is_postgres_url(db):
+            db = _with_param(db, "application_name", self.tag)
         cmd = [sys.executable, str(WORKER), db, str(journal), run_id]
         if block is not None:
             cmd += ["--block", block]
@@ -175,6 +193,19 @@ class Scenario:
 
     def lines(self) -> list[tuple[str, int]]:
         return cw.journal_lines(str(self.journal))
+
+    def settle(self, dead: Worker) -> None:
+        """Wait until the server has finished with ``dead``'s session: a worker SIGKILLed
+        right after sending COMMIT still has that commit applied by the server, a moment
+        after the process is gone. What was committed "when it died" is what is there then.
+        (On SQLite a commit is done in the process, before it can die.)"""
+        if not is_postgres_url(self.db):
+            return
+        deadline = time.monotonic() + PHASE_TIMEOUT
+        while self.engine.store.query(BACKENDS_NAMED, (dead.tag,))[0][0]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server kept worker {dead.pid}'s session for {PHASE_TIMEOUT}s")
+            time.sleep(POLL)
 
     def maybe_emit(self) -> None:
         """Emit the awaited event once the run has scheduled its wait (committed)."""
@@ -270,6 +301,7 @@ def _scenario(sc: Scenario, mode: str, arg: str) -> None:
         f"first worker should have died by SIGKILL ({mode} {arg}), exit code {code}\n"
         f"{first.output()}\n{sc.describe()}"
     )
+    sc.settle(first)
     snapshot = sc.histories()
     committed_before = {e.id for h in snapshot.values() for e in h if isinstance(e, StepCompleted)}
     outcomes_before = _outcomes(snapshot)
@@ -402,6 +434,7 @@ def _resume_scenario(sc: Scenario, point: str) -> None:
         f"worker should have died by SIGKILL at {point}, exit code {code}\n"
         f"{first.output()}\n{sc.describe()}"
     )
+    sc.settle(first)
     snapshot = sc.engine.history(RESUME_RUN)
 
     second = Worker(sc.tmp, sc.db, sc.journal, "second", sc.env(None), run_id=RESUME_RUN)

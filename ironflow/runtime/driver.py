@@ -205,11 +205,12 @@ class Driver:
                         control.report_run(run_id, function_id, "blocked", error)
                 if not work:
                     return None
-            except LeaseLost:
+            except LeaseLost as lost:
                 # Another worker took one of these runs (our lease ran out): let all go.
                 for run_id in work:
                     self.live.pop(run_id, None)
                     self.in_flight.pop(run_id, None)
+                leases.report_lost(self.worker_id, lost, list(work))  # outside the transaction
                 return None
             except BaseException:
                 # Interpreters moved on in memory past what was committed: rebuild them. The
