@@ -11,6 +11,8 @@
   through a TCP proxy in the test, which freezes it mid-step; another worker takes the run over
   once the lease expires and completes it. Thawed, the first worker's late commit is refused
   (``LeaseLost``): it drops the round and forgets the run, logging a warning, raising nothing.
+- ``test_a_stalled_worker_loses_its_lease``: the same on each store, without a network: the
+  first worker's step outlives its lease on the second worker's (virtual) clock.
 - ``test_concurrent_emitters_race_waits``: runs waiting twice for events of their key, events
   emitted before the waits are reached and concurrently by several emitting engines while two
   workers drive: each wait gets exactly one event, no event twice per run, none lost; an event
@@ -48,6 +50,8 @@ from test_crash import _check_history
 import ironflow
 from ironflow import Engine, step
 from ironflow.history.events import StepCompleted, TimerFired, WaitMatched
+from ironflow.runtime.store import is_postgres_url
+from ironflow.testing import VirtualClock
 
 WORKER = Path(__file__).with_name("multi_worker.py")
 RUNS = int(os.environ.get("IRONFLOW_MULTI_RUNS", "300"))
@@ -274,14 +278,18 @@ def test_concurrent_emitters_race_waits(store_url: str, serving: list[Serving]) 
         early, late = events[: len(events) // 3], events[len(events) // 3 :]
 
         def emit_all(batch: list[tuple[str, str]]) -> None:
-            gate.wait(DEADLINE)
+            together = threading.Barrier(len(emitters))  # all four begin at once
             threads = []
             for n, emitter in enumerate(emitters):
                 mine = batch[n :: len(emitters)]
 
                 def emit(engine: Engine = emitter, mine: list[tuple[str, str]] = mine) -> None:
-                    for key, tag in mine:
-                        engine.emit(mw.RACE_EVENT, {"key": key, "tag": tag})
+                    try:
+                        together.wait(DEADLINE)
+                        for key, tag in mine:
+                            engine.emit(mw.RACE_EVENT, {"key": key, "tag": tag})
+                    except BaseException as exc:
+                        failures.append(exc)
 
                 threads.append(threading.Thread(target=emit))
             for thread in threads:
@@ -289,8 +297,9 @@ def test_concurrent_emitters_race_waits(store_url: str, serving: list[Serving]) 
             for thread in threads:
                 thread.join(DEADLINE)
                 assert not thread.is_alive(), "an emitter hung"
+            assert not failures, f"emit raised: {failures!r}"
 
-        gate = threading.Barrier(1)
+        failures: list[BaseException] = []
         emit_all(early)
         for _ in range(2):
             serving.append(Serving(mw.make_engine(store_url, lease="2s", poll="20ms")))
@@ -471,6 +480,53 @@ def through(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
 
 
+def describe_part(reader: Engine, gate: Gate) -> str:
+    run = reader.get_run("part")
+    kinds = [(type(e).__name__, getattr(e, "id", "")) for e in reader.history("part")]
+    return f"run part is {run.status}: {kinds}; bodies {dict(gate.ran)}"
+
+
+def check_refused(
+    reader: Engine,
+    gate: Gate,
+    late: Serving,
+    completed: list[Any],
+    caplog: pytest.LogCaptureFixture,
+    lost: str,
+) -> None:
+    """``late``'s step two ended after another worker completed the run: its round is refused
+    with a warning, it raises nothing and forgets the run, and the history is the other's."""
+
+    def refused() -> bool:
+        return any("lost the lease" in r.getMessage() for r in caplog.records)
+
+    wait_until(
+        "the first worker's commit is refused, with a warning",
+        refused,
+        lambda: describe_part(reader, gate),
+    )
+    late.stop()  # raises what its serve() raised: nothing
+    assert "part" not in late.engine._live, "the worker that lost the lease still drives it"
+    history = reader.history("part")
+    context = describe_part(reader, gate)
+    assert history == completed, f"history changed after the takeover ended\n{context}"
+    _check_history("part", history, context)
+    # Step two's result is the second body run's (the other worker's); the first's, which
+    # ended after the takeover, was refused with its whole round.
+    results = {e.id: e.result for e in history if isinstance(e, StepCompleted)}
+    assert results == {"one": "one#1", "two": "two#2", "three": "three#1"}, context
+    assert reader.get_run("part").output == ["one#1", "two#2", "three#1"], context
+    assert gate.ran == {"one": 1, "two": 2, "three": 1}, context
+    warnings = [r for r in caplog.records if "lost the lease" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING, warnings
+    assert warnings[0].name == "ironflow.runs", warnings[0].name
+    worker = late.engine.worker_id
+    assert warnings[0].getMessage() == (
+        f"worker {worker} lost the lease of run(s) part to another worker: its round of 1 "
+        f"run(s) was refused, nothing of it written, and those runs are forgotten here ({lost})"
+    )
+
+
 def test_a_partitioned_worker_loses_its_lease(
     pg_url: str, serving: list[Serving], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -492,52 +548,56 @@ def test_a_partitioned_worker_loses_its_lease(
         other = Engine(pg_url, lease="1s", poll="20ms")
         other.register(partition_flow)
         serving.append(Serving(other))
-
-        def describe() -> str:
-            run = reader.get_run("part")
-            kinds = [(type(e).__name__, getattr(e, "id", "")) for e in reader.history("part")]
-            return f"run part is {run.status}: {kinds}; bodies {dict(gate.ran)}"
-
         wait_until(
             "the other worker takes the run over and completes it",
             lambda: reader.get_run("part").status == "completed",
-            describe,
+            lambda: describe_part(reader, gate),
         )
         completed = reader.history("part")
 
         # The first worker comes back: its step two ends, and its commit must be refused.
         gate.release.set()
         proxy.thaw()
-
-        def refused() -> bool:
-            return any(
-                "part" in r.getMessage() and "lease" in r.getMessage() for r in caplog.records
-            )
-
-        wait_until("the first worker's commit is refused, with a warning", refused, describe)
-        serving[0].stop()  # raises what its serve() raised: nothing
-        assert "part" not in cut_off._live, "the worker that lost the lease still drives the run"
-
-        history = reader.history("part")
-        context = describe()
-        assert history == completed, f"history changed after the takeover ended\n{context}"
-        _check_history("part", history, context)
-        # Step two's result is the second body run's (the other worker's); the first's, which
-        # ended after the takeover, was refused with its whole round.
-        results = {e.id: e.result for e in history if isinstance(e, StepCompleted)}
-        assert results == {"one": "one#1", "two": "two#2", "three": "three#1"}, context
-        assert reader.get_run("part").output == ["one#1", "two#2", "three#1"], context
-        assert gate.ran == {"one": 1, "two": 2, "three": 1}, context
-        warnings = [r for r in caplog.records if "part" in r.getMessage()]
-        assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING, warnings
-        assert warnings[0].name == "ironflow.runs", warnings[0].name
-        assert warnings[0].getMessage() == (
-            f"worker {cut_off.worker_id} lost the lease of run(s) part to another worker: its "
-            f"round of 1 run(s) was refused, nothing of it written, and those runs are "
-            f"forgotten here (lease lost: 0 of 1 runs still held by {cut_off.worker_id})"
-        )
+        lost = f"lease lost: 0 of 1 runs still held by {cut_off.worker_id}"
+        check_refused(reader, gate, serving[0], completed, caplog, lost)
     finally:
         gate.release.set()
         proxy.thaw()
         reader.close()
         proxy.close()
+
+
+def test_a_stalled_worker_loses_its_lease(
+    store_url: str, serving: list[Serving], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same on each store without a network: the first worker's step outlives its lease
+    on the second worker's clock (virtual clocks, a minute apart)."""
+    global _gate
+    _gate = gate = Gate()
+    reader = Engine(store_url)
+    caplog.set_level(logging.WARNING, logger="ironflow")
+    early = VirtualClock()
+    try:
+        stalled = Engine(store_url, clock=early, lease="10s")
+        stalled.register(partition_flow)
+        serving.append(Serving(stalled))
+        stalled.start(PARTITION_ID, run_id="part")
+        assert gate.entered.wait(DEADLINE), "the first worker never started step two"
+
+        other = Engine(store_url, clock=VirtualClock(early.now() + dt.timedelta(minutes=1)))
+        other.register(partition_flow)
+        try:
+            assert other.wait("part", timeout=DEADLINE) == ["one#1", "two#2", "three#1"]
+        finally:
+            other.close()
+        completed = reader.history("part")
+
+        gate.release.set()
+        if is_postgres_url(store_url):
+            lost = f"lease lost: 0 of 1 runs still held by {stalled.worker_id}"
+        else:  # the round's history rows collide with the other worker's first
+            lost = "lease lost: UNIQUE constraint failed: history.run_id, history.seq"
+        check_refused(reader, gate, serving[0], completed, caplog, lost)
+    finally:
+        gate.release.set()
+        reader.close()
