@@ -1,13 +1,14 @@
-"""Worker process for ``tests/test_crash.py``: drives one run on a SQLite file, then exits.
+"""Worker process for ``tests/test_crash.py``: drives one run on a database, then exits.
 
 Usage::
 
     python tests/crash_worker.py DB JOURNAL RUN_ID [--block STEP_ID] [--deadline SECONDS]
 
-It builds an ``Engine`` on ``DB`` (``durability="full"``, a short lease on the system clock),
-registers the crash-test workflows and serves until the run ``RUN_ID`` is terminal (or
-``blocked``), then exits 0. ``IRONFLOW_CRASH_AT`` in the environment makes it SIGKILL itself at
-an injection point (see ``ironflow/runtime/faults.py``).
+It builds an ``Engine`` on ``DB`` (a SQLite path or a ``postgresql://`` URL;
+``durability="full"``, a short lease on the system clock), registers the crash-test workflows
+and serves until the run ``RUN_ID`` is terminal (or ``blocked``), then exits 0.
+``IRONFLOW_CRASH_AT`` in the environment makes it SIGKILL itself at an injection point (see
+``ironflow/runtime/faults.py``).
 
 Every step body appends ``<step-id> <pid>\\n`` to ``JOURNAL`` (``O_APPEND``, fsync) before it
 returns or raises, so the test can count how often each body ran and in which process. The

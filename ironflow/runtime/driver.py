@@ -225,11 +225,12 @@ class Driver:
                         for run_id, items in due.items()
                     }
                     discovered = discovered | {run_id for run_id, _ in lost}
-                except LeaseLost:
+                except LeaseLost as moved:
                     # Another worker took one of these runs (our lease ran out): let all go.
                     for run_id in work:
                         self.live.pop(run_id, None)
                         self.in_flight.pop(run_id, None)
+                    leases.report_lost(self.worker_id, moved, list(work))  # outside the transaction
                     return None
         except BaseException:
             # Interpreters moved on in memory past what was committed: rebuild them. The

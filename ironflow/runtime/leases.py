@@ -10,17 +10,21 @@ history read in bulk, its ``RunStarted`` made at its first drive, its interprete
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ironflow.history.events import HistoryEvent, RunResumed
 from ironflow.interpreter import Interpreter
 from ironflow.runtime import registry
 from ironflow.runtime.live import Live, gap, run_started
-from ironflow.runtime.store import StoreError, Transaction, rows
+from ironflow.runtime.store import LeaseLost, StoreError, Transaction, rows
 from ironflow.runtime.store.base import TakenRow
 
 if TYPE_CHECKING:
     from ironflow.runtime.driver import Driver
+
+_RUNS_LOG = logging.getLogger("ironflow.runs")
+RUNS_NAMED = 10  # a warning names at most this many runs
 
 
 def acquire_all(
@@ -148,3 +152,22 @@ def release_all(driver: Driver) -> None:
     registry.forget(driver)
     driver.live.clear()
     driver.in_flight.clear()
+
+
+def report_lost(worker_id: str, lost: LeaseLost, dropped: list[str]) -> None:
+    """One WARNING on ``ironflow.runs``: a round was refused because a lease it needed moved
+    (a worker cut off or stalled for longer than a lease); nothing of it was written, and this
+    worker forgot its runs (whoever holds them now drives them)."""
+    held = list(lost.run_ids) or dropped  # SQLite's fence cannot say which run moved
+    named = ", ".join(held[:RUNS_NAMED]) + (
+        f" and {len(held) - RUNS_NAMED} more" if len(held) > RUNS_NAMED else ""
+    )
+    _RUNS_LOG.warning(
+        "worker %s lost the lease of run(s) %s to another worker: its round of %d run(s) was "
+        "refused, nothing of it written, and those runs are forgotten here (%s)",
+        worker_id,
+        named,
+        len(dropped),
+        lost,
+        extra={"worker_id": worker_id, "run_ids": held},
+    )
