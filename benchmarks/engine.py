@@ -27,6 +27,7 @@ CI smoke run (its pass/fail column means little); ``--only NAME`` runs some sect
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import gc
 import json
@@ -512,16 +513,14 @@ def synthesize_history(engine: Any, flow: ironflow.Function, run_id: str) -> int
     store = engine.store
     with store.transaction() as tx:
         conn = tx.conn
+        mark = "?" if isinstance(conn, sqlite3.Connection) else "%s"  # PostgreSQL: psycopg
         # A run not driven yet has no stored RunStarted: engine.history made it from the row.
         (stored,) = conn.execute(
-            "SELECT COUNT(*) FROM history WHERE run_id = ?", (run_id,)
+            f"SELECT COUNT(*) FROM history WHERE run_id = {mark}", (run_id,)
         ).fetchone()
-        conn.executemany(
-            "INSERT INTO history VALUES (?, ?, ?, ?, ?)",
-            [(run_id, *store_rows.encode(event)) for event in history[stored:]],
-        )
+        tx.append_history([(run_id, *store_rows.encode(event)) for event in history[stored:]])
         conn.execute(
-            "UPDATE runs SET status = 'waiting', ready = 0 WHERE id = ?",
+            f"UPDATE runs SET status = 'waiting', ready = 0 WHERE id = {mark}",
             (run_id,),
         )
     return len(history)
@@ -938,8 +937,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--dir", default=None, help="where the temporary databases go")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write rows as JSON")
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="also measure PostgreSQL on this server (postgresql://...); see engine_pg.py",
+    )
+    parser.add_argument(
+        "--start-postgres",
+        action="store_true",
+        help="also measure PostgreSQL on a throwaway cluster (tests/pgcluster.py)",
+    )
     parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.db is not None and not args.db.startswith(("postgresql://", "postgres://")):
+        parser.error(f"--db takes a postgresql:// URL, got {args.db!r}")
+    if args.db is not None and args.start_postgres:
+        parser.error("--db and --start-postgres exclude each other")
 
     if args.rss_child is not None:
         print(json.dumps(rss_child(args.rss_child, args.dir or tempfile.gettempdir())))
@@ -965,7 +979,20 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         ws = Workspace(root)
         for section in sections:
             table.extend(BENCHES[section](ws, sizes, repeat, floors))
+    pg_table: list[dict[str, Any]] = []
+    if args.db is not None or args.start_postgres:
+        from benchmarks import engine_pg  # psycopg is needed only here
+
+        server = contextlib.nullcontext(args.db) if args.db else engine_pg.throwaway_server()
+        with server as url:
+            print(f"PostgreSQL rows on {engine_pg.server_line(url)}")
+            sys.stdout.flush()
+            pg_table = engine_pg.run_sections(url, sections, args.quick, repeat)
     print(format_table(table))
+    if pg_table:
+        print()
+        print(format_table(pg_table))
+        table = table + pg_table
     print(f"at the end: {load_note()}")
     failed = [r["name"] for r in table if r["ok"] is False]
     print(f"{len(table)} rows, {len(failed)} below target" + (f": {failed}" if failed else ""))

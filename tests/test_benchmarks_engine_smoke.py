@@ -35,3 +35,19 @@ def test_only_runs_the_chosen_sections(capsys, tmp_path):
     table = bench.main(["--quick", "--only", "floor,replay", "--dir", str(tmp_path)])
     capsys.readouterr()
     assert [r["name"] for r in table] == bench.ROWS["floor"] + bench.ROWS["replay"]
+
+
+def test_db_adds_the_postgresql_rows(capsys, tmp_path, pg_url):
+    bench = _bench()
+    pg = importlib.import_module("benchmarks.engine_pg")
+    sections = "floor,step,throughput,batch,replay,latency"
+    table = bench.main(["--quick", "--only", sections, "--dir", str(tmp_path), "--db", pg_url])
+    out = capsys.readouterr().out
+    sqlite_names = [name for section in sections.split(",") for name in bench.ROWS[section]]
+    assert [r["name"] for r in table] == sqlite_names + pg.ROW_NAMES
+    for name in pg.ROW_NAMES:
+        assert any(line.startswith(name) for line in out.splitlines()), (name, out)
+    values = {r["name"]: r["value"] for r in table}
+    assert values["PG commit floor (NORMAL)"] > 0
+    assert values["PG emit -> resume, other process, median"] > 0
+    assert "PostgreSQL rows on PostgreSQL" in out

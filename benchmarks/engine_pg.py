@@ -1,0 +1,544 @@
+"""The PostgreSQL rows of ``python -m benchmarks.engine --db postgresql://...``.
+
+Each section of the SQLite table that has a PostgreSQL counterpart measures it in the same run,
+on the given server, each measurement in a fresh schema dropped afterwards:
+
+* ``floor``: the PostgreSQL commit floor, one ``INSERT`` of a history-like row that commits
+  (autocommit: one round trip over the URL's connection, TCP for a host), with
+  ``synchronous_commit`` on (FULL) and off (NORMAL); and the engine's round commit beside it
+  (``benchmarks/postgres_floor.py`` measures both).
+* ``step``: per-step overhead of one sequential run of trivial steps, and x the floor.
+* ``batch``: 1,000 runs x 3 steps, all started at once, then one ``run_until_idle``.
+* ``latency``: emit -> resume across processes: a serving worker process holds runs parked on
+  an event; this process (a separate emitter, an ``Engine`` with nothing registered) emits, and
+  the worker's next step body reports when it starts (``perf_counter`` is CLOCK_MONOTONIC,
+  shared by the processes of one host).
+* ``throughput``: 1-step runs with 1, 2 and 4 worker processes: the runs are started from this
+  process first, then the (already connected, idle) workers are released together; timed until
+  every run is completed (polled every 5 ms).
+* ``replay``: cold replay of a long history from the store (``Engine.history`` + ``replay``).
+
+``--start-postgres`` starts a throwaway cluster (``tests/pgcluster.py``) for the run instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+import ironflow
+from benchmarks import engine as bench
+from benchmarks import postgres_floor
+from ironflow import step
+from ironflow.interpreter import replay
+
+SECTIONS = ("floor", "step", "throughput", "batch", "replay", "latency")
+WORKER_COUNTS = (1, 2, 4)
+READY_TIMEOUT_S = 60
+DONE_TIMEOUT_S = 600
+
+ROWS: dict[str, list[str]] = {
+    "floor": [
+        name
+        for m in bench.MODES
+        for name in (f"PG commit floor ({m.upper()})", f"PG round commit ({m.upper()})")
+    ],
+    "step": [
+        name
+        for m in bench.MODES
+        for name in (f"PG per-step wall ({m.upper()})", f"PG per-step / floor ({m.upper()})")
+    ],
+    "throughput": [f"PG 1-step runs/s, {n} worker process(es)" for n in WORKER_COUNTS]
+    + ["PG 2 workers / 1 worker", "PG 4 workers / 2 workers"],
+    "batch": ["PG 1k x 3-step, all at once (NORMAL)"],
+    "replay": ["PG store read+decode (Engine.history)", "PG cold replay: history + replay"],
+    "latency": [
+        "PG emit -> resume, other process, median",
+        "PG emit -> resume, other process, p99",
+    ],
+}
+ROW_NAMES = [name for section in SECTIONS for name in ROWS[section]]
+
+FULL_SIZES = {
+    "floor_commits": 2_000,
+    "steps": 2_000,
+    "throughput": 3_000,
+    "batch": 1_000,
+    "replay_steps": 20_000,
+    "latency_trials": 200,
+}
+QUICK_SIZES = {
+    "floor_commits": 50,
+    "steps": 50,
+    "throughput": 60,
+    "batch": 30,
+    "replay_steps": 200,
+    "latency_trials": 10,
+}
+
+
+def row(
+    name: str,
+    value: float | None,
+    unit: str,
+    target: str = "",
+    ok: bool | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    assert name in ROW_NAMES, name
+    return {"name": name, "value": value, "unit": unit, "target": target, "ok": ok, "note": note}
+
+
+# --- workflows run by the worker processes -------------------------------------------------
+
+
+def report(k: int) -> int:
+    """Step body after the wait: tell the parent (our stdout) when it started."""
+    sys.stdout.write(f"resumed {k} {time.perf_counter()!r}\n")
+    sys.stdout.flush()
+    return k
+
+
+@ironflow.function(id="pg-parked")
+def pg_parked(ctx: Any) -> Any:
+    event = yield step.wait_for_event("wake", event="bench.pg.go", match="data.k", timeout="1d")
+    return (yield step.run("after", report, event.data["k"]))
+
+
+WORKER_FUNCTIONS = (bench.one_step, pg_parked)
+
+
+def worker_main(url: str, poll: str, durability: str) -> int:
+    """A worker process: connect, say ``ready``, wait for ``go`` on stdin, serve until SIGTERM."""
+    engine = ironflow.Engine(url, durability=durability, poll=poll)
+    for fn in WORKER_FUNCTIONS:
+        engine.register(fn)
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        engine.close()
+        return 1
+    try:
+        engine.serve()  # SIGTERM: finish what is held, return
+    finally:
+        engine.close()
+    return 0
+
+
+class Workers:
+    """``n`` worker processes on ``url``; ``go()`` releases them, ``stop()`` ends them."""
+
+    def __init__(self, url: str, n: int, poll: str, durability: str = "normal") -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(bench.ROOT), env.get("PYTHONPATH")]))
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.engine_pg", "--worker", url, poll, durability],
+                cwd=bench.ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+            )
+            for _ in range(n)
+        ]
+        for proc in self.procs:
+            line = self.readline(proc, READY_TIMEOUT_S)
+            if line.strip() != "ready":
+                raise RuntimeError(f"worker {proc.pid} did not get ready: {line!r}")
+
+    @staticmethod
+    def readline(proc: subprocess.Popen[str], timeout: float) -> str:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            raise RuntimeError(f"worker {proc.pid}: nothing on stdout within {timeout:g} s")
+        return proc.stdout.readline()
+
+    def go(self) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+class PgSpace:
+    """Fresh schemas on one server, each dropped when its measurement ends."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @contextmanager
+    def schema(self, label: str) -> Iterator[str]:
+        name = f"ironflow_bench_{uuid.uuid4().hex[:10]}_{label}"
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f"CREATE SCHEMA {name}")
+        try:
+            yield postgres_floor.with_schema(self.url, name)
+        finally:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as admin:
+                admin.execute("SET lock_timeout = '30s'")
+                admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+def wait_completed(engine: Any, n: int, what: str) -> None:
+    """Poll until ``n`` runs are completed (bounded)."""
+    deadline = time.monotonic() + DONE_TIMEOUT_S
+    while (done := engine.store.count_runs("completed", None)) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: {done} of {n} runs completed in {DONE_TIMEOUT_S} s")
+        time.sleep(0.005)
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+def pg_floor(space: PgSpace, sizes: dict[str, int], repeat: int, floors: dict[str, float]):
+    out = []
+    for mode in bench.MODES:
+        with space.schema(f"floor_{mode}") as url:
+            found = postgres_floor.measure(url, mode, sizes["floor_commits"], repeat)
+        floors[mode] = found["floor"][1]
+        note = f"{sizes['floor_commits']:,} ops, best of {repeat}; median"
+        out.append(
+            row(
+                f"PG commit floor ({mode.upper()})",
+                found["floor"][1] * 1e6,
+                "us/commit",
+                note=f"mean; {note} {found['floor'][0] * 1e6:.0f} us; INSERT autocommit over TCP",
+            )
+        )
+        out.append(
+            row(
+                f"PG round commit ({mode.upper()})",
+                found["round"][1] * 1e6,
+                "us/round",
+                note=f"mean; {note} {found['round'][0] * 1e6:.0f} us; fence + 3 rows + run update",
+            )
+        )
+    return out
+
+
+def pg_step(space: PgSpace, sizes: dict[str, int], repeat: int, floors: dict[str, float]):
+    n = sizes["steps"]
+    flow = bench.sequential(n)
+    out = []
+    for mode in bench.MODES:
+        if mode not in floors:
+            with space.schema(f"floor_{mode}") as url:
+                floors[mode] = postgres_floor.measure(url, mode, sizes["floor_commits"], 1)[
+                    "floor"
+                ][1]
+
+        def once(mode: str = mode) -> float:
+            with space.schema(f"step_{mode}") as url:
+                engine = ironflow.Engine(url, durability=mode)
+                try:
+                    engine.register(flow)
+                    run_id = engine.start(flow.id)
+                    start = time.perf_counter()
+                    engine.run_until_idle()
+                    elapsed = time.perf_counter() - start
+                    run = engine.get_run(run_id)
+                    if run.status != "completed" or run.output != n * (n - 1) // 2:
+                        raise RuntimeError(f"sequential run ended {run.status}: {run}")
+                    return elapsed / n
+                finally:
+                    engine.close()
+
+        per_step = bench.best_of(once, repeat)
+        ratio = per_step / floors[mode]
+        out.append(
+            row(
+                f"PG per-step wall ({mode.upper()})",
+                per_step * 1e6,
+                "us/step",
+                note=f"best of {repeat}, one run of {n:,} trivial steps",
+            )
+        )
+        out.append(
+            row(
+                f"PG per-step / floor ({mode.upper()})",
+                ratio,
+                "x floor",
+                "<= 1.5x",
+                bench.at_most(ratio, 1.5),
+                note=f"floor {floors[mode] * 1e6:.0f} us (same server, this run)",
+            )
+        )
+    return out
+
+
+def pg_batch(space: PgSpace, sizes: dict[str, int], repeat: int, floors: dict[str, float]):
+    n = sizes["batch"]
+    split: list[tuple[float, float]] = []
+
+    def once() -> float:
+        with space.schema("batch") as url:
+            engine = ironflow.Engine(url, durability="normal")
+            try:
+                engine.register(bench.three_steps)
+                start = time.perf_counter()
+                for _ in range(n):
+                    engine.start(bench.three_steps.id)
+                started = time.perf_counter()
+                engine.run_until_idle()
+                end = time.perf_counter()
+                runs = engine.list_runs(function=bench.three_steps.id)
+                bad = [r for r in runs if r.status != "completed" or r.output != 6]
+                if len(runs) != n or bad:
+                    raise RuntimeError(f"{len(runs)} runs, {len(bad)} not completed with 6")
+                split.append((started - start, end - started))
+                return end - start
+            finally:
+                engine.close()
+
+    total = bench.best_of(once, repeat)
+    starts, drive = min(split, key=sum)
+    limit = 1.5 * n / 1000
+    scaled = "" if n == 1000 else f" (1.5 s scaled to {n:,})"
+    return [
+        row(
+            "PG 1k x 3-step, all at once (NORMAL)",
+            total,
+            "s",
+            f"<= {limit:g} s{scaled}",
+            bench.at_most(total, limit),
+            note=f"best of {repeat}, {n:,} runs, one process; starts {starts:.3f} s + "
+            f"drive {drive:.3f} s",
+        )
+    ]
+
+
+def pg_throughput(space: PgSpace, sizes: dict[str, int], repeat: int, floors: dict[str, float]):
+    n = sizes["throughput"]
+    rates: dict[int, float] = {}
+    notes: dict[int, str] = {}
+    for count in WORKER_COUNTS:
+        best = float("inf")
+        start_s = 0.0
+        for _ in range(repeat):
+            with space.schema(f"tp{count}") as url:
+                starter = ironflow.Engine(url, durability="normal")
+                starter.register(bench.one_step)
+                workers = None
+                try:
+                    workers = Workers(url, count, poll="20ms")
+                    began = time.perf_counter()
+                    for _ in range(n):
+                        starter.start(bench.one_step.id)
+                    started = time.perf_counter()
+                    workers.go()
+                    wait_completed(starter, n, f"{count} workers")
+                    elapsed = time.perf_counter() - started
+                finally:
+                    if workers is not None:
+                        workers.stop()
+                    starter.close()
+            if elapsed < best:
+                best, start_s = elapsed, started - began
+        rates[count] = n / best
+        notes[count] = (
+            f"best of {repeat}, {n:,} runs started first ({start_s:.2f} s, not timed), "
+            "then the workers released; poll 20ms"
+        )
+    out = [
+        row(f"PG 1-step runs/s, {c} worker process(es)", rates[c], "runs/s", note=notes[c])
+        for c in WORKER_COUNTS
+    ]
+    two, four = rates[2] / rates[1], rates[4] / rates[2]
+    out.append(
+        row(
+            "PG 2 workers / 1 worker",
+            two,
+            "x",
+            ">= 1.5x",
+            bench.at_least(two, 1.5),
+            f"{os.cpu_count()} CPUs",
+        )
+    )
+    out.append(
+        row(
+            "PG 4 workers / 2 workers", four, "x", ">= 1.0x", bench.at_least(four, 1.0), "no slower"
+        )
+    )
+    return out
+
+
+def pg_replay(space: PgSpace, sizes: dict[str, int], repeat: int, floors: dict[str, float]):
+    n = sizes["replay_steps"]
+    flow = bench.long_then_park(n)
+    with space.schema("replay") as url:
+        engine = ironflow.Engine(url, durability="normal")
+        try:
+            engine.register(flow)
+            run_id = engine.start(flow.id)
+            events = bench.synthesize_history(engine, flow, run_id)
+
+            def read() -> float:
+                start = time.perf_counter()
+                history = engine.history(run_id)
+                elapsed = time.perf_counter() - start
+                if len(history) != events:
+                    raise RuntimeError(f"read {len(history)} events, stored {events}")
+                return elapsed
+
+            def cold() -> float:
+                start = time.perf_counter()
+                decision = replay(flow, engine.history(run_id))
+                elapsed = time.perf_counter() - start
+                if decision.done or decision.commands or decision.events:
+                    raise RuntimeError(f"cold replay decided something new: {decision}")
+                return elapsed
+
+            note = f"best of {repeat}, {events:,} events ({n:,} steps), over TCP"
+            read_rate = events / bench.best_of(read, repeat)
+            cold_rate = events / bench.best_of(cold, repeat)
+        finally:
+            engine.close()
+    return [
+        row("PG store read+decode (Engine.history)", read_rate, "events/s", note=note),
+        row(
+            "PG cold replay: history + replay",
+            cold_rate,
+            "events/s",
+            ">= 200,000/s",
+            bench.at_least(cold_rate, 200_000),
+            note,
+        ),
+    ]
+
+
+def pg_latency(space: PgSpace, sizes: dict[str, int], repeat: int, floors: dict[str, float]):
+    trials = sizes["latency_trials"]
+    poll = "5ms"
+    with space.schema("latency") as url:
+        emitter = ironflow.Engine(url, durability="normal")  # nothing registered
+        workers = None
+        try:
+            workers = Workers(url, 1, poll=poll)
+            proc = workers.procs[0]
+            workers.go()
+            run_ids = [emitter.start(pg_parked.id, {"k": k}) for k in range(trials)]
+            deadline = time.monotonic() + DONE_TIMEOUT_S
+            while (parked := emitter.store.count_runs("waiting", None)) < trials:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {parked} of {trials} runs parked")
+                time.sleep(0.01)
+            time.sleep(0.1)  # the worker settles into its idle wait
+            seen: list[float] = []
+            emits: list[float] = []
+            for k in range(trials):
+                start = time.perf_counter()
+                emitter.emit("bench.pg.go", {"k": k})
+                emits.append(time.perf_counter() - start)
+                line = workers.readline(proc, 10).split()
+                if line[:2] != ["resumed", str(k)]:
+                    raise RuntimeError(f"trial {k}: worker said {line!r}")
+                seen.append(float(line[2]) - start)
+                time.sleep(0.003)  # trials apart: the worker's poll phase varies
+            wait_completed(emitter, trials, "latency runs")
+            if len(run_ids) != trials:
+                raise RuntimeError("lost a run")
+        finally:
+            if workers is not None:
+                workers.stop()
+            emitter.close()
+    note = (
+        f"{trials} trials; worker process poll={poll} (no LISTEN/NOTIFY on this branch); "
+        f"emit() itself {statistics.median(emits) * 1e3:.2f} ms median"
+    )
+    median, p99 = statistics.median(seen) * 1e3, bench.percentile(seen, 99) * 1e3
+    return [
+        row(
+            "PG emit -> resume, other process, median",
+            median,
+            "ms",
+            "<= 5 ms",
+            bench.at_most(median, 5.0),
+            note,
+        ),
+        row("PG emit -> resume, other process, p99", p99, "ms", note=note),
+    ]
+
+
+BENCHES = {
+    "floor": pg_floor,
+    "step": pg_step,
+    "throughput": pg_throughput,
+    "batch": pg_batch,
+    "replay": pg_replay,
+    "latency": pg_latency,
+}
+
+
+def server_line(url: str) -> str:
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        found: Any = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('synchronous_commit'), "
+            "current_setting('fsync'), inet_server_addr()"
+        ).fetchone()
+    return (
+        f"PostgreSQL {found[0]} (address {found[3] or 'unix socket'}, "
+        f"synchronous_commit={found[1]}, fsync={found[2]})"
+    )
+
+
+def run_sections(url: str, sections: list[str], quick: bool, repeat: int) -> list[dict[str, Any]]:
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    space = PgSpace(url)
+    floors: dict[str, float] = {}
+    table: list[dict[str, Any]] = []
+    for section in sections:
+        if section in BENCHES:
+            table.extend(BENCHES[section](space, sizes, repeat, floors))
+    return table
+
+
+@contextmanager
+def throwaway_server() -> Iterator[str]:
+    """A private PostgreSQL cluster from ``tests/pgcluster.py``, stopped afterwards."""
+    sys.path.insert(0, str(bench.ROOT / "tests"))
+    import pgcluster  # type: ignore[import-not-found]
+
+    found = pgcluster.detect()
+    if found.kind == "external":
+        yield found.url
+        return
+    if found.kind != "cluster":
+        raise SystemExit(f"--start-postgres: {found.message}")
+    cluster = pgcluster.Cluster(found.bindir)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
+        sys.exit(worker_main(*sys.argv[2:]))
+    print(json.dumps({"usage": "python -m benchmarks.engine --db postgresql://..."}))
+    sys.exit(2)
