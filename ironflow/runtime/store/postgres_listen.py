@@ -20,6 +20,7 @@ each other (a NOTIFY reaches only the listeners of its database).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -36,7 +37,7 @@ log = logging.getLogger("ironflow.engine")
 NOTIFY = "SELECT pg_notify(%s, '')"
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
 # A peer gone without a word (a cut network) shows as an error after about this long.
-KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
 
 
 def channel(schema: str) -> str:
@@ -75,22 +76,24 @@ class Listener:
 
     def stop(self) -> None:
         self.stopping.set()
-        try:
+        with contextlib.suppress(OSError):  # the socket pair is ours: nothing else closes it
             self.poke_w.send(b"x")
-        except OSError:  # pragma: no cover - the socket pair is ours; nothing else closes it
-            pass
         self.thread.join(self.retry + self.connect_timeout + 5)
         self.poke_r.close()
         self.poke_w.close()
 
     def run(self) -> None:
         import psycopg
+        from psycopg import conninfo
 
         down = False
         while not self.stopping.is_set():
             try:
                 conn = psycopg.connect(
-                    self.dsn, autocommit=True, connect_timeout=self.connect_timeout, **KEEPALIVE
+                    conninfo.make_conninfo(
+                        self.dsn, connect_timeout=self.connect_timeout, **KEEPALIVES
+                    ),
+                    autocommit=True,
                 )
             except psycopg.Error as exc:
                 down = self._down(down, exc)
