@@ -78,9 +78,12 @@ class Listener:
         self.stopping.set()
         with contextlib.suppress(OSError):  # the socket pair is ours: nothing else closes it
             self.poke_w.send(b"x")
-        self.thread.join(self.retry + self.connect_timeout + 5)
-        self.poke_r.close()
-        self.poke_w.close()
+        # Only a connection attempt under way delays it (bounded by its timeout); a thread
+        # still in one is a daemon and ends there, its sockets left to it.
+        self.thread.join(self.connect_timeout + 1)
+        if not self.thread.is_alive():
+            self.poke_r.close()
+            self.poke_w.close()
 
     def run(self) -> None:
         import psycopg
