@@ -244,3 +244,55 @@ def test_a_listener_that_cannot_connect_warns_once_and_stops_promptly(caplog):
     assert len(warnings) == 1
     assert warnings[0].startswith("wake-ups: cannot listen on postgresql://127.0.0.1:1/none (")
     assert "seen by polling until it can, trying again every 60s" in warnings[0]
+
+
+def test_a_listener_whose_connection_is_cut_warns_once_and_listens_again(pg_url, caplog):
+    import psycopg
+
+    caplog.set_level(logging.INFO, logger="ironflow.engine")
+    calls: list[threading.Event] = [threading.Event() for _ in range(3)]
+
+    def callback() -> None:
+        next(event for event in calls if not event.is_set()).set()
+
+    name = channel("wake_cut")
+    listener = Listener(pg_url, "the-db", name, callback, retry=1.0, connect_timeout=5.0)
+    listener.start()
+    try:
+        assert calls[0].wait(WAIT), "no call back once listening"  # news missed meanwhile
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            cut = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s",
+                (f'LISTEN "{name}"',),
+            ).fetchall()
+            assert cut == [(True,)]
+            assert calls[1].wait(WAIT), "the listener did not listen again after being cut off"
+            admin.execute("SELECT pg_notify(%s, '')", (name,))
+            assert calls[2].wait(WAIT), "a notification after reconnecting did not call back"
+    finally:
+        listener.stop()
+    assert not listener.thread.is_alive()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("wake-ups: cannot listen on the-db (")
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert "wake-ups: listening on the-db again" in infos
+
+
+def test_a_child_ending_tells_its_parent_with_one_notification(pg_url):
+    engine = Engine(pg_url, poll=SLOW_POLL)
+    try:
+        engine.register(steps_only)
+        engine.register(parent)
+        schema_channel = engine.store.channel  # type: ignore[attr-defined]
+        run_id = engine.start("wake-parent")
+        with listening(pg_url, schema_channel) as conn:
+            engine.run_until_idle()  # the child is created (one), runs its steps, ends (one)
+            assert engine.wait(run_id, timeout=WAIT) == sum(range(5))
+            assert wake_ups(pg_url, conn, schema_channel) == 2
+    finally:
+        engine.close()
+
+
+@ironflow.function(id="wake-parent")
+def parent(ctx):
+    return (yield step.invoke("child", "wake-steps"))
