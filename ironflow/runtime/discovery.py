@@ -2,8 +2,9 @@
 
 A round drives what this engine itself knows of (step outcomes, runs it just started or sent
 mail: ``take``) and looks in the store only when something may have changed (``due``): news
-in this process, the nearest known timer falling due, or a poll interval passing (other
-processes' news). ``find`` asks the store for due timers and runs to drive, a bounded page.
+in this process, the nearest known timer falling due, a wake-up hint from another process
+(``hinted``, PostgreSQL's NOTIFY while serving), or a poll interval passing (other processes'
+news, when no hint came). ``find`` asks the store for due timers and runs to drive, a bounded page.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ def take(pool: set[str], most: int) -> set[str]:
 
 def due(driver: Driver, now_us: int) -> bool:
     """Look for new work in the database only when something may have changed."""
-    return driver.dirty or now_us >= driver.next_timer_us or time.monotonic() >= driver.next_poll
+    return (
+        driver.dirty
+        or driver.hinted
+        or now_us >= driver.next_timer_us
+        or time.monotonic() >= driver.next_poll
+    )
 
 
 def find(
@@ -43,6 +49,8 @@ def find(
 ) -> set[str]:
     """Due timers and runs that need driving (new, woken, or orphaned by a dead worker)."""
     fids = tuple(driver.functions)
+    # Cleared before looking: a hint that arrives while we look makes us look again.
+    driver.hinted = False
     registry.heartbeat(driver, now_us)  # at this cadence: no thread of its own
     timers_due, ready, nearest = driver.store.discover(now_us, fids, driver.worker_id, TICK_RUNS)
     for run_id, step_id, kind, attempt in timers_due:

@@ -80,6 +80,8 @@ class Driver:
         # When to look in the database for work: on in-process news (dirty), when the
         # nearest known timer falls due, and every poll interval for other processes' news.
         self.dirty = True
+        # Another process may have left work (set by the wake-up listener's thread).
+        self.hinted = False
         # Runs this engine itself just made ready, driven next round without asking the
         # database: new ones (no mail possible, no ``ready`` flag) and ones sent mail.
         # Changed under the store's lock (inside transactions, or holding it).

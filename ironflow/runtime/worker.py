@@ -48,6 +48,11 @@ class Worker:
         """Make the thread in run_until_idle/serve look again."""
         self.results.put(None)
 
+    def hint(self) -> None:
+        """Another process may have left work (on the listener's thread): look again."""
+        self.driver.hinted = True
+        self.wake()
+
     def kick(self) -> None:
         """Runs were just started or woken (``fresh``, ``woken``): while serving, a free pool
         thread drives them and runs a step it decides itself (one thread hop from here to a
@@ -213,10 +218,14 @@ class Worker:
                 previous[sig] = signal.signal(sig, lambda *_: stop())
         self.serving = True
         self.stopping.clear()
+        # Wake-ups from other processes (PostgreSQL: a second connection, LISTEN); None: polling.
+        unlisten = self.driver.store.listen(self.hint, self.driver.poll)
         try:
             with self.driving():
                 self._serve(on_idle)
         finally:
+            if unlisten is not None:
+                unlisten()
             self.serving = False
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

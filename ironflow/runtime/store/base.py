@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -279,6 +280,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def listen(self, callback: Callable[[], None], retry: float) -> Callable[[], None] | None:
+        """Call ``callback`` (from a thread of the store's) whenever another transaction may
+        have left work (runs created, events recorded, mail sent), until the returned ``stop``
+        is called; ``retry`` is the poll interval (how often to reconnect if listening fails).
+        ``None`` if the store cannot tell: other processes' news is then seen by polling."""
+        return None
 
     @abc.abstractmethod
     def discover(

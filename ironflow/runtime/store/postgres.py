@@ -37,18 +37,21 @@ rows, and discovery looks there as well as at the ``ready`` flag (which a resume
 
 **Connections.** A ``PostgresStore`` holds one connection, used under ``lock`` as the SQLite store
 uses its one: the engine drives one round at a time, so a pool would only add connections
-contending for the same rows. The wake-up listener (LISTEN, item 6) will add one more, idle: a
-worker holds two, ten workers twenty of the default 100.
+contending for the same rows. A serving worker's wake-up listener (``listen``, see
+``postgres_listen``) adds one more, idle: a worker holds two, ten workers twenty of the default
+100 (``max_connections``).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Store, StoreError
+from ironflow.runtime.store.postgres_listen import Listener, channel
 from ironflow.runtime.store.postgres_schema import (
     DURABILITY,
     INSTALL_HINT,
@@ -129,6 +132,8 @@ class PostgresStore(Store):
                 f"not a PostgreSQL URL: {redact(str(url))!r}; use 'postgresql://user@host/db'"
             )
         self.url = self.path = redact(url)
+        self._dsn = url  # the listener's connection needs the credentials
+        self._connect_timeout = connect_timeout
         self.durability = durability
         self.lock = threading.RLock()
         try:
@@ -167,6 +172,7 @@ class PostgresStore(Store):
             )
         self.schema: str = schema[0]
         self.lock_class = lock_class(self.schema)
+        self.channel = channel(self.schema)
         if self.read_only:
             version = schema_version(self.conn)
             if version is None:
@@ -196,6 +202,13 @@ class PostgresStore(Store):
     def transaction(self) -> PostgresTransaction:
         """``BEGIN`` … ``COMMIT`` under the store's lock; rolled back on error."""
         return PostgresTransaction(self)
+
+    def listen(self, callback: Callable[[], None], retry: float) -> Callable[[], None] | None:
+        """LISTEN on a connection of its own, from a thread, for other transactions' news."""
+        listener = Listener(
+            self._dsn, self.url, self.channel, callback, retry, self._connect_timeout
+        )
+        return listener.start().stop
 
     def schema_version(self) -> int | None:
         with self.lock:

@@ -8,6 +8,9 @@ apart (SQLite has one writer at a time, PostgreSQL many):
 - events, run creation and wait registration take the advisory stripes (see ``postgres.py``);
 - a wait is claimed by deleting its row (``DELETE ... RETURNING``): an emit delivers to it, or
   a round fires its timeout (``take_timers``), never both;
+- a transaction that leaves work for other workers (runs created, events recorded, mail sent,
+  a run resumed) sends one NOTIFY before it commits, at most one (``wakes``); a step commit
+  sends none (see ``postgres_listen``);
 - mail does not touch the run's row (which the run's round may hold): a run has mail iff it
   has inbox rows, and discovery looks there. A round reads its runs' mail in its take
   (``mail_of``) and deletes what it read in its commit (``drop_mail``): mail sent in between
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Batch, LeaseLost, StoreError, Transaction
+from ironflow.runtime.store.postgres_listen import NOTIFY
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns, round_query
 from ironflow.runtime.store.postgres_schema import (
     LEASE_LOST_STATE,
@@ -174,9 +178,11 @@ class PostgresTransaction(Transaction):
 
     A round's transaction is ``fenced`` once it takes runs or commits a batch: a unique key
     that fails in it means another worker wrote to a run of the batch, and is ``LeaseLost``.
-    ``shared``/``exclusive`` are the advisory stripes it holds (taken once each)."""
+    ``shared``/``exclusive`` are the advisory stripes it holds (taken once each). ``wakes``:
+    it left work for other workers, and announces it once before it commits (``notified``
+    once the round's query did)."""
 
-    __slots__ = ("conn", "exclusive", "fenced", "shared", "store", "tx")
+    __slots__ = ("conn", "exclusive", "fenced", "notified", "shared", "store", "tx", "wakes")
 
     tx: AbstractContextManager[Any]
 
@@ -186,6 +192,8 @@ class PostgresTransaction(Transaction):
         self.fenced = False
         self.shared: set[int] = set()
         self.exclusive: set[int] = set()
+        self.wakes = False
+        self.notified = False
 
     def __enter__(self) -> PostgresTransaction:
         store = self.store
@@ -200,6 +208,17 @@ class PostgresTransaction(Transaction):
         return self
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if exc is None and self.wakes and not self.notified:
+            # In the transaction: sent on commit, dropped on rollback (no news, no hint).
+            try:
+                self.conn.execute(NOTIFY, (self.store.channel,))
+            except BaseException as error:
+                self._end(type(error), error, error.__traceback__)
+                raise
+        self._end(kind, exc, tb)
+
+    def _end(self, kind: Any, exc: Any, tb: Any) -> None:
+        """Commit (or roll back on ``exc``), and let go of the store's lock."""
         try:
             try:
                 self.tx.__exit__(kind, exc, tb)
@@ -316,6 +335,11 @@ class PostgresTransaction(Transaction):
         statements, params = round_query(batch, owner)
         if not statements:
             return
+        if batch.notify or (self.wakes and not self.notified):
+            # Parents told of a child's end: announced in the same round trip.
+            statements.append(NOTIFY)
+            params.append(self.store.channel)
+            self.wakes = self.notified = True
         import psycopg
 
         psycopg.ClientCursor(self.conn).execute("; ".join(statements), params)
@@ -336,6 +360,7 @@ class PostgresTransaction(Transaction):
         notify_parent: bool,
     ) -> None:
         self.lock(shared=range(STRIPES))
+        self.wakes = True
         self.conn.execute(
             CREATE_RUN,
             (
@@ -377,9 +402,11 @@ class PostgresTransaction(Transaction):
         self.conn.execute(CANCEL_BLOCKED, (now_us, now_us, run_id))
 
     def resume_blocked(self, run_id: str, now_us: int) -> None:
+        self.wakes = True
         self.conn.execute(RESUME_BLOCKED, (now_us, run_id))
 
     def resume_failed(self, run_id: str, now_us: int) -> None:
+        self.wakes = True
         self.conn.execute(RESUME_FAILED, (now_us, run_id))
 
     # --- the function registry ------------------------------------------------------------
@@ -402,6 +429,7 @@ class PostgresTransaction(Transaction):
     # --- mail, events and waits -----------------------------------------------------------
 
     def send_mail(self, run_id: str, kind: str, ts_us: int, body: str) -> None:
+        self.wakes = True
         self.conn.execute(SEND_MAIL, (run_id, kind, ts_us, body))
 
     def event_started(self, idempotency_key: str) -> str | None:
@@ -413,6 +441,7 @@ class PostgresTransaction(Transaction):
     ) -> int:
         # Every stripe shared with its own exclusive, at once: an emit may start runs next.
         self.lock(exclusive=stripe(name), shared=range(STRIPES))
+        self.wakes = True
         found = self.conn.execute(RECORD_EVENT, (event_id, name, data, ts_us, idempotency_key))
         pos: int = found.fetchone()[0]  # type: ignore[index]
         return pos

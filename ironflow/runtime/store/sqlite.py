@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import sqlite_utils
@@ -103,6 +104,10 @@ class SQLiteStore(SQLiteDatabase, Store):
     def transaction(self) -> SQLiteTransaction:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` under the store's lock; rolled back on error."""
         return SQLiteTransaction(self)
+
+    def listen(self, callback: Callable[[], None], retry: float) -> Callable[[], None] | None:
+        """SQLite has no notifications: other processes' news is seen within a poll interval."""
+        return None
 
     def query(self, sql: str, params: Any = ()) -> list[Any]:
         """Run one statement and fetch its rows (for tests and tools, not the engine)."""
