@@ -7,8 +7,9 @@ timers and runs found by discovery). Then, in three parts:
    leases and histories of runs not held, and the mail of runs found by discovery;
 2. fold, with no transaction open: the new events go into each run's interpreter (this is
    where the workflows' code runs, however long it takes) and the decisions are applied in
-   memory: writes wait in ``later``, and what a run receives at once (a wait's event emitted
-   before, a child started, a publish) is read outside a transaction and folded right away;
+   memory (``decisions``): writes wait in ``later``, and what a run receives at once (a
+   wait's event emitted before, a child started, a publish) is read outside a transaction
+   and folded right away;
 3. commit (a short transaction): ``later``, the mail taken, and the events and decisions of
    every run (``Transaction.commit_round``), under the lease fence.
 
@@ -18,7 +19,7 @@ anything else: one gone since discovery (an emit took its wait meanwhile) voids 
 (``timers.Unclaimed``, nothing written), and the round is folded again without it, the
 event's mail read instead. An ordinary step (a warm run, an outcome in) is one transaction,
 the commit. A run that cannot be driven (a divergence, damaged rows, a bug) is blocked and
-the batch is driven again without it; a lost lease drops the batch.
+the batch is driven again without it; a lost lease drops the batch (``settle``).
 
 Kept inline on purpose: per step a round costs about 120 µs of Python over a 20 µs commit,
 so it builds no objects per step beyond the events, and calls the store once per round.
@@ -33,25 +34,30 @@ from typing import Any
 
 from ironflow.commands.function import Function
 from ironflow.history.events import (
-    ChildStarted,
-    EventPublished,
     HistoryEvent,
     RunResumed,
     StepCompleted,
     StepFailed,
-    WaitMatched,
 )
-from ironflow.interpreter import Decision, Work
-from ironflow.runtime import children, control, discovery, events, leases, registry, timers
+from ironflow.runtime import (
+    children,
+    decisions,
+    discovery,
+    events,
+    leases,
+    registry,
+    settle,
+    timers,
+)
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.discovery import TICK_RUNS
 from ironflow.runtime.executor import Job, Outcome
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.live import Broken, Input, Live
-from ironflow.runtime.store import Batch, LeaseLost, Store, Transaction, rows
+from ironflow.runtime.store import Batch, Store, Transaction, rows
 
-_STEP_KINDS = ("run", "undo")
+_STEP_KINDS = decisions.STEP_KINDS
 _NO_MAIL: set[str] = set()  # ready flags are cleared by the commit (drop_mail), not the take
 
 
@@ -184,7 +190,7 @@ class Driver:
         if not work:
             return None
         try:
-            jobs = self.commit(work, due, discovered, now, now_us)
+            jobs = settle.commit(self, work, due, discovered, now, now_us)
         finally:
             if self.unreported_events:  # after the transaction: no handler under its lock
                 events.report_damaged(self)
@@ -196,78 +202,6 @@ class Driver:
         if _FAULTS:
             crash_point("commit")
         return jobs
-
-    def commit(
-        self,
-        work: dict[str, list[Input]],
-        due: dict[str, list[tuple[str, str, int]]],
-        discovered: set[str],
-        now: _dt.datetime,
-        now_us: int,
-    ) -> list[Job] | None:
-        """Drive ``work`` until its decisions commit; ``None`` if nothing of it is left to
-        drive (all blocked, or the leases were lost)."""
-        try:
-            while True:
-                try:
-                    jobs = self.drive_all(work, due, discovered, now, now_us)
-                    self.report_committed()
-                    return jobs
-                except Broken as broken:
-                    if not self.block_broken(work, broken, now_us):
-                        return None
-                except timers.Unclaimed as unclaimed:
-                    # Nothing was written: fold again without the timers that are gone (a
-                    # wait's event came instead: its mail is read with the run's).
-                    for run_id in work:
-                        self.live.pop(run_id, None)
-                    lost = unclaimed.lost
-                    due = {
-                        run_id: [item for item in items if (run_id, item[0]) not in lost]
-                        for run_id, items in due.items()
-                    }
-                    discovered = discovered | {run_id for run_id, _ in lost}
-                except LeaseLost as moved:
-                    # Another worker took one of these runs (our lease ran out): let all go.
-                    for run_id in work:
-                        self.live.pop(run_id, None)
-                        self.in_flight.pop(run_id, None)
-                    leases.report_lost(self.worker_id, moved, list(work))  # outside the transaction
-                    return None
-        except BaseException:
-            # Interpreters moved on in memory past what was committed: rebuild them. The
-            # runs of this round are driven again next round: those the take leased stay
-            # ours until the lease runs out, and discovery would not see them before.
-            for run_id in work:
-                self.live.pop(run_id, None)
-            with self.store.lock:
-                self.woken.update(work)
-            self.dirty = True
-            raise
-
-    def block_broken(self, work: dict[str, list[Input]], broken: Broken, now_us: int) -> bool:
-        """Park the runs that broke, together, and drop them from ``work``; whether any of
-        it is left to drive."""
-        # Nothing of the batch was written: interpreters that moved on in memory are
-        # dropped (rebuilt from the store on next use); the broken runs are parked,
-        # together, and the rest driven again (once, however many runs broke).
-        for run_id in work:
-            self.live.pop(run_id, None)
-        with self.store.transaction() as tx:
-            blocked = [
-                (run_id, error, control.block(self, tx, run_id, error, now_us))
-                for run_id, error in broken.runs.items()
-            ]
-        # Only once committed (a failed commit blocked nothing, and the next round tries
-        # again), and outside the write lock (a logging handler may be slow).
-        for run_id, error, done in blocked:
-            work.pop(run_id, None)
-            if done is not None:
-                function_id, started = done
-                self.stats["runs_started"] += started
-                self.stats["runs_blocked"] += 1
-                control.report_run(run_id, function_id, "blocked", error)
-        return bool(work)
 
     def drive_all(
         self,
@@ -283,7 +217,7 @@ class Driver:
         self.later.clear()
         self.consumed.clear()
         live_runs = self.live
-        # Runs that cannot be driven: all are found in this one pass, then ``commit`` blocks
+        # Runs that cannot be driven: all are found in this one pass, then ``settle.commit`` blocks
         # them together and drives the rest again (not once per broken run: quadratic).
         broken: dict[str, BaseException] = {}
         batch = Batch()
@@ -375,18 +309,6 @@ class Driver:
                 self.done.notify_all()
         return batch.jobs
 
-    def report_committed(self) -> None:
-        """Count what the transaction just committed started and ended; log runs that failed."""
-        if self.committing is None:
-            return
-        started, batch = self.committing
-        self.committing = None
-        self.stats["runs_started"] += started
-        self.stats["runs_ended"] += len(batch.finished)
-        self.stats["runs_failed"] += len(batch.failed)
-        for run_id, function_id, error in batch.failed:
-            control.report_run(run_id, function_id, "failed", error)
-
     def drive_live(
         self,
         live: Live,
@@ -406,7 +328,7 @@ class Driver:
             pending = decision.pending
         acted = False  # whether ``decision`` was acted on already
         while True:
-            accepted = _accepted(live, pending, inputs, now)
+            accepted = decisions.accepted(live, pending, inputs, now)
             inputs = []
             # The workflow's code runs in feed/decide: watched (see watchdog), never with a
             # transaction open.
@@ -430,7 +352,7 @@ class Driver:
             # After a resume, work abandoned at the failure is pending again: index it all.
             resumed = live.resumed or any(type(event) is RunResumed for event in accepted)
             live.resumed = False
-            inputs = self.apply(live, decision, now, now_us, resumed)
+            inputs = decisions.apply(self, live, decision, now, now_us, resumed)
             if not inputs:
                 break
         if decision.done:
@@ -453,91 +375,8 @@ class Driver:
                 # Marked in flight only once the batch commits (see round): a batch rolled
                 # back and driven again decides the same steps and must start them.
                 if in_flight.get(work.id) != work.attempt:
-                    batch.jobs.append(_job(run_id, work, self.step_mocks))
+                    batch.jobs.append(decisions.job(run_id, work, self.step_mocks))
         else:
             batch.waiting.append((now_us, run_id))
             batch.parked.append(run_id)
             self.in_flight.pop(run_id, None)
-
-    def apply(
-        self,
-        live: Live,
-        decision: Decision,
-        now: _dt.datetime,
-        now_us: int,
-        everything: bool = False,
-    ) -> list[Input]:
-        """Index the new work (timers, waits), start children, publish; return new inputs.
-
-        The writes wait in ``later`` for the round's commit; what the run receives at once
-        (a wait's event emitted before, a child started or already ended, a publish) is
-        known now, from reads outside a transaction, and folded in this same round. With
-        ``everything``, all pending work is (re)indexed; each action is idempotent."""
-        run_id = live.run_id
-        inputs: list[Input] = []
-        later = self.later
-        for work in decision.pending if everything else decision.commands:
-            kind = work.kind
-            due_us = None if work.due is None else rows.to_us(rows.as_datetime(work.due))
-            if kind in _STEP_KINDS:
-                if due_us is not None and due_us > now_us:
-                    later.append(
-                        (timers.set_timer, (run_id, work.id, "retry", due_us, work.attempt))
-                    )
-            elif kind in ("sleep", "sleep_until"):
-                assert due_us is not None
-                later.append((timers.set_timer, (run_id, work.id, "sleep", due_us, 1)))
-            elif kind == "wait_event":
-                found = events.register_wait(self, live, work, now_us, self.consumed)
-                if found is not None:
-                    inputs.append((WaitMatched, {"id": work.id, "event": found}))
-            elif kind in ("invoke", "invoke_async"):
-                inputs.append(children.start_child(self, live, work, now_us))
-                if kind == "invoke" and due_us is not None:
-                    later.append((timers.set_timer, (run_id, work.id, "invoke", due_us, 1)))
-            elif kind == "publish":
-                detail = work.detail
-                event_id = detail["event_id"]
-                args = (detail["event"], detail["data"], event_id, event_id, now)
-                later.append((events.emit_in, args))
-                inputs.append((EventPublished, {"id": work.id, "event_id": event_id}))
-        return inputs
-
-
-def _accepted(
-    live: Live, expected: tuple[Work, ...], inputs: list[Input], now: _dt.datetime
-) -> list[HistoryEvent]:
-    """Number the inputs the run still expects; drop stale ones (a late duplicate)."""
-    if not inputs:
-        return []
-    pending = {work.id: work for work in expected}
-    batch: list[HistoryEvent] = []
-    seq = live.next_seq
-    for cls, fields in inputs:
-        sid = fields.get("id")
-        if sid is not None:
-            work = pending.get(sid)
-            if work is None:
-                continue
-            if cls in (StepCompleted, StepFailed):
-                if work.attempt != fields["attempt"]:
-                    continue
-                pending.pop(sid)
-            elif cls is not ChildStarted:
-                pending.pop(sid)
-        batch.append(cls(seq=seq, ts=now, **fields))
-        seq += 1
-    return batch
-
-
-def _job(run_id: str, work: Work, mocks: dict[str, Callable[..., Any]]) -> Job:
-    command: Any = work.command
-    timeout = getattr(command, "timeout", None)
-    return Job(
-        run_id,
-        work.id,
-        work.attempt,
-        mocks.get(command.name, command.fn) if mocks else command.fn,
-        command.args,
-        None if timeout is None else timeout.total_seconds(),
-    )

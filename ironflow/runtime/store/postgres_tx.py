@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
-from ironflow.runtime.store.base import Batch, LeaseLost, StoreError, Transaction
+from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
 from ironflow.runtime.store.postgres_listen import NOTIFY
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns, round_query
 from ironflow.runtime.store.postgres_schema import (
@@ -38,6 +38,7 @@ from ironflow.runtime.store.postgres_schema import (
     first_line,
     stripe,
 )
+from ironflow.runtime.store.statements import StatementTransaction
 
 if TYPE_CHECKING:
     import psycopg
@@ -173,7 +174,7 @@ UNCONSUMED_EVENTS = (
 )
 
 
-class PostgresTransaction(Transaction):
+class PostgresTransaction(StatementTransaction):
     """A store's write transaction (``BEGIN`` … ``COMMIT`` under the store's lock).
 
     A round's transaction is ``fenced`` once it takes runs or commits a batch: a unique key
@@ -182,7 +183,31 @@ class PostgresTransaction(Transaction):
     it left work for other workers, and announces it once before it commits (``notified``
     once the round's query did)."""
 
-    __slots__ = ("conn", "exclusive", "fenced", "notified", "shared", "store", "tx", "wakes")
+    __slots__ = ("exclusive", "notified", "shared", "store", "tx", "wakes")
+
+    # The statements the shared verbs run (``StatementTransaction``): this store's texts.
+    SET_TIMER = SET_TIMER
+    CREATE_RUN = CREATE_RUN
+    RUN_FUNCTION = RUN_FUNCTION
+    FIND_RUN = FIND_RUN
+    ACTIVE_CHILDREN = ACTIVE_CHILDREN
+    BLOCK = BLOCK
+    CANCEL_BLOCKED = CANCEL_BLOCKED
+    RESUME_BLOCKED = RESUME_BLOCKED
+    RESUME_FAILED = RESUME_FAILED
+    REGISTER_FUNCTION = REGISTER_FUNCTION
+    BUMP_REGISTRY = BUMP_REGISTRY
+    REGISTRY_VERSION = REGISTRY_VERSION
+    EVENT_STARTED = EVENT_STARTED
+    SET_EVENT_STARTED = SET_EVENT_STARTED
+    WAIT_PATHS = WAIT_PATHS
+    WAITS_ANY = WAITS_ANY
+    WAITS_KEYED = WAITS_KEYED
+    CLAIM_WAIT = CLAIM_WAIT
+    DELETE_TIMER = DELETE_TIMER
+    CONSUME = CONSUME
+    UNCONSUMED_EVENTS = UNCONSUMED_EVENTS
+    ADD_WAIT = ADD_WAIT
 
     tx: AbstractContextManager[Any]
 
@@ -242,10 +267,6 @@ class PostgresTransaction(Transaction):
             raise LeaseLost(f"lease lost: {first_line(exc)}") from exc
         self.store.reraise(exc)
 
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        """Run one statement in this transaction (for tests and tools, not the engine)."""
-        return self.conn.execute(sql, params)
-
     def lock(self, exclusive: int | None = None, shared: Sequence[int] = ()) -> None:
         """Take advisory stripes not held yet, in one statement, in key order. A first emit
         or run creation takes every stripe shared at once (the emit's own exclusive): taking
@@ -304,9 +325,6 @@ class PostgresTransaction(Transaction):
             self.conn.execute(CLEAR_READY, (warm,))
         return sorted(self.conn.execute(TAKE_MAIL, (run_ids,)).fetchall())
 
-    def fence(self) -> None:
-        self.fenced = True
-
     def mail_of(self, run_ids: list[str]) -> list[tuple[Any, ...]]:
         return self.conn.execute(MAIL_OF, (run_ids,)).fetchall()
 
@@ -344,9 +362,6 @@ class PostgresTransaction(Transaction):
 
         psycopg.ClientCursor(self.conn).execute("; ".join(statements), params)
 
-    def set_timer(self, run_id: str, step_id: str, kind: str, due_us: int, attempt: int) -> None:
-        self.conn.execute(SET_TIMER, (run_id, step_id, kind, due_us, attempt))
-
     # --- runs -----------------------------------------------------------------------------
 
     def create_run(
@@ -361,67 +376,27 @@ class PostgresTransaction(Transaction):
     ) -> None:
         self.lock(shared=range(STRIPES))
         self.wakes = True
-        self.conn.execute(
-            CREATE_RUN,
-            (
-                run_id,
-                function_id,
-                parent_run_id,
-                parent_step_id,
-                int(notify_parent),
-                trigger,
-                now_us,
-                now_us,
-            ),
+        super().create_run(
+            run_id, function_id, trigger, now_us, parent_run_id, parent_step_id, notify_parent
         )
-
-    def run_function(self, run_id: str) -> str | None:
-        found = self.conn.execute(RUN_FUNCTION, (run_id,)).fetchone()
-        return None if found is None else found[0]
-
-    def find_run(self, run_id: str) -> tuple[Any, ...] | None:
-        found: tuple[Any, ...] | None = self.conn.execute(FIND_RUN, (run_id,)).fetchone()
-        return found
 
     def run_status(self, run_id: str) -> tuple[str, int]:
         status, length = self.conn.execute(RUN_STATUS, {"id": run_id}).fetchone()  # type: ignore[misc]
         return status, length
 
-    def active_children(self, run_id: str) -> list[str]:
-        return [row[0] for row in self.conn.execute(ACTIVE_CHILDREN, (run_id,)).fetchall()]
-
     def unstarted(self, run_id: str) -> tuple[Any, ...] | None:
         found: tuple[Any, ...] | None = self.conn.execute(UNSTARTED, {"id": run_id}).fetchone()
         return found
 
-    def block(self, run_id: str, error: str, now_us: int) -> str | None:
-        found = self.conn.execute(BLOCK, (error, now_us, run_id)).fetchone()
-        return None if found is None else found[0]
-
-    def cancel_blocked(self, run_id: str, now_us: int) -> None:
-        self.conn.execute(CANCEL_BLOCKED, (now_us, now_us, run_id))
-
     def resume_blocked(self, run_id: str, now_us: int) -> None:
         self.wakes = True
-        self.conn.execute(RESUME_BLOCKED, (now_us, run_id))
+        super().resume_blocked(run_id, now_us)
 
     def resume_failed(self, run_id: str, now_us: int) -> None:
         self.wakes = True
-        self.conn.execute(RESUME_FAILED, (now_us, run_id))
+        super().resume_failed(run_id, now_us)
 
     # --- the function registry ------------------------------------------------------------
-
-    def register_function(
-        self, function_id: str, triggers: str, settings: str, code_version: str, now_us: int
-    ) -> None:
-        self.conn.execute(
-            REGISTER_FUNCTION, (function_id, triggers, settings, code_version, now_us)
-        )
-        self.conn.execute(BUMP_REGISTRY)
-
-    def registry_version(self) -> str | None:
-        found = self.conn.execute(REGISTRY_VERSION).fetchone()
-        return None if found is None else str(found[0])
 
     def registered(self) -> list[tuple[str, str]]:
         return [(row[0], row[1]) for row in self.conn.execute(REGISTERED).fetchall()]
@@ -431,10 +406,6 @@ class PostgresTransaction(Transaction):
     def send_mail(self, run_id: str, kind: str, ts_us: int, body: str) -> None:
         self.wakes = True
         self.conn.execute(SEND_MAIL, (run_id, kind, ts_us, body))
-
-    def event_started(self, idempotency_key: str) -> str | None:
-        found = self.conn.execute(EVENT_STARTED, (idempotency_key,)).fetchone()
-        return None if found is None else found[0]
 
     def record_event(
         self, event_id: str, name: str, data: str, ts_us: int, idempotency_key: str | None
@@ -446,38 +417,14 @@ class PostgresTransaction(Transaction):
         pos: int = found.fetchone()[0]  # type: ignore[index]
         return pos
 
-    def set_event_started(self, pos: int, started: str) -> None:
-        self.conn.execute(SET_EVENT_STARTED, (started, pos))
-
-    def wait_paths(self, event_name: str) -> list[str | None]:
-        return [row[0] for row in self.conn.execute(WAIT_PATHS, (event_name,)).fetchall()]
-
-    def waits_for(
-        self, event_name: str, path: str | None, key: str | None
-    ) -> list[tuple[str, str, int]]:
-        if path is None:
-            return self.conn.execute(WAITS_ANY, (event_name,)).fetchall()
-        return self.conn.execute(WAITS_KEYED, (event_name, path, key)).fetchall()
-
-    def deliver(self, run_id: str, step_id: str, event_id: str, ts_us: int, body: str) -> None:
-        conn = self.conn
-        if conn.execute(CLAIM_WAIT, (run_id, step_id)).fetchone() is None:
-            return  # its timeout fired, or another emit took it first
-        conn.execute(DELETE_TIMER, (run_id, step_id))
-        conn.execute(CONSUME, (run_id, event_id))
-        self.send_mail(run_id, "WaitMatched", ts_us, body)
-
     def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
         # A wait registration: the name's stripe shared, so no event of it is in flight and
         # one emitted later sees the wait this transaction adds.
         self.lock(shared=(stripe(name),))
-        return self.conn.execute(UNCONSUMED_EVENTS, (name, after_pos, run_id)).fetchall()
-
-    def consume(self, run_id: str, event_id: str) -> None:
-        self.conn.execute(CONSUME, (run_id, event_id))
+        return super().unconsumed_events(name, after_pos, run_id)
 
     def add_wait(
         self, run_id: str, step_id: str, name: str, path: str | None, key: str | None, seq: int
     ) -> None:
         self.lock(shared=(stripe(name),))
-        self.conn.execute(ADD_WAIT, (run_id, step_id, name, path, key, seq))
+        super().add_wait(run_id, step_id, name, path, key, seq)

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
-from ironflow.runtime.store.base import Batch, LeaseLost, StoreError, Transaction
+from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
 from ironflow.runtime.store.sqlite_schema import reraise, rollback
+from ironflow.runtime.store.statements import StatementTransaction
 
 if TYPE_CHECKING:
     from ironflow.runtime.store.sqlite import SQLiteStore
@@ -166,14 +167,38 @@ def read_histories(
     return rows.decode_histories(found, corrupt)
 
 
-class SQLiteTransaction(Transaction):
+class SQLiteTransaction(StatementTransaction):
     """A store's write transaction as a context manager (a class: the hot paths open one per
     start and per round, and a generator-based one costs several microseconds more).
 
     A round's transaction is ``fenced`` once it takes runs or commits a batch: a constraint
     that fails in it means another worker wrote to a run of the batch, and is ``LeaseLost``."""
 
-    __slots__ = ("conn", "fenced", "store")
+    __slots__ = ("store",)
+
+    # The statements the shared verbs run (``StatementTransaction``): this store's texts.
+    SET_TIMER = SET_TIMER
+    CREATE_RUN = CREATE_RUN
+    RUN_FUNCTION = RUN_FUNCTION
+    FIND_RUN = FIND_RUN
+    ACTIVE_CHILDREN = ACTIVE_CHILDREN
+    BLOCK = BLOCK
+    CANCEL_BLOCKED = CANCEL_BLOCKED
+    RESUME_BLOCKED = RESUME_BLOCKED
+    RESUME_FAILED = RESUME_FAILED
+    REGISTER_FUNCTION = REGISTER_FUNCTION
+    BUMP_REGISTRY = BUMP_REGISTRY
+    REGISTRY_VERSION = REGISTRY_VERSION
+    EVENT_STARTED = EVENT_STARTED
+    SET_EVENT_STARTED = SET_EVENT_STARTED
+    WAIT_PATHS = WAIT_PATHS
+    WAITS_ANY = WAITS_ANY
+    WAITS_KEYED = WAITS_KEYED
+    CLAIM_WAIT = CLAIM_WAIT
+    DELETE_TIMER = DELETE_TIMER
+    CONSUME = CONSUME
+    UNCONSUMED_EVENTS = UNCONSUMED_EVENTS
+    ADD_WAIT = ADD_WAIT
 
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
@@ -214,10 +239,6 @@ class SQLiteTransaction(Transaction):
         reraise(self.store.path, exc)
         if self.fenced and isinstance(exc, sqlite3.IntegrityError):
             raise LeaseLost(f"lease lost: {exc}") from exc
-
-    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
-        """Run one statement in this transaction (for tests and tools, not the engine)."""
-        return self.conn.execute(sql, params)
 
     # --- a round --------------------------------------------------------------------------
 
@@ -286,9 +307,6 @@ class SQLiteTransaction(Transaction):
                 claimed.add((run_id, step_id))
         return claimed
 
-    def fence(self) -> None:
-        self.fenced = True
-
     def mail_of(self, run_ids: list[str]) -> list[tuple[Any, ...]]:
         conn = self.conn
         found: list[tuple[Any, ...]] = []
@@ -339,80 +357,17 @@ class SQLiteTransaction(Transaction):
             conn.executemany(NOTIFY_PARENT, batch.notify)
             conn.executemany(WAKE_PARENT, [(row[0],) for row in batch.notify])
 
-    def set_timer(self, run_id: str, step_id: str, kind: str, due_us: int, attempt: int) -> None:
-        self.conn.execute(SET_TIMER, (run_id, step_id, kind, due_us, attempt))
-
     # --- runs -----------------------------------------------------------------------------
-
-    def create_run(
-        self,
-        run_id: str,
-        function_id: str,
-        trigger: str,
-        now_us: int,
-        parent_run_id: str | None,
-        parent_step_id: str | None,
-        notify_parent: bool,
-    ) -> None:
-        self.conn.execute(
-            CREATE_RUN,
-            (
-                run_id,
-                function_id,
-                parent_run_id,
-                parent_step_id,
-                int(notify_parent),
-                trigger,
-                now_us,
-                now_us,
-            ),
-        )
-
-    def run_function(self, run_id: str) -> str | None:
-        found = self.conn.execute(RUN_FUNCTION, (run_id,)).fetchone()
-        return None if found is None else found[0]
-
-    def find_run(self, run_id: str) -> tuple[Any, ...] | None:
-        found: tuple[Any, ...] | None = self.conn.execute(FIND_RUN, (run_id,)).fetchone()
-        return found
 
     def run_status(self, run_id: str) -> tuple[str, int]:
         status, length = self.conn.execute(RUN_STATUS, (run_id,)).fetchone()
         return status, length
 
-    def active_children(self, run_id: str) -> list[str]:
-        return [row[0] for row in self.conn.execute(ACTIVE_CHILDREN, (run_id,)).fetchall()]
-
     def unstarted(self, run_id: str) -> tuple[Any, ...] | None:
         found: tuple[Any, ...] | None = self.conn.execute(UNSTARTED, (run_id,)).fetchone()
         return found
 
-    def block(self, run_id: str, error: str, now_us: int) -> str | None:
-        found = self.conn.execute(BLOCK, (error, now_us, run_id)).fetchone()
-        return None if found is None else found[0]
-
-    def cancel_blocked(self, run_id: str, now_us: int) -> None:
-        self.conn.execute(CANCEL_BLOCKED, (now_us, now_us, run_id))
-
-    def resume_blocked(self, run_id: str, now_us: int) -> None:
-        self.conn.execute(RESUME_BLOCKED, (now_us, run_id))
-
-    def resume_failed(self, run_id: str, now_us: int) -> None:
-        self.conn.execute(RESUME_FAILED, (now_us, run_id))
-
     # --- the function registry ------------------------------------------------------------
-
-    def register_function(
-        self, function_id: str, triggers: str, settings: str, code_version: str, now_us: int
-    ) -> None:
-        self.conn.execute(
-            REGISTER_FUNCTION, (function_id, triggers, settings, code_version, now_us)
-        )
-        self.conn.execute(BUMP_REGISTRY)
-
-    def registry_version(self) -> str | None:
-        found = self.conn.execute(REGISTRY_VERSION).fetchone()
-        return None if found is None else str(found[0])
 
     def registered(self) -> list[tuple[str, str]]:
         return self.conn.execute(REGISTERED).fetchall()
@@ -423,45 +378,9 @@ class SQLiteTransaction(Transaction):
         self.conn.execute(SEND_MAIL, (run_id, kind, ts_us, body))
         self.conn.execute(SET_READY, (run_id,))
 
-    def event_started(self, idempotency_key: str) -> str | None:
-        found = self.conn.execute(EVENT_STARTED, (idempotency_key,)).fetchone()
-        return None if found is None else found[0]
-
     def record_event(
         self, event_id: str, name: str, data: str, ts_us: int, idempotency_key: str | None
     ) -> int:
         cursor = self.conn.execute(RECORD_EVENT, (event_id, name, data, ts_us, idempotency_key))
         pos: int = cursor.lastrowid  # type: ignore[assignment]
         return pos
-
-    def set_event_started(self, pos: int, started: str) -> None:
-        self.conn.execute(SET_EVENT_STARTED, (started, pos))
-
-    def wait_paths(self, event_name: str) -> list[str | None]:
-        return [row[0] for row in self.conn.execute(WAIT_PATHS, (event_name,)).fetchall()]
-
-    def waits_for(
-        self, event_name: str, path: str | None, key: str | None
-    ) -> list[tuple[str, str, int]]:
-        if path is None:
-            return self.conn.execute(WAITS_ANY, (event_name,)).fetchall()
-        return self.conn.execute(WAITS_KEYED, (event_name, path, key)).fetchall()
-
-    def deliver(self, run_id: str, step_id: str, event_id: str, ts_us: int, body: str) -> None:
-        conn = self.conn
-        if conn.execute(CLAIM_WAIT, (run_id, step_id)).fetchone() is None:
-            return  # its timeout fired, or another emit took it first
-        conn.execute(DELETE_TIMER, (run_id, step_id))
-        conn.execute(CONSUME, (run_id, event_id))
-        self.send_mail(run_id, "WaitMatched", ts_us, body)
-
-    def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
-        return self.conn.execute(UNCONSUMED_EVENTS, (name, after_pos, run_id)).fetchall()
-
-    def consume(self, run_id: str, event_id: str) -> None:
-        self.conn.execute(CONSUME, (run_id, event_id))
-
-    def add_wait(
-        self, run_id: str, step_id: str, name: str, path: str | None, key: str | None, seq: int
-    ) -> None:
-        self.conn.execute(ADD_WAIT, (run_id, step_id, name, path, key, seq))

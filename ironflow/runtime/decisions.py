@@ -1,0 +1,114 @@
+"""What the fold makes of a run's inputs and decisions: inputs numbered into history events
+(``accepted``), a decision's new work applied (``apply``: timers and waits indexed, children
+started, events published) and a due step made a job (``job``).
+
+Called per step from the round's fold (``Driver.drive_live``): no objects built beyond the
+events, the writes queued in ``Driver.later`` for the round's commit.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ironflow.history.events import (
+    ChildStarted,
+    EventPublished,
+    HistoryEvent,
+    StepCompleted,
+    StepFailed,
+    WaitMatched,
+)
+from ironflow.interpreter import Decision, Work
+from ironflow.runtime import children, events, timers
+from ironflow.runtime.executor import Job
+from ironflow.runtime.live import Input, Live
+from ironflow.runtime.store import rows
+
+if TYPE_CHECKING:
+    from ironflow.runtime.driver import Driver
+
+STEP_KINDS = ("run", "undo")
+
+
+def apply(
+    driver: Driver,
+    live: Live,
+    decision: Decision,
+    now: _dt.datetime,
+    now_us: int,
+    everything: bool = False,
+) -> list[Input]:
+    """Index the new work (timers, waits), start children, publish; return new inputs.
+
+    The writes wait in ``later`` for the round's commit; what the run receives at once
+    (a wait's event emitted before, a child started or already ended, a publish) is
+    known now, from reads outside a transaction, and folded in this same round. With
+    ``everything``, all pending work is (re)indexed; each action is idempotent."""
+    run_id = live.run_id
+    inputs: list[Input] = []
+    later = driver.later
+    for work in decision.pending if everything else decision.commands:
+        kind = work.kind
+        due_us = None if work.due is None else rows.to_us(rows.as_datetime(work.due))
+        if kind in STEP_KINDS:
+            if due_us is not None and due_us > now_us:
+                later.append((timers.set_timer, (run_id, work.id, "retry", due_us, work.attempt)))
+        elif kind in ("sleep", "sleep_until"):
+            assert due_us is not None
+            later.append((timers.set_timer, (run_id, work.id, "sleep", due_us, 1)))
+        elif kind == "wait_event":
+            found = events.register_wait(driver, live, work, now_us, driver.consumed)
+            if found is not None:
+                inputs.append((WaitMatched, {"id": work.id, "event": found}))
+        elif kind in ("invoke", "invoke_async"):
+            inputs.append(children.start_child(driver, live, work, now_us))
+            if kind == "invoke" and due_us is not None:
+                later.append((timers.set_timer, (run_id, work.id, "invoke", due_us, 1)))
+        elif kind == "publish":
+            detail = work.detail
+            event_id = detail["event_id"]
+            args = (detail["event"], detail["data"], event_id, event_id, now)
+            later.append((events.emit_in, args))
+            inputs.append((EventPublished, {"id": work.id, "event_id": event_id}))
+    return inputs
+
+
+def accepted(
+    live: Live, expected: tuple[Work, ...], inputs: list[Input], now: _dt.datetime
+) -> list[HistoryEvent]:
+    """Number the inputs the run still expects; drop stale ones (a late duplicate)."""
+    if not inputs:
+        return []
+    pending = {work.id: work for work in expected}
+    batch: list[HistoryEvent] = []
+    seq = live.next_seq
+    for cls, fields in inputs:
+        sid = fields.get("id")
+        if sid is not None:
+            work = pending.get(sid)
+            if work is None:
+                continue
+            if cls in (StepCompleted, StepFailed):
+                if work.attempt != fields["attempt"]:
+                    continue
+                pending.pop(sid)
+            elif cls is not ChildStarted:
+                pending.pop(sid)
+        batch.append(cls(seq=seq, ts=now, **fields))
+        seq += 1
+    return batch
+
+
+def job(run_id: str, work: Work, mocks: dict[str, Callable[..., Any]]) -> Job:
+    command: Any = work.command
+    timeout = getattr(command, "timeout", None)
+    return Job(
+        run_id,
+        work.id,
+        work.attempt,
+        mocks.get(command.name, command.fn) if mocks else command.fn,
+        command.args,
+        None if timeout is None else timeout.total_seconds(),
+    )

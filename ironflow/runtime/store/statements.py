@@ -1,0 +1,163 @@
+"""The transaction verbs both stores run the same way: one statement (or a fixed few), whose
+text is the store's own.
+
+Each sibling (``sqlite_tx``, ``postgres_tx``) keeps its statements named at the top of its
+module and points these class attributes at them; it overrides only what really differs
+(locks, notify, claims, the fence). A statement is read off ``self``: no extra call layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ironflow.runtime.store.base import Transaction
+
+
+class StatementTransaction(Transaction):
+    """A ``Transaction`` whose common verbs execute the sibling's statement texts on ``conn``."""
+
+    __slots__ = ("conn", "fenced")
+
+    conn: Any
+    fenced: bool
+
+    SET_TIMER: ClassVar[str]
+    CREATE_RUN: ClassVar[str]
+    RUN_FUNCTION: ClassVar[str]
+    FIND_RUN: ClassVar[str]
+    ACTIVE_CHILDREN: ClassVar[str]
+    BLOCK: ClassVar[str]
+    CANCEL_BLOCKED: ClassVar[str]
+    RESUME_BLOCKED: ClassVar[str]
+    RESUME_FAILED: ClassVar[str]
+    REGISTER_FUNCTION: ClassVar[str]
+    BUMP_REGISTRY: ClassVar[str]
+    REGISTRY_VERSION: ClassVar[str]
+    EVENT_STARTED: ClassVar[str]
+    SET_EVENT_STARTED: ClassVar[str]
+    WAIT_PATHS: ClassVar[str]
+    WAITS_ANY: ClassVar[str]
+    WAITS_KEYED: ClassVar[str]
+    CLAIM_WAIT: ClassVar[str]
+    DELETE_TIMER: ClassVar[str]
+    CONSUME: ClassVar[str]
+    UNCONSUMED_EVENTS: ClassVar[str]
+    ADD_WAIT: ClassVar[str]
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        """Run one statement in this transaction (for tests and tools, not the engine)."""
+        return self.conn.execute(sql, params)
+
+    def fence(self) -> None:
+        self.fenced = True
+
+    def set_timer(self, run_id: str, step_id: str, kind: str, due_us: int, attempt: int) -> None:
+        self.conn.execute(self.SET_TIMER, (run_id, step_id, kind, due_us, attempt))
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        run_id: str,
+        function_id: str,
+        trigger: str,
+        now_us: int,
+        parent_run_id: str | None,
+        parent_step_id: str | None,
+        notify_parent: bool,
+    ) -> None:
+        self.conn.execute(
+            self.CREATE_RUN,
+            (
+                run_id,
+                function_id,
+                parent_run_id,
+                parent_step_id,
+                int(notify_parent),
+                trigger,
+                now_us,
+                now_us,
+            ),
+        )
+
+    def run_function(self, run_id: str) -> str | None:
+        found = self.conn.execute(self.RUN_FUNCTION, (run_id,)).fetchone()
+        return None if found is None else found[0]
+
+    def find_run(self, run_id: str) -> tuple[Any, ...] | None:
+        found: tuple[Any, ...] | None = self.conn.execute(self.FIND_RUN, (run_id,)).fetchone()
+        return found
+
+    def active_children(self, run_id: str) -> list[str]:
+        return [row[0] for row in self.conn.execute(self.ACTIVE_CHILDREN, (run_id,)).fetchall()]
+
+    def block(self, run_id: str, error: str, now_us: int) -> str | None:
+        found = self.conn.execute(self.BLOCK, (error, now_us, run_id)).fetchone()
+        return None if found is None else found[0]
+
+    def cancel_blocked(self, run_id: str, now_us: int) -> None:
+        self.conn.execute(self.CANCEL_BLOCKED, (now_us, now_us, run_id))
+
+    def resume_blocked(self, run_id: str, now_us: int) -> None:
+        self.conn.execute(self.RESUME_BLOCKED, (now_us, run_id))
+
+    def resume_failed(self, run_id: str, now_us: int) -> None:
+        self.conn.execute(self.RESUME_FAILED, (now_us, run_id))
+
+    # --- the function registry ------------------------------------------------------------
+
+    def register_function(
+        self, function_id: str, triggers: str, settings: str, code_version: str, now_us: int
+    ) -> None:
+        self.conn.execute(
+            self.REGISTER_FUNCTION, (function_id, triggers, settings, code_version, now_us)
+        )
+        self.conn.execute(self.BUMP_REGISTRY)
+
+    def registry_version(self) -> str | None:
+        found = self.conn.execute(self.REGISTRY_VERSION).fetchone()
+        return None if found is None else str(found[0])
+
+    # --- mail, events and waits -----------------------------------------------------------
+
+    def event_started(self, idempotency_key: str) -> str | None:
+        found = self.conn.execute(self.EVENT_STARTED, (idempotency_key,)).fetchone()
+        return None if found is None else found[0]
+
+    def set_event_started(self, pos: int, started: str) -> None:
+        self.conn.execute(self.SET_EVENT_STARTED, (started, pos))
+
+    def wait_paths(self, event_name: str) -> list[str | None]:
+        return [row[0] for row in self.conn.execute(self.WAIT_PATHS, (event_name,)).fetchall()]
+
+    def waits_for(
+        self, event_name: str, path: str | None, key: str | None
+    ) -> list[tuple[str, str, int]]:
+        found: list[tuple[str, str, int]]
+        if path is None:
+            found = self.conn.execute(self.WAITS_ANY, (event_name,)).fetchall()
+        else:
+            found = self.conn.execute(self.WAITS_KEYED, (event_name, path, key)).fetchall()
+        return found
+
+    def deliver(self, run_id: str, step_id: str, event_id: str, ts_us: int, body: str) -> None:
+        conn = self.conn
+        if conn.execute(self.CLAIM_WAIT, (run_id, step_id)).fetchone() is None:
+            return  # its timeout fired, or another emit took it first
+        conn.execute(self.DELETE_TIMER, (run_id, step_id))
+        conn.execute(self.CONSUME, (run_id, event_id))
+        self.send_mail(run_id, "WaitMatched", ts_us, body)
+
+    def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
+        found: list[tuple[Any, ...]] = self.conn.execute(
+            self.UNCONSUMED_EVENTS, (name, after_pos, run_id)
+        ).fetchall()
+        return found
+
+    def consume(self, run_id: str, event_id: str) -> None:
+        self.conn.execute(self.CONSUME, (run_id, event_id))
+
+    def add_wait(
+        self, run_id: str, step_id: str, name: str, path: str | None, key: str | None, seq: int
+    ) -> None:
+        self.conn.execute(self.ADD_WAIT, (run_id, step_id, name, path, key, seq))
