@@ -69,6 +69,7 @@ from ironflow.runtime.store.postgres_tx import (
     UNCONSUMED_EVENTS,
     PostgresTransaction,
 )
+from ironflow.runtime.store.statements import StatementReads
 
 if TYPE_CHECKING:
     import psycopg
@@ -117,7 +118,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = %s WHERE id = ANY(%s::text[]) A
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = %s"
 
 
-class PostgresStore(Store):
+class PostgresStore(StatementReads, Store):
     """One PostgreSQL schema holding runs, history, timers, waits, events and leases."""
 
     read_only = False
@@ -267,32 +268,11 @@ class PostgresStore(Store):
     def forget_worker(self, owner: str) -> None:
         self.query(FORGET_WORKER, (owner,))
 
-    def live_functions(self, now_us: int) -> list[str] | None:
-        if self.legacy:
-            return None
-        return [row[0] for row in self.query(LIVE_FUNCTIONS, (now_us,))]
-
-    def _columns(self) -> str:
-        return "NULL" if self.legacy else "code_version"
-
-    def get_run(self, run_id: str) -> tuple[Any, ...] | None:
-        found = self.query(GET_RUN.format(code_version=self._columns()), (run_id,))
-        return found[0] if found else None
-
-    def list_runs(
-        self, status: str | None, function_id: str | None, limit: int | None
-    ) -> list[tuple[Any, ...]]:
-        where, params = _filter(status, function_id)
-        sql = (
-            LIST_RUNS.format(code_version=self._columns()) + where + " ORDER BY created_us DESC, id"
-        )
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return self.query(sql, params)
-
-    def count_runs(self, status: str | None, function_id: str | None) -> int:
-        where, params = _filter(status, function_id)
-        return int(self.query(COUNT_RUNS + where, params)[0][0])
+    GET_RUN = GET_RUN
+    LIST_RUNS = LIST_RUNS
+    COUNT_RUNS = COUNT_RUNS
+    LIVE_FUNCTIONS = LIVE_FUNCTIONS
+    MARK = "%s"
 
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
         # One repeatable-read transaction: the run's row and its history from one snapshot.
@@ -308,17 +288,6 @@ class PostgresStore(Store):
                 self.reraise(exc)
                 raise
         return tuple(found), rows.decode_histories(stored).get(run_id, [])
-
-
-def _filter(status: str | None, function_id: str | None) -> tuple[str, list[Any]]:
-    where, params = [], []
-    if status is not None:
-        where.append("status = %s")
-        params.append(status)
-    if function_id is not None:
-        where.append("function_id = %s")
-        params.append(function_id)
-    return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
 class ReadOnlyPostgresStore(PostgresStore):

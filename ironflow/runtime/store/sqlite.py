@@ -39,6 +39,7 @@ from ironflow.runtime.store.sqlite_tx import (
     marks,
     read_histories,
 )
+from ironflow.runtime.store.statements import StatementReads
 
 __all__ = [
     "DURABILITY",
@@ -95,7 +96,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = ? WHERE id IN ({marks}) AND lea
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = ?"
 
 
-class SQLiteStore(SQLiteDatabase, Store):
+class SQLiteStore(SQLiteDatabase, StatementReads, Store):
     """One SQLite database holding runs, history, timers, waits, events and leases."""
 
     # A read-only opening of a database from before v3 has no registry: read as absent.
@@ -167,32 +168,11 @@ class SQLiteStore(SQLiteDatabase, Store):
         with self.transaction() as tx:
             tx.conn.execute(FORGET_WORKER, (owner,))
 
-    def live_functions(self, now_us: int) -> list[str] | None:
-        if self.legacy:
-            return None
-        return [row[0] for row in self.query(LIVE_FUNCTIONS, (now_us,))]
-
-    def _columns(self) -> str:
-        return "NULL" if self.legacy else "code_version"
-
-    def get_run(self, run_id: str) -> tuple[Any, ...] | None:
-        found = self.query(GET_RUN.format(code_version=self._columns()), (run_id,))
-        return found[0] if found else None
-
-    def list_runs(
-        self, status: str | None, function_id: str | None, limit: int | None
-    ) -> list[tuple[Any, ...]]:
-        where, params = _filter(status, function_id)
-        sql = (
-            LIST_RUNS.format(code_version=self._columns()) + where + " ORDER BY created_us DESC, id"
-        )
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return self.query(sql, params)
-
-    def count_runs(self, status: str | None, function_id: str | None) -> int:
-        where, params = _filter(status, function_id)
-        return int(self.query(COUNT_RUNS + where, params)[0][0])
+    GET_RUN = GET_RUN
+    LIST_RUNS = LIST_RUNS
+    COUNT_RUNS = COUNT_RUNS
+    LIVE_FUNCTIONS = LIVE_FUNCTIONS
+    MARK = "?"
 
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
         with self.lock:
@@ -207,17 +187,6 @@ class SQLiteStore(SQLiteDatabase, Store):
                     raise
                 raise store_error from exc
         return found[0], stored.get(run_id, [])
-
-
-def _filter(status: str | None, function_id: str | None) -> tuple[str, list[Any]]:
-    where, params = [], []
-    if status is not None:
-        where.append("status = ?")
-        params.append(status)
-    if function_id is not None:
-        where.append("function_id = ?")
-        params.append(function_id)
-    return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
 class ReadOnlySQLiteStore(SQLiteStore):

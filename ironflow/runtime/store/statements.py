@@ -1,5 +1,5 @@
-"""The transaction verbs both stores run the same way: one statement (or a fixed few), whose
-text is the store's own.
+"""The reads and transaction verbs both stores run the same way: one statement (or a fixed
+few), whose text is the store's own.
 
 Each sibling (``sqlite_tx``, ``postgres_tx``) keeps its statements named at the top of its
 module and points these class attributes at them; it overrides only what really differs
@@ -8,9 +8,61 @@ module and points these class attributes at them; it overrides only what really 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ironflow.runtime.store.base import Transaction
+
+
+class StatementReads:
+    """The store-level reads of runs both stores make alike, on the sibling's statements
+    (``MARK`` is its parameter placeholder)."""
+
+    GET_RUN: ClassVar[str]
+    LIST_RUNS: ClassVar[str]
+    COUNT_RUNS: ClassVar[str]
+    LIVE_FUNCTIONS: ClassVar[str]
+    MARK: ClassVar[str]
+    legacy: bool  # a readable older schema: no code_version column, no workers table
+
+    if TYPE_CHECKING:  # each store has its own
+
+        def query(self, sql: str, params: Any = ()) -> list[Any]: ...
+
+    def live_functions(self, now_us: int) -> list[str] | None:
+        if self.legacy:
+            return None
+        return [row[0] for row in self.query(self.LIVE_FUNCTIONS, (now_us,))]
+
+    def _columns(self) -> str:
+        return "NULL" if self.legacy else "code_version"
+
+    def get_run(self, run_id: str) -> tuple[Any, ...] | None:
+        found = self.query(self.GET_RUN.format(code_version=self._columns()), (run_id,))
+        return found[0] if found else None
+
+    def list_runs(
+        self, status: str | None, function_id: str | None, limit: int | None
+    ) -> list[tuple[Any, ...]]:
+        where, params = self._filter(status, function_id)
+        sql = self.LIST_RUNS.format(code_version=self._columns()) + where
+        sql += " ORDER BY created_us DESC, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.query(sql, params)
+
+    def count_runs(self, status: str | None, function_id: str | None) -> int:
+        where, params = self._filter(status, function_id)
+        return int(self.query(self.COUNT_RUNS + where, params)[0][0])
+
+    def _filter(self, status: str | None, function_id: str | None) -> tuple[str, list[Any]]:
+        where, params = [], []
+        if status is not None:
+            where.append(f"status = {self.MARK}")
+            params.append(status)
+        if function_id is not None:
+            where.append(f"function_id = {self.MARK}")
+            params.append(function_id)
+        return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
 class StatementTransaction(Transaction):
