@@ -8,7 +8,7 @@ from typing import Any
 
 import pendulum
 
-from ironflow.commands import Event
+from ironflow.commands import Event, kinds
 from ironflow.commands.jsonvalue import to_json_value
 from ironflow.errors import NonRetryableError
 from ironflow.history import (
@@ -19,7 +19,6 @@ from ironflow.history import (
     EventPublished,
     RunCancelled,
     RunResumed,
-    RunStarted,
     StepCompleted,
     StepFailed,
     TimerFired,
@@ -31,26 +30,29 @@ from ironflow.history import (
     loads,
 )
 from ironflow.interpreter import Decision, Interpreter, Work, replay
+from ironflow.testing.simulator import Simulator
 
 T0 = pendulum.datetime(2026, 1, 1, tz="UTC")
 
 
-class Sim:
-    """Drives one run: ``complete``/``fail``/``fire``/... append runtime events and feed them."""
+class Sim(Simulator):
+    """Drives one run: ``complete``/``fail``/``fire``/... append runtime events and feed them.
+
+    The test kit's ``Simulator`` (``ironflow.testing.simulator``) does the feeding and, in
+    ``execute`` and ``run_all``, answers work as a runtime would; the methods here let a test
+    hand the interpreter outcomes of its own choosing. With ``check``, every decision is
+    compared with a fresh replay of the history so far.
+    """
 
     def __init__(self, flow: Any, data: Any = None, *, run_id: str = "run-1", check: bool = True):
-        self.flow = flow
-        self.interp = Interpreter(flow)
-        self.history: list[Any] = []
-        self.now = T0
+        super().__init__(flow, now=T0)
         self.check = check
         self.decisions: list[tuple[int, Decision]] = []
-        fid = getattr(flow, "id", "flow")
-        self.feed(RunStarted, run_id=run_id, function_id=fid, event=Event("ev-1", fid, data, T0))
+        self.start(data, run_id=run_id, event_id="ev-1")
 
     @property
-    def decision(self) -> Decision:
-        return self.decisions[-1][1]
+    def interp(self) -> Interpreter:
+        return self.interpreter
 
     @property
     def pending(self) -> dict[str, Work]:
@@ -59,24 +61,16 @@ class Sim:
     def tick(self, seconds: float = 1.0) -> None:
         self.now = self.now + _dt.timedelta(seconds=seconds)
 
-    def feed(self, cls: type, **fields: Any) -> Decision:
-        return self.feed_many([(cls, fields)])
-
-    def feed_many(self, items: list[tuple[type, dict[str, Any]]]) -> Decision:
-        batch = []
-        for cls, fields in items:
-            fields.setdefault("ts", self.now)
-            batch.append(cls(seq=len(self.history) + len(batch), **fields))
-        self.history.extend(batch)
-        decision = self.interp.feed(batch)
+    def decided(self, start: int, decision: Decision) -> None:
         self.decisions.append((len(self.history), decision))
         if self.check:
             assert replay(self.flow, list(self.history)) == decision, "replay differs from live"
-        if decision.events:
-            self.history.extend(decision.events)
-            again = self.interp.feed(decision.events)
-            assert not again.events, again
-        return decision
+
+    def feed(self, cls: type, **fields: Any) -> Decision:
+        return self.append([(cls, fields)])
+
+    def feed_many(self, items: list[tuple[type, dict[str, Any]]]) -> Decision:
+        return self.append(items)
 
     # runtime outcomes --------------------------------------------------------------------------
 
@@ -106,12 +100,8 @@ class Sim:
     def execute(self, sid: str) -> Decision:
         """Run the pending step's function for real, as a runtime would."""
         work = self.pending[sid]
-        command: Any = work.command
-        try:
-            result = command.fn(*command.args)
-        except Exception as exc:
-            return self.fail(sid, exc)
-        return self.complete(sid, result)
+        assert work.kind in kinds.STEPS, f"{sid!r} is {work.kind} work, not a step"
+        return self.carry_out(work)
 
     def fire(self, sid: str) -> Decision:
         return self.feed(TimerFired, id=sid)
@@ -140,31 +130,22 @@ class Sim:
     def resume(self) -> Decision:
         return self.feed(RunResumed, reason="test")
 
+    def choose(self, question: str, options: list[Any]) -> Any:
+        # ``run_all``'s plain path, but waits time out: no event is emitted in a test's run.
+        return False if question == "event" else options[0]
+
     def run_all(
         self, limit: int = 10_000, choose: Callable[[list[Work]], Work] | None = None
     ) -> Decision:
-        """Carry out pending work until the run ends: steps really run, timers fire, in order."""
+        """Carry out pending work until the run ends, as the kit's simulator answers each
+        kind: steps really run, timers fire, waits time out, children complete."""
         for _ in range(limit):
             if self.decision.done:
                 return self.decision
             pending = list(self.decision.pending)
             if not pending:
                 raise AssertionError(f"run is stuck: {self.decision}")
-            work = choose(pending) if choose else pending[0]
-            if work.kind in ("run", "undo"):
-                self.execute(work.id)
-            elif work.kind in ("sleep", "sleep_until"):
-                self.fire(work.id)
-            elif work.kind == "wait_event":
-                self.time_out(work.id)
-            elif work.kind == "publish":
-                self.published(work.id, f"pub-{work.id}")
-            elif work.kind == "invoke_async":
-                self.child_started(work.id, f"child-{work.id}")
-            elif work.kind == "invoke":
-                self.child_completed(work.id, {"child": work.id}, f"child-{work.id}")
-            else:
-                raise AssertionError(f"unknown work {work}")
+            self.carry_out(choose(pending) if choose else pending[0])
         raise AssertionError("run did not finish")
 
     # inspecting the history ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ from harness import Sim
 
 import ironflow
 from ironflow import step
-from ironflow.commands import Event
+from ironflow.commands import Event, kinds
 from ironflow.commands.jsonvalue import NotJSONError, copy_json, to_json_value
 from ironflow.history import (
     EVENT_TYPES,
@@ -386,19 +386,10 @@ def drive(sim: Sim) -> None:
             return
         work = sim.decision.pending[0]
         sim.tick(1.25)
-        if work.kind in ("run", "undo"):
-            sim.execute(work.id)
-        elif work.kind in ("sleep", "sleep_until"):
-            sim.fire(work.id)
-        elif work.kind == "wait_event":
+        if work.kind == kinds.WAIT_EVENT:  # with the data the workflow reads
             sim.match(work.id, "order.approved", {"id": 7, "by": "ann"})
-        elif work.kind == "publish":
-            sim.published(work.id, f"pub-{work.id}")
-        elif work.kind == "invoke":
-            sim.child_started(work.id, "child-1")
-            sim.child_completed(work.id, {"ok": True}, "child-1")
-        else:
-            raise AssertionError(f"unexpected work {work}")
+        else:  # as a runtime would: steps run, timers fire, the child completes
+            sim.carry_out(work)
     raise AssertionError("the run did not finish")
 
 

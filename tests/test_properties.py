@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from ironflow import NonDeterminismError, RetryPolicy, step
-from ironflow.commands import Event
+from ironflow.commands import Event, kinds
 from ironflow.history import (
     RunResumed,
     RunStarted,
@@ -351,16 +351,16 @@ def key(decision: Decision) -> Any:
 
 def outcome_for(data: Any, work: Any, seq: int, now: _dt.datetime) -> Any:
     """The runtime event the driver delivers for ``work`` (Hypothesis picks which outcome)."""
-    if work.kind in ("run", "undo"):
+    if work.kind in kinds.STEPS:
         outcome = data.draw(OUTCOMES, work.id)
         if outcome == "ok":
             value = data.draw(JSON, f"{work.id} result")
             return StepCompleted(seq, now, work.id, work.attempt, value)
         error = encode_error(data.draw(ERRORS, f"{work.id} error"))
         return StepFailed(seq, now, work.id, work.attempt, error, outcome == "retry")
-    if work.kind == "sleep":
+    if work.kind == kinds.SLEEP:
         return TimerFired(seq, now, work.id)
-    assert work.kind == "wait_event", work
+    assert work.kind == kinds.WAIT_EVENT, work
     if data.draw(MATCHED, f"{work.id} matched"):
         payload = data.draw(JSON, f"{work.id} data")
         return WaitMatched(seq, now, work.id, Event(f"e{seq}", "evt", payload, now))
@@ -456,7 +456,7 @@ def drive(data: Any, plan: tuple[Any, ...]) -> Driven:
         batch: list[Any] = []
         for work in chosen:
             seq = len(history) + len(batch)
-            now = at(None) if work.kind == "wait_event" else at(work.due)
+            now = at(None) if work.kind == kinds.WAIT_EVENT else at(work.due)
             outcome = outcome_for(data, work, seq, now)
             if isinstance(outcome, StepCompleted) and not batch and work not in stale:
                 accepted.append(seq)  # surely accepted: its work was pending

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import click
 
+from ironflow.commands import kinds
 from ironflow.history import (
     ChildCompleted,
     ChildFailed,
@@ -35,7 +36,7 @@ from ironflow.history import (
 from ironflow.runtime import Run
 
 ACTIVE = ("scheduled", "running", "retrying", "sleeping", "waiting", "registered")
-GROUPS = ("parallel", "map")
+GROUPS = kinds.GROUPS
 _COLORS = {
     "completed": "green",
     "failed": "red",
@@ -277,16 +278,16 @@ class Timeline:
 
 
 _INITIAL = {
-    "run": "running",
-    "sleep": "sleeping",
-    "sleep_until": "sleeping",
-    "wait_event": "waiting",
-    "invoke": "running",
-    "invoke_async": "running",
-    "publish": "running",
-    "parallel": "running",
-    "map": "running",
-    "compensate": "registered",
+    kinds.RUN: "running",
+    kinds.SLEEP: "sleeping",
+    kinds.SLEEP_UNTIL: "sleeping",
+    kinds.WAIT_EVENT: "waiting",
+    kinds.INVOKE: "running",
+    kinds.INVOKE_ASYNC: "running",
+    kinds.PUBLISH: "running",
+    kinds.PARALLEL: "running",
+    kinds.MAP: "running",
+    kinds.COMPENSATE: "registered",
 }
 
 
@@ -313,7 +314,7 @@ def timeline(history: Sequence[HistoryEvent], run_status: str) -> Timeline:
                 event.ts,
                 fingerprint=event.fingerprint,
                 status=_INITIAL.get(event.kind, "scheduled"),
-                attempts=1 if event.kind == "run" else 0,
+                attempts=1 if event.kind == kinds.RUN else 0,
                 detail=dict(event.detail),
             )
             due = event.detail.get("due")
@@ -353,7 +354,7 @@ def timeline(history: Sequence[HistoryEvent], run_status: str) -> Timeline:
             view.finish("timed out", event.ts)
         elif isinstance(event, ChildStarted):
             view.detail["child_run_id"] = event.child_run_id
-            if view.kind == "invoke_async":
+            if view.kind == kinds.INVOKE_ASYNC:
                 result(view, event.child_run_id)
                 view.finish("completed", event.ts)
         elif isinstance(event, ChildCompleted):
@@ -408,32 +409,32 @@ def step_detail(view: StepView) -> str:
     """The DETAIL column: what the step waits for, or what it returned or raised."""
     kind, detail = view.kind, view.detail
     parts: list[str] = []
-    if kind in ("sleep", "sleep_until") and view.due is not None:
+    if kind in kinds.SLEEPS and view.due is not None:
         parts.append(f"until {when(view.due)} UTC")
-    elif kind == "wait_event":
+    elif kind == kinds.WAIT_EVENT:
         what = f"event {detail.get('event')!r}"
         if detail.get("match"):
             what += f" where {detail['match']} == {excerpt(detail.get('match_value'), 30)}"
         parts.append(what)
         if view.status == "waiting" and view.due is not None:
             parts.append(f"timeout {when(view.due)} UTC")
-    elif kind in ("invoke", "invoke_async"):
+    elif kind in kinds.CHILDREN:
         parts.append(f"child {detail.get('child_run_id') or detail.get('function')}")
         if view.status == "running" and view.due is not None:
             parts.append(f"timeout {when(view.due)} UTC")
-    elif kind == "publish":
+    elif kind == kinds.PUBLISH:
         parts.append(f"event {detail.get('event')!r}")
     elif kind in GROUPS:
         parts.append(view.fingerprint)
         if detail.get("concurrency"):
             parts.append(f"concurrency {detail['concurrency']}")
-    elif kind == "compensate":
+    elif kind == kinds.COMPENSATE:
         parts.append(f"undo: {view.fingerprint}()")
     if view.status == "retrying":
         parts.append(f"attempt {view.attempts} at {when(view.due)} UTC")
     if view.error is not None:
         parts.append("error " + error_text(view.error))
-    elif view.has_output and kind != "invoke_async":
+    elif view.has_output and kind != kinds.INVOKE_ASYNC:
         parts.append("-> " + excerpt(view.output))
     return "; ".join(part for part in parts if part)
 

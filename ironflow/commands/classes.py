@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 import pendulum
 
+from ironflow.commands import kinds
 from ironflow.commands.event import Event
 from ironflow.commands.retry import RetryPolicy
 
@@ -37,7 +38,7 @@ class RunStep(Generic[T]):
     args: tuple[Any, ...] = ()
     retry: RetryPolicy | None = None
     timeout: pendulum.Duration | None = None
-    kind = "run"
+    kind = kinds.RUN
 
     def __iter__(self) -> Generator[RunStep[T], Any, T]:
         """``yield from`` it: yields the command; returns the step's result."""
@@ -51,7 +52,7 @@ class Sleep:
 
     name: str
     duration: pendulum.Duration
-    kind = "sleep"
+    kind = kinds.SLEEP
 
     def __iter__(self) -> Generator[Sleep, Any, None]:
         """``yield from`` it: yields the command; returns ``None``."""
@@ -64,7 +65,7 @@ class SleepUntil:
 
     name: str
     when: pendulum.DateTime
-    kind = "sleep_until"
+    kind = kinds.SLEEP_UNTIL
 
     def __iter__(self) -> Generator[SleepUntil, Any, None]:
         """``yield from`` it: yields the command; returns ``None``."""
@@ -80,7 +81,7 @@ class WaitEvent:
     match: str | None = None
     value: Any = UNSET
     timeout: pendulum.Duration = attrs.field(factory=lambda: pendulum.duration(days=7))
-    kind = "wait_event"
+    kind = kinds.WAIT_EVENT
 
     def __iter__(self) -> Generator[WaitEvent, Any, Event]:
         """``yield from`` it: yields the command; returns the matched event."""
@@ -96,7 +97,7 @@ class Parallel:
     branches: tuple[Callable[..., Any], ...]
     concurrency: int | None = None
     on_error: str = "fail_fast"
-    kind = "parallel"
+    kind = kinds.PARALLEL
 
     def __iter__(self) -> Generator[Parallel, Any, list[Any]]:
         """``yield from`` it: yields the command; returns the branches' results."""
@@ -113,7 +114,7 @@ class Map:
     fn: Callable[..., Any]
     concurrency: int | None = None
     on_error: str = "fail_fast"
-    kind = "map"
+    kind = kinds.MAP
 
     def __iter__(self) -> Generator[Map, Any, list[Any]]:
         """``yield from`` it: yields the command; returns the results, in item order."""
@@ -129,7 +130,7 @@ class Invoke:
     function: str
     data: Any = None
     timeout: pendulum.Duration | None = None
-    kind = "invoke"
+    kind = kinds.INVOKE
 
     def __iter__(self) -> Generator[Invoke, Any, Any]:
         """``yield from`` it: yields the command; returns the child run's output."""
@@ -144,7 +145,7 @@ class InvokeAsync:
     name: str
     function: str
     data: Any = None
-    kind = "invoke_async"
+    kind = kinds.INVOKE_ASYNC
 
     def __iter__(self) -> Generator[InvokeAsync, Any, str]:
         """``yield from`` it: yields the command; returns the child's run id."""
@@ -159,7 +160,7 @@ class Publish:
     name: str
     event: str
     data: Any = None
-    kind = "publish"
+    kind = kinds.PUBLISH
 
     def __iter__(self) -> Generator[Publish, Any, str]:
         """``yield from`` it: yields the command; returns the event id."""
@@ -174,7 +175,7 @@ class Compensate:
     name: str
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
-    kind = "compensate"
+    kind = kinds.COMPENSATE
 
     def __iter__(self) -> Generator[Compensate, Any, None]:
         """``yield from`` it: yields the command; returns ``None``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ironflow.commands import kinds
 from ironflow.errors import CancelledError
 from ironflow.history.errors import encode_error
 from ironflow.history.events import ChildCompleted, ChildFailed, ChildStarted, ErrorInfo
@@ -57,9 +58,9 @@ def start_child(driver: Driver, live: Live, work: Work, now_us: int) -> Input:
         )
     if found is None:
         stored = trigger(function_id, detail["data"], now_us)
-        parent = (live.run_id, work.id, work.kind == "invoke")
+        parent = (live.run_id, work.id, work.kind == kinds.INVOKE)
         driver.later.append((create_run, (child_id, function_id, stored, now_us, parent)))
-    elif work.kind == "invoke" and found[0] in TERMINAL:
+    elif work.kind == kinds.INVOKE and found[0] in TERMINAL:
         # Waited for again after a resume: the child ended while this run was failed
         # (it was not told then), or the child's failure is what failed it.
         return outcome(work.id, child_id, *found[:3])
@@ -102,13 +103,13 @@ def finish(live: Live, decision: Decision, now_us: int, batch: Batch) -> None:
     if live.parent_run_id and live.notify_parent:
         if decision.status == "completed":
             kind, body = (
-                "ChildCompleted",
+                kinds.MAIL_CHILD_COMPLETED,
                 {"id": live.parent_step_id, "child_run_id": run_id, "output": decision.output},
             )
         else:
             failure = decision.error or CancelledError("child run was cancelled")
             kind, body = (
-                "ChildFailed",
+                kinds.MAIL_CHILD_FAILED,
                 {
                     "id": live.parent_step_id,
                     "child_run_id": run_id,

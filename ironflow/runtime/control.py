@@ -12,6 +12,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from ironflow.commands import kinds
 from ironflow.errors import NonDeterminismError
 from ironflow.history.errors import encode_error
 from ironflow.history.events import RunCancelled, RunResumed
@@ -41,7 +42,7 @@ def cancel_in(
         tx.cancel_blocked(run_id, now_us)
     else:
         body = rows.dumps({"reason": reason, "compensate": compensate})
-        tx.send_mail(run_id, "RunCancelled", now_us, body)
+        tx.send_mail(run_id, kinds.MAIL_RUN_CANCELLED, now_us, body)
         driver.woken.add(run_id)
     for child in tx.active_children(run_id):
         cancel_in(driver, tx, child, compensate, f"parent run {run_id} was cancelled", now_us)

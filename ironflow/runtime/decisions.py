@@ -12,6 +12,7 @@ import datetime as _dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ironflow.commands import kinds
 from ironflow.history.events import (
     ChildStarted,
     EventPublished,
@@ -29,7 +30,7 @@ from ironflow.runtime.store import rows
 if TYPE_CHECKING:
     from ironflow.runtime.driver import Driver
 
-STEP_KINDS = ("run", "undo")
+STEP_KINDS = kinds.STEPS
 
 
 def apply(
@@ -45,7 +46,11 @@ def apply(
     The writes wait in ``later`` for the round's commit; what the run receives at once
     (a wait's event emitted before, a child started or already ended, a publish) is
     known now, from reads outside a transaction, and folded in this same round. With
-    ``everything``, all pending work is (re)indexed; each action is idempotent."""
+    ``everything``, all pending work is (re)indexed; each action is idempotent.
+
+    The boundary where work kinds become timer kinds (``ironflow.commands.kinds``): a step's
+    delayed attempt sets a ``retry`` timer, both sleeps a ``sleep`` one, an invoke's timeout
+    an ``invoke`` one, and a wait's timeout a ``wait`` one (in ``events.index_wait``)."""
     run_id = live.run_id
     inputs: list[Input] = []
     later = driver.later
@@ -54,19 +59,21 @@ def apply(
         due_us = None if work.due is None else rows.to_us(rows.as_datetime(work.due))
         if kind in STEP_KINDS:
             if due_us is not None and due_us > now_us:
-                later.append((timers.set_timer, (run_id, work.id, "retry", due_us, work.attempt)))
-        elif kind in ("sleep", "sleep_until"):
+                later.append(
+                    (timers.set_timer, (run_id, work.id, kinds.TIMER_RETRY, due_us, work.attempt))
+                )
+        elif kind in kinds.SLEEPS:
             assert due_us is not None
-            later.append((timers.set_timer, (run_id, work.id, "sleep", due_us, 1)))
-        elif kind == "wait_event":
+            later.append((timers.set_timer, (run_id, work.id, kinds.TIMER_SLEEP, due_us, 1)))
+        elif kind == kinds.WAIT_EVENT:
             found = events.register_wait(driver, live, work, now_us, driver.consumed)
             if found is not None:
                 inputs.append((WaitMatched, {"id": work.id, "event": found}))
-        elif kind in ("invoke", "invoke_async"):
+        elif kind in kinds.CHILDREN:
             inputs.append(children.start_child(driver, live, work, now_us))
-            if kind == "invoke" and due_us is not None:
-                later.append((timers.set_timer, (run_id, work.id, "invoke", due_us, 1)))
-        elif kind == "publish":
+            if kind == kinds.INVOKE and due_us is not None:
+                later.append((timers.set_timer, (run_id, work.id, kinds.TIMER_INVOKE, due_us, 1)))
+        elif kind == kinds.PUBLISH:
             detail = work.detail
             event_id = detail["event_id"]
             args = (detail["event"], detail["data"], event_id, event_id, now)

@@ -16,6 +16,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ironflow.commands import kinds
 from ironflow.commands.event import MISSING, Event, lookup
 from ironflow.history.events import (
     ChildCompleted,
@@ -38,13 +39,13 @@ if TYPE_CHECKING:
 _RUNS_LOG = logging.getLogger("ironflow.runs")
 
 INBOX_TYPES: dict[str, type] = {
-    "WaitMatched": WaitMatched,
-    "ChildCompleted": ChildCompleted,
-    "ChildFailed": ChildFailed,
-    "RunCancelled": RunCancelled,
+    kinds.MAIL_WAIT_MATCHED: WaitMatched,
+    kinds.MAIL_CHILD_COMPLETED: ChildCompleted,
+    kinds.MAIL_CHILD_FAILED: ChildFailed,
+    kinds.MAIL_RUN_CANCELLED: RunCancelled,
     # resume() now writes RunResumed into the history itself; a database written by an
     # earlier version may still hold one as mail.
-    "RunResumed": RunResumed,
+    kinds.MAIL_RUN_RESUMED: RunResumed,
 }
 
 
@@ -157,11 +158,11 @@ def index_wait(
     if event is None:
         tx.add_wait(run_id, step_id, name, path, key, seq)
         if due_us is not None:
-            timers.set_timer(driver, tx, run_id, step_id, "wait", due_us, 1)
+            timers.set_timer(driver, tx, run_id, step_id, kinds.TIMER_WAIT, due_us, 1)
         return
     tx.consume(run_id, event.id)
     body = rows.dumps({"id": step_id, "event": rows.event_body(event)})
-    tx.send_mail(run_id, "WaitMatched", now_us, body)
+    tx.send_mail(run_id, kinds.MAIL_WAIT_MATCHED, now_us, body)
     driver.woken.add(run_id)
 
 
@@ -206,7 +207,7 @@ def decode_mail(
         try:  # free unless raised
             for item in items:
                 _, run_id, kind, body = item
-                if _FAULTS and kind == "WaitMatched":
+                if _FAULTS and kind == kinds.MAIL_WAIT_MATCHED:
                     crash_point("event-deliver")
                 inbox.setdefault(run_id, []).append(inbox_input(kind, json.loads(body)))
             break

@@ -1,6 +1,7 @@
 """Timers: what each kind means when it falls due, and setting one.
 
-A timer is keyed by (run, step). Kinds:
+A timer is keyed by (run, step). Kinds (named in ``ironflow.commands.kinds``, where the
+table of which work sets which kind is):
 
 | kind     | set for                           | when due, the run receives               |
 |----------|-----------------------------------|------------------------------------------|
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ironflow.commands import kinds
 from ironflow.history.events import ChildFailed, TimerFired, WaitTimedOut
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
@@ -65,12 +67,12 @@ def fired(live: Live, due: list[tuple[str, str, int]], inputs: list[Input], batc
         if _FAULTS:
             crash_point("timer-fire")
         batch.timers_done.append((run_id, step_id))
-        if kind == "sleep":
+        if kind == kinds.TIMER_SLEEP:
             inputs.append((TimerFired, {"id": step_id}))
-        elif kind == "wait":
+        elif kind == kinds.TIMER_WAIT:
             batch.waits_done.append((run_id, step_id))
             inputs.append((WaitTimedOut, {"id": step_id}))
-        elif kind == "invoke":
+        elif kind == kinds.TIMER_INVOKE:
             child_id = f"{run_id}/{step_id}"
             error = live.interpreter.invoke_timeout(step_id, child_id)
             inputs.append((ChildFailed, {"id": step_id, "child_run_id": child_id, "error": error}))

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from ironflow.commands import kinds
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
@@ -337,7 +338,7 @@ class PostgresTransaction(StatementTransaction):
             self.conn.execute(CLEAR_READY, (run_ids,))
 
     def take_timers(self, keys: list[tuple[str, str, str]], now_us: int) -> set[tuple[str, str]]:
-        waits = [(run_id, step_id) for run_id, step_id, kind in keys if kind == "wait"]
+        waits = [(run_id, step_id) for run_id, step_id, kind in keys if kind == kinds.TIMER_WAIT]
         lost: set[tuple[str, str]] = set()
         if waits:
             claimed = {tuple(row) for row in self.conn.execute(CLAIM_WAITS, columns(waits))}

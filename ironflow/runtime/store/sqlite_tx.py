@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from ironflow.commands import kinds
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
@@ -301,7 +302,9 @@ class SQLiteTransaction(StatementTransaction):
         conn = self.conn
         claimed = set()
         for run_id, step_id, kind in keys:
-            if kind == "wait" and conn.execute(CLAIM_WAIT, (run_id, step_id)).fetchone() is None:
+            # A wait's timer fires only while its wait is there (no event took it first).
+            wait = kind == kinds.TIMER_WAIT
+            if wait and conn.execute(CLAIM_WAIT, (run_id, step_id)).fetchone() is None:
                 continue
             if conn.execute(CLAIM_TIMER, (run_id, step_id, now_us)).fetchone() is not None:
                 claimed.add((run_id, step_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ironflow.commands import kinds
 from ironflow.runtime.store.base import Transaction
 
 
@@ -198,7 +199,7 @@ class StatementTransaction(Transaction):
             return  # its timeout fired, or another emit took it first
         conn.execute(self.DELETE_TIMER, (run_id, step_id))
         conn.execute(self.CONSUME, (run_id, event_id))
-        self.send_mail(run_id, "WaitMatched", ts_us, body)
+        self.send_mail(run_id, kinds.MAIL_WAIT_MATCHED, ts_us, body)
 
     def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
         found: list[tuple[Any, ...]] = self.conn.execute(
