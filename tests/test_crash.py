@@ -56,6 +56,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import crash_worker as cw
 import pytest
 
+from ironflow.commands import kinds
 from ironflow.history.events import (
     ChildStarted,
     CommandScheduled,
@@ -343,7 +344,7 @@ def _scenario(sc: Scenario, mode: str, arg: str) -> None:
         e.id
         for h in final.values()
         for e in h
-        if isinstance(e, CommandScheduled) and e.kind in ("run", "compensate")
+        if isinstance(e, CommandScheduled) and e.kind in (kinds.RUN, kinds.COMPENSATE)
     }
     assert scheduled == {
         "fetch",

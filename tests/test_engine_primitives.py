@@ -25,6 +25,7 @@ from ironflow import (
     WaitTimeoutError,
     step,
 )
+from ironflow.commands import kinds
 from ironflow.history import (
     CommandScheduled,
     EventPublished,
@@ -528,7 +529,7 @@ def test_map_respects_concurrency_and_empty_items(engine):
     assert engine.get_run(rid).output == {"none": [], "some": [0, 1, 2, 3, 4, 5]}
     in_flight, most = set(), 0
     for event in engine.history(rid):
-        if isinstance(event, CommandScheduled) and event.kind == "run":
+        if isinstance(event, CommandScheduled) and event.kind == kinds.RUN:
             in_flight.add(event.id)
             most = max(most, len(in_flight))
         elif isinstance(event, StepCompleted):

@@ -846,10 +846,7 @@ def test_concurrency_one_runs_branches_one_after_another():
     while not sim.decision.done:
         (work,) = sim.decision.pending
         sequence.append(work.id)
-        if work.kind == "run":
-            sim.execute(work.id)
-        else:
-            sim.fire(work.id)
+        sim.carry_out(work)  # steps run, timers fire
     assert sequence == ["p/0/a", "p/0/b", "p/1/a", "p/1/b", "p/2/a", "p/2/b"]
     assert sim.decision.output == [[0, None], [1, None], [2, None]]
     sim.verify()
