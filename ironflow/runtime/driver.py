@@ -279,6 +279,8 @@ class Driver:
         # 3. Commit (a short transaction): what the fold decided, under the lease fence.
         later = self.later
         with self.store.transaction() as tx:
+            if later:
+                events.reserve(tx, later)  # the store's per-name locks, all at once, first
             if fired_in:
                 # The timers the fold fired are claimed here, with what they led to: one
                 # gone since discovery (an emit took its wait, another round fired it)
