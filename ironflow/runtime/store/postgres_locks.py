@@ -71,13 +71,9 @@ def conflict(exc: BaseException, url: str) -> WriteConflict | None:
     """The ``WriteConflict`` a driver error means, if it means one."""
     import psycopg
 
-    if isinstance(exc, psycopg.errors.DeadlockDetected):
-        what = "deadlock detected"
-    elif isinstance(exc, psycopg.errors.SerializationFailure):
-        what = "serialization failure"
-    else:
+    if not isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):
         return None
     return WriteConflict(
-        f"PostgreSQL aborted a write transaction on {url} ({what}: {first_line(exc)}); "
+        f"PostgreSQL aborted a write transaction on {url}: {first_line(exc)}; "
         "nothing of it was written; try it again"
     )
