@@ -293,3 +293,28 @@ def test_a_deadlock_the_server_breaks_is_a_write_conflict_not_a_driver_error(pg_
         assert not isinstance(conflicts[0], psycopg.Error)
     finally:
         other.close()
+
+
+def test_an_emit_takes_its_stripes_records_and_announces_in_one_statement(pg_url, store):
+    with connect(pg_url) as listener:
+        listener.execute(f"LISTEN {store.channel}")
+        exchanges = Exchanges(store.conn)
+        with store.transaction() as tx:
+            tx.record_event("e1", "paid", "{}", 1, None)
+            # BEGIN, then the locks, the row and the NOTIFY together.
+            assert exchanges.count == 2
+            held = tx.execute(
+                "SELECT mode, count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid() AND granted GROUP BY mode ORDER BY mode"
+            ).fetchall()
+            assert held == [("ExclusiveLock", 1), ("ShareLock", STRIPES - 1)]
+            tx.record_event("e2", "paid", "{}", 2, None)  # holds its stripes: none taken again
+        assert exchanges.count == 5  # + the second insert, COMMIT
+        # One wake-up per transaction, sent on commit (PostgreSQL folds identical ones).
+        notes = list(listener.notifies(timeout=WAIT_S, stop_after=1))
+        assert [note.channel for note in notes] == [store.channel]
+        assert list(listener.notifies(timeout=0.05)) == []
+    assert store.query("SELECT id, name FROM events ORDER BY pos") == [
+        ("e1", "paid"),
+        ("e2", "paid"),
+    ]

@@ -44,6 +44,16 @@ class Stripes:
 
     def lock(self, exclusive: Iterable[int] = (), shared: Iterable[int] = ()) -> None:
         """Take the stripes not held yet, in one statement, in key order."""
+        keys, modes = self.wanted(exclusive, shared)
+        if keys:
+            lock_class = self.store.lock_class
+            self.conn.execute(LOCK_STRIPES, (lock_class, lock_class, keys, modes))
+            self.took(keys, modes)
+
+    def wanted(
+        self, exclusive: Iterable[int], shared: Iterable[int]
+    ) -> tuple[list[int], list[bool]]:
+        """The stripes not held yet, in key order, and whether each is wanted exclusive."""
         wanted: dict[int, bool] = {}
         for key in exclusive:
             if key not in self.exclusive:
@@ -51,13 +61,12 @@ class Stripes:
         for key in shared:
             if key not in self.shared and key not in self.exclusive:
                 wanted.setdefault(key, False)
-        if not wanted:
-            return
         keys = sorted(wanted)
-        lock_class = self.store.lock_class
-        self.conn.execute(LOCK_STRIPES, (lock_class, lock_class, keys, [wanted[k] for k in keys]))
-        for key in keys:
-            (self.exclusive if wanted[key] else self.shared).add(key)
+        return keys, [wanted[k] for k in keys]
+
+    def took(self, keys: list[int], modes: list[bool]) -> None:
+        for key, exclusive in zip(keys, modes, strict=True):
+            (self.exclusive if exclusive else self.shared).add(key)
 
     def reserve(self, emits: Collection[str], waits: Collection[str], creates_runs: bool) -> None:
         """Every stripe this round will need, at once: its publishes' exclusive (and every

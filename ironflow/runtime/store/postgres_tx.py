@@ -29,7 +29,7 @@ from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import StoreError
 from ironflow.runtime.store.postgres_commit import PostgresCommit
-from ironflow.runtime.store.postgres_locks import ALL_STRIPES
+from ironflow.runtime.store.postgres_locks import ALL_STRIPES, LOCK_STRIPES
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns
 from ironflow.runtime.store.postgres_schema import NOT_ENDED, stripe
 
@@ -151,9 +151,12 @@ WAITS_KEYED = (
 )
 CONSUME = "INSERT INTO consumed VALUES (%s, %s) ON CONFLICT DO NOTHING"
 EVENT_STARTED = "SELECT started FROM events WHERE idempotency_key = %s"
+# An emit in one statement: its stripes (``LOCK_STRIPES``, those not held yet), then the row,
+# then its wake-up (sent on commit). The row is made from the locks' one-row aggregate, so its
+# pos is drawn after they are granted.
 RECORD_EVENT = (
-    "INSERT INTO events (id, name, data, ts_us, idempotency_key) VALUES (%s, %s, %s, %s, %s) "
-    "RETURNING pos"
+    "INSERT INTO events (id, name, data, ts_us, idempotency_key) SELECT %s, %s, %s, %s, %s "
+    f"FROM ({LOCK_STRIPES}) AS locked RETURNING pos, pg_notify(%s, '')"
 )
 SET_EVENT_STARTED = "UPDATE events SET started = %s WHERE pos = %s"
 UNCONSUMED_EVENTS = (
@@ -304,9 +307,12 @@ class PostgresTransaction(PostgresCommit):
         self, event_id: str, name: str, data: str, ts_us: int, idempotency_key: str | None
     ) -> int:
         # Every stripe shared with its own exclusive, at once: an emit may start runs next.
-        self.lock((stripe(name),), ALL_STRIPES)
-        self.wakes = True
-        found = self.conn.execute(RECORD_EVENT, (event_id, name, data, ts_us, idempotency_key))
+        keys, modes = self.wanted((stripe(name),), ALL_STRIPES)
+        store = self.store
+        params = (event_id, name, data, ts_us, idempotency_key, store.lock_class, store.lock_class)
+        found = self.conn.execute(RECORD_EVENT, (*params, keys, modes, store.channel))
+        self.took(keys, modes)
+        self.wakes = self.notified = True  # announced by the insert
         pos: int = found.fetchone()[0]  # type: ignore[index]
         return pos
 
