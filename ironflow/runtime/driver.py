@@ -279,8 +279,6 @@ class Driver:
         # 3. Commit (a short transaction): what the fold decided, under the lease fence.
         later = self.later
         with self.store.transaction() as tx:
-            if later:
-                events.reserve(tx, later)  # the store's per-name locks, all at once, first
             if fired_in:
                 # The timers the fold fired are claimed here, with what they led to: one
                 # gone since discovery (an emit took its wait, another round fired it)
@@ -291,6 +289,8 @@ class Driver:
                 # A child run made meanwhile by a worker that took the run over fails an
                 # insert here: that is a lost lease too.
                 tx.fence()
+                # The store's per-name locks, all at once, before the writes that need them.
+                events.reserve(tx, later)
             for action, args in later:
                 action(self, tx, *args)
             if with_mail:
