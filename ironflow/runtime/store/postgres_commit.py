@@ -47,7 +47,7 @@ class PostgresCommit(Stripes, StatementTransaction):
         self.store = store
         # The connection; inside ``with``, until the first statement, a stand-in that sends
         # ``BEGIN`` with it (``_Begin``).
-        self.conn: Any = store.conn
+        self.conn: psycopg.Connection[Any] = store.conn
         self.tx = None
         self.round: list[Any] | None = None
         self.fenced = False
@@ -58,7 +58,7 @@ class PostgresCommit(Stripes, StatementTransaction):
 
     def __enter__(self) -> Self:
         self.store.lock.acquire()
-        self.conn = _Begin(self)
+        self.conn = _Begin(self)  # type: ignore[assignment]
         return self
 
     def begin(self) -> psycopg.Connection[Any]:
@@ -146,7 +146,7 @@ class PostgresCommit(Stripes, StatementTransaction):
         if notify:
             self.wakes = self.notified = True
         conn = self.conn
-        if type(conn) is _Begin:
+        if self.tx is None and conn is not self.store.conn:  # in ``with``, nothing sent yet
             if self.round is None:
                 self.round = params  # sent alone when the transaction ends, if nothing follows
                 return
