@@ -102,7 +102,8 @@ def test_a_sequential_run_costs_one_round_trip_per_step(pg_url):
                 total += yield step.run(f"s{i}", lambda i=i: i)
             return total
 
-        engine = ironflow.Engine(pg_url)
+        # No poll or lease renewal falls due during the run: only its own exchanges count.
+        engine = ironflow.Engine(pg_url, poll="1h", lease="1h")
         try:
             engine.register(flow)
             run_id = engine.start(flow.id)

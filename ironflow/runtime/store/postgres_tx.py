@@ -152,12 +152,13 @@ WAITS_KEYED = (
 CONSUME = "INSERT INTO consumed VALUES (%s, %s) ON CONFLICT DO NOTHING"
 EVENT_STARTED = "SELECT started FROM events WHERE idempotency_key = %s"
 # An emit in one statement: its stripes (``LOCK_STRIPES``, those not held yet), then the row,
-# then its wake-up (sent on commit). The row is made from the locks' one-row aggregate, so its
-# pos is drawn after they are granted.
+# then, the first in its transaction, the wake-up (sent on commit). The row is made from the
+# locks' one-row aggregate, so its pos is drawn after they are granted.
 RECORD_EVENT = (
     "INSERT INTO events (id, name, data, ts_us, idempotency_key) SELECT %s, %s, %s, %s, %s "
-    f"FROM ({LOCK_STRIPES}) AS locked RETURNING pos, pg_notify(%s, '')"
+    f"FROM ({LOCK_STRIPES}) AS locked RETURNING pos"
 )
+RECORD_EVENT_NOTIFY = f"{RECORD_EVENT}, pg_notify(%s, '')"
 SET_EVENT_STARTED = "UPDATE events SET started = %s WHERE pos = %s"
 UNCONSUMED_EVENTS = (
     "SELECT id, data, ts_us FROM events WHERE name = %s AND pos > %s AND id NOT IN "
@@ -310,9 +311,12 @@ class PostgresTransaction(PostgresCommit):
         keys, modes = self.wanted((stripe(name),), ALL_STRIPES)
         store = self.store
         params = (event_id, name, data, ts_us, idempotency_key, store.lock_class, store.lock_class)
-        found = self.conn.execute(RECORD_EVENT, (*params, keys, modes, store.channel))
+        if self.notified:
+            found = self.conn.execute(RECORD_EVENT, (*params, keys, modes))
+        else:  # the transaction's one wake-up, with its first event
+            found = self.conn.execute(RECORD_EVENT_NOTIFY, (*params, keys, modes, store.channel))
         self.took(keys, modes)
-        self.wakes = self.notified = True  # announced by the insert
+        self.wakes = self.notified = True
         pos: int = found.fetchone()[0]  # type: ignore[index]
         return pos
 
