@@ -7,9 +7,10 @@ schema of that database that it drops afterwards, over the URL's connection (TCP
   one commit). Every PostgreSQL number of the engine is read against it: a step commits once.
 * ``floor_tx``: the same as ``BEGIN``; ``INSERT``; ``COMMIT`` sent one by one (three round trips),
   what a driver that does not pipeline pays.
-* ``round``: the engine's round commit through the store's ``Transaction.commit_round``:
-  ``BEGIN``, then the lease fence (locks the run, checks its owner), 3 history rows in one bulk
-  insert and 1 run update sent as one multi-statement query, then ``COMMIT``.
+* ``round``: the engine's round commit through the store's ``Transaction.commit_round``: one
+  prepared call of the schema's round function, alone in autocommit (one round trip, one
+  commit): the lease fence (locks the run, checks its owner), 3 history rows in one bulk insert
+  and 1 run update.
 
 Each with the server's ``synchronous_commit`` (``full``) and with it off (``normal``). Times are
 per operation: the median and the mean of ``--n`` operations after a warm-up, best of

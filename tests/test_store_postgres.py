@@ -21,7 +21,6 @@ from ironflow.runtime.store import postgres_round as pg_round
 from ironflow.runtime.store import postgres_schema as pg
 from ironflow.runtime.store.base import Batch
 from ironflow.runtime.store.postgres import READY_RUNS, PostgresStore
-from ironflow.runtime.store.postgres_schema import Locks
 from ironflow.runtime.store.postgres_tx import PostgresTransaction
 
 WAIT_S = 10  # bounded waits: a hang fails the test instead of the session
@@ -61,7 +60,12 @@ def tables(url: str) -> list[str]:
 def tx_on(conn: psycopg.Connection[Any], store: PostgresStore) -> PostgresTransaction:
     """The store's transaction verbs on the test's own connection (and its transactions)."""
     shim = SimpleNamespace(
-        conn=conn, lock=threading.RLock(), lock_class=store.lock_class, reraise=store.reraise
+        conn=conn,
+        lock=threading.RLock(),
+        lock_class=store.lock_class,
+        reraise=store.reraise,
+        url=store.url,
+        channel=store.channel,
     )
     return PostgresTransaction(shim)  # type: ignore[arg-type]
 
@@ -95,11 +99,16 @@ def take_runs(
 
 
 def commit_round(
-    conn: psycopg.Connection[Any], store: PostgresStore, owner: str, batch: Batch, **locks: Any
+    conn: psycopg.Connection[Any],
+    store: PostgresStore,
+    owner: str,
+    batch: Batch,
+    emits: frozenset[str] = frozenset(),
+    waits: frozenset[str] = frozenset(),
 ) -> None:
     with tx_on(conn, store) as tx:
-        if locks:
-            pg.take_locks(conn, store.lock_class, Locks(**locks))
+        if emits or waits:
+            tx.reserve(emits, waits, False)
         tx.commit_round(batch, owner)
 
 
@@ -454,7 +463,7 @@ def test_the_fence_holds_the_runs_until_commit_a_takeover_waits_for_it(store, pg
         add_runs(w1, store, ["a"])
         take_runs(w1, store, "w1", ["a"], 100)
         with w1.transaction():
-            w1.execute(pg_round.FENCE, ("w1", ["a"]))
+            tx_on(w1, store).commit_round(Batch(fenced=["a"]), "w1")
             # The lease has expired by w2's clock, but w1's fenced round is in flight: a claim
             # skips the run rather than take it from under the commit.
             assert claim_runs(w2, store, "w2", 5000, limit=10) == []

@@ -289,6 +289,8 @@ class Driver:
                 # A child run made meanwhile by a worker that took the run over fails an
                 # insert here: that is a lost lease too.
                 tx.fence()
+                # The store's per-name locks, all at once, before the writes that need them.
+                events.reserve(tx, later)
             for action, args in later:
                 action(self, tx, *args)
             if with_mail:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ironflow.commands import kinds
@@ -131,6 +132,24 @@ def register_wait(
     args = (run_id, work.id, name, path, key, live.event_pos, live.next_seq, due_us, now_us)
     driver.later.append((index_wait, args))
     return None
+
+
+def reserve(tx: Transaction, later: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
+    """Before a round's writes (``later``): tell the store every event name they will record
+    and wait for, and whether they create runs, so that it takes its locks at once
+    (``Transaction.reserve``: on PostgreSQL, taking them one by one could deadlock)."""
+    emits: set[str] = set()
+    waits: set[str] = set()
+    creates = False
+    for action, args in later:
+        if action is index_wait:
+            waits.add(args[2])
+        elif action is emit_in:
+            emits.add(args[0])
+        elif action is create_run:
+            creates = True
+    if emits or waits or creates:
+        tx.reserve(emits, waits, creates)
 
 
 def _consume(driver: Driver, tx: Transaction, run_id: str, event_id: str) -> None:

@@ -1,9 +1,9 @@
 """After a round's drive: retried until it commits, runs that cannot be driven blocked, what
 committed counted and reported (the cold paths around ``Driver.drive_all``).
 
-``commit`` drives the work again after a ``Broken`` batch (the broken runs blocked, together)
-or an ``Unclaimed`` timer (folded again without it); a lost lease drops the batch. Nothing of
-a batch is written unless its commit succeeds.
+``commit`` drives the work again after a ``Broken`` batch (the broken runs blocked, together),
+an ``Unclaimed`` timer (folded again without it) or a ``WriteConflict`` (a few times); a lost
+lease drops the batch. Nothing of a batch is written unless its commit succeeds.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING
 from ironflow.runtime import control, leases, timers
 from ironflow.runtime.executor import Job
 from ironflow.runtime.live import Broken, Input
-from ironflow.runtime.store import LeaseLost
+from ironflow.runtime.store import LeaseLost, WriteConflict
 
 if TYPE_CHECKING:
     from ironflow.runtime.driver import Driver
+
+# A commit the database aborted to resolve a conflict is driven again this many times.
+CONFLICT_RETRIES = 3
 
 
 def commit(
@@ -30,6 +33,7 @@ def commit(
 ) -> list[Job] | None:
     """Drive ``work`` until its decisions commit; ``None`` if nothing of it is left to
     drive (all blocked, or the leases were lost)."""
+    conflicts = 0
     try:
         while True:
             try:
@@ -50,6 +54,14 @@ def commit(
                     for run_id, items in due.items()
                 }
                 discovered = discovered | {run_id for run_id, _ in lost}
+            except WriteConflict:
+                # Aborted by the database (a deadlock it broke, say), nothing written: the
+                # same work again, folded from the store, a few times before giving up.
+                conflicts += 1
+                if conflicts > CONFLICT_RETRIES:
+                    raise
+                for run_id in work:
+                    driver.live.pop(run_id, None)
             except LeaseLost as moved:
                 # Another worker took one of these runs (our lease ran out): let all go.
                 for run_id in work:

@@ -4,8 +4,9 @@
 store's errors; ``sqlite`` is the SQLite store, ``sqlite_schema`` its schema and migrations;
 ``postgres`` is the PostgreSQL store (psycopg 3, imported only when a ``postgresql://`` URL is
 opened), ``postgres_tx`` its write transaction, ``postgres_round`` a round's commit as one
-query, ``postgres_schema`` its schema and advisory locks; ``rows`` is the row codec every
-store shares. ``open_store`` picks a store by URL.
+call of a function of the schema, ``postgres_locks`` the advisory stripes a transaction takes,
+``postgres_schema`` its schema; ``rows`` is the row codec every store shares. ``open_store``
+picks a store by URL.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ironflow.runtime.store.base import Batch, LeaseLost, Store, StoreError, Transaction
+from ironflow.runtime.store.base import (
+    Batch,
+    LeaseLost,
+    Store,
+    StoreError,
+    Transaction,
+    WriteConflict,
+)
 from ironflow.runtime.store.sqlite import (
     DURABILITY,
     READABLE_VERSIONS,
@@ -40,6 +48,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Transaction",
+    "WriteConflict",
     "is_postgres_url",
     "open_store",
     "parse_url",

@@ -6,8 +6,9 @@ the store; everything a round or a control call writes happens inside one ``Tran
 ``Batch`` and handed over whole (``commit_round``), so a store writes them in bulk under the
 lease fence: if any run of the batch is no longer held by the writer, nothing of it is
 written and ``LeaseLost`` is raised. A store never leaks its driver's exceptions for the
-cases the engine handles: a lost lease is ``LeaseLost``, a database that is not ours, damaged
-or read-only is ``StoreError``; a damaged row is ``rows.CorruptRow`` naming its run.
+cases the engine handles: a lost lease is ``LeaseLost``, a transaction the database aborted to
+resolve a conflict is ``WriteConflict``, a database that is not ours, damaged or read-only is
+``StoreError``; a damaged row is ``rows.CorruptRow`` naming its run.
 
 Rows cross this boundary as plain tuples (the row codec in ``rows`` turns them into history
 events): no per-row objects on the hot path. Implementations are siblings (``sqlite.py``);
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import attrs
@@ -26,7 +27,7 @@ import attrs
 from ironflow.errors import StoreError
 from ironflow.history.events import HistoryEvent
 
-__all__ = ["Batch", "LeaseLost", "Store", "StoreError", "Transaction"]
+__all__ = ["Batch", "LeaseLost", "Store", "StoreError", "Transaction", "WriteConflict"]
 
 # (id, function_id, status, output, error, created_us, updated_us, ended_us, parent_run_id,
 # code_version)
@@ -44,6 +45,11 @@ class LeaseLost(StoreError):
     def __init__(self, message: str, run_ids: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.run_ids = run_ids
+
+
+class WriteConflict(StoreError):
+    """The database aborted a write transaction to resolve a conflict with a concurrent one (a
+    deadlock, a serialization failure): nothing of it was written, and it can be tried again."""
 
 
 @attrs.define
@@ -121,6 +127,12 @@ class Transaction(abc.ABC):
         """Claim due timers ``(run_id, step_id, kind)`` of runs this round holds: delete those
         still set and due (and, for a ``wait`` timer, its wait: an emit that took the wait
         first delivered the event instead); the ``(run_id, step_id)`` claimed fire."""
+
+    @abc.abstractmethod
+    def reserve(self, emits: Collection[str], waits: Collection[str], creates_runs: bool) -> None:
+        """Before a round's writes: the event names it will record (``emits``) and wait for,
+        and whether it creates runs. A store that locks per event name takes those locks now,
+        all at once (nothing to do for a store with one writer at a time)."""
 
     @abc.abstractmethod
     def fence(self) -> None:

@@ -1,5 +1,6 @@
 """The PostgreSQL store: its own verbs (reads, discovery, leases), named, then the store; a write
-transaction's statements and verbs are in ``postgres_tx``, the schema and advisory locks in
+transaction's statements and verbs are in ``postgres_tx`` (how it is sent: ``postgres_commit``;
+a round's commit: ``postgres_round``; advisory locks: ``postgres_locks``), the schema in
 ``postgres_schema``. Same semantics as the SQLite store, verb by verb.
 
 **Event order is commit order** (issue 11, item 4). A run's ``event_pos`` is its cut: an event of
@@ -15,11 +16,13 @@ run. The rule that closes this:
   under READ COMMITTED its snapshot is taken after the locks are granted), until commit.
 - Registering a wait for a name takes that name's stripe *shared*, then looks for events after
   the cut and inserts the wait.
-- A transaction takes the advisory locks it needs in one statement, in key order, and each only
-  once. An emit may start runs right after it records its event, so recording an event takes
-  every stripe shared along with its own exclusive, at once: taking the rest later would let two
-  emits each hold one stripe and wait for the other's. So emits take turns on PostgreSQL (each
-  holds the stripes for its short transaction); runs never wait for runs (shared with shared).
+- A transaction takes the advisory locks it needs in one statement, in key order, each once and
+  in the strongest mode it needs (``postgres_locks``): a round declares every name it will wait
+  for and publish first (``reserve``). An emit may start runs right after it records its event,
+  so recording an event takes every stripe shared along with its own exclusive, at once: taking
+  the rest later would let two emits each hold one stripe and wait for the other's. So emits
+  take turns on PostgreSQL (each holds the stripes for its short transaction); runs never wait
+  for runs (shared with shared).
 
 So an event insert and a run creation never overlap: one commits (and, PostgreSQL releasing locks
 after making the commit visible, is seen) before the other starts. An event committed before the

@@ -1,9 +1,17 @@
-"""A round's commit on PostgreSQL as one multi-statement query: the lease fence first (it locks
-the round's runs, or raises ``LEASE_LOST_STATE`` and nothing is written), then the round's
-writes in bulk, each an array statement (``unnest``), whatever the number of runs.
+"""A round's commit on PostgreSQL: one call of ``ironflow_round_1``, a function installed with
+the schema. It runs the lease fence first (it locks the round's runs, or raises
+``LEASE_LOST_STATE`` and nothing is written), then the round's writes in bulk, each an array
+statement (``unnest``) whatever the number of runs, then the wake-up NOTIFY if the round sends
+one. A part the batch lacks is passed as NULL and skipped.
 
-One query is one network round trip; psycopg's ``ClientCursor`` binds the parameters
-client-side (literals quoted by its dumpers), as a multi-statement query needs.
+Why a function, not a multi-statement query: the call is one statement, prepared once per
+connection (``prepare=True``) with its parameters sent binary, and plpgsql plans the statements
+in it once per session; the server neither parses nor plans per round, and the client quotes
+nothing. Sent alone in autocommit it is its own transaction: an ordinary step is one round trip
+and one commit (see ``PostgresTransaction.commit_round``).
+
+The name carries a version: a change to the function is a new name, so engines of two
+versions sharing a database (a rolling deploy) each call their own.
 """
 
 from __future__ import annotations
@@ -13,49 +21,73 @@ from typing import Any
 
 from ironflow.runtime.store.base import Batch
 
+# What the lease fence raises (a user-defined SQLSTATE: no standard class starts with IF).
+LEASE_LOST_STATE = "IFL01"
+ROUND_FUNCTION_NAME = "ironflow_round_1"
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 
 INSERT_HISTORY = (
     "INSERT INTO history (run_id, seq, type, ts_us, body) "
     "SELECT * FROM unnest(%s::text[], %s::int[], %s::text[], %s::bigint[], %s::text[])"
 )
-
-# A round's commit, one query: the fence first (it locks the runs, or raises LEASE_LOST_STATE
-# and nothing is written), then the writes in bulk.
-FENCE = "SELECT ironflow_fence(%s, %s::text[])"
-DELETE_TIMERS = (
-    "DELETE FROM timers t USING unnest(%s::text[], %s::text[]) AS u(r, s) "
-    "WHERE t.run_id = u.r AND t.step_id = u.s"
-)
-DELETE_WAITS = (
-    "DELETE FROM waits w USING unnest(%s::text[], %s::text[]) AS u(r, s) "
-    "WHERE w.run_id = u.r AND w.step_id = u.s"
-)
-MARK_RUNNING = (
-    "UPDATE runs SET status = 'running', updated_us = u.ts FROM unnest(%s::bigint[], %s::text[]) "
-    "AS u(ts, id) WHERE runs.id = u.id AND lease_owner = %s"
-)
-MARK_WAITING = (
-    "UPDATE runs SET status = 'waiting', updated_us = u.ts, lease_owner = NULL, "
-    "lease_until_us = NULL FROM unnest(%s::bigint[], %s::text[]) AS u(ts, id) "
-    "WHERE runs.id = u.id AND lease_owner = %s"
-)
-MARK_ENDED = (
-    "UPDATE runs SET status = u.status, output = u.output, error = u.error, ready = 0, "
-    "updated_us = u.ts, ended_us = u.ended, lease_owner = NULL, lease_until_us = NULL "
-    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]) "
-    "AS u(status, output, error, ts, ended, id) WHERE runs.id = u.id AND lease_owner = %s"
-)
-DROP_OF_ENDED = tuple(
-    f"DELETE FROM {table} WHERE run_id = ANY(%s::text[])" for table in ("timers", "waits", "inbox")
-)
-# A parent that already ended (its invoke timed out, say) is not told.
-NOTIFY_PARENTS = (
-    "INSERT INTO inbox (run_id, type, ts_us, body) SELECT u.r, u.t, u.ts, u.b "
-    "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) WITH ORDINALITY "
+# The lock is taken by id (the primary key), not by id and owner: the planner would pick the
+# lease_owner index and scan every run the worker holds. A parent that already ended (its
+# invoke timed out, say) is not told of its child's end.
+ROUND_FUNCTION = (
+    f"CREATE OR REPLACE FUNCTION {ROUND_FUNCTION_NAME}(owner TEXT, fenced TEXT[], "
+    "t_run TEXT[], t_step TEXT[], w_run TEXT[], w_step TEXT[], "
+    "h_run TEXT[], h_seq INT[], h_type TEXT[], h_ts BIGINT[], h_body TEXT[], "
+    "r_ts BIGINT[], r_id TEXT[], p_ts BIGINT[], p_id TEXT[], "
+    "e_status TEXT[], e_output TEXT[], e_error TEXT[], e_ts BIGINT[], e_ended BIGINT[], "
+    "e_id TEXT[], finished TEXT[], m_run TEXT[], m_type TEXT[], m_ts BIGINT[], m_body TEXT[], "
+    "channel TEXT) RETURNS void LANGUAGE plpgsql AS $$ "
+    "DECLARE held TEXT[]; BEGIN "
+    "IF fenced IS NOT NULL THEN "
+    "SELECT coalesce(array_agg(r.id) FILTER (WHERE r.lease_owner = owner), '{}') INTO held "
+    "FROM (SELECT id, lease_owner FROM runs WHERE id = ANY(fenced) ORDER BY id "
+    "FOR NO KEY UPDATE) AS r; "
+    "IF cardinality(held) <> cardinality(fenced) THEN RAISE EXCEPTION USING "
+    f"ERRCODE = '{LEASE_LOST_STATE}', "
+    "MESSAGE = format('lease lost: %s of %s runs still held by %s', "
+    "cardinality(held), cardinality(fenced), owner), "
+    "DETAIL = array_to_string(ARRAY(SELECT unnest(fenced) EXCEPT SELECT unnest(held) "
+    "ORDER BY 1), ' '); END IF; END IF; "
+    "IF t_run IS NOT NULL THEN DELETE FROM timers t USING unnest(t_run, t_step) AS u(r, s) "
+    "WHERE t.run_id = u.r AND t.step_id = u.s; END IF; "
+    "IF w_run IS NOT NULL THEN DELETE FROM waits w USING unnest(w_run, w_step) AS u(r, s) "
+    "WHERE w.run_id = u.r AND w.step_id = u.s; END IF; "
+    "IF h_run IS NOT NULL THEN INSERT INTO history (run_id, seq, type, ts_us, body) "
+    "SELECT * FROM unnest(h_run, h_seq, h_type, h_ts, h_body); END IF; "
+    "IF r_id IS NOT NULL THEN UPDATE runs SET status = 'running', updated_us = u.ts "
+    "FROM unnest(r_ts, r_id) AS u(ts, id) WHERE runs.id = u.id AND lease_owner = owner; "
+    "END IF; "
+    "IF p_id IS NOT NULL THEN UPDATE runs SET status = 'waiting', updated_us = u.ts, "
+    "lease_owner = NULL, lease_until_us = NULL FROM unnest(p_ts, p_id) AS u(ts, id) "
+    "WHERE runs.id = u.id AND lease_owner = owner; END IF; "
+    "IF e_id IS NOT NULL THEN UPDATE runs SET status = u.status, output = u.output, "
+    "error = u.error, ready = 0, updated_us = u.ts, ended_us = u.ended, lease_owner = NULL, "
+    "lease_until_us = NULL FROM unnest(e_status, e_output, e_error, e_ts, e_ended, e_id) "
+    "AS u(status, output, error, ts, ended, id) WHERE runs.id = u.id AND lease_owner = owner; "
+    "END IF; "
+    "IF finished IS NOT NULL THEN DELETE FROM timers WHERE run_id = ANY(finished); "
+    "DELETE FROM waits WHERE run_id = ANY(finished); "
+    "DELETE FROM inbox WHERE run_id = ANY(finished); END IF; "
+    "IF m_run IS NOT NULL THEN INSERT INTO inbox (run_id, type, ts_us, body) "
+    "SELECT u.r, u.t, u.ts, u.b FROM unnest(m_run, m_type, m_ts, m_body) WITH ORDINALITY "
     "AS u(r, t, ts, b, n) JOIN runs ON runs.id = u.r "
-    f"WHERE runs.status NOT IN {_TERMINAL} ORDER BY u.n"
+    f"WHERE runs.status NOT IN {_TERMINAL} ORDER BY u.n; END IF; "
+    "IF channel IS NOT NULL THEN PERFORM pg_notify(channel, ''); END IF; "
+    "END $$"
 )
+ROUND = (
+    f"SELECT {ROUND_FUNCTION_NAME}(%b, %b::text[], %b::text[], %b::text[], %b::text[], "
+    "%b::text[], %b::text[], %b::int[], %b::text[], %b::bigint[], %b::text[], %b::bigint[], "
+    "%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], "
+    "%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], "
+    "%b)"
+)
+
+_NONE2 = (None, None)
 
 
 def columns(found: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
@@ -63,39 +95,26 @@ def columns(found: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*found, strict=True)]
 
 
-def round_query(batch: Batch, owner: str) -> tuple[list[str], list[Any]]:
-    """The statements and parameters of ``batch``'s commit, the fence first."""
-    statements: list[str] = []
-    params: list[Any] = []
+def round_params(batch: Batch, owner: str, channel: str | None) -> list[Any] | None:
+    """The arguments of ``ROUND`` for ``batch`` (NOTIFY on ``channel`` if given), or ``None``
+    if it writes nothing."""
     fenced = {*batch.fenced}
     fenced.update(row[1] for row in batch.running)
     fenced.update(row[1] for row in batch.waiting)
     fenced.update(row[5] for row in batch.ended)
-    if fenced:
-        statements.append(FENCE)
-        params += [owner, sorted(fenced)]
-    if batch.timers_done:
-        statements.append(DELETE_TIMERS)
-        params += columns(batch.timers_done)
-    if batch.waits_done:
-        statements.append(DELETE_WAITS)
-        params += columns(batch.waits_done)
-    if batch.history:
-        statements.append(INSERT_HISTORY)
-        params += columns(batch.history)
-    for rows_, statement in (
-        (batch.running, MARK_RUNNING),
-        (batch.waiting, MARK_WAITING),
-        (batch.ended, MARK_ENDED),
+    history = batch.history
+    if not (fenced or history or batch.timers_done or batch.waits_done or batch.notify) and not (
+        batch.finished
     ):
-        if rows_:
-            statements.append(statement)
-            params += [*columns(rows_), owner]
-    if batch.finished:
-        for statement in DROP_OF_ENDED:
-            statements.append(statement)
-            params.append(list(batch.finished))
-    if batch.notify:
-        statements.append(NOTIFY_PARENTS)
-        params += columns(batch.notify)
-    return statements, params
+        return None
+    params: list[Any] = [owner, sorted(fenced) if fenced else None]
+    params += columns(batch.timers_done) if batch.timers_done else _NONE2
+    params += columns(batch.waits_done) if batch.waits_done else _NONE2
+    params += columns(history) if history else (None,) * 5
+    params += columns(batch.running) if batch.running else _NONE2
+    params += columns(batch.waiting) if batch.waiting else _NONE2
+    params += columns(batch.ended) if batch.ended else (None,) * 6
+    params.append(list(batch.finished) if batch.finished else None)
+    params += columns(batch.notify) if batch.notify else (None,) * 4
+    params.append(channel)
+    return params

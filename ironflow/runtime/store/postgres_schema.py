@@ -20,9 +20,12 @@ import zlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import attrs
-
 from ironflow.errors import StoreError
+from ironflow.runtime.store.postgres_round import (
+    LEASE_LOST_STATE,
+    ROUND_FUNCTION,
+    ROUND_FUNCTION_NAME,
+)
 from ironflow.runtime.store.sqlite_schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -35,13 +38,11 @@ INSTALL_HINT = 'pip install "ironflow[postgres]"'
 # two schemas of one database do not share locks; the objects are the stripes and MIGRATE_LOCK.
 STRIPES = 16
 MIGRATE_LOCK = STRIPES
-# What the lease fence raises (a user-defined SQLSTATE: no standard class starts with IF).
-LEASE_LOST_STATE = "IFL01"
 TABLES_V2 = ("ironflow_meta", "runs", "history", "timers", "waits", "events", "consumed", "inbox")
 TABLES = (*TABLES_V2, "functions", "workers")
 # The oldest version this store reads and migrates (it started at the SQLite store's 2).
 OLDEST_VERSION = 2
-FUNCTIONS = ("ironflow_fence", "ironflow_append_only")
+FUNCTIONS = ("ironflow_fence", "ironflow_append_only", ROUND_FUNCTION_NAME)
 NOT_ENDED = "('completed', 'failed', 'cancelled', 'blocked')"
 
 
@@ -163,6 +164,9 @@ SELECT_META_COLUMNS = (
     "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
 )
 LOCK_MIGRATE = "SELECT pg_advisory_xact_lock(%s, %s)"
+HAS_FUNCTION = (
+    "SELECT 1 FROM pg_proc WHERE pronamespace = current_schema()::regnamespace AND proname = %s"
+)
 INSERT_VERSION = (
     "INSERT INTO ironflow_meta (key, value) VALUES ('schema_version', %s) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -211,64 +215,33 @@ def schema_version(conn: psycopg.Connection[Any]) -> int | None:
 
 def migrate(conn: psycopg.Connection[Any], lock_class: int, url: str) -> None:
     """Create the schema if the connection's schema has none, or migrate an older one; refuse
-    a foreign or newer one.
+    a foreign or newer one. Install this version's round function where it is missing.
 
     Many workers may start at once: the creation runs under a transaction-level advisory lock,
     and whoever gets it second finds the tables made and leaves them alone."""
-    if schema_version(conn) == SCHEMA_VERSION:
+    if schema_version(conn) == SCHEMA_VERSION and _has_round(conn):
         return
     with conn.transaction():
         conn.execute(LOCK_MIGRATE, (lock_class, MIGRATE_LOCK))
         version = schema_version(conn)
-        if version == SCHEMA_VERSION:
-            return
-        statements: tuple[str, ...] = ()
-        if version is None:
-            statements += SCHEMA
-        statements += UPGRADE_V3
-        for statement in statements:
-            conn.execute(statement)
-        conn.execute(INSERT_VERSION, (str(SCHEMA_VERSION),))
+        if version != SCHEMA_VERSION:
+            statements: tuple[str, ...] = ()
+            if version is None:
+                statements += SCHEMA
+            statements += UPGRADE_V3
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(INSERT_VERSION, (str(SCHEMA_VERSION),))
+        if not _has_round(conn):
+            # A function, not a table: a schema of this version written by an ironflow from
+            # before it gets it on first open (older ironflows ignore it).
+            conn.execute(ROUND_FUNCTION)
+
+
+def _has_round(conn: psycopg.Connection[Any]) -> bool:
+    return conn.execute(HAS_FUNCTION, (ROUND_FUNCTION_NAME,)).fetchone() is not None
 
 
 def _schema(conn: psycopg.Connection[Any]) -> str:
     row = conn.execute("SELECT current_schema()").fetchone()
     return str(row[0]) if row else "?"
-
-
-# --- advisory locks (event order: see postgres.py) ------------------------------------------------
-
-# Keys come sorted, and unnest yields them in array order: every transaction takes its locks in
-# one global order, so no two of them deadlock on these locks.
-LOCK_STRIPES = (
-    "SELECT count(CASE WHEN x THEN pg_advisory_xact_lock(%s, k) "
-    "ELSE pg_advisory_xact_lock_shared(%s, k) END) FROM unnest(%s::int[], %s::bool[]) AS l(k, x)"
-)
-
-
-@attrs.frozen
-class Locks:
-    """The advisory locks a transaction takes first: what it emits, creates and waits for."""
-
-    emits: frozenset[str] = frozenset()  # event names inserted (their stripes, exclusive)
-    creates_runs: bool = False  # every stripe, shared
-    waits: frozenset[str] = frozenset()  # event names waited for (their stripes, shared)
-
-    def keys(self) -> tuple[list[int], list[bool]]:
-        """Stripes in order, and whether each is taken exclusive."""
-        wanted: dict[int, bool] = {}
-        if self.creates_runs:
-            wanted = dict.fromkeys(range(STRIPES), False)
-        for name in self.waits:
-            wanted.setdefault(stripe(name), False)
-        for name in self.emits:
-            wanted[stripe(name)] = True  # exclusive covers shared on the same key
-        keys = sorted(wanted)
-        return keys, [wanted[k] for k in keys]
-
-
-def take_locks(conn: psycopg.Connection[Any], lock_class: int, locks: Locks) -> None:
-    """Take ``locks`` until the transaction ends; call first, before any row is locked."""
-    keys, exclusive = locks.keys()
-    if keys:
-        conn.execute(LOCK_STRIPES, (lock_class, lock_class, keys, exclusive))

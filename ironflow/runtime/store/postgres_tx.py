@@ -4,8 +4,10 @@ Same semantics as ``sqlite_tx``, verb by verb; what differs is how concurrent wr
 apart (SQLite has one writer at a time, PostgreSQL many):
 
 - ``take_runs`` skips runs another transaction holds (``FOR UPDATE SKIP LOCKED``);
-- ``commit_round`` is one multi-statement query whose first statement is the lease fence;
-- events, run creation and wait registration take the advisory stripes (see ``postgres.py``);
+- ``commit_round`` is one call of the schema's round function, the lease fence first (see
+  ``postgres_round``), sent alone in autocommit when the transaction has nothing else to do
+  (``postgres_commit``);
+- events, run creation and wait registration take the advisory stripes (``postgres_locks``);
 - a wait is claimed by deleting its row (``DELETE ... RETURNING``): an emit delivers to it, or
   a round fires its timeout (``take_timers``), never both;
 - a transaction that leaves work for other workers (runs created, events recorded, mail sent,
@@ -21,30 +23,16 @@ Arrays carry the rows (``unnest``): one statement per verb, not one per row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ironflow.commands import kinds
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
-from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
-from ironflow.runtime.store.postgres_listen import NOTIFY
-from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns, round_query
-from ironflow.runtime.store.postgres_schema import (
-    LEASE_LOST_STATE,
-    LOCK_STRIPES,
-    NOT_ENDED,
-    STRIPES,
-    first_line,
-    stripe,
-)
-from ironflow.runtime.store.statements import StatementTransaction
-
-if TYPE_CHECKING:
-    import psycopg
-
-    from ironflow.runtime.store.postgres import PostgresStore
+from ironflow.runtime.store.base import StoreError
+from ironflow.runtime.store.postgres_commit import PostgresCommit
+from ironflow.runtime.store.postgres_locks import ALL_STRIPES, LOCK_STRIPES
+from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns
+from ironflow.runtime.store.postgres_schema import NOT_ENDED, stripe
 
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 
@@ -164,10 +152,14 @@ WAITS_KEYED = (
 )
 CONSUME = "INSERT INTO consumed VALUES (%s, %s) ON CONFLICT DO NOTHING"
 EVENT_STARTED = "SELECT started FROM events WHERE idempotency_key = %s"
+# An emit in one statement: its stripes (``LOCK_STRIPES``, those not held yet), then the row,
+# then, the first in its transaction, the wake-up (sent on commit). The row is made from the
+# locks' one-row aggregate, so its pos is drawn after they are granted.
 RECORD_EVENT = (
-    "INSERT INTO events (id, name, data, ts_us, idempotency_key) VALUES (%s, %s, %s, %s, %s) "
-    "RETURNING pos"
+    "INSERT INTO events (id, name, data, ts_us, idempotency_key) SELECT %s, %s, %s, %s, %s "
+    f"FROM ({LOCK_STRIPES}) AS locked RETURNING pos"
 )
+RECORD_EVENT_NOTIFY = f"{RECORD_EVENT}, pg_notify(%s, '')"
 SET_EVENT_STARTED = "UPDATE events SET started = %s WHERE pos = %s"
 UNCONSUMED_EVENTS = (
     "SELECT id, data, ts_us FROM events WHERE name = %s AND pos > %s AND id NOT IN "
@@ -175,16 +167,11 @@ UNCONSUMED_EVENTS = (
 )
 
 
-class PostgresTransaction(StatementTransaction):
-    """A store's write transaction (``BEGIN`` … ``COMMIT`` under the store's lock).
+class PostgresTransaction(PostgresCommit):
+    """A store's write transaction: the verbs, on this store's statements (how it begins and
+    commits: ``PostgresCommit``)."""
 
-    A round's transaction is ``fenced`` once it takes runs or commits a batch: a unique key
-    that fails in it means another worker wrote to a run of the batch, and is ``LeaseLost``.
-    ``shared``/``exclusive`` are the advisory stripes it holds (taken once each). ``wakes``:
-    it left work for other workers, and announces it once before it commits (``notified``
-    once the round's query did)."""
-
-    __slots__ = ("exclusive", "notified", "shared", "store", "tx", "wakes")
+    __slots__ = ()
 
     # The statements the shared verbs run (``StatementTransaction``): this store's texts.
     SET_TIMER = SET_TIMER
@@ -209,82 +196,6 @@ class PostgresTransaction(StatementTransaction):
     CONSUME = CONSUME
     UNCONSUMED_EVENTS = UNCONSUMED_EVENTS
     ADD_WAIT = ADD_WAIT
-
-    tx: AbstractContextManager[Any]
-
-    def __init__(self, store: PostgresStore) -> None:
-        self.store = store
-        self.conn: psycopg.Connection[Any] = store.conn
-        self.fenced = False
-        self.shared: set[int] = set()
-        self.exclusive: set[int] = set()
-        self.wakes = False
-        self.notified = False
-
-    def __enter__(self) -> PostgresTransaction:
-        store = self.store
-        store.lock.acquire()
-        try:
-            self.tx = self.conn.transaction()
-            self.tx.__enter__()
-        except BaseException as exc:
-            store.lock.release()
-            store.reraise(exc)
-            raise
-        return self
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        if exc is None and self.wakes and not self.notified:
-            # In the transaction: sent on commit, dropped on rollback (no news, no hint).
-            try:
-                self.conn.execute(NOTIFY, (self.store.channel,))
-            except BaseException as error:
-                self._end(type(error), error, error.__traceback__)
-                raise
-        self._end(kind, exc, tb)
-
-    def _end(self, kind: Any, exc: Any, tb: Any) -> None:
-        """Commit (or roll back on ``exc``), and let go of the store's lock."""
-        try:
-            try:
-                self.tx.__exit__(kind, exc, tb)
-            except BaseException as error:
-                self._reraise(error)
-                raise
-            if exc is not None:
-                self._reraise(exc)
-        finally:
-            self.store.lock.release()
-
-    def _reraise(self, exc: BaseException) -> None:
-        import psycopg
-
-        if not isinstance(exc, psycopg.Error):
-            return
-        if exc.sqlstate == LEASE_LOST_STATE:
-            detail = exc.diag.message_detail or ""
-            raise LeaseLost(str(exc.diag.message_primary), tuple(detail.split())) from None
-        if self.fenced and isinstance(exc, psycopg.errors.UniqueViolation):
-            raise LeaseLost(f"lease lost: {first_line(exc)}") from exc
-        self.store.reraise(exc)
-
-    def lock(self, exclusive: int | None = None, shared: Sequence[int] = ()) -> None:
-        """Take advisory stripes not held yet, in one statement, in key order. A first emit
-        or run creation takes every stripe shared at once (the emit's own exclusive): taking
-        more later, one by one, could deadlock with another transaction doing the same."""
-        wanted: dict[int, bool] = {}
-        if exclusive is not None and exclusive not in self.exclusive:
-            wanted[exclusive] = True
-        for key in shared:
-            if key not in self.shared and key not in self.exclusive:
-                wanted.setdefault(key, False)
-        if not wanted:
-            return
-        keys = sorted(wanted)
-        lock_class = self.store.lock_class
-        self.conn.execute(LOCK_STRIPES, (lock_class, lock_class, keys, [wanted[k] for k in keys]))
-        for key in keys:
-            (self.exclusive if wanted[key] else self.shared).add(key)
 
     # --- a round --------------------------------------------------------------------------
 
@@ -349,20 +260,6 @@ class PostgresTransaction(StatementTransaction):
         found = self.conn.execute(CLAIM_TIMERS, (*columns(wanted), now_us)).fetchall()
         return {(row[0], row[1]) for row in found}
 
-    def commit_round(self, batch: Batch, owner: str) -> None:
-        self.fenced = True
-        statements, params = round_query(batch, owner)
-        if not statements:
-            return
-        if batch.notify or (self.wakes and not self.notified):
-            # Parents told of a child's end: announced in the same round trip.
-            statements.append(NOTIFY)
-            params.append(self.store.channel)
-            self.wakes = self.notified = True
-        import psycopg
-
-        psycopg.ClientCursor(self.conn).execute("; ".join(statements), params)
-
     # --- runs -----------------------------------------------------------------------------
 
     def create_run(
@@ -375,7 +272,7 @@ class PostgresTransaction(StatementTransaction):
         parent_step_id: str | None,
         notify_parent: bool,
     ) -> None:
-        self.lock(shared=range(STRIPES))
+        self.lock(shared=ALL_STRIPES)
         self.wakes = True
         super().create_run(
             run_id, function_id, trigger, now_us, parent_run_id, parent_step_id, notify_parent
@@ -412,9 +309,15 @@ class PostgresTransaction(StatementTransaction):
         self, event_id: str, name: str, data: str, ts_us: int, idempotency_key: str | None
     ) -> int:
         # Every stripe shared with its own exclusive, at once: an emit may start runs next.
-        self.lock(exclusive=stripe(name), shared=range(STRIPES))
-        self.wakes = True
-        found = self.conn.execute(RECORD_EVENT, (event_id, name, data, ts_us, idempotency_key))
+        keys, modes = self.wanted((stripe(name),), ALL_STRIPES)
+        store = self.store
+        params = (event_id, name, data, ts_us, idempotency_key, store.lock_class, store.lock_class)
+        if self.notified:
+            found = self.conn.execute(RECORD_EVENT, (*params, keys, modes))
+        else:  # the transaction's one wake-up, with its first event
+            found = self.conn.execute(RECORD_EVENT_NOTIFY, (*params, keys, modes, store.channel))
+        self.took(keys, modes)
+        self.wakes = self.notified = True
         pos: int = found.fetchone()[0]  # type: ignore[index]
         return pos
 

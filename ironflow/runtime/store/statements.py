@@ -8,6 +8,7 @@ module and points these class attributes at them; it overrides only what really 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ironflow.commands import kinds
@@ -103,6 +104,9 @@ class StatementTransaction(Transaction):
 
     def fence(self) -> None:
         self.fenced = True
+
+    def reserve(self, emits: Collection[str], waits: Collection[str], creates_runs: bool) -> None:
+        return  # one writer at a time (SQLite): no per-name locks to take
 
     def set_timer(self, run_id: str, step_id: str, kind: str, due_us: int, attempt: int) -> None:
         self.conn.execute(self.SET_TIMER, (run_id, step_id, kind, due_us, attempt))

@@ -1,0 +1,168 @@
+"""How a PostgreSQL write transaction is sent and committed.
+
+Inside ``with store.transaction() as tx:`` nothing is sent until the first statement, which
+goes after ``BEGIN``; ``COMMIT`` (or ``ROLLBACK`` on an error) ends it. A round's commit
+(``commit_round``, one call of the round function: see ``postgres_round``) is held back until
+the transaction ends or another statement comes: a transaction that is only that call sends it
+alone, in autocommit, where one statement is its own transaction. So an ordinary step costs one
+round trip and one commit, and the call commits whole or not at all (the fence raises before
+any write). Driver errors leave as the store's own (``LeaseLost``, ``WriteConflict``,
+``StoreError``).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Self
+
+from ironflow.runtime.store.base import Batch, LeaseLost
+from ironflow.runtime.store.postgres_listen import NOTIFY
+from ironflow.runtime.store.postgres_locks import Stripes, conflict
+from ironflow.runtime.store.postgres_round import LEASE_LOST_STATE, ROUND, round_params
+from ironflow.runtime.store.postgres_schema import first_line
+from ironflow.runtime.store.statements import StatementTransaction
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ironflow.runtime.store.postgres import PostgresStore
+
+
+class PostgresCommit(Stripes, StatementTransaction):
+    """How ``PostgresTransaction`` begins and ends, under the store's lock: ``BEGIN`` …
+    ``COMMIT`` around its statements, or its round's commit alone in autocommit.
+
+    A round's transaction is ``fenced`` once it takes runs or commits a batch: a unique key
+    that fails in it means another worker wrote to a run of the batch, and is ``LeaseLost``.
+    ``shared``/``exclusive`` are the advisory stripes it holds (taken once each). ``wakes``:
+    it left work for other workers, and announces it once before it commits (``notified``
+    once the round's call did). ``round``: the round's call, held back until the transaction
+    ends or another statement comes."""
+
+    __slots__ = ("exclusive", "notified", "round", "shared", "store", "tx", "wakes")
+
+    tx: AbstractContextManager[Any] | None
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        # The connection; inside ``with``, until the first statement, a stand-in that sends
+        # ``BEGIN`` with it (``_Begin``).
+        self.conn: psycopg.Connection[Any] = store.conn
+        self.tx = None
+        self.round: list[Any] | None = None
+        self.fenced = False
+        self.shared: set[int] = set()
+        self.exclusive: set[int] = set()
+        self.wakes = False
+        self.notified = False
+
+    def __enter__(self) -> Self:
+        self.store.lock.acquire()
+        self.conn = _Begin(self)  # type: ignore[assignment]
+        return self
+
+    def begin(self) -> psycopg.Connection[Any]:
+        """Send ``BEGIN`` (and the round's call held back, if any): statements follow."""
+        conn: psycopg.Connection[Any] = self.store.conn
+        self.conn = conn
+        tx = conn.transaction()
+        try:
+            tx.__enter__()
+        except BaseException as exc:
+            self._reraise(exc)
+            raise
+        self.tx = tx
+        if self.round is not None:
+            params, self.round = self.round, None
+            conn.execute(ROUND, params, prepare=True)
+        return conn
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self.tx is None:
+            self._exit_unbegun(exc)
+            return
+        if exc is None and self.wakes and not self.notified:
+            # In the transaction: sent on commit, dropped on rollback (no news, no hint).
+            try:
+                self.conn.execute(NOTIFY, (self.store.channel,))
+            except BaseException as error:
+                self._end(type(error), error, error.__traceback__)
+                raise
+        self._end(kind, exc, tb)
+
+    def _exit_unbegun(self, exc: Any) -> None:
+        """Nothing sent yet: the round's call alone is the transaction (a multi-statement
+        function call in autocommit commits whole or not at all), if there is one."""
+        params, self.round = self.round, None
+        self.conn = self.store.conn
+        try:
+            if exc is None and params is not None:
+                try:
+                    self.conn.execute(ROUND, params, prepare=True)
+                except BaseException as error:
+                    self._reraise(error)
+                    raise
+            elif exc is not None:
+                self._reraise(exc)
+        finally:
+            self.store.lock.release()
+
+    def _end(self, kind: Any, exc: Any, tb: Any) -> None:
+        """Commit (or roll back on ``exc``), and let go of the store's lock."""
+        assert self.tx is not None
+        try:
+            try:
+                self.tx.__exit__(kind, exc, tb)
+            except BaseException as error:
+                self._reraise(error)
+                raise
+            if exc is not None:
+                self._reraise(exc)
+        finally:
+            self.store.lock.release()
+
+    def _reraise(self, exc: BaseException) -> None:
+        import psycopg
+
+        if not isinstance(exc, psycopg.Error):
+            return
+        if exc.sqlstate == LEASE_LOST_STATE:
+            detail = exc.diag.message_detail or ""
+            raise LeaseLost(str(exc.diag.message_primary), tuple(detail.split())) from None
+        if self.fenced and isinstance(exc, psycopg.errors.UniqueViolation):
+            raise LeaseLost(f"lease lost: {first_line(exc)}") from exc
+        aborted = conflict(exc, self.store.url)
+        if aborted is not None:
+            raise aborted from exc
+        self.store.reraise(exc)
+
+    def commit_round(self, batch: Batch, owner: str) -> None:
+        self.fenced = True
+        # Parents told of a child's end, or news from this transaction: announced by the call.
+        notify = bool(batch.notify) or (self.wakes and not self.notified)
+        params = round_params(batch, owner, self.store.channel if notify else None)
+        if params is None:
+            return
+        if notify:
+            self.wakes = self.notified = True
+        conn = self.conn
+        if self.tx is None and conn is not self.store.conn:  # in ``with``, nothing sent yet
+            if self.round is None:
+                self.round = params  # sent alone when the transaction ends, if nothing follows
+                return
+            conn = self.begin()
+        conn.execute(ROUND, params, prepare=True)
+
+
+class _Begin:
+    """A transaction's connection until its first statement, which it sends after ``BEGIN``."""
+
+    __slots__ = ("tx",)
+
+    def __init__(self, tx: PostgresCommit) -> None:
+        self.tx = tx
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        tx = self.tx
+        conn = tx.begin() if tx.tx is None else tx.store.conn  # kept by a caller: begun once
+        return conn.execute(sql, params)

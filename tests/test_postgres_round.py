@@ -1,0 +1,321 @@
+"""A round's commit on PostgreSQL: one round trip, whole or nothing; the round function installed
+on open; advisory stripes taken at once (no deadlock with a concurrent emit); aborted
+transactions as the store's ``WriteConflict``, never a driver error (issue 11)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pgcluster
+import psycopg
+import pytest
+
+import ironflow
+from ironflow import step
+from ironflow.runtime.store import LeaseLost, WriteConflict
+from ironflow.runtime.store.base import Batch
+from ironflow.runtime.store.postgres import PostgresStore
+from ironflow.runtime.store.postgres_round import ROUND_FUNCTION_NAME
+from ironflow.runtime.store.postgres_schema import STRIPES, stripe
+
+WAIT_S = 10  # bounded waits: a hang fails the test instead of the session
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, autocommit=True, connect_timeout=pgcluster.CONNECT_TIMEOUT_S)
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` for up to WAIT_S (a condition on the server, not a sleep)."""
+    deadline = time.monotonic() + WAIT_S
+    pause = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        pause.wait(0.005)
+
+
+def waiting_for_lock(url: str, pid: int) -> Callable[[], bool]:
+    def check() -> bool:
+        with connect(url) as probe:
+            row = probe.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+        return row is not None and row[0] == "Lock"
+
+    return check
+
+
+def names_on_stripes() -> tuple[str, str]:
+    """Two event names, the first on a lower stripe than the second."""
+    names = [f"ev{i}" for i in range(4 * STRIPES)]
+    low = min(names, key=stripe)
+    high = max(names, key=stripe)
+    assert stripe(low) < stripe(high)
+    return low, high
+
+
+class Exchanges:
+    """Counts the client/server exchanges (one request, its answer) of one connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.count = 0
+        wait = conn.wait
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return wait(*args, **kwargs)
+
+        conn.wait = counted  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def store(pg_url: str) -> Iterator[PostgresStore]:
+    opened = PostgresStore(pg_url)
+    yield opened
+    opened.close()
+
+
+def add_run(store: PostgresStore, run_id: str, owner: str) -> None:
+    store.query(
+        "INSERT INTO runs (id, function_id, status, created_us, lease_owner, lease_until_us) "
+        "VALUES (%s, 'f', 'running', 0, %s, %s)",
+        (run_id, owner, 2**62),
+    )
+
+
+def history(store: PostgresStore) -> list[tuple[Any, ...]]:
+    return store.query("SELECT run_id, seq, type FROM history ORDER BY run_id, seq")
+
+
+# --- one round trip, whole or nothing ---------------------------------------------------------
+
+
+def test_a_sequential_run_costs_one_round_trip_per_step(pg_url):
+    def steps(n: int) -> int:
+        @ironflow.function(id=f"seq{n}")
+        def flow(ctx: Any) -> Any:
+            total = 0
+            for i in range(n):
+                total += yield step.run(f"s{i}", lambda i=i: i)
+            return total
+
+        # No poll or lease renewal falls due during the run: only its own exchanges count.
+        engine = ironflow.Engine(pg_url, poll="1h", lease="1h")
+        try:
+            engine.register(flow)
+            run_id = engine.start(flow.id)
+            exchanges = Exchanges(engine.store.conn)  # type: ignore[attr-defined]
+            engine.run_until_idle()
+            assert engine.get_run(run_id).output == n * (n - 1) // 2
+            return exchanges.count
+        finally:
+            engine.close()
+
+    # The first round takes the run and reads its history; each step after it is one round
+    # trip (the round's call, alone in autocommit: no BEGIN, no COMMIT sent).
+    assert steps(30) - steps(10) == 20
+
+
+def test_a_round_alone_is_one_exchange_and_commits(store):
+    add_run(store, "a", "w1")
+    exchanges = Exchanges(store.conn)
+    with store.transaction() as tx:
+        tx.commit_round(Batch(history=[("a", 0, "RunStarted", 1, "{}")], fenced=["a"]), "w1")
+        assert exchanges.count == 0  # held back until the transaction ends
+    assert exchanges.count == 1
+    assert history(store) == [("a", 0, "RunStarted")]
+    assert store.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_statement_after_the_round_sends_it_first_in_one_transaction(store):
+    add_run(store, "a", "w1")
+    with pytest.raises(RuntimeError, match="after"), store.transaction() as tx:
+        tx.commit_round(Batch(history=[("a", 0, "RunStarted", 1, "{}")], fenced=["a"]), "w1")
+        tx.set_timer("a", "s1", "sleep", 5, 1)
+        assert tx.execute("SELECT count(*) FROM history").fetchone() == (1,)
+        raise RuntimeError("fails after both")
+    # Rolled back together: the round went in the transaction, before the timer.
+    assert history(store) == []
+    assert store.query("SELECT count(*) FROM timers") == [(0,)]
+
+
+def test_a_round_alone_whose_lease_moved_writes_nothing(store):
+    add_run(store, "a", "w1")
+    add_run(store, "b", "w2")
+    batch = Batch(
+        history=[("a", 0, "RunStarted", 1, "{}"), ("b", 0, "RunStarted", 1, "{}")],
+        running=[(5, "a"), (5, "b")],
+    )
+    with pytest.raises(LeaseLost) as caught, store.transaction() as tx:
+        tx.commit_round(batch, "w1")
+    assert str(caught.value) == "lease lost: 1 of 2 runs still held by w1"
+    assert caught.value.run_ids == ("b",)
+    assert history(store) == []
+    assert store.query("SELECT id, updated_us FROM runs ORDER BY id") == [("a", None), ("b", None)]
+
+
+def test_a_schema_without_the_round_function_gets_it_on_open(pg_url, store):
+    # A database of this schema version written before the function existed.
+    store.query(f"DROP FUNCTION {ROUND_FUNCTION_NAME}")
+    again = PostgresStore(pg_url)
+    try:
+        found = again.query(
+            "SELECT count(*) FROM pg_proc WHERE proname = %s "
+            "AND pronamespace = current_schema()::regnamespace",
+            (ROUND_FUNCTION_NAME,),
+        )
+        assert found == [(1,)]
+        add_run(again, "a", "w1")
+        with again.transaction() as tx:
+            tx.commit_round(Batch(history=[("a", 0, "RunStarted", 1, "{}")], fenced=["a"]), "w1")
+        assert history(again) == [("a", 0, "RunStarted")]
+    finally:
+        again.close()
+
+
+# --- advisory stripes: all at once ------------------------------------------------------------
+
+
+def test_a_round_that_waits_and_publishes_does_not_deadlock_with_an_emit(pg_url):
+    """One round registers a wait for ``late`` (its stripe shared) and publishes ``early`` (a
+    lower stripe, exclusive); meanwhile another process emits ``late``. Taken one by one, the
+    round would hold ``late`` shared and wait for ``early``, which the emit holds (shared) while
+    waiting for ``late``: a deadlock PostgreSQL breaks by aborting one. Taken at once, the emit
+    waits for the round, then finds its wait."""
+    early, late = names_on_stripes()
+
+    @ironflow.function(id="both")
+    def both(ctx: Any) -> Any:
+        # One fold, in this order: the wait is indexed, then the publish recorded.
+        got, _ = yield step.parallel(
+            "both",
+            [
+                lambda s: s.wait_for_event("w", event=late, timeout="1h"),
+                lambda s: s.publish("p", early, {"n": 1}),
+            ],
+        )
+        return got.data
+
+    engine = ironflow.Engine(pg_url)
+    emitter = ironflow.Engine(pg_url)
+    paused = threading.Event()
+    go_on = threading.Event()
+    try:
+        engine.register(both)
+        run_id = engine.start(both.id)
+        # The round's commit: pause it at its publish, after the wait's stripe is held.
+        tx_class = type(engine.store.transaction())  # type: ignore[attr-defined]
+        record_event = tx_class.record_event
+
+        def paused_record_event(self: Any, *args: Any) -> Any:
+            if not paused.is_set():
+                paused.set()
+                assert go_on.wait(WAIT_S), "the emit never blocked"
+            return record_event(self, *args)
+
+        pid = engine.store.conn.info.backend_pid  # type: ignore[attr-defined]
+        emitter_pid = emitter.store.conn.info.backend_pid  # type: ignore[attr-defined]
+        emitted: list[Any] = []
+
+        def emit() -> None:
+            try:
+                emitted.append(emitter.emit(late, {"from": "emitter"}))
+            except BaseException as exc:
+                emitted.append(exc)
+
+        thread = threading.Thread(target=emit)
+
+        def release() -> None:
+            assert paused.wait(WAIT_S), "the round never published"
+            thread.start()
+            until(waiting_for_lock(pg_url, emitter_pid), "the emit waits for a stripe")
+            go_on.set()
+
+        releaser = threading.Thread(target=release)
+        releaser.start()
+        tx_class.record_event = paused_record_event
+        try:
+            engine.run_until_idle()
+        finally:
+            tx_class.record_event = record_event
+            go_on.set()
+            releaser.join(WAIT_S)
+        thread.join(WAIT_S)
+        assert not isinstance(emitted[0], BaseException), emitted
+        engine.run_until_idle()
+        # The emit committed after the round indexed the wait: it reached the wait, once.
+        run = engine.get_run(run_id)
+        assert (run.status, run.output) == ("completed", {"from": "emitter"})
+        # The emit waited for the round: the publish committed first.
+        names = engine.store.query("SELECT name FROM events ORDER BY pos")  # type: ignore[attr-defined]
+        assert names == [(early,), (late,)]
+        assert pid != emitter_pid
+    finally:
+        engine.close()
+        emitter.close()
+
+
+def test_a_deadlock_the_server_breaks_is_a_write_conflict_not_a_driver_error(pg_url, store):
+    """Two transactions taking stripes one by one in opposite orders: PostgreSQL aborts one,
+    which leaves the store as ``WriteConflict`` (nothing written, try again)."""
+    first, second = names_on_stripes()
+    other = PostgresStore(pg_url)
+    barrier = threading.Barrier(2, timeout=WAIT_S)
+    outcomes: list[BaseException | None] = []
+
+    def take(db: PostgresStore, one: str, two: str) -> None:
+        try:
+            with db.transaction() as tx:
+                tx.lock((stripe(one),))
+                barrier.wait()
+                tx.lock((stripe(two),))
+            outcomes.append(None)
+        except BaseException as exc:
+            outcomes.append(exc)
+
+    threads = [
+        threading.Thread(target=take, args=(store, first, second)),
+        threading.Thread(target=take, args=(other, second, first)),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT_S)
+        assert len(outcomes) == 2
+        conflicts = [exc for exc in outcomes if exc is not None]
+        assert len(conflicts) == 1, outcomes
+        assert isinstance(conflicts[0], WriteConflict)
+        assert "deadlock detected" in str(conflicts[0])
+        assert "nothing of it was written; try it again" in str(conflicts[0])
+        assert not isinstance(conflicts[0], psycopg.Error)
+    finally:
+        other.close()
+
+
+def test_an_emit_takes_its_stripes_records_and_announces_in_one_statement(pg_url, store):
+    with connect(pg_url) as listener:
+        listener.execute(f"LISTEN {store.channel}")
+        exchanges = Exchanges(store.conn)
+        with store.transaction() as tx:
+            tx.record_event("e1", "paid", "{}", 1, None)
+            # BEGIN, then the locks, the row and the NOTIFY together.
+            assert exchanges.count == 2
+            held = tx.execute(
+                "SELECT mode, count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid() AND granted GROUP BY mode ORDER BY mode"
+            ).fetchall()
+            assert held == [("ExclusiveLock", 1), ("ShareLock", STRIPES - 1)]
+            tx.record_event("e2", "paid", "{}", 2, None)  # holds its stripes: none taken again
+        assert exchanges.count == 5  # + the second insert, COMMIT
+        # One wake-up per transaction, sent on commit (PostgreSQL folds identical ones).
+        notes = list(listener.notifies(timeout=WAIT_S, stop_after=1))
+        assert [note.channel for note in notes] == [store.channel]
+        assert list(listener.notifies(timeout=0.05)) == []
+    assert store.query("SELECT id, name FROM events ORDER BY pos") == [
+        ("e1", "paid"),
+        ("e2", "paid"),
+    ]
