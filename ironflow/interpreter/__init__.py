@@ -1,14 +1,10 @@
 """The pure interpreter: ``replay(flow, history) -> Decision`` and its incremental form."""
 
 from ironflow.interpreter.context import Context
+from ironflow.interpreter.core import Interpreter, check_replayable, replay
 from ironflow.interpreter.decision import Decision, Work
-from ironflow.interpreter.interpreter import (
-    Interpreter,
-    check_replayable,
-    fingerprint,
-    replay,
-    step_error,
-)
+from ironflow.interpreter.determinism import fingerprint
+from ironflow.interpreter.values import step_error
 
 __all__ = [
     "Context",
