@@ -20,7 +20,7 @@ the dispatch tables once, at import.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from ironflow.commands.classes import RunStep
@@ -31,7 +31,6 @@ from ironflow.history.events import (
     ErrorInfo,
     HistoryEvent,
     RunResumed,
-    RunStarted,
     StepCompleted,
 )
 from ironflow.interpreter import determinism, lifecycle, patching, resume
@@ -50,6 +49,7 @@ from ironflow.interpreter.primitives import (
 )
 from ironflow.interpreter.primitives.parallel import branch_done
 from ironflow.interpreter.primitives.run import schedule_run
+from ironflow.interpreter.resume import ResumeState
 from ironflow.interpreter.tasks import PENDING, Handler, Scheduler, Slot, Task, not_a_command
 from ironflow.interpreter.values import RESULT_TYPES, deliverable
 
@@ -92,6 +92,17 @@ class Interpreter:
     a cached interpreter costs what the new events cost, not the whole history.
     """
 
+    # Slots, not a __dict__: a parked run's interpreter is kept per run, so its size counts.
+    # fmt: off
+    __slots__ = (
+        "_abandoned", "_batch", "_batch_scanned", "_ended", "_failed_at",
+        "_failed_of_handed", "_failure", "_handed", "_ids", "_last_decision_seq", "_order",
+        "_output", "_patches", "_pos", "_recorded_patches", "_resumed", "_root",
+        "_tent_cmds", "_tent_other", "_undos", "_waiting", "ctx", "default_retry", "events",
+        "events_processed", "flow", "function_id", "now", "run_id", "status",
+    )
+    # fmt: on
+
     def __init__(self, flow: Any) -> None:
         check_workflow_fn(flow)
         self.flow = flow
@@ -106,12 +117,8 @@ class Interpreter:
         self._recorded_patches: set[str] = set()
         self._batch: list[Any] = []
         self._batch_scanned = True
-        self._suspend_keys: set[tuple[str, int]] = set()
-        # Waits and child runs that each RunResumed (by seq) waits for again with a fresh
-        # timeout: applied again whenever that event is folded again.
-        self._rearm: dict[int, set[str]] = {}
-        self._unfailed: set[int] = set()  # RunResumed events already folded as such
-        self._dead: set[int] = set()
+        # What resuming a failed run marked: made by the first resume, kept across refeeds.
+        self._resumed: ResumeState | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -126,7 +133,8 @@ class Interpreter:
         self._tent_cmds: dict[str, Slot] = {}
         self._tent_other: dict[tuple[Any, ...], Other] = {}
         self._order = 0
-        self._undos: list[Slot] = []
+        # The saga: undos registered by step.compensate, last one last; made by the first.
+        self._undos: list[Slot] | None = None
         self._failure: BaseException | None = None
         self._failed_at: int | None = None  # seq of the event whose folding failed the run
         # The error the last step failure, wait timeout or child failure handed the
@@ -135,7 +143,6 @@ class Interpreter:
         self._failed_of_handed = False
         self._output: Any = None
         self._ended = False
-        self._suspended: list[Slot] = []
         self._patches: dict[str, bool] = {}
         self._pos = -1
 
@@ -167,7 +174,6 @@ class Interpreter:
         waiting = self._waiting
         start = expected = len(history)
         result_types = RESULT_TYPES
-        dead = self._dead
         batch = events if type(events) is list else list(events)
         self._batch = batch
         self._batch_scanned = False
@@ -229,7 +235,8 @@ class Interpreter:
             handler = handlers.get(kind)
             if handler is None:
                 raise TypeError(f"not a history event: {event!r}")
-            if dead and seq in dead:  # a failure a later resume took back (resume.taken_back)
+            resumed = self._resumed
+            if resumed is not None and seq in resumed.dead:  # taken back by a later resume
                 continue
             handler(self, event)
             if kind is RunResumed:  # resuming a failed run refolds into fresh state
@@ -238,8 +245,16 @@ class Interpreter:
         self.events_processed += expected - start
 
     def _refeed(self) -> None:
-        """Fold the stored history again from scratch (used when a failed run resumes)."""
+        """Fold the stored history again from scratch (used when a failed run resumes).
+
+        Everything but the resume state is made afresh; see ``ResumeState`` for what that
+        keeps, and why.
+        """
+        resumed = self._resumed
+        assert resumed is not None  # made by the resume that refolds
         self._reset()
+        resumed.suspended.clear()
+        dead = resumed.dead
         handlers = HANDLERS
         # What is folded again plus the rest of the batch being fed: the look-ahead of
         # ``patched``/``is_replaying`` and ``taken_back`` must see the events after this one.
@@ -247,7 +262,7 @@ class Interpreter:
         self._batch_scanned = False
         for event in self.events:
             self._pos = event.seq
-            if event.seq in self._dead:
+            if event.seq in dead:
                 continue
             handlers[type(event)](self, event)
             self.events_processed += 1
@@ -371,28 +386,3 @@ class Interpreter:
 def replay(flow: Any, history: Iterable[HistoryEvent]) -> Decision:
     """Fold a whole ``history`` with a fresh interpreter: a pure function of its inputs."""
     return Interpreter(flow).feed(history)
-
-
-def check_replayable(flow: Any, history: Sequence[HistoryEvent], origin: str) -> None:
-    """Fail with ``ValueError`` unless ``history`` is a whole run's history of ``flow``.
-
-    For the golden-history checks (``ironflow.testing.replay``, ``ironflow replay``): an empty
-    history, or one of another function, would otherwise "replay" as a run that never began.
-    A plain generator function has no id, so any function's history may be replayed with it.
-    """
-    if not history:
-        raise ValueError(
-            f"{origin} is empty: a history starts with a RunStarted event "
-            f"(write one with `ironflow runs export RUN_ID`)"
-        )
-    first = history[0]
-    if not isinstance(first, RunStarted):
-        raise ValueError(
-            f"{origin}: a history starts with a RunStarted event, not {type(first).__name__}"
-        )
-    current = getattr(flow, "id", None)
-    if isinstance(current, str) and current != first.function_id:
-        raise ValueError(
-            f"{origin} is a run of function {first.function_id!r}, not of {current!r}: the "
-            f"functions differ; replay it with the function {first.function_id!r}"
-        )

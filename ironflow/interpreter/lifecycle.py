@@ -3,16 +3,18 @@
 ``RunStarted`` makes the ``ctx`` and the root task and runs the workflow to its first
 command. When the root returns, the run completes with its (JSON) value; when it raises, the
 run fails (``compensate.fail``: undos first, if any). The recorded end must be the one the
-code reaches now, unless a later resume took that failure back.
+code reaches now, unless a later resume took that failure back. ``check_replayable`` says
+whether a history is a whole run of a function, for the golden-history checks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ironflow.commands.jsonvalue import NotJSONError, public_error, to_json_value
 from ironflow.errors import NonDeterminismError
-from ironflow.history.events import RunCompleted, RunFailed, RunStarted
+from ironflow.history.events import HistoryEvent, RunCompleted, RunFailed, RunStarted
 from ironflow.interpreter.context import Context
 from ironflow.interpreter.determinism import add_other, match_other
 from ironflow.interpreter.primitives.compensate import fail
@@ -64,6 +66,31 @@ def on_run_ended(interp: Interpreter, event: RunCompleted | RunFailed) -> None:
             recorded=recorded,
             current=other.event_cls.__name__,
             position=event.seq,
+        )
+
+
+def check_replayable(flow: Any, history: Sequence[HistoryEvent], origin: str) -> None:
+    """Fail with ``ValueError`` unless ``history`` is a whole run's history of ``flow``.
+
+    For the golden-history checks (``ironflow.testing.replay``, ``ironflow replay``): an empty
+    history, or one of another function, would otherwise "replay" as a run that never began.
+    A plain generator function has no id, so any function's history may be replayed with it.
+    """
+    if not history:
+        raise ValueError(
+            f"{origin} is empty: a history starts with a RunStarted event "
+            f"(write one with `ironflow runs export RUN_ID`)"
+        )
+    first = history[0]
+    if not isinstance(first, RunStarted):
+        raise ValueError(
+            f"{origin}: a history starts with a RunStarted event, not {type(first).__name__}"
+        )
+    current = getattr(flow, "id", None)
+    if isinstance(current, str) and current != first.function_id:
+        raise ValueError(
+            f"{origin} is a run of function {first.function_id!r}, not of {current!r}: the "
+            f"functions differ; replay it with the function {first.function_id!r}"
         )
 
 

@@ -23,29 +23,66 @@ from ironflow.history.events import (
     WaitTimedOut,
 )
 from ironflow.interpreter.determinism import add_other, work
-from ironflow.interpreter.tasks import Handler
+from ironflow.interpreter.tasks import Handler, Slot
 
 if TYPE_CHECKING:
     from ironflow.interpreter.core import Interpreter
 
 
+class ResumeState:
+    """What resuming a failed run marked in its history: made by the first mark, else None.
+
+    Lifetime: the interpreter's. A refeed (``Interpreter._refeed``) resets all other fold
+    state and folds the history again from its first event; it keeps these marks, since they
+    are what carries that fold, and every later one, past the failure: ``dead`` events are
+    skipped, an outcome in ``suspend_keys`` suspends its step instead of failing the workflow,
+    ``rearm`` gives waits and child runs a fresh timeout at their ``RunResumed``, and a
+    ``RunResumed`` in ``unfailed`` is not taken for a new resume. Only ``suspended`` belongs to
+    one fold: the refeed empties it, and the ``RunResumed`` being folded retries what it holds.
+    """
+
+    __slots__ = ("dead", "rearm", "suspend_keys", "suspended", "unfailed")
+
+    def __init__(self) -> None:
+        # Seqs the fold skips: failures taken back, and what they led to (undos, RunFailed).
+        self.dead: set[int] = set()
+        # (step id, attempt) of step failures that a resume retries rather than hands over.
+        self.suspend_keys: set[tuple[str, int]] = set()
+        # RunResumed seq -> ids of the waits and child runs it waits for again.
+        self.rearm: dict[int, set[str]] = {}
+        self.unfailed: set[int] = set()  # RunResumed seqs already folded as such
+        # Steps suspended in this fold, waiting for the RunResumed that retries them.
+        self.suspended: list[Slot] = []
+
+
+def marks(interp: Interpreter) -> ResumeState:
+    """``interp``'s resume state, made on first use (most runs never resume)."""
+    state = interp._resumed
+    if state is None:
+        state = interp._resumed = ResumeState()
+    return state
+
+
 def on_run_resumed(interp: Interpreter, event: RunResumed) -> None:
     interp.now = event.ts
+    state = interp._resumed
     if (
         interp.status == "failed"
         and interp._failed_at is not None
-        and event.seq not in interp._unfailed
+        and (state is None or event.seq not in state.unfailed)
     ):
-        interp._unfailed.add(event.seq)
+        marks(interp).unfailed.add(event.seq)
         unfail(interp, interp._failed_at, event.seq)
         # Folds this event again: on a run that got past its failure, or on one that
         # failed again the same way (its code raised again), which then ends failed.
         interp._refeed()
         return
-    if interp._ended:  # failed again while folding again (its code raised again)
-        interp._suspended.clear()
+    if state is None:  # nothing was marked: nothing to retry or wait for again
         return
-    for slot in interp._suspended:
+    if interp._ended:  # failed again while folding again (its code raised again)
+        state.suspended.clear()
+        return
+    for slot in state.suspended:
         slot.attempt += 1
         slot.due = event.ts
         add_other(
@@ -55,8 +92,8 @@ def on_run_resumed(interp: Interpreter, event: RunResumed) -> None:
             {"id": slot.id, "attempt": slot.attempt, "at": event.ts, "jitter": 0.0},
             work(interp, slot),
         )
-    interp._suspended.clear()
-    for sid in sorted(interp._rearm.get(event.seq, ())):
+    state.suspended.clear()
+    for sid in sorted(state.rearm.get(event.seq, ())):
         again = interp._waiting.get(sid)
         if again is None:
             continue
@@ -76,6 +113,7 @@ def unfail(interp: Interpreter, failed_at: int, resumed_at: int) -> None:
     the code as it is now. What the failure itself led to (undos, the RunFailed) no
     longer counts.
     """
+    state = marks(interp)
     later = interp.events[failed_at + 1 : resumed_at]
     undo_ids = {e.id for e in later if isinstance(e, CompensationScheduled)}
     # Failures that arrived for work the failure had abandoned (a sibling branch's wait
@@ -84,31 +122,32 @@ def unfail(interp: Interpreter, failed_at: int, resumed_at: int) -> None:
         e
         for e in later
         if isinstance(e, StepFailed | WaitTimedOut | ChildFailed)
-        and e.seq not in interp._dead
+        and e.seq not in state.dead
         and e.id not in undo_ids
     ]
     if interp._failed_of_handed:
         taken.append(interp.events[failed_at])
     for cause in taken:
         if isinstance(cause, StepFailed):
-            interp._suspend_keys.add((cause.id, cause.attempt))
+            state.suspend_keys.add((cause.id, cause.attempt))
         elif isinstance(cause, WaitTimedOut | ChildFailed):
-            interp._dead.add(cause.seq)
-            interp._rearm.setdefault(resumed_at, set()).add(cause.id)
+            state.dead.add(cause.seq)
+            state.rearm.setdefault(resumed_at, set()).add(cause.id)
     bury(interp, later)
 
 
 def bury(interp: Interpreter, events: list[HistoryEvent]) -> None:
     """Mark dead, among ``events``, what a failure led to: its undos and its RunFailed."""
+    dead = marks(interp).dead
     undo_ids: set[str] = set()
     for event in events:
         if isinstance(event, CompensationScheduled):
             undo_ids.add(event.id)
-            interp._dead.add(event.seq)
+            dead.add(event.seq)
         elif isinstance(event, RunFailed) or (
             isinstance(event, StepCompleted | StepFailed) and event.id in undo_ids
         ):
-            interp._dead.add(event.seq)
+            dead.add(event.seq)
 
 
 def taken_back(interp: Interpreter, seq: int) -> bool:

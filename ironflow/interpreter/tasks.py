@@ -117,7 +117,7 @@ def duplicate(
         # An undo's id is 'compensate:<step name>', in the scope where it was registered:
         # a step a user named so takes the same id. Say which of the two came first.
         sid = task.prefix + name
-        undo_first = any(slot.id == sid for slot in interp._undos)
+        undo_first = any(slot.id == sid for slot in interp._undos or ())
         step_name = name[len(UNDO_PREFIX) :]
         if undo_of is not None and undo_first:
             return DuplicateStepError(

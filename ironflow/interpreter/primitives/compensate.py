@@ -46,7 +46,10 @@ def schedule_compensate(interp: Interpreter, task: Task, command: Compensate) ->
     sid = claim(interp, task, UNDO_PREFIX + command.name, undo_of=command.name)
     if not isinstance(sid, str):
         return (None, sid)
-    interp._undos.append(new_slot(interp, task, sid, command, "compensate"))
+    undos = interp._undos
+    if undos is None:  # the first undo makes the saga
+        undos = interp._undos = []
+    undos.append(new_slot(interp, task, sid, command, "compensate"))
     return (None, None)
 
 
@@ -68,6 +71,7 @@ def fail(interp: Interpreter, error: BaseException) -> None:
 
 def next_undo(interp: Interpreter) -> None:
     """Decide the undo registered last: a ``CompensationScheduled`` and its ``undo`` work."""
+    assert interp._undos  # called only while undos remain
     registration = interp._undos.pop()
     command = registration.command
     slot = Slot(registration.id, registration.task, command, "undo", 0, interp.now)

@@ -88,8 +88,9 @@ def on_step_failed(interp: Interpreter, event: StepFailed) -> None:
         del interp._waiting[slot.id]
         undo_finished(interp)
         return
-    if (slot.id, event.attempt) in interp._suspend_keys:
-        interp._suspended.append(slot)
+    resumed = interp._resumed
+    if resumed is not None and (slot.id, event.attempt) in resumed.suspend_keys:
+        resumed.suspended.append(slot)  # the RunResumed that follows retries it
         return
     policy = slot.command.retry or interp.default_retry
     if event.retryable and event.attempt < policy.max_attempts:
