@@ -117,7 +117,8 @@ class Interpreter:
         self._recorded_patches: set[str] = set()
         self._batch: list[Any] = []
         self._batch_scanned = True
-        # What resuming a failed run marked: made by the first resume, kept across refeeds.
+        # What resuming a failed run marked (resume.ResumeState): made by the first mark, and
+        # kept across refeeds.
         self._resumed: ResumeState | None = None
         self._reset()
 
