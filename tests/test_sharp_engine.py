@@ -24,7 +24,7 @@ from ironflow import Engine, InvokeError, IronflowError, RetryPolicy, StoreError
 from ironflow.cli import cli
 from ironflow.history import dumps
 from ironflow.history.events import ErrorInfo
-from ironflow.interpreter.interpreter import INVOKE_TIMEOUT, _span
+from ironflow.interpreter.primitives.invoke import INVOKE_TIMEOUT, _span
 from ironflow.runtime import STATUSES
 from ironflow.runtime import engine as engine_module
 from ironflow.testing import VirtualClock

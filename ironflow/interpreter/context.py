@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ironflow.commands.event import Event
 
 if TYPE_CHECKING:
-    from ironflow.interpreter.interpreter import Interpreter
+    from ironflow.interpreter.core import Interpreter
 
 
 class ReplayLog:
