@@ -9,8 +9,8 @@ apart (SQLite has one writer at a time, PostgreSQL many):
 - a wait is claimed by deleting its row (``DELETE ... RETURNING``): an emit delivers to it, or
   a round fires its timeout (``take_timers``), never both;
 - a transaction that leaves work for other workers (runs created, events recorded, mail sent,
-  a run resumed) sends one NOTIFY before it commits, at most one (``wakes``); a step commit
-  sends none (see ``postgres_listen``);
+  a run resumed) sends one NOTIFY before it commits, at most one (``wakes``), naming the runs
+  it left work for (``targets``); a step commit sends none (see ``postgres_listen``);
 - mail does not touch the run's row (which the run's round may hold): a run has mail iff it
   has inbox rows, and discovery looks there. A round reads its runs' mail in its take
   (``mail_of``) and deletes what it read in its commit (``drop_mail``): mail sent in between
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
-from ironflow.runtime.store.postgres_listen import NOTIFY
+from ironflow.runtime.store.postgres_listen import NOTIFY, NOTIFY_RUNS, payload
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns, round_query
 from ironflow.runtime.store.postgres_schema import (
     LEASE_LOST_STATE,
@@ -181,9 +181,9 @@ class PostgresTransaction(StatementTransaction):
     that fails in it means another worker wrote to a run of the batch, and is ``LeaseLost``.
     ``shared``/``exclusive`` are the advisory stripes it holds (taken once each). ``wakes``:
     it left work for other workers, and announces it once before it commits (``notified``
-    once the round's query did)."""
+    once the round's query did), naming the runs in ``targets``."""
 
-    __slots__ = ("exclusive", "notified", "shared", "store", "tx", "wakes")
+    __slots__ = ("exclusive", "notified", "shared", "store", "targets", "tx", "wakes")
 
     # The statements the shared verbs run (``StatementTransaction``): this store's texts.
     SET_TIMER = SET_TIMER
@@ -219,6 +219,7 @@ class PostgresTransaction(StatementTransaction):
         self.exclusive: set[int] = set()
         self.wakes = False
         self.notified = False
+        self.targets: list[str] = []
 
     def __enter__(self) -> PostgresTransaction:
         store = self.store
@@ -236,7 +237,10 @@ class PostgresTransaction(StatementTransaction):
         if exc is None and self.wakes and not self.notified:
             # In the transaction: sent on commit, dropped on rollback (no news, no hint).
             try:
-                self.conn.execute(NOTIFY, (self.store.channel,))
+                if self.targets:
+                    self.conn.execute(NOTIFY_RUNS, (self.store.channel, payload(self.targets)))
+                else:
+                    self.conn.execute(NOTIFY, (self.store.channel,))
             except BaseException as error:
                 self._end(type(error), error, error.__traceback__)
                 raise
@@ -376,6 +380,7 @@ class PostgresTransaction(StatementTransaction):
     ) -> None:
         self.lock(shared=range(STRIPES))
         self.wakes = True
+        self.targets.append(run_id)
         super().create_run(
             run_id, function_id, trigger, now_us, parent_run_id, parent_step_id, notify_parent
         )
@@ -390,10 +395,12 @@ class PostgresTransaction(StatementTransaction):
 
     def resume_blocked(self, run_id: str, now_us: int) -> None:
         self.wakes = True
+        self.targets.append(run_id)
         super().resume_blocked(run_id, now_us)
 
     def resume_failed(self, run_id: str, now_us: int) -> None:
         self.wakes = True
+        self.targets.append(run_id)
         super().resume_failed(run_id, now_us)
 
     # --- the function registry ------------------------------------------------------------
@@ -405,6 +412,7 @@ class PostgresTransaction(StatementTransaction):
 
     def send_mail(self, run_id: str, kind: str, ts_us: int, body: str) -> None:
         self.wakes = True
+        self.targets.append(run_id)
         self.conn.execute(SEND_MAIL, (run_id, kind, ts_us, body))
 
     def record_event(
