@@ -296,13 +296,13 @@ def test_a_deadlock_the_server_breaks_is_a_write_conflict_not_a_driver_error(pg_
         other.close()
 
 
-def test_an_emit_takes_its_stripes_records_and_announces_in_one_statement(pg_url, store):
+def test_an_emit_takes_its_stripes_and_records_in_one_statement_and_announces_once(pg_url, store):
     with connect(pg_url) as listener:
         listener.execute(f"LISTEN {store.channel}")
         exchanges = Exchanges(store.conn)
         with store.transaction() as tx:
             tx.record_event("e1", "paid", "{}", 1, None)
-            # BEGIN, then the locks, the row and the NOTIFY together.
+            # BEGIN, then the locks and the row together.
             assert exchanges.count == 2
             held = tx.execute(
                 "SELECT mode, count(*) FROM pg_locks WHERE locktype = 'advisory' "
@@ -310,8 +310,9 @@ def test_an_emit_takes_its_stripes_records_and_announces_in_one_statement(pg_url
             ).fetchall()
             assert held == [("ExclusiveLock", 1), ("ShareLock", STRIPES - 1)]
             tx.record_event("e2", "paid", "{}", 2, None)  # holds its stripes: none taken again
-        assert exchanges.count == 5  # + the second insert, COMMIT
-        # One wake-up per transaction, sent on commit (PostgreSQL folds identical ones).
+        # + the second insert, the one NOTIFY (naming what the transaction started), COMMIT
+        assert exchanges.count == 6
+        # One wake-up per transaction, sent on commit.
         notes = list(listener.notifies(timeout=WAIT_S, stop_after=1))
         assert [note.channel for note in notes] == [store.channel]
         assert list(listener.notifies(timeout=0.05)) == []

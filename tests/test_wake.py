@@ -231,7 +231,7 @@ def test_a_listener_that_cannot_connect_warns_once_and_stops_promptly(caplog):
             "postgresql://nobody@127.0.0.1:1/none",
             "postgresql://127.0.0.1:1/none",
             "ironflow_wake_test",
-            lambda: None,
+            lambda runs: None,
             retry=60.0,
             connect_timeout=1.0,
         ).start()
@@ -252,7 +252,7 @@ def test_a_listener_whose_connection_is_cut_warns_once_and_listens_again(pg_url,
     caplog.set_level(logging.INFO, logger="ironflow.engine")
     calls: list[threading.Event] = [threading.Event() for _ in range(3)]
 
-    def callback() -> None:
+    def callback(runs: frozenset[str] | None) -> None:
         next(event for event in calls if not event.is_set()).set()
 
     name = channel("wake_cut")

@@ -86,8 +86,13 @@ class Driver:
         # When to look in the database for work: on in-process news (dirty), when the
         # nearest known timer falls due, and every poll interval for other processes' news.
         self.dirty = True
-        # Another process may have left work (set by the wake-up listener's thread).
+        # Another process may have left work (set by the wake-up listener's thread): anywhere
+        # (``hinted``), or in the runs it named (``hinted_runs``, under ``hint_lock``).
         self.hinted = False
+        self.hinted_runs: set[str] = set()
+        self.hint_lock = threading.Lock()
+        # The most runs this worker holds at once (see ``discovery.room``; set by the worker).
+        self.capacity = TICK_RUNS
         # Runs this engine itself just made ready, driven next round without asking the
         # database: new ones (no mail possible, no ``ready`` flag) and ones sent mail.
         # Changed under the store's lock (inside transactions, or holding it).
@@ -185,6 +190,8 @@ class Driver:
                 work.setdefault(run_id, [])
             for run_id in fresh:
                 work.setdefault(run_id, [])
+        if self.hinted_runs and self.functions:
+            discovered |= discovery.named(self, work)
         if self.functions and len(work) < TICK_RUNS and discovery.due(self, now_us):
             discovered |= discovery.find(self, now_us, work, due)
         if not work:

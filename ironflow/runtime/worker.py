@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ironflow.runtime import leases
-from ironflow.runtime.discovery import NEVER
+from ironflow.runtime.discovery import NEVER, RUNS_PER_THREAD
 from ironflow.runtime.driver import Driver
 from ironflow.runtime.executor import Executor, Job, Outcome, is_async
 from ironflow.runtime.faults import ENABLED as _FAULTS
@@ -37,6 +37,8 @@ class Worker:
         self.outcomes: list[Outcome] = []
         self.outstanding = 0  # jobs submitted whose outcome this engine has not drained yet
         self.executor = Executor(self.results, max_workers, self.on_outcome)
+        # Claims are capped by what the step threads can run (see ``discovery.room``).
+        driver.capacity = self.executor.max_workers * RUNS_PER_THREAD
         self.drive_lock = threading.RLock()
         self.failure: BaseException | None = None  # raised by a pool thread while driving
         self.drivers = 0  # threads in run_until_idle/serve
@@ -48,9 +50,15 @@ class Worker:
         """Make the thread in run_until_idle/serve look again."""
         self.results.put(None)
 
-    def hint(self) -> None:
-        """Another process may have left work (on the listener's thread): look again."""
-        self.driver.hinted = True
+    def hint(self, run_ids: frozenset[str] | None) -> None:
+        """Another process left work (on the listener's thread): in the runs it names, or
+        anywhere (``None``: look again)."""
+        driver = self.driver
+        if run_ids is None:
+            driver.hinted = True
+        else:
+            with driver.hint_lock:
+                driver.hinted_runs |= run_ids
         self.wake()
 
     def kick(self) -> None:

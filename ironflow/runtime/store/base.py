@@ -293,11 +293,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
-    def listen(self, callback: Callable[[], None], retry: float) -> Callable[[], None] | None:
+    def listen(
+        self, callback: Callable[[frozenset[str] | None], None], retry: float
+    ) -> Callable[[], None] | None:
         """Call ``callback`` (from a thread of the store's) whenever another transaction may
         have left work (runs created, events recorded, mail sent), until the returned ``stop``
-        is called; ``retry`` is the poll interval (how often to reconnect if listening fails).
-        ``None`` if the store cannot tell: other processes' news is then seen by polling."""
+        is called: with the ids of the runs it left work for, or ``None`` if that is not known
+        (look everywhere). ``retry`` is the poll interval (how often to reconnect if listening
+        fails). ``None`` if the store cannot tell: other processes' news is then seen by
+        polling."""
         return None
 
     @abc.abstractmethod
@@ -305,7 +309,9 @@ class Store(abc.ABC):
         self, now_us: int, functions: tuple[str, ...], owner: str, limit: int
     ) -> tuple[list[tuple[Any, ...]], list[str], int | None]:
         """Work for ``owner``: due timers ``(run_id, step_id, kind, attempt)``, runs to
-        drive (with mail, new, or orphaned by a dead worker), and the next timer after now."""
+        drive (with mail, new, or orphaned by a dead worker; one may come twice), and the next
+        timer after now. Each list holds at most ``limit`` rows, and the look reads about that
+        many rows whatever the number of runs waiting (a full list: there may be more)."""
 
     # Reads a round makes while folding, outside any write transaction (a round's commit
     # checks again what a concurrent writer could have changed since).

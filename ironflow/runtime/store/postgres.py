@@ -92,17 +92,26 @@ RUN_START_ROW = "SELECT function_id, trigger, parent_run_id FROM runs WHERE id =
 
 # Discovery: reads, no locks (``take_runs`` claims what it finds, skipping held rows).
 _LEASE_FREE = "(r.lease_owner IS NULL OR r.lease_owner = %(owner)s OR r.lease_until_us < %(now)s)"
+# Due timers in due order, each run looked up by key (OFFSET 0: a per-row nested loop, never a
+# hash join that reads every run first).
 DUE_TIMERS = (
-    "SELECT t.run_id, t.step_id, t.kind, t.attempt FROM timers t JOIN runs r ON r.id = t.run_id "
-    "WHERE t.due_us <= %(now)s AND r.status != 'blocked' AND r.function_id = ANY(%(fids)s) "
-    f"AND {_LEASE_FREE} ORDER BY t.due_us LIMIT %(limit)s"
+    "SELECT t.run_id, t.step_id, t.kind, t.attempt FROM timers t CROSS JOIN LATERAL "
+    "(SELECT 1 FROM runs r WHERE r.id = t.run_id AND r.status != 'blocked' "
+    f"AND r.function_id = ANY(%(fids)s) AND {_LEASE_FREE} OFFSET 0) r "
+    "WHERE t.due_us <= %(now)s ORDER BY t.due_us LIMIT %(limit)s"
 )
+# Runs to drive: flagged ready (a resume), with mail (inbox rows), or pending or orphaned. The
+# parts are not merged (UNION ALL: a run may come twice, the caller takes it once), so the LIMIT
+# stops the scan: a look reads about one page, however many runs wait. The mail part
+# walks inbox rows and looks up each one's run by key (OFFSET 0 keeps the lookup a per-row
+# nested loop the planner cannot turn into a join of both whole tables).
 READY_RUNS = (
     "SELECT r.id FROM runs r WHERE r.ready = 1 AND r.function_id = ANY(%(fids)s) "
     f"AND r.status NOT IN {NOT_ENDED} AND {_LEASE_FREE} "
-    "UNION SELECT r.id FROM (SELECT DISTINCT run_id FROM inbox) i JOIN runs r ON r.id = i.run_id "
-    f"WHERE r.function_id = ANY(%(fids)s) AND r.status NOT IN {NOT_ENDED} AND {_LEASE_FREE} "
-    "UNION SELECT r.id FROM runs r WHERE r.status IN ('pending', 'running') "
+    "UNION ALL SELECT r.id FROM inbox i CROSS JOIN LATERAL (SELECT id FROM runs r "
+    f"WHERE r.id = i.run_id AND r.function_id = ANY(%(fids)s) AND r.status NOT IN {NOT_ENDED} "
+    f"AND {_LEASE_FREE} OFFSET 0) r "
+    "UNION ALL SELECT r.id FROM runs r WHERE r.status IN ('pending', 'running') "
     "AND (r.lease_owner IS NULL OR r.lease_until_us < %(now)s) "
     "AND r.function_id = ANY(%(fids)s) LIMIT %(limit)s"
 )
@@ -207,12 +216,27 @@ class PostgresStore(StatementReads, Store):
         """``BEGIN`` … ``COMMIT`` under the store's lock; rolled back on error."""
         return PostgresTransaction(self)
 
-    def listen(self, callback: Callable[[], None], retry: float) -> Callable[[], None] | None:
+    def listen(
+        self, callback: Callable[[frozenset[str] | None], None], retry: float
+    ) -> Callable[[], None] | None:
         """LISTEN on a connection of its own, from a thread, for other transactions' news."""
         listener = Listener(
-            self._dsn, self.url, self.channel, callback, retry, self._connect_timeout
+            self._dsn,
+            self.url,
+            self.channel,
+            callback,
+            retry,
+            self._connect_timeout,
+            own_pid=self._backend_pid,
         )
         return listener.start().stop
+
+    def _backend_pid(self) -> int:
+        """The server process of this store's connection (0 if it has none now)."""
+        try:
+            return self.conn.info.backend_pid
+        except Exception:  # closed, or being replaced: no notification is skipped
+            return 0
 
     def schema_version(self) -> int | None:
         with self.lock:

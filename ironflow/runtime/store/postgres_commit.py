@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Self
 
 from ironflow.runtime.store.base import Batch, LeaseLost
-from ironflow.runtime.store.postgres_listen import NOTIFY
+from ironflow.runtime.store.postgres_listen import NOTIFY, NOTIFY_RUNS, payload
 from ironflow.runtime.store.postgres_locks import Stripes, conflict
 from ironflow.runtime.store.postgres_round import LEASE_LOST_STATE, ROUND, round_params
 from ironflow.runtime.store.postgres_schema import first_line
@@ -36,10 +36,10 @@ class PostgresCommit(Stripes, StatementTransaction):
     that fails in it means another worker wrote to a run of the batch, and is ``LeaseLost``.
     ``shared``/``exclusive`` are the advisory stripes it holds (taken once each). ``wakes``:
     it left work for other workers, and announces it once before it commits (``notified``
-    once the round's call did). ``round``: the round's call, held back until the transaction
-    ends or another statement comes."""
+    once the round's call did), naming the runs in ``targets``. ``round``: the round's call,
+    held back until the transaction ends or another statement comes."""
 
-    __slots__ = ("exclusive", "notified", "round", "shared", "store", "tx", "wakes")
+    __slots__ = ("exclusive", "notified", "round", "shared", "store", "targets", "tx", "wakes")
 
     tx: AbstractContextManager[Any] | None
 
@@ -55,6 +55,7 @@ class PostgresCommit(Stripes, StatementTransaction):
         self.exclusive: set[int] = set()
         self.wakes = False
         self.notified = False
+        self.targets: list[str] = []
 
     def __enter__(self) -> Self:
         self.store.lock.acquire()
@@ -84,7 +85,10 @@ class PostgresCommit(Stripes, StatementTransaction):
         if exc is None and self.wakes and not self.notified:
             # In the transaction: sent on commit, dropped on rollback (no news, no hint).
             try:
-                self.conn.execute(NOTIFY, (self.store.channel,))
+                if self.targets:
+                    self.conn.execute(NOTIFY_RUNS, (self.store.channel, payload(self.targets)))
+                else:
+                    self.conn.execute(NOTIFY, (self.store.channel,))
             except BaseException as error:
                 self._end(type(error), error, error.__traceback__)
                 raise

@@ -11,8 +11,8 @@ apart (SQLite has one writer at a time, PostgreSQL many):
 - a wait is claimed by deleting its row (``DELETE ... RETURNING``): an emit delivers to it, or
   a round fires its timeout (``take_timers``), never both;
 - a transaction that leaves work for other workers (runs created, events recorded, mail sent,
-  a run resumed) sends one NOTIFY before it commits, at most one (``wakes``); a step commit
-  sends none (see ``postgres_listen``);
+  a run resumed) sends one NOTIFY before it commits, at most one (``wakes``), naming the runs
+  it left work for (``targets``); a step commit sends none (see ``postgres_listen``);
 - mail does not touch the run's row (which the run's round may hold): a run has mail iff it
   has inbox rows, and discovery looks there. A round reads its runs' mail in its take
   (``mail_of``) and deletes what it read in its commit (``drop_mail``): mail sent in between
@@ -152,14 +152,13 @@ WAITS_KEYED = (
 )
 CONSUME = "INSERT INTO consumed VALUES (%s, %s) ON CONFLICT DO NOTHING"
 EVENT_STARTED = "SELECT started FROM events WHERE idempotency_key = %s"
-# An emit in one statement: its stripes (``LOCK_STRIPES``, those not held yet), then the row,
-# then, the first in its transaction, the wake-up (sent on commit). The row is made from the
+# An emit in one statement: its stripes (``LOCK_STRIPES``, those not held yet), then the row
+# (its wake-up is sent as the transaction ends, naming what it started). The row is made from the
 # locks' one-row aggregate, so its pos is drawn after they are granted.
 RECORD_EVENT = (
     "INSERT INTO events (id, name, data, ts_us, idempotency_key) SELECT %s, %s, %s, %s, %s "
     f"FROM ({LOCK_STRIPES}) AS locked RETURNING pos"
 )
-RECORD_EVENT_NOTIFY = f"{RECORD_EVENT}, pg_notify(%s, '')"
 SET_EVENT_STARTED = "UPDATE events SET started = %s WHERE pos = %s"
 UNCONSUMED_EVENTS = (
     "SELECT id, data, ts_us FROM events WHERE name = %s AND pos > %s AND id NOT IN "
@@ -274,6 +273,7 @@ class PostgresTransaction(PostgresCommit):
     ) -> None:
         self.lock(shared=ALL_STRIPES)
         self.wakes = True
+        self.targets.append(run_id)
         super().create_run(
             run_id, function_id, trigger, now_us, parent_run_id, parent_step_id, notify_parent
         )
@@ -288,10 +288,12 @@ class PostgresTransaction(PostgresCommit):
 
     def resume_blocked(self, run_id: str, now_us: int) -> None:
         self.wakes = True
+        self.targets.append(run_id)
         super().resume_blocked(run_id, now_us)
 
     def resume_failed(self, run_id: str, now_us: int) -> None:
         self.wakes = True
+        self.targets.append(run_id)
         super().resume_failed(run_id, now_us)
 
     # --- the function registry ------------------------------------------------------------
@@ -303,6 +305,7 @@ class PostgresTransaction(PostgresCommit):
 
     def send_mail(self, run_id: str, kind: str, ts_us: int, body: str) -> None:
         self.wakes = True
+        self.targets.append(run_id)
         self.conn.execute(SEND_MAIL, (run_id, kind, ts_us, body))
 
     def record_event(
@@ -312,12 +315,10 @@ class PostgresTransaction(PostgresCommit):
         keys, modes = self.wanted((stripe(name),), ALL_STRIPES)
         store = self.store
         params = (event_id, name, data, ts_us, idempotency_key, store.lock_class, store.lock_class)
-        if self.notified:
-            found = self.conn.execute(RECORD_EVENT, (*params, keys, modes))
-        else:  # the transaction's one wake-up, with its first event
-            found = self.conn.execute(RECORD_EVENT_NOTIFY, (*params, keys, modes, store.channel))
+        found = self.conn.execute(RECORD_EVENT, (*params, keys, modes))
         self.took(keys, modes)
-        self.wakes = self.notified = True
+        # Announced as the transaction ends, naming the runs it starts or wakes (``targets``).
+        self.wakes = True
         pos: int = found.fetchone()[0]  # type: ignore[index]
         return pos
 

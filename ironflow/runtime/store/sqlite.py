@@ -77,11 +77,14 @@ DUE_TIMERS = (
     "ORDER BY t.due_us LIMIT {limit}"
 )
 _LEASE_FREE = "(lease_owner IS NULL OR lease_owner = ? OR lease_until_us < ?)"
+# Runs to drive: flagged ready (mail, a resume), or pending or orphaned. The parts are not
+# merged (UNION ALL: a run may come twice, the caller takes it once), so the LIMIT stops the
+# scan: a look reads about one page, however many runs wait (UNION would collect them all).
 READY_RUNS = (
     "SELECT id FROM runs WHERE ready = 1 "
     "AND status NOT IN ('blocked', 'completed', 'failed', 'cancelled') "
     f"AND +function_id IN ({{fids}}) AND {_LEASE_FREE} "
-    "UNION SELECT id FROM runs WHERE status IN ('pending', 'running') "
+    "UNION ALL SELECT id FROM runs WHERE status IN ('pending', 'running') "
     "AND (lease_owner IS NULL OR lease_until_us < ?) "
     f"AND +function_id IN ({{fids}}) AND {_LEASE_FREE} LIMIT {{limit}}"
 )
@@ -106,7 +109,9 @@ class SQLiteStore(SQLiteDatabase, StatementReads, Store):
         """``BEGIN IMMEDIATE`` … ``COMMIT`` under the store's lock; rolled back on error."""
         return SQLiteTransaction(self)
 
-    def listen(self, callback: Callable[[], None], retry: float) -> Callable[[], None] | None:
+    def listen(
+        self, callback: Callable[[frozenset[str] | None], None], retry: float
+    ) -> Callable[[], None] | None:
         """SQLite has no notifications: other processes' news is seen within a poll interval."""
         return None
 
