@@ -60,8 +60,18 @@ def tables(url: str) -> list[str]:
 
 def tx_on(conn: psycopg.Connection[Any], store: PostgresStore) -> PostgresTransaction:
     """The store's transaction verbs on the test's own connection (and its transactions)."""
+
+    def begin() -> tuple[psycopg.Connection[Any], Any]:
+        tx = conn.transaction()
+        tx.__enter__()
+        return conn, tx
+
     shim = SimpleNamespace(
-        conn=conn, lock=threading.RLock(), lock_class=store.lock_class, reraise=store.reraise
+        conn=conn,
+        lock=threading.RLock(),
+        lock_class=store.lock_class,
+        reraise=store.reraise,
+        begin=begin,
     )
     return PostgresTransaction(shim)  # type: ignore[arg-type]
 

@@ -13,7 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ironflow.runtime.store.base import Batch, LeaseLost, Store, StoreError, Transaction
+from ironflow.runtime.store.base import (
+    Batch,
+    LeaseLost,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    Transaction,
+)
 from ironflow.runtime.store.sqlite import (
     DURABILITY,
     READABLE_VERSIONS,
@@ -39,6 +46,7 @@ __all__ = [
     "SQLiteTransaction",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "Transaction",
     "is_postgres_url",
     "open_store",

@@ -6,8 +6,9 @@ the store; everything a round or a control call writes happens inside one ``Tran
 ``Batch`` and handed over whole (``commit_round``), so a store writes them in bulk under the
 lease fence: if any run of the batch is no longer held by the writer, nothing of it is
 written and ``LeaseLost`` is raised. A store never leaks its driver's exceptions for the
-cases the engine handles: a lost lease is ``LeaseLost``, a database that is not ours, damaged
-or read-only is ``StoreError``; a damaged row is ``rows.CorruptRow`` naming its run.
+cases the engine handles: a lost lease is ``LeaseLost``, a database out of reach (for now)
+``StoreUnavailable``, a database that is not ours, damaged or read-only is ``StoreError``; a
+damaged row is ``rows.CorruptRow`` naming its run.
 
 Rows cross this boundary as plain tuples (the row codec in ``rows`` turns them into history
 events): no per-row objects on the hot path. Implementations are siblings (``sqlite.py``);
@@ -26,7 +27,7 @@ import attrs
 from ironflow.errors import StoreError
 from ironflow.history.events import HistoryEvent
 
-__all__ = ["Batch", "LeaseLost", "Store", "StoreError", "Transaction"]
+__all__ = ["Batch", "LeaseLost", "Store", "StoreError", "StoreUnavailable", "Transaction"]
 
 # (id, function_id, status, output, error, created_us, updated_us, ended_us, parent_run_id,
 # code_version)
@@ -44,6 +45,12 @@ class LeaseLost(StoreError):
     def __init__(self, message: str, run_ids: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.run_ids = run_ids
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now (its connection was closed, the server is down):
+    what was under way failed whole, nothing of it written, and the next use connects again.
+    A serving worker carries on; a caller may try again."""
 
 
 @attrs.define

@@ -224,8 +224,8 @@ class PostgresTransaction(StatementTransaction):
         store = self.store
         store.lock.acquire()
         try:
-            self.tx = self.conn.transaction()
-            self.tx.__enter__()
+            # The store's session, replaced first if the server closed it (see ``begin``).
+            self.conn, self.tx = store.begin()
         except BaseException as exc:
             store.lock.release()
             store.reraise(exc)
