@@ -37,9 +37,9 @@ rows, and discovery looks there as well as at the ``ready`` flag (which a resume
 
 **Connections.** A ``PostgresStore`` holds one connection, used under ``lock`` as the SQLite store
 uses its one: the engine drives one round at a time, so a pool would only add connections
-contending for the same rows. A serving worker's wake-up listener (``listen``, see
-``postgres_listen``) adds one more, idle: a worker holds two, ten workers twenty of the default
-100 (``max_connections``).
+contending for the same rows; one the server closed is replaced at its next use
+(``connection``). A serving worker's wake-up listener (``listen``, see ``postgres_listen``) adds
+one more, idle: a worker holds two, ten workers twenty of the default 100 (``max_connections``).
 """
 
 from __future__ import annotations
@@ -204,14 +204,11 @@ class PostgresStore(StatementReads, Store):
             migrate(self.conn, self.lock_class, self.url)
 
     # --- the connection lost and found again (under ``lock``) ------------------------------
-    # A session the server closed (restarted, ``pg_terminate_backend``, a proxy's idle
-    # timeout) is replaced at the next use: a transaction, or a statement of ``query``. What
-    # was under way when it closed failed whole (a transaction is never half-applied) and
-    # raised ``StoreUnavailable``; its caller drives it again (a round) or may retry.
 
     def connection(self) -> psycopg.Connection[Any]:
-        """The session, replaced first if the server closed it; ``StoreUnavailable`` if no
-        new one can be opened now."""
+        """The session, replaced first if the server closed it (a restart, a terminated
+        backend, a proxy's timeout); ``StoreUnavailable`` if no new one can be opened now.
+        What was under way when it closed failed whole, with ``StoreUnavailable``."""
         conn = self.conn
         if not conn.broken:
             return conn
@@ -256,7 +253,7 @@ class PostgresStore(StatementReads, Store):
             self.outage = True
             log.warning(
                 "lost the connection to the PostgreSQL database %s (%s); what was under way "
-                "failed whole and is tried again, on a new connection once one can be opened",
+                "failed whole, nothing of it written; connecting again at the next use",
                 self.url,
                 first_line(exc),
             )
