@@ -1,11 +1,12 @@
 """Stores: where runs, their histories, timers, waits, events and mail live.
 
 ``base`` holds the interface the engine drives (``Store``, ``Transaction``, ``Batch``) and the
-store's errors; ``sqlite`` is the SQLite store, ``sqlite_schema`` its schema and migrations;
-``postgres`` is the PostgreSQL store (psycopg 3, imported only when a ``postgresql://`` URL is
-opened), ``postgres_tx`` its write transaction, ``postgres_round`` a round's commit as one
-query, ``postgres_schema`` its schema and advisory locks; ``rows`` is the row codec every
-store shares. ``open_store`` picks a store by URL.
+store's errors; ``sqlite`` is the SQLite store, ``sqlite_schema`` its schema (opening, checking,
+migrating) and ``sqlite_migrations`` the steps of each version; ``postgres`` is the PostgreSQL
+store (psycopg 3, imported only when a ``postgresql://`` URL is opened), ``postgres_tx`` its
+write transaction, ``postgres_round`` a round's commit as one query, ``postgres_schema`` its
+schema and advisory locks; ``rows`` is the row codec every store shares. ``open_store`` picks
+a store by URL.
 """
 
 from __future__ import annotations
