@@ -235,7 +235,7 @@ class Driver:
             # ``ready`` with it). Mail and timers are dropped only by the commit, so a round
             # that fails in between loses neither; the ready flags stay set until then too.
             taken: list[Any] = []
-            with self.store.transaction() as tx:
+            with self.store.take_transaction() as tx:  # synced by the commit (3.)
                 if cold:
                     taken, histories, unwritten = leases.take(
                         self, tx, cold, now_us, _NO_MAIL, broken

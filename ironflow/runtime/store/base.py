@@ -285,6 +285,12 @@ class Store(abc.ABC):
     def transaction(self) -> Transaction:
         """A write transaction, committed on a clean exit and rolled back otherwise."""
 
+    def take_transaction(self) -> Transaction:
+        """The write transaction of a round's take (leases, histories, mail read): its commit
+        need not reach the disk by itself, since the round's commit, next, takes it there; a
+        crash in between loses leases only, taken again. By default ``transaction()``."""
+        return self.transaction()
+
     @abc.abstractmethod
     def close(self) -> None: ...
 
