@@ -163,6 +163,7 @@ def test_a_round_whose_commit_fails_midway_is_driven_again_whole(
         assert [e.id for e in history if isinstance(e, StepCompleted)] == ["one"], history
         engine.run_until_idle()  # a new session; step two's result committed, not run again
         check_run(engine, gate, "m")
+        assert engine.stats["steps_executed"] == 3
     finally:
         engine.close()
     assert len(lost_warnings(caplog)) == 1, caplog.records

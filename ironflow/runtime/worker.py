@@ -215,8 +215,10 @@ class Worker:
             # Nothing of the round is known written: its outcomes go into the next round
             # (one whose commit did land is a duplicate there, and dropped), so a step's
             # result is never lost to a failed commit, and the step never run again.
-            self.outcomes[:0] = self.drained
-            self.outstanding += len(self.drained)
+            drained = self.drained
+            self.outcomes[:0] = drained
+            self.outstanding += len(drained)
+            self.driver.stats["steps_executed"] -= len(drained)  # counted again then
             raise
         finally:
             self.drained = ()
