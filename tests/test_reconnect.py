@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -156,7 +157,7 @@ def test_a_round_whose_commit_fails_midway_is_driven_again_whole(
     try:
         engine.register(reconnect_flow)
         engine.start(FLOW_ID, run_id="m")
-        with pytest.raises(StoreUnavailable, match="^lost the PostgreSQL database .*: terminat"):
+        with pytest.raises(StoreUnavailable, match=r"^lost the PostgreSQL database .*: terminat"):
             engine.run_until_idle()
         assert ended == [1]
         history = engine.history("m")
@@ -197,10 +198,8 @@ class Cutter(Proxy):
         self.down = True
         sockets, self.sockets = self.sockets, []
         for sock in sockets:
-            try:
+            with contextlib.suppress(OSError):  # one already closed by its peer
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def mend(self) -> None:
