@@ -122,6 +122,44 @@ def test_a_fold_that_yields_in_time_is_not_warned(engine: Engine, warnings: Warn
     assert warnings.records == []
 
 
+class Started:
+    """Counts the watchdog threads an engine starts (``threading.Thread`` seen from the
+    watchdog's module)."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.make = threading.Thread  # the class, before the test replaces it with this
+
+    def __call__(self, *args: Any, **kwargs: Any) -> threading.Thread:
+        thread = self.make(*args, **kwargs)
+        if kwargs.get("name") == "ironflow-watchdog":
+            self.threads.append(thread)
+        return thread
+
+
+def test_one_watchdog_thread_serves_drive_after_drive_and_ends_once_idle(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = Started()
+    monkeypatch.setattr(watchdog.threading, "Thread", started)
+    flow = Stuck()
+    flow.gate.set()  # never blocks
+    engine.register(flow.function)
+    for _ in range(20):  # start one, drive it: a thread per drive cost more than the drive
+        run_id = engine.start("stuck")
+        engine.run_until_idle()
+        assert engine.get_run(run_id).status == "completed"
+    assert len(started.threads) == 1
+    # No one drives any more: the thread ends by itself, LINGER looks later.
+    monkeypatch.setattr(watchdog, "STUCK_AFTER", 0.04)
+    started.threads[0].join(BOUND)
+    assert not started.threads[0].is_alive(), "the idle watchdog thread did not end"
+    # The next drive starts another.
+    run_id = engine.start("stuck")
+    engine.run_until_idle()
+    assert len(started.threads) == 2 and started.threads[1].is_alive()
+
+
 def test_stuck_workflow_code_does_not_block_emit_or_start_from_another_engine(
     store_url: str, clock: VirtualClock, engine: Engine
 ) -> None:

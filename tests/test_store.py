@@ -9,6 +9,8 @@ import uuid
 
 import pytest
 
+import ironflow
+from ironflow import step
 from ironflow.runtime import ids
 from ironflow.runtime.store import SQLiteStore
 
@@ -70,6 +72,92 @@ def test_the_lock_is_released_whatever_happens(store):
     thread.start()
     thread.join(10)
     assert acquired == [True]
+
+
+def synchronous(store):
+    """The connection's ``PRAGMA synchronous``: 2 is FULL, 1 NORMAL."""
+    return store.conn.execute("PRAGMA synchronous").fetchone()[0]
+
+
+def lock_is_free(store):
+    acquired = []
+
+    def probe():
+        got = store.lock.acquire(timeout=5)
+        acquired.append(got)
+        if got:
+            store.lock.release()
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join(10)
+    return acquired == [True]
+
+
+def test_a_take_transaction_under_full_commits_unsynced_and_puts_full_back(tmp_path):
+    store = SQLiteStore(str(tmp_path / "store.db"), durability="full")
+    try:
+        store.conn.execute("CREATE TABLE scratch (k TEXT PRIMARY KEY)")
+        assert synchronous(store) == 2
+        with store.take_transaction() as tx:
+            tx.conn.execute("INSERT INTO scratch VALUES ('kept')")
+            assert synchronous(store) == 1  # for this transaction only
+        assert synchronous(store) == 2
+        with pytest.raises(KeyError), store.take_transaction() as tx:
+            tx.conn.execute("INSERT INTO scratch VALUES ('lost')")
+            raise KeyError("x")
+        assert synchronous(store) == 2
+        assert not store.conn.in_transaction
+        assert lock_is_free(store)
+        with store.transaction():
+            assert synchronous(store) == 2  # every other transaction syncs its commit
+        assert keys(store) == ["kept"]
+    finally:
+        store.close()
+
+
+def test_a_take_transaction_under_normal_is_an_ordinary_one(store):
+    with store.take_transaction() as tx:
+        tx.conn.execute("INSERT INTO scratch VALUES ('kept')")
+        assert synchronous(store) == 1
+    assert synchronous(store) == 1
+    assert keys(store) == ["kept"]
+
+
+@ironflow.function(id="three-synced")
+def three_synced(ctx):
+    total = 0
+    for n in range(3):
+        total += yield step.run(f"s{n}", int, n)
+    return total
+
+
+def test_a_run_under_full_syncs_once_per_commit_and_not_for_its_take(tmp_path):
+    engine = ironflow.Engine(str(tmp_path / "full.db"), durability="full")
+    try:
+        engine.register(three_synced)
+        statements = []
+        engine.store.conn.set_trace_callback(statements.append)
+        run_id = engine.start("three-synced")
+        engine.run_until_idle()
+        engine.store.conn.set_trace_callback(None)
+        assert engine.get_run(run_id).output == 3
+    finally:
+        engine.close()
+    # Each transaction's statements, and whether its COMMIT ran under FULL.
+    transactions, current, full = [], [], True
+    for sql in statements:
+        if sql.startswith("PRAGMA synchronous"):
+            full = sql.endswith("FULL")
+        elif sql == "COMMIT":
+            transactions.append((current, full))
+            current = []
+        else:
+            current.append(sql)
+    takes = [full for body, full in transactions if any("SET lease_owner" in s for s in body)]
+    assert takes == [False], statements  # the first round's take: synced by the commit next
+    others = [full for body, full in transactions if not any("SET lease_owner" in s for s in body)]
+    assert len(others) >= 5 and all(others), statements  # the start, each round's commit
 
 
 def test_ids_are_uuid7_hex():

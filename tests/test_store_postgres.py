@@ -59,6 +59,12 @@ def tables(url: str) -> list[str]:
 
 def tx_on(conn: psycopg.Connection[Any], store: PostgresStore) -> PostgresTransaction:
     """The store's transaction verbs on the test's own connection (and its transactions)."""
+
+    def begin() -> tuple[psycopg.Connection[Any], Any]:
+        tx = conn.transaction()
+        tx.__enter__()
+        return conn, tx
+
     shim = SimpleNamespace(
         conn=conn,
         lock=threading.RLock(),
@@ -66,6 +72,8 @@ def tx_on(conn: psycopg.Connection[Any], store: PostgresStore) -> PostgresTransa
         reraise=store.reraise,
         url=store.url,
         channel=store.channel,
+        begin=begin,
+        connection=lambda: conn,
     )
     return PostgresTransaction(shim)  # type: ignore[arg-type]
 

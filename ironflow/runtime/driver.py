@@ -55,7 +55,7 @@ from ironflow.runtime.executor import Job, Outcome
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.live import Broken, Input, Live
-from ironflow.runtime.store import Batch, Store, Transaction, rows
+from ironflow.runtime.store import Batch, Store, StoreUnavailable, Transaction, rows
 
 _STEP_KINDS = decisions.STEP_KINDS
 _NO_MAIL: set[str] = set()  # ready flags are cleared by the commit (drop_mail), not the take
@@ -242,7 +242,7 @@ class Driver:
             # ``ready`` with it). Mail and timers are dropped only by the commit, so a round
             # that fails in between loses neither; the ready flags stay set until then too.
             taken: list[Any] = []
-            with self.store.transaction() as tx:
+            with self.store.take_transaction() as tx:  # synced by the commit (3.)
                 if cold:
                     taken, histories, unwritten = leases.take(
                         self, tx, cold, now_us, _NO_MAIL, broken
@@ -277,6 +277,8 @@ class Driver:
                 inputs.extend(inbox.get(run_id, ()))
             try:
                 self.drive_live(live, inputs, now, now_us, batch)
+            except StoreUnavailable:
+                raise  # a read the fold made failed: the database's, not the run's
             except Exception as exc:
                 broken[run_id] = exc  # the others are driven on to find all broken ones
         if broken:

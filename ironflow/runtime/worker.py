@@ -15,7 +15,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ironflow.runtime import leases
@@ -25,6 +25,7 @@ from ironflow.runtime.executor import Executor, Job, Outcome, is_async
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.models import TERMINAL, Run
+from ironflow.runtime.store import StoreUnavailable
 from ironflow.runtime.watchdog import Watchdog
 
 
@@ -35,6 +36,8 @@ class Worker:
         self.driver = driver
         self.results: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.outcomes: list[Outcome] = []
+        # The outcomes the round under way took (fed again if it fails).
+        self.drained: Sequence[Outcome] = ()
         self.outstanding = 0  # jobs submitted whose outcome this engine has not drained yet
         self.executor = Executor(self.results, max_workers, self.on_outcome)
         # Claims are capped by what the step threads can run (see ``discovery.room``).
@@ -169,6 +172,7 @@ class Worker:
             if item is not None:
                 outcomes.append(item)
         self.outstanding -= len(outcomes)
+        self.drained = outcomes
         return outcomes
 
     def tick(self, dispatch: bool = True) -> bool:
@@ -210,13 +214,24 @@ class Worker:
         self.executor.expire()
         # A round decodes histories and builds interpreters that live on: the cyclic GC
         # would walk them again and again and free nothing. It catches up once afterwards.
-        if not gc.isenabled():
-            return self.driver.round(self.drain)
-        gc.disable()
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
         try:
             return self.driver.round(self.drain)
+        except BaseException:
+            # Nothing of the round is known written: its outcomes go into the next round
+            # (one whose commit did land is a duplicate there, and dropped), so a step's
+            # result is never lost to a failed commit, and the step never run again.
+            drained = self.drained
+            self.outcomes[:0] = drained
+            self.outstanding += len(drained)
+            self.driver.stats["steps_executed"] -= len(drained)  # counted again then
+            raise
         finally:
-            gc.enable()
+            self.drained = ()
+            if paused:
+                gc.enable()
 
     def serve(self, install_signals: bool, on_idle: Callable[[], None] | None, stop: Any) -> None:
         """Work until ``stop()`` or SIGTERM/SIGINT: then finish what is held and return."""
@@ -240,16 +255,22 @@ class Worker:
 
     def _serve(self, on_idle: Callable[[], None] | None) -> None:
         while not self.stopping.is_set():
-            with self.drive_lock:
-                self.raise_failure()
-                if self.tick():
-                    continue
-                timeout = self.idle_timeout()
-            # Idle means no step running either: a long step is not a quiet worker.
-            if on_idle is not None and not self.outstanding:
-                on_idle()
+            try:
                 with self.drive_lock:
+                    self.raise_failure()
+                    if self.tick():
+                        continue
                     timeout = self.idle_timeout()
+                # Idle means no step running either: a long step is not a quiet worker.
+                if on_idle is not None and not self.outstanding:
+                    on_idle()
+                    with self.drive_lock:
+                        timeout = self.idle_timeout()
+            except StoreUnavailable:
+                # The database is out of reach (the store warned once for the outage): look
+                # again a poll interval on, or when a step ends, connecting again then.
+                self.driver.dirty = True
+                timeout = self.driver.poll
             self.wait_for_outcome(timeout)
         # Graceful stop: let running steps finish and commit them, then let go.
         while True:

@@ -1,12 +1,13 @@
 """Stores: where runs, their histories, timers, waits, events and mail live.
 
 ``base`` holds the interface the engine drives (``Store``, ``Transaction``, ``Batch``) and the
-store's errors; ``sqlite`` is the SQLite store, ``sqlite_schema`` its schema and migrations;
-``postgres`` is the PostgreSQL store (psycopg 3, imported only when a ``postgresql://`` URL is
-opened), ``postgres_tx`` its write transaction, ``postgres_round`` a round's commit as one
-call of a function of the schema, ``postgres_locks`` the advisory stripes a transaction takes,
-``postgres_schema`` its schema; ``rows`` is the row codec every store shares. ``open_store``
-picks a store by URL.
+store's errors; ``sqlite`` is the SQLite store, ``sqlite_schema`` its schema (opening, checking,
+migrating) and ``sqlite_migrations`` the steps of each version; ``postgres`` is the PostgreSQL
+store (psycopg 3, imported only when a ``postgresql://`` URL is opened), ``postgres_tx`` its
+write transaction, ``postgres_commit`` how it begins and commits, ``postgres_round`` a round's
+commit as one call of a function of the schema, ``postgres_locks`` the advisory stripes a
+transaction takes, ``postgres_schema`` its schema; ``rows`` is the row codec every store
+shares. ``open_store`` picks a store by URL.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ironflow.runtime.store.base import (
     LeaseLost,
     Store,
     StoreError,
+    StoreUnavailable,
     Transaction,
     WriteConflict,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "SQLiteTransaction",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "Transaction",
     "WriteConflict",
     "is_postgres_url",

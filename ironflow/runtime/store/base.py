@@ -7,8 +7,9 @@ the store; everything a round or a control call writes happens inside one ``Tran
 lease fence: if any run of the batch is no longer held by the writer, nothing of it is
 written and ``LeaseLost`` is raised. A store never leaks its driver's exceptions for the
 cases the engine handles: a lost lease is ``LeaseLost``, a transaction the database aborted to
-resolve a conflict is ``WriteConflict``, a database that is not ours, damaged or read-only is
-``StoreError``; a damaged row is ``rows.CorruptRow`` naming its run.
+resolve a conflict is ``WriteConflict``, a database out of reach (for now) ``StoreUnavailable``,
+a database that is not ours, damaged or read-only is ``StoreError``; a damaged row is
+``rows.CorruptRow`` naming its run.
 
 Rows cross this boundary as plain tuples (the row codec in ``rows`` turns them into history
 events): no per-row objects on the hot path. Implementations are siblings (``sqlite.py``);
@@ -27,7 +28,15 @@ import attrs
 from ironflow.errors import StoreError
 from ironflow.history.events import HistoryEvent
 
-__all__ = ["Batch", "LeaseLost", "Store", "StoreError", "Transaction", "WriteConflict"]
+__all__ = [
+    "Batch",
+    "LeaseLost",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "Transaction",
+    "WriteConflict",
+]
 
 # (id, function_id, status, output, error, created_us, updated_us, ended_us, parent_run_id,
 # code_version)
@@ -50,6 +59,12 @@ class LeaseLost(StoreError):
 class WriteConflict(StoreError):
     """The database aborted a write transaction to resolve a conflict with a concurrent one (a
     deadlock, a serialization failure): nothing of it was written, and it can be tried again."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now (its connection was closed, the server is down):
+    what was under way failed whole, nothing of it written, and the next use connects again.
+    A serving worker carries on; a caller may try again."""
 
 
 @attrs.define
@@ -289,6 +304,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def transaction(self) -> Transaction:
         """A write transaction, committed on a clean exit and rolled back otherwise."""
+
+    def take_transaction(self) -> Transaction:
+        """The write transaction of a round's take (leases, histories, mail read): its commit
+        need not reach the disk by itself, since the round's commit, next, takes it there; a
+        crash in between loses leases only, taken again. By default ``transaction()``."""
+        return self.transaction()
 
     @abc.abstractmethod
     def close(self) -> None: ...

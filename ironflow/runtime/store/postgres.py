@@ -40,20 +40,22 @@ rows, and discovery looks there as well as at the ``ready`` flag (which a resume
 
 **Connections.** A ``PostgresStore`` holds one connection, used under ``lock`` as the SQLite store
 uses its one: the engine drives one round at a time, so a pool would only add connections
-contending for the same rows. A serving worker's wake-up listener (``listen``, see
-``postgres_listen``) adds one more, idle: a worker holds two, ten workers twenty of the default
-100 (``max_connections``).
+contending for the same rows; one the server closed is replaced at its next use
+(``connection``). A serving worker's wake-up listener (``listen``, see ``postgres_listen``) adds
+one more, idle: a worker holds two, ten workers twenty of the default 100 (``max_connections``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
-from ironflow.runtime.store.base import Store, StoreError
+from ironflow.runtime.store.base import Store, StoreError, StoreUnavailable
 from ironflow.runtime.store.postgres_listen import Listener, channel
 from ironflow.runtime.store.postgres_schema import (
     DURABILITY,
@@ -78,6 +80,9 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["PostgresStore", "PostgresTransaction", "is_postgres_url", "redact"]
+
+log = logging.getLogger("ironflow.engine")
+T = TypeVar("T")
 
 # A running run's row is not rewritten per step: its last history event says when it moved.
 RUN_COLUMNS = (
@@ -149,6 +154,8 @@ class PostgresStore(StatementReads, Store):
         self._connect_timeout = connect_timeout
         self.durability = durability
         self.lock = threading.RLock()
+        # A connection the server closed was warned about and is not replaced yet.
+        self.outage = False
         try:
             import psycopg
         except ImportError:
@@ -156,9 +163,7 @@ class PostgresStore(StatementReads, Store):
                 f"cannot open {self.url}: the PostgreSQL store needs psycopg 3; {INSTALL_HINT}"
             ) from None
         try:
-            self.conn: psycopg.Connection[Any] = psycopg.connect(
-                url, autocommit=True, connect_timeout=max(1, round(connect_timeout))
-            )
+            self.conn: psycopg.Connection[Any] = self._connect()
         except psycopg.Error as exc:
             raise StoreError(
                 f"cannot connect to the PostgreSQL database {self.url}: {first_line(exc)}"
@@ -172,10 +177,26 @@ class PostgresStore(StatementReads, Store):
             self.conn.close()
             raise
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A new session, set up as every session of this store is."""
+        import psycopg
+
+        conn = psycopg.connect(
+            self._dsn, autocommit=True, connect_timeout=max(1, round(self._connect_timeout))
+        )
+        try:
+            if self.durability == "normal":
+                # A crash may lose the last commits (never corrupt): as SQLite's NORMAL.
+                conn.execute("SET synchronous_commit = off")
+            if self.read_only:
+                # Every transaction of this session refuses writes: reads only, by construction.
+                conn.execute("SET default_transaction_read_only = on")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     def _open(self) -> None:
-        if self.durability == "normal":
-            # A crash may lose the last commits (never corrupt): as SQLite's NORMAL.
-            self.conn.execute("SET synchronous_commit = off")
         schema = self.conn.execute("SELECT current_schema()").fetchone()
         if schema is None or schema[0] is None:
             path = self.conn.execute("SHOW search_path").fetchone()
@@ -191,10 +212,63 @@ class PostgresStore(StatementReads, Store):
             if version is None:
                 raise StoreError(f"{self.url} holds no ironflow database (no ironflow tables)")
             self.legacy = version < 3
-            # Every transaction of this session refuses writes: reads only, by construction.
-            self.conn.execute("SET default_transaction_read_only = on")
         else:
             migrate(self.conn, self.lock_class, self.url)
+
+    # --- the connection lost and found again (under ``lock``) ------------------------------
+
+    def connection(self) -> psycopg.Connection[Any]:
+        """The session, replaced first if the server closed it (a restart, a terminated
+        backend, a proxy's timeout); ``StoreUnavailable`` if no new one can be opened now.
+        What was under way when it closed failed whole, with ``StoreUnavailable``."""
+        conn = self.conn
+        if not conn.broken:
+            return conn
+        import psycopg
+
+        try:
+            fresh = self._connect()
+        except psycopg.Error as exc:
+            self._lost(exc)
+            raise StoreUnavailable(
+                f"cannot reach the PostgreSQL database {self.url}: {first_line(exc)}"
+            ) from None
+        conn.close()
+        self.conn = fresh
+        if self.outage:
+            self.outage = False
+            log.info("connected to the PostgreSQL database %s again", self.url)
+        return fresh
+
+    def begin(self) -> tuple[psycopg.Connection[Any], AbstractContextManager[Any]]:
+        """``BEGIN`` on the session (the connection and its transaction); a session found
+        closed by its ``BEGIN`` is replaced and ``BEGIN`` sent again (nothing ran yet)."""
+        import psycopg
+
+        conn = self.connection()
+        tx = conn.transaction()
+        try:
+            tx.__enter__()
+        except psycopg.OperationalError as exc:
+            if not conn.broken:
+                raise
+            self._lost(exc)
+            conn = self.connection()
+            tx = conn.transaction()
+            tx.__enter__()
+        return conn, tx
+
+    def _lost(self, exc: BaseException) -> None:
+        """One WARNING per outage: the first failure says so, later ones are quiet until a
+        session is open again (``connection``)."""
+        if not self.outage:
+            self.outage = True
+            log.warning(
+                "lost the connection to the PostgreSQL database %s (%s); what was under way "
+                "failed whole, nothing of it written; connecting again at the next use",
+                self.url,
+                first_line(exc),
+            )
 
     def reraise(self, exc: BaseException) -> None:
         """Raise the ``StoreError`` a driver error means (the server gone, a read-only
@@ -203,9 +277,14 @@ class PostgresStore(StatementReads, Store):
 
         if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
             raise StoreError(f"cannot write to the database {self.url}: it is open read-only")
-        if isinstance(exc, psycopg.OperationalError) and (
-            self.conn.broken or (exc.sqlstate or "08").startswith("08")
-        ):
+        if not isinstance(exc, psycopg.OperationalError):
+            return
+        if self.conn.broken:
+            self._lost(exc)
+            raise StoreUnavailable(
+                f"lost the PostgreSQL database {self.url}: {first_line(exc)}"
+            ) from exc
+        if (exc.sqlstate or "08").startswith("08"):  # this store was closed
             raise StoreError(f"lost the PostgreSQL database {self.url}: {first_line(exc)}") from exc
 
     def close(self) -> None:
@@ -240,14 +319,32 @@ class PostgresStore(StatementReads, Store):
 
     def schema_version(self) -> int | None:
         with self.lock:
-            return schema_version(self.conn)
+            return schema_version(self.connection())
 
     def query(self, sql: str, params: Any = ()) -> list[Any]:
-        """Run one statement and fetch its rows (for tests and tools, not the engine)."""
+        """Run one statement on its own and fetch its rows (see ``reading``)."""
+
+        def run(conn: psycopg.Connection[Any]) -> list[Any]:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description is not None else []
+
+        return self.reading(run)
+
+    def reading(self, read: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``read`` on the session, under the lock; run once more on a new session if its own
+        turns out closed. Only for reads, and writes that may run twice (a heartbeat, leases
+        renewed or let go): ``query`` and ``history``."""
         with self.lock:
+            conn = self.connection()
             try:
-                cursor = self.conn.execute(sql, params)
-                return cursor.fetchall() if cursor.description is not None else []
+                return read(conn)
+            except Exception as exc:
+                if not conn.broken:
+                    self.reraise(exc)
+                    raise
+                self._lost(exc)
+            try:
+                return read(self.connection())
             except Exception as exc:
                 self.reraise(exc)
                 raise
@@ -303,17 +400,18 @@ class PostgresStore(StatementReads, Store):
 
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
         # One repeatable-read transaction: the run's row and its history from one snapshot.
-        with self.lock:
-            try:
-                with self.conn.transaction():
-                    self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    found = self.conn.execute(RUN_START_ROW, (run_id,)).fetchone()
-                    if found is None:
-                        return None
-                    stored = self.conn.execute(HISTORIES, ([run_id],)).fetchall()
-            except Exception as exc:
-                self.reraise(exc)
-                raise
+        def read(conn: psycopg.Connection[Any]) -> tuple[Any, Any] | None:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                found = conn.execute(RUN_START_ROW, (run_id,)).fetchone()
+                if found is None:
+                    return None
+                return found, conn.execute(HISTORIES, ([run_id],)).fetchall()
+
+        read_ = self.reading(read)
+        if read_ is None:
+            return None
+        found, stored = read_
         return tuple(found), rows.decode_histories(stored).get(run_id, [])
 
 

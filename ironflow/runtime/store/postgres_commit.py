@@ -64,14 +64,13 @@ class PostgresCommit(Stripes, StatementTransaction):
 
     def begin(self) -> psycopg.Connection[Any]:
         """Send ``BEGIN`` (and the round's call held back, if any): statements follow."""
-        conn: psycopg.Connection[Any] = self.store.conn
-        self.conn = conn
-        tx = conn.transaction()
         try:
-            tx.__enter__()
+            # The store's session, replaced first if the server closed it (``store.begin``).
+            conn, tx = self.store.begin()
         except BaseException as exc:
             self._reraise(exc)
             raise
+        self.conn = conn
         self.tx = tx
         if self.round is not None:
             params, self.round = self.round, None
@@ -98,9 +97,9 @@ class PostgresCommit(Stripes, StatementTransaction):
         """Nothing sent yet: the round's call alone is the transaction (a multi-statement
         function call in autocommit commits whole or not at all), if there is one."""
         params, self.round = self.round, None
-        self.conn = self.store.conn
         try:
             if exc is None and params is not None:
+                self.conn = self.store.connection()  # replaced first if the server closed it
                 try:
                     self.conn.execute(ROUND, params, prepare=True)
                 except BaseException as error:

@@ -35,6 +35,7 @@ from ironflow.runtime.store.sqlite_tx import (
     FIND_RUN,
     UNCONSUMED_EVENTS,
     SQLiteTransaction,
+    UnsyncedTransaction,
     chunks,
     marks,
     read_histories,
@@ -107,6 +108,13 @@ class SQLiteStore(SQLiteDatabase, StatementReads, Store):
 
     def transaction(self) -> SQLiteTransaction:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` under the store's lock; rolled back on error."""
+        return SQLiteTransaction(self)
+
+    def take_transaction(self) -> SQLiteTransaction:
+        """Under ``durability="full"``, a transaction whose commit is not synced by itself
+        (``UnsyncedTransaction``): a round's take costs no fsync of its own."""
+        if self.durability == "full":
+            return UnsyncedTransaction(self)
         return SQLiteTransaction(self)
 
     def listen(

@@ -387,3 +387,35 @@ class SQLiteTransaction(StatementTransaction):
         cursor = self.conn.execute(RECORD_EVENT, (event_id, name, data, ts_us, idempotency_key))
         pos: int = cursor.lastrowid  # type: ignore[assignment]
         return pos
+
+
+class UnsyncedTransaction(SQLiteTransaction):
+    """A transaction committed without a sync of its own (``synchronous = NORMAL`` for it
+    alone: the setting is the connection's, so it is set and put back under the store's lock,
+    around this transaction only). Sound in WAL mode: frames are appended in order, and the
+    next ``FULL`` commit syncs the whole log, this transaction's frames with it; a crash
+    before then loses this transaction whole, never part of it. For a round's take, whose
+    round commits next (``Store.take_transaction``)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> SQLiteTransaction:
+        self.store.lock.acquire()  # held until put back (the store's lock is reentrant)
+        try:
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            return super().__enter__()
+        except BaseException:
+            self._put_back()
+            raise
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        try:
+            super().__exit__(kind, exc, tb)
+        finally:
+            self._put_back()
+
+    def _put_back(self) -> None:
+        try:
+            self.conn.execute("PRAGMA synchronous = FULL")
+        finally:
+            self.store.lock.release()
