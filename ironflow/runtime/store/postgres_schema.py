@@ -38,7 +38,8 @@ MIGRATE_LOCK = STRIPES
 # What the lease fence raises (a user-defined SQLSTATE: no standard class starts with IF).
 LEASE_LOST_STATE = "IFL01"
 TABLES_V2 = ("ironflow_meta", "runs", "history", "timers", "waits", "events", "consumed", "inbox")
-TABLES = (*TABLES_V2, "functions", "workers")
+TABLES_V3 = (*TABLES_V2, "functions", "workers")
+TABLES = (*TABLES_V3, "flow_state", "flow_skips")
 # The oldest version this store reads and migrates (it started at the SQLite store's 2).
 OLDEST_VERSION = 2
 FUNCTIONS = ("ironflow_fence", "ironflow_append_only")
@@ -198,7 +199,8 @@ def schema_version(conn: psycopg.Connection[Any]) -> int | None:
             f"schema {_schema(conn)!r} has ironflow schema version {version}, newer than this "
             f"ironflow understands ({SCHEMA_VERSION}); upgrade ironflow"
         )
-    missing = sorted(set(TABLES if version >= 3 else TABLES_V2) - set(found))
+    expected = TABLES if version >= 4 else TABLES_V3 if version >= 3 else TABLES_V2
+    missing = sorted(set(expected) - set(found))
     if version < OLDEST_VERSION or missing:
         # The PostgreSQL store started at the SQLite store's version 2: nothing older exists.
         raise StoreError(
@@ -225,7 +227,13 @@ def migrate(conn: psycopg.Connection[Any], lock_class: int, url: str) -> None:
         statements: tuple[str, ...] = ()
         if version is None:
             statements += SCHEMA
-        statements += UPGRADE_V3
+        if version is None or version < 3:
+            statements += UPGRADE_V3
+        # Version 4: the flow-control tables (kept with their statements; imported here, as
+        # that module needs this one's stripes).
+        from ironflow.runtime.store.postgres_flow_events import UPGRADE_V4
+
+        statements += UPGRADE_V4
         for statement in statements:
             conn.execute(statement)
         conn.execute(INSERT_VERSION, (str(SCHEMA_VERSION),))

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
+from ironflow.runtime.store.flow_verbs import FlowVerbs
+from ironflow.runtime.store.postgres_flow_events import PostgresFlowStatements
 from ironflow.runtime.store.postgres_listen import NOTIFY
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns, round_query
 from ironflow.runtime.store.postgres_schema import (
@@ -174,7 +176,7 @@ UNCONSUMED_EVENTS = (
 )
 
 
-class PostgresTransaction(StatementTransaction):
+class PostgresTransaction(PostgresFlowStatements, FlowVerbs, StatementTransaction):
     """A store's write transaction (``BEGIN`` … ``COMMIT`` under the store's lock).
 
     A round's transaction is ``fenced`` once it takes runs or commits a batch: a unique key
