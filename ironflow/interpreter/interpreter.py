@@ -1049,6 +1049,7 @@ class Interpreter:
         self.run_id = event.run_id
         self.status = "running"
         self.ctx = Context(self, event.run_id, event.function_id, event.event)
+        self.ctx._events = event.events
         self._root = _Task(self.flow(self.ctx), "")
         self._advance(self._root, None, None)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ironflow.runtime import registry
+from ironflow.runtime import flow_timed, registry
 from ironflow.runtime.live import Input
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ def find(
     found = set(ready)
     found.update(row[0] for row in timers_due)
     driver.next_timer_us = nearest if nearest is not None else NEVER
+    if driver.flow.timed:  # batches, debounced runs, cron ticks falling due (flow_timed)
+        flow_timed.discover(driver, now_us, work)
     # A full page means there may be more: look again on the next tick.
     driver.dirty = len(timers_due) >= TICK_RUNS or len(ready) >= TICK_RUNS
     driver.next_poll = time.monotonic() + driver.poll

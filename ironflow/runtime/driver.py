@@ -54,6 +54,7 @@ from ironflow.runtime.discovery import TICK_RUNS
 from ironflow.runtime.executor import Job, Outcome
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
+from ironflow.runtime.flow_plan import FlowCache
 from ironflow.runtime.live import Broken, Input, Live
 from ironflow.runtime.store import Batch, Store, Transaction, rows
 
@@ -77,6 +78,7 @@ class Driver:
         # version of each of its functions, the registry as last read, and the heartbeat.
         self.versions: dict[str, str] = {}
         self.registry = registry.Registry()
+        self.flow = FlowCache()  # flow control's plans (see flow_plan)
         self.next_heartbeat_us = 0
         self.heartbeats = False  # whether this worker's heartbeat row may exist
         self.live: dict[str, Live] = {}

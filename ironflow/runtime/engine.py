@@ -26,9 +26,10 @@ from ironflow.commands.names import (
 from ironflow.errors import CancelledError, NonDeterminismError
 from ironflow.history.errors import decode_error, type_name
 from ironflow.history.events import ErrorInfo, HistoryEvent
-from ironflow.runtime import control, events, registry
+from ironflow.runtime import control, events, flow_plan, registry
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.driver import Driver
+from ironflow.runtime.flow_events import SkippedEvent, list_skipped
 from ironflow.runtime.ids import new_id
 from ironflow.runtime.live import Live, column, create_run, run_error, run_started, trigger
 from ironflow.runtime.models import STATUSES, Run, RunError
@@ -115,6 +116,7 @@ class Engine:
         registry.record(self.store, fn, version, self._driver.now_us())
         self.functions[fn.id] = fn
         self._driver.versions[fn.id] = version
+        flow_plan.add_local(self._driver, fn)
         self._driver.next_heartbeat_us = 0  # a live worker says at once it has it now
         return fn
 
@@ -245,6 +247,29 @@ class Engine:
         found = self.store.list_runs(status, function, limit)
         live = self._live_functions(found)
         return [_run(row, live) for row in found]
+
+    def list_events(
+        self,
+        name: str | None = None,
+        *,
+        function: str | Function | None = None,
+        limit: int | None = None,
+    ) -> list[SkippedEvent]:
+        """Events that started no run of a function they trigger (rate-limited, an
+        idempotent duplicate, singleton-skipped), newest first, each with the function and
+        the reason; optionally only events named ``name`` or of ``function``."""
+        self._check_open()
+        if name is not None:
+            check_event_name(name)
+        if isinstance(function, Function):
+            function = function.id
+        if function is not None and type(function) is not str:
+            raise TypeError(
+                f"function must be a function id or a declared function, got {function!r}"
+            )
+        if limit is not None and (type(limit) is not int or limit <= 0):
+            raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+        return list_skipped(self.store, name, function, limit)
 
     def _live_functions(self, found: list[tuple[Any, ...]]) -> set[str] | None:
         """The functions live workers have, read only if a run of ``found`` is pending."""

@@ -27,6 +27,7 @@ import attrs
 
 from ironflow.commands.flow_settings import flow_settings
 from ironflow.commands.function import Function, triggered_by
+from ironflow.runtime import flow_timed
 from ironflow.runtime.store import Store, StoreError, Transaction, rows
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ def record(store: Store, function: Function, version: str, now_us: int) -> None:
         return
     with store.transaction() as tx:
         tx.register_function(function.id, *wanted, now_us)
+        flow_timed.sync_crons(tx, function, now_us)  # schedules: first registration counts
 
 
 # --- reading the registry -----------------------------------------------------------------------

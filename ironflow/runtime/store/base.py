@@ -25,6 +25,7 @@ import attrs
 
 from ironflow.errors import StoreError
 from ironflow.history.events import HistoryEvent
+from ironflow.runtime.store.flow_verbs import FlowReads, FlowVerbs
 
 __all__ = ["Batch", "LeaseLost", "Store", "StoreError", "Transaction"]
 
@@ -70,8 +71,9 @@ class Batch:
     failed: list[tuple[str, str, BaseException | None]] = attrs.Factory(list)
 
 
-class Transaction(abc.ABC):
-    """One write transaction: the verbs of a round, of a start or emit, and of control."""
+class Transaction(FlowVerbs, abc.ABC):
+    """One write transaction: the verbs of a round, of a start or emit, and of control (and
+    those of flow control, ``FlowVerbs``)."""
 
     __slots__ = ()
 
@@ -267,8 +269,9 @@ class Transaction(abc.ABC):
         """Index a wait of the run for ``name`` (matching ``path`` = ``key`` if given)."""
 
 
-class Store(abc.ABC):
-    """One database of runs, history, timers, waits, events and mail."""
+class Store(FlowReads, abc.ABC):
+    """One database of runs, history, timers, waits, events and mail (and flow control's
+    rows, ``FlowReads``)."""
 
     path: str
     durability: str

@@ -68,9 +68,7 @@ class FlowVerbs:
     ) -> None:
         """Write (or replace) a flow row."""
         self.flow_lock()
-        self.conn.execute(
-            self.FLOW_PUT, (function_id, kind, key, due_us, first_us, until_us, body)
-        )
+        self.conn.execute(self.FLOW_PUT, (function_id, kind, key, due_us, first_us, until_us, body))
 
     def flow_take(
         self, function_id: str, kind: str, key: str, now_us: int

@@ -51,7 +51,6 @@ from typing import TYPE_CHECKING, Any
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Store, StoreError
-from ironflow.runtime.store.flow_verbs import FlowReads
 from ironflow.runtime.store.postgres_flow_events import PostgresFlowStatements
 from ironflow.runtime.store.postgres_listen import Listener, channel
 from ironflow.runtime.store.postgres_schema import (
@@ -120,7 +119,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = %s WHERE id = ANY(%s::text[]) A
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = %s"
 
 
-class PostgresStore(PostgresFlowStatements, FlowReads, StatementReads, Store):
+class PostgresStore(PostgresFlowStatements, StatementReads, Store):
     """One PostgreSQL schema holding runs, history, timers, waits, events and leases."""
 
     read_only = False

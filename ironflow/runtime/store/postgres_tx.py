@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
-from ironflow.runtime.store.flow_verbs import FlowVerbs
 from ironflow.runtime.store.postgres_flow_events import PostgresFlowStatements
 from ironflow.runtime.store.postgres_listen import NOTIFY
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns, round_query
@@ -176,7 +175,7 @@ UNCONSUMED_EVENTS = (
 )
 
 
-class PostgresTransaction(PostgresFlowStatements, FlowVerbs, StatementTransaction):
+class PostgresTransaction(PostgresFlowStatements, StatementTransaction):
     """A store's write transaction (``BEGIN`` … ``COMMIT`` under the store's lock).
 
     A round's transaction is ``fenced`` once it takes runs or commits a batch: a unique key

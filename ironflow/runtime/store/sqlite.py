@@ -20,7 +20,6 @@ import sqlite_utils
 
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store.base import Store, StoreError
-from ironflow.runtime.store.flow_verbs import FlowReads
 from ironflow.runtime.store.sqlite_flow_events import SQLiteFlowStatements
 from ironflow.runtime.store.sqlite_schema import (
     DURABILITY,
@@ -98,7 +97,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = ? WHERE id IN ({marks}) AND lea
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = ?"
 
 
-class SQLiteStore(SQLiteDatabase, SQLiteFlowStatements, FlowReads, StatementReads, Store):
+class SQLiteStore(SQLiteDatabase, SQLiteFlowStatements, StatementReads, Store):
     """One SQLite database holding runs, history, timers, waits, events and leases."""
 
     # A read-only opening of a database from before v3 has no registry: read as absent.

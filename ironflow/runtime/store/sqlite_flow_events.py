@@ -37,8 +37,7 @@ FLOW_DROP = "DELETE FROM flow_state WHERE function_id = ? AND kind = ? AND key =
 FLOW_KEYS = "SELECT key FROM flow_state WHERE function_id = ? AND kind = ?"
 FLOW_SETTINGS = "SELECT id, settings FROM functions"
 RECORD_SKIP = (
-    "INSERT INTO flow_skips (event_id, function_id, reason, detail, ts_us) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO flow_skips (event_id, function_id, reason, detail, ts_us) VALUES (?, ?, ?, ?, ?)"
 )
 # ``{fids}``: as many ``?`` as function ids.
 FLOW_DUE = (
