@@ -124,8 +124,8 @@ def encode(event: HistoryEvent) -> tuple[int, str, int, str]:
         return (e.seq, "StepCompleted", to_us(e.ts), dumps([e.id, e.attempt, e.result]))
     if cls is CommandScheduled:
         e = event
-        body = [e.id, e.kind, e.name, e.scope, e.fingerprint, e.detail]
-        return (e.seq, "CommandScheduled", to_us(e.ts), dumps(body))
+        fields = [e.id, e.kind, e.name, e.scope, e.fingerprint, e.detail]
+        return (e.seq, "CommandScheduled", to_us(e.ts), dumps(fields))
     body = {name: getattr(event, name) for name in _FIELDS[cls]}
     if cls is RunStarted or cls is WaitMatched:
         body["event"] = event_body(body["event"])
