@@ -500,5 +500,5 @@ def test_a_function_without_options_writes_no_flow_rows(engine: Engine) -> None:
     engine.emit("p")
     engine.run_until_idle()
     assert engine.store.query("SELECT COUNT(*) FROM flow_state")[0][0] == 0  # type: ignore[attr-defined]
-    assert engine._driver.flow.timed == ()
+    assert engine._driver.plans.timed == ()
     _ = (Cron, Batch)  # the option classes are importable from ironflow.commands.flow

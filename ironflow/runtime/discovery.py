@@ -61,7 +61,7 @@ def find(
     found = set(ready)
     found.update(row[0] for row in timers_due)
     driver.next_timer_us = nearest if nearest is not None else NEVER
-    if driver.flow.timed:  # batches, debounced runs, cron ticks falling due (flow_timed)
+    if driver.plans.timed:  # batches, debounced runs, cron ticks falling due (flow_timed)
         flow_timed.discover(driver, now_us, work)
     # A full page means there may be more: look again on the next tick.
     driver.dirty = len(timers_due) >= TICK_RUNS or len(ready) >= TICK_RUNS

@@ -78,7 +78,7 @@ class Driver:
         # version of each of its functions, the registry as last read, and the heartbeat.
         self.versions: dict[str, str] = {}
         self.registry = registry.Registry()
-        self.flow = FlowCache()  # flow control's plans (see flow_plan)
+        self.plans = FlowCache()  # flow control applied at arrival (see flow_plan)
         self.next_heartbeat_us = 0
         self.heartbeats = False  # whether this worker's heartbeat row may exist
         self.live: dict[str, Live] = {}

@@ -53,7 +53,7 @@ def arrive(
 def defer(tx: Transaction, function_id: str, event: Event, pos: int, now_us: int) -> None:
     """Leave the event for a worker with the function's code to judge (due now, in order)."""
     body = rows.dumps(rows.event_body(event))
-    tx.flow_put(function_id, "arrival", f"{pos:020d}", now_us, now_us, None, body)
+    tx.state_put(function_id, "arrival", f"{pos:020d}", now_us, now_us, None, body)
 
 
 def judge(driver: Driver, tx: Transaction, plan: Plan, event: Event, now_us: int) -> list[str]:
@@ -62,7 +62,7 @@ def judge(driver: Driver, tx: Transaction, plan: Plan, event: Event, now_us: int
     idem_key = rate_key = None
     if flow.idempotency is not None:
         idem_key = key_text(flow.idempotency, event, fid, "idempotency")
-        row = tx.flow_get(fid, "idempotency", idem_key)
+        row = tx.state_get(fid, "idempotency", idem_key)
         if row is not None and row[2] > now_us:
             detail = (
                 f"idempotency key {idem_key} was seen at {rows.from_us(row[1]).isoformat()} "
@@ -75,7 +75,7 @@ def judge(driver: Driver, tx: Transaction, plan: Plan, event: Event, now_us: int
     if rate is not None:
         rate_key = key_text(rate.key, event, fid, "rate_limit")
         period_us = int(rate.period.total_seconds() * US)
-        row = tx.flow_get(fid, "rate_limit", rate_key)
+        row = tx.state_get(fid, "rate_limit", rate_key)
         if row is not None:
             times = [t for t in json.loads(row[3]) if t > now_us - period_us]
         if len(times) >= rate.limit:
@@ -87,11 +87,11 @@ def judge(driver: Driver, tx: Transaction, plan: Plan, event: Event, now_us: int
             tx.record_skip(event.id, fid, "rate_limit", detail, now_us)
             return []
         times.append(now_us)
-        tx.flow_put(
+        tx.state_put(
             fid, "rate_limit", rate_key, None, times[0], now_us + period_us, rows.dumps(times)
         )
     if idem_key is not None:
-        tx.flow_put(fid, "idempotency", idem_key, None, now_us, now_us + DAY_US, event.id)
+        tx.state_put(fid, "idempotency", idem_key, None, now_us, now_us + DAY_US, event.id)
     if flow.batch_events is not None:
         return add_to_batch(driver, tx, plan, event, now_us)
     if flow.debounce is not None:
@@ -107,11 +107,11 @@ def add_to_batch(
     assert batch is not None
     key = key_text(batch.key, event, fid, "batch_events")
     started: list[str] = []
-    row = tx.flow_get(fid, "batch", key)
+    row = tx.state_get(fid, "batch", key)
     bodies: list[Any] = []
     if row is not None:
         if row[0] <= now_us:  # its timeout passed and no worker started it yet: now
-            tx.flow_drop(fid, "batch", key)
+            tx.state_drop(fid, "batch", key)
             started += schedule(driver, tx, fid, batch_trigger(json.loads(row[3])), now_us)
             row = None
         else:
@@ -119,11 +119,11 @@ def add_to_batch(
     bodies.append(rows.event_body(event))
     if len(bodies) >= batch.max_size:
         if row is not None:
-            tx.flow_drop(fid, "batch", key)
+            tx.state_drop(fid, "batch", key)
         return started + schedule(driver, tx, fid, batch_trigger(bodies), now_us)
     due_us = row[0] if row is not None else now_us + int(batch.timeout.total_seconds() * US)
     first_us = row[1] if row is not None else now_us
-    tx.flow_put(fid, "batch", key, due_us, first_us, None, rows.dumps(bodies))
+    tx.state_put(fid, "batch", key, due_us, first_us, None, rows.dumps(bodies))
     driver.next_timer_us = min(driver.next_timer_us, due_us)
     return started
 
@@ -135,17 +135,17 @@ def debounce(driver: Driver, tx: Transaction, plan: Plan, event: Event, now_us: 
     assert d is not None
     key = key_text(d.key, event, fid, "debounce")
     started: list[str] = []
-    row = tx.flow_get(fid, "debounce", key)
+    row = tx.state_get(fid, "debounce", key)
     if row is not None and row[0] <= now_us:
         # Due and not started yet (no worker ran since): that burst ended; this one begins.
-        tx.flow_drop(fid, "debounce", key)
+        tx.state_drop(fid, "debounce", key)
         started += schedule(driver, tx, fid, row[3], now_us)
         row = None
     first_us = row[1] if row is not None else now_us
     due_us = now_us + int(d.period.total_seconds() * US)
     if d.max_wait is not None:
         due_us = min(due_us, first_us + int(d.max_wait.total_seconds() * US))
-    tx.flow_put(fid, "debounce", key, due_us, first_us, None, rows.dumps(rows.event_body(event)))
+    tx.state_put(fid, "debounce", key, due_us, first_us, None, rows.dumps(rows.event_body(event)))
     driver.next_timer_us = min(driver.next_timer_us, due_us)
     return started
 
@@ -156,8 +156,9 @@ def schedule(
     """Create the run flow control decided on, with ``trigger`` (the stored triggering event);
     its id, in a list."""
     run_id = new_id()
-    create_run(driver, tx, run_id, function_id, trigger, now_us)
-    return [run_id]
+    made: Any = create_run(driver, tx, run_id, function_id, trigger, now_us)
+    # A gate applied when a run is scheduled (singleton "skip") may make none: False.
+    return [] if made is False else [run_id]
 
 
 def batch_trigger(bodies: list[Any]) -> str:

@@ -88,7 +88,7 @@ def plan_of(function: Function) -> Plan | None:
 
 def add_local(driver: Driver, function: Function) -> None:
     """Take a function registered with this engine into account (its own code wins)."""
-    cache = driver.flow
+    cache = driver.plans
     plan = plan_of(function)
     if plan is not None:
         cache.local[function.id] = plan
@@ -111,14 +111,14 @@ def _index(cache: FlowCache, plan: Plan) -> None:
 def refresh(driver: Driver, tx: Transaction) -> FlowCache:
     """The cache, read again from the registry's settings if the registry moved since
     (``driver.registry.version``, as the emit path just read it)."""
-    cache = driver.flow
+    cache = driver.plans
     version = driver.registry.version
     if version == cache.version:
         return cache
     cache.version = version
     cache.arrivals.clear()
     cache.cancels.clear()
-    for function_id, text in tx.flow_settings():
+    for function_id, text in tx.registered_settings():
         local = cache.local.get(function_id)
         if function_id in driver.functions:
             if local is not None:

@@ -47,12 +47,12 @@ PRUNE_EVERY_US = 600 * 1_000_000  # expired windows are deleted this often
 def discover(driver: Driver, now_us: int, work: dict[str, list[Input]]) -> None:
     """Start what the due flow rows of this engine's functions stand for; add the runs
     started to ``work``, and bring the driver's next look forward to the next due row."""
-    cache = driver.flow
+    cache = driver.plans
     store = driver.store
     if now_us >= cache.next_prune_us:
         cache.next_prune_us = now_us + PRUNE_EVERY_US
-        store.flow_prune(now_us)
-    due, nearest = store.flow_due(now_us, cache.timed, PAGE)
+        store.state_prune(now_us)
+    due, nearest = store.state_due(now_us, cache.timed, PAGE)
     if nearest is not None:
         driver.next_timer_us = min(driver.next_timer_us, nearest)
     if not due:
@@ -73,7 +73,7 @@ def discover(driver: Driver, now_us: int, work: dict[str, list[Input]]) -> None:
 def _batch(
     driver: Driver, tx: Transaction, function_id: str, key: str, due_us: int, now_us: int
 ) -> list[str]:
-    taken = tx.flow_take(function_id, "batch", key, now_us)
+    taken = tx.state_take(function_id, "batch", key, now_us)
     if taken is None:  # another worker started it, or a full batch did
         return []
     trigger_text = flow_arrival.batch_trigger(json.loads(taken[1]))
@@ -83,7 +83,7 @@ def _batch(
 def _debounce(
     driver: Driver, tx: Transaction, function_id: str, key: str, due_us: int, now_us: int
 ) -> list[str]:
-    taken = tx.flow_take(function_id, "debounce", key, now_us)
+    taken = tx.state_take(function_id, "debounce", key, now_us)
     if taken is None:  # another worker started it, or a new event moved it later
         return []
     return flow_arrival.schedule(driver, tx, function_id, taken[1], now_us)
@@ -92,9 +92,9 @@ def _debounce(
 def _arrival(
     driver: Driver, tx: Transaction, function_id: str, key: str, due_us: int, now_us: int
 ) -> list[str]:
-    tx.flow_lock(serialize=True)
-    taken = tx.flow_take(function_id, "arrival", key, now_us)
-    plan = driver.flow.local.get(function_id)
+    tx.state_lock(serialize=True)
+    taken = tx.state_take(function_id, "arrival", key, now_us)
+    plan = driver.plans.local.get(function_id)
     if taken is None or plan is None:
         return []
     event = rows.event_from_body(json.loads(taken[1]))
@@ -104,14 +104,14 @@ def _arrival(
 def _cron(
     driver: Driver, tx: Transaction, function_id: str, key: str, due_us: int, now_us: int
 ) -> list[str]:
-    row = tx.flow_get(function_id, "cron", key)
+    row = tx.state_get(function_id, "cron", key)
     if row is None or row[0] != due_us:
         return []  # another worker fired it (or the schedule changed) since discovery
     schedule = json.loads(row[3])
     expr, tz = schedule["expr"], schedule["tz"]
     tick = last_tick(expr, tz, now_us)
     after = next_tick(expr, tz, now_us)
-    if not tx.flow_move(function_id, "cron", key, due_us, after, row[3]):
+    if not tx.state_move(function_id, "cron", key, due_us, after, row[3]):
         return []
     data = {"schedule": expr, "tz": tz, "tick": tick.isoformat()}
     stored = trigger("cron", data, now_us)
@@ -141,12 +141,12 @@ def sync_crons(tx: Transaction, function: Function, now_us: int) -> None:
     due at its first tick after now (earlier ticks never run), a kept one keeps its place, a
     dropped one goes."""
     wanted = {cron_key(cron): cron for cron in function.crons}
-    existing = set(tx.flow_keys(function.id, "cron"))
+    existing = set(tx.state_keys(function.id, "cron"))
     for key in existing - set(wanted):
-        tx.flow_drop(function.id, "cron", key)
+        tx.state_drop(function.id, "cron", key)
     for key, cron in wanted.items():
         if key in existing:
             continue
         body = json.dumps({"expr": cron.expr, "tz": cron.tz})
         due = next_tick(cron.expr, cron.tz, now_us)
-        tx.flow_put(function.id, "cron", key, due, now_us, None, body)
+        tx.state_put(function.id, "cron", key, due, now_us, None, body)

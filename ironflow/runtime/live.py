@@ -125,7 +125,7 @@ def create_run(
     # per start keeps starting a run one small commit.
     parent_run, parent_step, notify = parent if parent else (None, None, False)
     tx.create_run(run_id, function_id, trigger, now_us, parent_run, parent_step, notify)
-    cancels = driver.flow.cancels
+    cancels = driver.plans.cancels
     if cancels or function_id not in driver.functions:
         if function_id not in driver.functions:  # options from the registry (see flow_plan)
             cancels = flow_plan.refresh(driver, tx).cancels

@@ -25,7 +25,7 @@ import attrs
 
 from ironflow.errors import StoreError
 from ironflow.history.events import HistoryEvent
-from ironflow.runtime.store.flow_verbs import FlowReads, FlowVerbs
+from ironflow.runtime.store.flow_state import FlowStateReads, FlowStateVerbs
 
 __all__ = ["Batch", "LeaseLost", "Store", "StoreError", "Transaction"]
 
@@ -71,9 +71,9 @@ class Batch:
     failed: list[tuple[str, str, BaseException | None]] = attrs.Factory(list)
 
 
-class Transaction(FlowVerbs, abc.ABC):
+class Transaction(FlowStateVerbs, abc.ABC):
     """One write transaction: the verbs of a round, of a start or emit, and of control (and
-    those of flow control, ``FlowVerbs``)."""
+    those of flow control, ``FlowStateVerbs``)."""
 
     __slots__ = ()
 
@@ -269,9 +269,9 @@ class Transaction(FlowVerbs, abc.ABC):
         """Index a wait of the run for ``name`` (matching ``path`` = ``key`` if given)."""
 
 
-class Store(FlowReads, abc.ABC):
+class Store(FlowStateReads, abc.ABC):
     """One database of runs, history, timers, waits, events and mail (and flow control's
-    rows, ``FlowReads``)."""
+    rows, ``FlowStateReads``)."""
 
     path: str
     durability: str

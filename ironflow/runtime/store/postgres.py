@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Store, StoreError
-from ironflow.runtime.store.postgres_flow_events import PostgresFlowStatements
+from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
 from ironflow.runtime.store.postgres_listen import Listener, channel
 from ironflow.runtime.store.postgres_schema import (
     DURABILITY,
@@ -119,7 +119,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = %s WHERE id = ANY(%s::text[]) A
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = %s"
 
 
-class PostgresStore(PostgresFlowStatements, StatementReads, Store):
+class PostgresStore(PostgresFlowStateStatements, StatementReads, Store):
     """One PostgreSQL schema holding runs, history, timers, waits, events and leases."""
 
     read_only = False
@@ -180,7 +180,7 @@ class PostgresStore(PostgresFlowStatements, StatementReads, Store):
             if version is None:
                 raise StoreError(f"{self.url} holds no ironflow database (no ironflow tables)")
             self.legacy = version < 3
-            self.flow_legacy = version < 4
+            self.state_legacy = version < 4
             # Every transaction of this session refuses writes: reads only, by construction.
             self.conn.execute("SET default_transaction_read_only = on")
         else:

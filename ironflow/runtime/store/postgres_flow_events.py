@@ -1,12 +1,12 @@
 """The PostgreSQL store's flow-control tables (schema version 4) and the statements of
-``flow_verbs``, named.
+``flow_state``, named.
 
 Concurrent writers are kept apart by the advisory stripes (see ``postgres.py``): a
-transaction takes every stripe shared before it touches a flow row (``flow_lock``), as run
+transaction takes every stripe shared before it touches a flow row (``state_lock``), as run
 creation does, so a flow row is always locked after the stripes, never before (no deadlock
 with an emit, which holds its stripe exclusive). Emits take turns on the stripes already, so
 their read-then-write of a key (an idempotency key, a rate-limit log, a batch) is never
-interleaved; a worker judging deferred arrivals also takes ``FLOW_LOCK`` exclusive (one at
+interleaved; a worker judging deferred arrivals also takes ``STATE_LOCK`` exclusive (one at
 a time among them). Due rows are claimed by ``DELETE ... RETURNING`` or by an ``UPDATE``
 that checks the due time it read: the row lock and the re-check under READ COMMITTED give
 each due row to one transaction.
@@ -19,7 +19,7 @@ from typing import Any
 from ironflow.runtime.store.postgres_schema import STRIPES
 
 # An advisory lock object after the stripes (0..STRIPES-1) and MIGRATE_LOCK (STRIPES).
-FLOW_LOCK = STRIPES + 1
+STATE_LOCK = STRIPES + 1
 
 UPGRADE_V4 = (
     "CREATE TABLE IF NOT EXISTS flow_state (function_id TEXT NOT NULL, kind TEXT NOT NULL, "
@@ -31,60 +31,61 @@ UPGRADE_V4 = (
     "detail TEXT NOT NULL, ts_us BIGINT NOT NULL)",
 )
 
-FLOW_GET = (
+STATE_GET = (
     "SELECT due_us, first_us, until_us, body FROM flow_state "
     "WHERE function_id = %s AND kind = %s AND key = %s FOR UPDATE"
 )
-FLOW_PUT = (
+STATE_PUT = (
     "INSERT INTO flow_state VALUES (%s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (function_id, kind, key) DO UPDATE SET due_us = excluded.due_us, "
     "first_us = excluded.first_us, until_us = excluded.until_us, body = excluded.body"
 )
-FLOW_TAKE = (
+STATE_TAKE = (
     "DELETE FROM flow_state WHERE function_id = %s AND kind = %s AND key = %s "
     "AND due_us <= %s RETURNING first_us, body"
 )
-FLOW_MOVE = (
+STATE_MOVE = (
     "UPDATE flow_state SET due_us = %s, body = %s "
     "WHERE function_id = %s AND kind = %s AND key = %s AND due_us = %s"
 )
-FLOW_DROP = "DELETE FROM flow_state WHERE function_id = %s AND kind = %s AND key = %s"
-FLOW_KEYS = "SELECT key FROM flow_state WHERE function_id = %s AND kind = %s"
-FLOW_SETTINGS = "SELECT id, settings FROM functions"
+STATE_DROP = "DELETE FROM flow_state WHERE function_id = %s AND kind = %s AND key = %s"
+STATE_KEYS = "SELECT key FROM flow_state WHERE function_id = %s AND kind = %s"
+REGISTERED_SETTINGS = "SELECT id, settings FROM functions"
 RECORD_SKIP = (
     "INSERT INTO flow_skips (event_id, function_id, reason, detail, ts_us) "
     "VALUES (%s, %s, %s, %s, %s)"
 )
-FLOW_DUE = (
+STATE_DUE = (
     "SELECT function_id, kind, key, due_us FROM flow_state WHERE due_us <= %s "
     "AND function_id IN ({fids}) ORDER BY due_us, key LIMIT %s"
 )
-FLOW_NEXT = "SELECT MIN(due_us) FROM flow_state WHERE due_us > %s AND function_id IN ({fids})"
-FLOW_PRUNE = "DELETE FROM flow_state WHERE due_us IS NULL AND until_us < %s"
+STATE_NEXT = "SELECT MIN(due_us) FROM flow_state WHERE due_us > %s AND function_id IN ({fids})"
+STATE_PRUNE = "DELETE FROM flow_state WHERE due_us IS NULL AND until_us < %s"
 LIST_SKIPS = (
     "SELECT s.event_id, e.name, e.data, e.ts_us, s.function_id, s.reason, s.detail, s.ts_us "
     "FROM flow_skips s LEFT JOIN events e ON e.id = s.event_id"
 )
 
 
-class PostgresFlowStatements:
-    """The texts ``FlowVerbs`` and ``FlowReads`` run on PostgreSQL, and its ``flow_lock``."""
+class PostgresFlowStateStatements:
+    """The texts ``FlowStateVerbs`` and ``FlowStateReads`` run on PostgreSQL, and its
+    ``state_lock``."""
 
     __slots__ = ()
 
-    FLOW_GET = FLOW_GET
-    FLOW_PUT = FLOW_PUT
-    FLOW_TAKE = FLOW_TAKE
-    FLOW_MOVE = FLOW_MOVE
-    FLOW_DROP = FLOW_DROP
-    FLOW_KEYS = FLOW_KEYS
-    FLOW_SETTINGS = FLOW_SETTINGS
+    STATE_GET = STATE_GET
+    STATE_PUT = STATE_PUT
+    STATE_TAKE = STATE_TAKE
+    STATE_MOVE = STATE_MOVE
+    STATE_DROP = STATE_DROP
+    STATE_KEYS = STATE_KEYS
+    REGISTERED_SETTINGS = REGISTERED_SETTINGS
     RECORD_SKIP = RECORD_SKIP
-    FLOW_DUE = FLOW_DUE
-    FLOW_NEXT = FLOW_NEXT
-    FLOW_PRUNE = FLOW_PRUNE
+    STATE_DUE = STATE_DUE
+    STATE_NEXT = STATE_NEXT
+    STATE_PRUNE = STATE_PRUNE
     LIST_SKIPS = LIST_SKIPS
 
-    def flow_lock(self, serialize: bool = False) -> None:
+    def state_lock(self, serialize: bool = False) -> None:
         lock: Any = getattr(self, "lock")  # noqa: B009  (PostgresTransaction.lock)
-        lock(exclusive=FLOW_LOCK if serialize else None, shared=range(STRIPES))
+        lock(exclusive=STATE_LOCK if serialize else None, shared=range(STRIPES))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
-from ironflow.runtime.store.postgres_flow_events import PostgresFlowStatements
+from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
 from ironflow.runtime.store.postgres_listen import NOTIFY
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns, round_query
 from ironflow.runtime.store.postgres_schema import (
@@ -175,7 +175,7 @@ UNCONSUMED_EVENTS = (
 )
 
 
-class PostgresTransaction(PostgresFlowStatements, StatementTransaction):
+class PostgresTransaction(PostgresFlowStateStatements, StatementTransaction):
     """A store's write transaction (``BEGIN`` … ``COMMIT`` under the store's lock).
 
     A round's transaction is ``fenced`` once it takes runs or commits a batch: a unique key

@@ -20,7 +20,7 @@ import sqlite_utils
 
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store.base import Store, StoreError
-from ironflow.runtime.store.sqlite_flow_events import SQLiteFlowStatements
+from ironflow.runtime.store.sqlite_flow_events import SQLiteFlowStateStatements
 from ironflow.runtime.store.sqlite_schema import (
     DURABILITY,
     READABLE_VERSIONS,
@@ -97,7 +97,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = ? WHERE id IN ({marks}) AND lea
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = ?"
 
 
-class SQLiteStore(SQLiteDatabase, SQLiteFlowStatements, StatementReads, Store):
+class SQLiteStore(SQLiteDatabase, SQLiteFlowStateStatements, StatementReads, Store):
     """One SQLite database holding runs, history, timers, waits, events and leases."""
 
     # A read-only opening of a database from before v3 has no registry: read as absent.
@@ -207,7 +207,7 @@ class ReadOnlySQLiteStore(SQLiteStore):
         except sqlite3.Error:
             version = None  # refused as unreadable by whatever reads next
         self.legacy = version is not None and version < 3
-        self.flow_legacy = version is not None and version < 4
+        self.state_legacy = version is not None and version < 4
 
     def transaction(self) -> SQLiteTransaction:
         raise RuntimeError(f"{self.path} is open read-only")

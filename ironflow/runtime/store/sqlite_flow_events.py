@@ -1,5 +1,5 @@
 """The SQLite store's flow-control tables (schema version 4) and the statements of
-``flow_verbs``, named. One writer at a time (``BEGIN IMMEDIATE``) keeps a read of a flow
+``flow_state``, named. One writer at a time (``BEGIN IMMEDIATE``) keeps a read of a flow
 row and the write it decides together: no lock of their own is needed here.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 
-# Version 4 (issue 13): flow_state holds keyed flow rows (see flow_verbs), flow_skips the
+# Version 4 (issue 13): flow_state holds keyed flow rows (see flow_state), flow_skips the
 # events that started no run and why. Due rows are found by due time (partial index: windows
 # without a due time are not in it).
 UPGRADE_V4 = (
@@ -20,54 +20,54 @@ UPGRADE_V4 = (
     "detail TEXT NOT NULL, ts_us INTEGER NOT NULL)",
 )
 
-FLOW_GET = (
+STATE_GET = (
     "SELECT due_us, first_us, until_us, body FROM flow_state "
     "WHERE function_id = ? AND kind = ? AND key = ?"
 )
-FLOW_PUT = "INSERT OR REPLACE INTO flow_state VALUES (?, ?, ?, ?, ?, ?, ?)"
-FLOW_TAKE = (
+STATE_PUT = "INSERT OR REPLACE INTO flow_state VALUES (?, ?, ?, ?, ?, ?, ?)"
+STATE_TAKE = (
     "DELETE FROM flow_state WHERE function_id = ? AND kind = ? AND key = ? AND due_us <= ? "
     "RETURNING first_us, body"
 )
-FLOW_MOVE = (
+STATE_MOVE = (
     "UPDATE flow_state SET due_us = ?, body = ? "
     "WHERE function_id = ? AND kind = ? AND key = ? AND due_us = ?"
 )
-FLOW_DROP = "DELETE FROM flow_state WHERE function_id = ? AND kind = ? AND key = ?"
-FLOW_KEYS = "SELECT key FROM flow_state WHERE function_id = ? AND kind = ?"
-FLOW_SETTINGS = "SELECT id, settings FROM functions"
+STATE_DROP = "DELETE FROM flow_state WHERE function_id = ? AND kind = ? AND key = ?"
+STATE_KEYS = "SELECT key FROM flow_state WHERE function_id = ? AND kind = ?"
+REGISTERED_SETTINGS = "SELECT id, settings FROM functions"
 RECORD_SKIP = (
     "INSERT INTO flow_skips (event_id, function_id, reason, detail, ts_us) VALUES (?, ?, ?, ?, ?)"
 )
 # ``{fids}``: as many ``?`` as function ids.
-FLOW_DUE = (
+STATE_DUE = (
     "SELECT function_id, kind, key, due_us FROM flow_state WHERE due_us <= ? "
     "AND function_id IN ({fids}) ORDER BY due_us, key LIMIT ?"
 )
-FLOW_NEXT = "SELECT MIN(due_us) FROM flow_state WHERE due_us > ? AND function_id IN ({fids})"
-FLOW_PRUNE = "DELETE FROM flow_state WHERE due_us IS NULL AND until_us < ?"
+STATE_NEXT = "SELECT MIN(due_us) FROM flow_state WHERE due_us > ? AND function_id IN ({fids})"
+STATE_PRUNE = "DELETE FROM flow_state WHERE due_us IS NULL AND until_us < ?"
 LIST_SKIPS = (
     "SELECT s.event_id, e.name, e.data, e.ts_us, s.function_id, s.reason, s.detail, s.ts_us "
     "FROM flow_skips s LEFT JOIN events e ON e.id = s.event_id"
 )
 
 
-class SQLiteFlowStatements:
-    """The texts ``FlowVerbs`` and ``FlowReads`` run on SQLite."""
+class SQLiteFlowStateStatements:
+    """The texts ``FlowStateVerbs`` and ``FlowStateReads`` run on SQLite."""
 
     __slots__ = ()
 
-    FLOW_GET = FLOW_GET
-    FLOW_PUT = FLOW_PUT
-    FLOW_TAKE = FLOW_TAKE
-    FLOW_MOVE = FLOW_MOVE
-    FLOW_DROP = FLOW_DROP
-    FLOW_KEYS = FLOW_KEYS
-    FLOW_SETTINGS = FLOW_SETTINGS
+    STATE_GET = STATE_GET
+    STATE_PUT = STATE_PUT
+    STATE_TAKE = STATE_TAKE
+    STATE_MOVE = STATE_MOVE
+    STATE_DROP = STATE_DROP
+    STATE_KEYS = STATE_KEYS
+    REGISTERED_SETTINGS = REGISTERED_SETTINGS
     RECORD_SKIP = RECORD_SKIP
-    FLOW_DUE = FLOW_DUE
-    FLOW_NEXT = FLOW_NEXT
-    FLOW_PRUNE = FLOW_PRUNE
+    STATE_DUE = STATE_DUE
+    STATE_NEXT = STATE_NEXT
+    STATE_PRUNE = STATE_PRUNE
     LIST_SKIPS = LIST_SKIPS
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
-from ironflow.runtime.store.sqlite_flow_events import SQLiteFlowStatements
+from ironflow.runtime.store.sqlite_flow_events import SQLiteFlowStateStatements
 from ironflow.runtime.store.sqlite_schema import reraise, rollback
 from ironflow.runtime.store.statements import StatementTransaction
 
@@ -168,7 +168,7 @@ def read_histories(
     return rows.decode_histories(found, corrupt)
 
 
-class SQLiteTransaction(SQLiteFlowStatements, StatementTransaction):
+class SQLiteTransaction(SQLiteFlowStateStatements, StatementTransaction):
     """A store's write transaction as a context manager (a class: the hot paths open one per
     start and per round, and a generator-based one costs several microseconds more).
 
