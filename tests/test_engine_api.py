@@ -320,7 +320,7 @@ def test_a_schema_v1_database_is_upgraded_in_place(tmp_path, clock):
     two = Engine(path, clock=clock)
     two.register(echo)
     two.register(nap)
-    assert two.store.schema_version() == 3
+    assert two.store.schema_version() == 4
     assert two.store.query("SELECT run_id, step_id FROM timers") == [(napping, "nap")]
     indexes = {
         row[0] for row in two.store.query("SELECT name FROM sqlite_master WHERE type = 'index'")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ironflow.runtime import registry
+from ironflow.runtime import flow, registry
 from ironflow.runtime.live import Input
 
 if TYPE_CHECKING:
@@ -53,13 +53,19 @@ def find(
     driver.hinted = False
     registry.heartbeat(driver, now_us)  # at this cadence: no thread of its own
     timers_due, ready, nearest = driver.store.discover(now_us, fids, driver.worker_id, TICK_RUNS)
+    flow_due = []  # flow-control timers (see ``flow``): not a run's own
+    found = set(ready)
     for run_id, step_id, kind, attempt in timers_due:
+        if kind == flow.TIMER_KIND:
+            flow_due.append((run_id, step_id))
+            continue
         due.setdefault(run_id, []).append((step_id, kind, attempt))
         work.setdefault(run_id, [])
+        found.add(run_id)
     for run_id in ready:
         work.setdefault(run_id, [])
-    found = set(ready)
-    found.update(row[0] for row in timers_due)
+    if flow_due:
+        flow.fire(driver, flow_due, now_us)
     driver.next_timer_us = nearest if nearest is not None else NEVER
     # A full page means there may be more: look again on the next tick.
     driver.dirty = len(timers_due) >= TICK_RUNS or len(ready) >= TICK_RUNS

@@ -124,4 +124,9 @@ def create_run(
     # Not flagged ready: a pending run without a lease is found by discovery anyway. Only
     # this engine's functions are driven here (an emit may start others, for their workers).
     if function_id in driver.functions:
+        if driver.gated and function_id in driver.gated:
+            from ironflow.runtime import flow  # imports this module
+
+            if not flow.arrive(driver, tx, run_id, function_id, trigger, now_us, "pending"):
+                return  # queued: a slot freeing or a window opening admits it
         driver.fresh.add(run_id)

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 
 from ironflow.errors import StoreError
+from ironflow.runtime.store.flow_sql import POSTGRES_DDL
 from ironflow.runtime.store.sqlite_schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ TABLES = (*TABLES_V2, "functions", "workers")
 # The oldest version this store reads and migrates (it started at the SQLite store's 2).
 OLDEST_VERSION = 2
 FUNCTIONS = ("ironflow_fence", "ironflow_append_only")
-NOT_ENDED = "('completed', 'failed', 'cancelled', 'blocked')"
+# 'queued': held back by a flow-control limit (``flow_sql``); not drivable until admitted.
+NOT_ENDED = "('completed', 'failed', 'cancelled', 'blocked', 'queued')"
 
 
 def is_postgres_url(store: object) -> bool:
@@ -225,7 +227,9 @@ def migrate(conn: psycopg.Connection[Any], lock_class: int, url: str) -> None:
         statements: tuple[str, ...] = ()
         if version is None:
             statements += SCHEMA
-        statements += UPGRADE_V3
+        if version is None or version < 3:
+            statements += UPGRADE_V3
+        statements += POSTGRES_DDL  # v4: flow control (issue 13)
         for statement in statements:
             conn.execute(statement)
         conn.execute(INSERT_VERSION, (str(SCHEMA_VERSION),))

@@ -16,11 +16,13 @@ from typing import Any
 import sqlite_utils
 
 from ironflow.errors import StoreError
+from ironflow.runtime.store.flow_sql import SQLITE_DDL
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Versions whose tables this code can read as they are (v2 changed indexes only; v3 added the
-# function registry, the workers' heartbeats and runs.code_version, read as absent before).
-READABLE_VERSIONS = (1, 2, 3)
+# function registry, the workers' heartbeats and runs.code_version, read as absent before;
+# v4 added the flow-control tables, ``flow_sql``, read as empty before).
+READABLE_VERSIONS = (1, 2, 3, 4)
 TERMINAL = ("completed", "failed", "cancelled")
 
 TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -207,7 +209,10 @@ class SQLiteDatabase:
                     version = 1
                 if version < 2:
                     self._upgrade_to_v2()
-                self._upgrade_to_v3()
+                if version < 3:
+                    self._upgrade_to_v3()
+                for statement in SQLITE_DDL:  # v4: flow control (issue 13)
+                    self.conn.execute(statement)
                 self.conn.execute(
                     "INSERT OR REPLACE INTO ironflow_meta (key, value) "
                     "VALUES ('schema_version', ?)",
