@@ -64,8 +64,9 @@ def find(
         found.add(run_id)
     for run_id in ready:
         work.setdefault(run_id, [])
-    if flow_due:
-        flow.fire(driver, flow_due, now_us)
+    if flow_due:  # the runs they admit are driven in this round
+        for run_id in flow.fire(driver, flow_due, now_us):
+            work.setdefault(run_id, [])
     driver.next_timer_us = nearest if nearest is not None else NEVER
     # A full page means there may be more: look again on the next tick.
     driver.dirty = len(timers_due) >= TICK_RUNS or len(ready) >= TICK_RUNS

@@ -230,9 +230,10 @@ def released(driver: Driver, tx: Transaction, run_ids: list[str], now_us: int) -
             pump(driver, tx, freed[0], freed[1], now_us)
 
 
-def fire(driver: Driver, due: list[tuple[str, str]], now_us: int) -> None:
+def fire(driver: Driver, due: list[tuple[str, str]], now_us: int) -> list[str]:
     """Fire due flow timers (found by discovery): a pump timer moves its run's queue; a
-    start timeout cancels a run still pending."""
+    start timeout cancels a run still pending. The runs admitted, to drive now."""
+    admitted: list[str] = []
     with driver.store.transaction() as tx:
         for run_id, step_id in due:
             if not tx.flow_claim_timer(run_id, step_id, now_us):  # type: ignore[attr-defined]
@@ -240,9 +241,12 @@ def fire(driver: Driver, due: list[tuple[str, str]], now_us: int) -> None:
             if step_id == PUMP_TIMER:
                 row = tx.flow_queue_row(run_id)  # type: ignore[attr-defined]
                 if row is not None:
-                    pump(driver, tx, row[0], row[1], now_us)
+                    admitted += pump(driver, tx, row[0], row[1], now_us)
             elif step_id == START_TIMER:
                 _start_timeout(driver, tx, run_id, now_us)
+    with driver.store.lock:
+        driver.fresh.difference_update(admitted)  # driven by this round instead
+    return admitted
 
 
 def _start_timeout(driver: Driver, tx: Transaction, run_id: str, now_us: int) -> None:

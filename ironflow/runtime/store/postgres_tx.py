@@ -194,7 +194,7 @@ class PostgresTransaction(FlowVerbs, StatementTransaction):
         # One advisory lock per function and key, held to the end of the transaction: the
         # count and the admission it guards are one decision across all workers (see
         # ``flow_sql``). The one-bigint key space does not overlap the stripes' two-int one.
-        self.conn.execute(FLOW_LOCK, (f"{function_id}\0{key}",))
+        self.conn.execute(FLOW_LOCK, (f"{function_id}\n{key}",))
 
     # The statements the shared verbs run (``StatementTransaction``): this store's texts.
     SET_TIMER = SET_TIMER
