@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import ironflow
-from ironflow import Concurrency, Engine, Priority, Throttle, Timeouts, step
+from ironflow import Concurrency, Engine, Priority, Singleton, Throttle, Timeouts, step
 from ironflow.cli import cli
 from ironflow.history.events import RunCancelled, RunStarted
 from ironflow.testing import VirtualClock
@@ -224,7 +224,7 @@ def test_a_function_without_options_touches_no_flow_table(engine: Engine) -> Non
     engine.start("plain")
     engine.run_until_idle()
     assert engine._driver.gated == {}
-    for table in ("flow_queue", "flow_slots", "flow_starts"):
+    for table in ("flow_queue", "flow_slots", "flow_starts", "flow_singletons"):
         assert engine.store.query(f"SELECT COUNT(*) FROM {table}")[0][0] == 0
 
 
@@ -258,3 +258,45 @@ def test_starting_runs_queued_behind_concurrency_stays_linear(tmp_path) -> None:
 
     small, large = work(250), work(1000)
     assert large / small < 6, (small, large)  # quadratic would be ~16
+
+
+def test_singleton_skip_starts_nothing_while_a_run_of_the_key_is_not_ended(
+    engine: Engine,
+) -> None:
+    @ironflow.function(id="solo", on="sync", singleton=Singleton(key="data.customer"))
+    def solo(ctx):
+        yield step.wait_for_event("go", event="go", match="data.i", timeout="1d")
+        return (yield step.run("body", record, ctx.event.data["i"]))
+
+    engine.register(solo)
+    [first] = engine.emit("sync", {"customer": "c", "i": 0})
+    assert engine.emit("sync", {"customer": "c", "i": 1}) == []  # skipped
+    [other] = engine.emit("sync", {"customer": "d", "i": 2})  # another key
+    assert engine.start("solo", {"customer": "c", "i": 3}) == first  # the run that stands
+    engine.run_until_idle()
+    assert len(engine.list_runs(function="solo")) == 2
+    engine.emit("go", {"i": 0})
+    engine.run_until_idle()
+    [again] = engine.emit("sync", {"customer": "c", "i": 4})  # ended: a new one starts
+    assert again not in (first, other)
+    assert engine.get_run(first).status == "completed"
+
+
+def test_singleton_cancel_replaces_the_current_run(engine: Engine) -> None:
+    @ironflow.function(id="latest", on="sync", singleton=Singleton(mode="cancel"))
+    def latest(ctx):
+        yield step.wait_for_event("go", event="go", match="data.i", timeout="1d")
+        return (yield step.run("body", record, ctx.event.data["i"]))
+
+    engine.register(latest)
+    [first] = engine.emit("sync", {"i": 0})
+    engine.run_until_idle()
+    [second] = engine.emit("sync", {"i": 1})
+    engine.run_until_idle()
+    run = engine.get_run(first)
+    assert run.status == "cancelled"
+    assert run.error is not None and f"replaced by run {second}" in run.error.message
+    engine.emit("go", {"i": 1})
+    engine.run_until_idle()
+    assert engine.get_run(second).status == "completed"
+    assert ORDER == [1]

@@ -49,6 +49,7 @@ def gated(flow: Flow | None) -> bool:
     """Whether ``flow`` has a gate applied when a run would start."""
     return flow is not None and (
         flow.concurrency is not None
+        or flow.singleton is not None
         or flow.throttle is not None
         or flow.priority is not None
         or (flow.timeouts is not None and flow.timeouts.start is not None)
@@ -83,6 +84,36 @@ def _keys(flow: Flow, event: Event) -> tuple[str, str | None, str | None, int]:
         except Exception:  # a priority function that fails leaves the run in arrival order
             priority = 0
     return (ckey if ckey is not None else tkey if tkey is not None else _NULL), ckey, tkey, priority
+
+
+def singleton(
+    driver: Driver, tx: Transaction, run_id: str, fid: str, trigger: str, now_us: int
+) -> bool:
+    """Apply ``singleton`` to a run about to be created: whether to create it (``skip``
+    refuses it while another run of its key has not ended; ``cancel`` cancels that run)."""
+    option = driver.gated[fid].singleton
+    if option is None:
+        return True
+    key = _key_text(option.key, rows.event_from_body(json.loads(trigger)))
+    tx.flow_lock(fid, "singleton:" + key)  # type: ignore[attr-defined]
+    holder = tx.flow_singleton(fid, key)  # type: ignore[attr-defined]
+    if holder is not None:
+        if option.mode == "skip":
+            return False
+        from ironflow.runtime import control  # imports this module
+
+        control.cancel_in(driver, tx, holder, False, f"singleton: replaced by run {run_id}", now_us)
+    tx.flow_set_singleton(fid, key, run_id)  # type: ignore[attr-defined]
+    return True
+
+
+def singleton_holder(driver: Driver, tx: Transaction, fid: str, trigger: str) -> str | None:
+    """The run holding the singleton key of a run that ``trigger`` would start."""
+    option = driver.gated[fid].singleton
+    if option is None:
+        return None
+    key = _key_text(option.key, rows.event_from_body(json.loads(trigger)))
+    return tx.flow_singleton(fid, key)  # type: ignore[attr-defined,no-any-return]
 
 
 def _for(key: str) -> str:

@@ -10,6 +10,7 @@ Only functions with start gates (``concurrency``, ``throttle``, ``priority``,
   its run is not ended (the count joins ``runs``), so a run whose worker died keeps it until
   the run is taken over and ends; nothing leaks with the worker.
 - ``flow_starts``: when runs started, per throttle key (rows older than the window go).
+- ``flow_singletons``: the run that holds a singleton key (it holds it until it ends).
 
 Statements are written once with ``{p}`` for the store's parameter mark. A decision about one
 limit (count, then admit) runs under ``flow_lock``: SQLite's write lock already serializes
@@ -36,6 +37,8 @@ SQLITE_DDL = (
     "CREATE TABLE IF NOT EXISTS flow_starts (function_id TEXT NOT NULL, key TEXT NOT NULL, "
     "started_us INTEGER NOT NULL, run_id TEXT NOT NULL, "
     "PRIMARY KEY (function_id, key, started_us, run_id)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS flow_singletons (function_id TEXT NOT NULL, key TEXT NOT NULL, "
+    "run_id TEXT NOT NULL, PRIMARY KEY (function_id, key)) WITHOUT ROWID",
 )
 
 POSTGRES_DDL = (
@@ -50,8 +53,10 @@ POSTGRES_DDL = (
     "CREATE TABLE IF NOT EXISTS flow_starts (function_id TEXT NOT NULL, key TEXT NOT NULL, "
     "started_us BIGINT NOT NULL, run_id TEXT NOT NULL, "
     "PRIMARY KEY (function_id, key, started_us, run_id))",
+    "CREATE TABLE IF NOT EXISTS flow_singletons (function_id TEXT NOT NULL, key TEXT NOT NULL, "
+    "run_id TEXT NOT NULL, PRIMARY KEY (function_id, key))",
 )
-FLOW_TABLES = ("flow_queue", "flow_slots", "flow_starts")
+FLOW_TABLES = ("flow_queue", "flow_slots", "flow_starts", "flow_singletons")
 
 _STATEMENTS = {
     "QUEUE_HEAD": (
@@ -96,6 +101,14 @@ _STATEMENTS = {
     ),
     "DROP_TIMERS": "DELETE FROM timers WHERE run_id = {p}",
     "REASONS": "SELECT run_id, reason FROM flow_queue WHERE run_id IN ({marks})",
+    "SINGLETON_HOLDER": (
+        "SELECT s.run_id FROM flow_singletons s JOIN runs r ON r.id = s.run_id "
+        f"WHERE s.function_id = {{p}} AND s.key = {{p}} AND r.status NOT IN {TERMINAL}"
+    ),
+    "SET_SINGLETON": (
+        "INSERT INTO flow_singletons VALUES ({p}, {p}, {p}) "
+        "ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id"
+    ),
 }
 
 
@@ -204,6 +217,14 @@ class FlowVerbs:
         self.conn.execute(self.FLOW["DEQUEUE"], (run_id,)).fetchall()
         self.conn.execute(self.FLOW["DROP_TIMERS"], (run_id,))
         return True
+
+    def flow_singleton(self, function_id: str, key: str) -> str | None:
+        """The run of ``key`` that holds the singleton and has not ended, or ``None``."""
+        found = self._one("SINGLETON_HOLDER", (function_id, key))
+        return None if found is None else str(found[0])
+
+    def flow_set_singleton(self, function_id: str, key: str, run_id: str) -> None:
+        self.conn.execute(self.FLOW["SET_SINGLETON"], (function_id, key, run_id))
 
 
 class FlowReads:
