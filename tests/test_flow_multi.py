@@ -109,7 +109,7 @@ def test_concurrency_holds_across_two_workers(
             for key in ("a", "b"):
                 wait_until(
                     f"key {key}: runs started after {step} ended",
-                    lambda key=key: started(key) == min(2, 5 - step),
+                    lambda key=key, step=step: started(key) == min(2, 5 - step),
                     describe,
                 )
                 assert started(key) <= 2
