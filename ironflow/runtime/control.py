@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ironflow.errors import NonDeterminismError
 from ironflow.history.errors import encode_error
 from ironflow.history.events import RunCancelled, RunResumed
+from ironflow.runtime import flow
 from ironflow.runtime.live import run_started
 from ironflow.runtime.models import TERMINAL
 from ironflow.runtime.store import StoreError, Transaction, rows
@@ -35,10 +36,14 @@ def cancel_in(
     status, next_seq = tx.run_status(run_id)
     if status in TERMINAL:
         return
+    if status == flow.QUEUED:  # held back by a limit: never started, ends at once
+        flow.cancel_unstarted(driver, tx, run_id, reason, now_us)
+        return
     if status == "blocked":
         event = RunCancelled(next_seq, rows.from_us(now_us), reason, False)
         tx.append_history([(run_id, *rows.encode(event))])
         tx.cancel_blocked(run_id, now_us)
+        flow.released(driver, tx, [run_id], now_us)  # a blocked run kept its slot
     else:
         body = rows.dumps({"reason": reason, "compensate": compensate})
         tx.send_mail(run_id, "RunCancelled", now_us, body)

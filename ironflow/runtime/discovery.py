@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ironflow.runtime import flow_timed, registry
+from ironflow.runtime import flow, flow_timed, registry
 from ironflow.runtime.live import Input
 
 if TYPE_CHECKING:
@@ -53,13 +53,20 @@ def find(
     driver.hinted = False
     registry.heartbeat(driver, now_us)  # at this cadence: no thread of its own
     timers_due, ready, nearest = driver.store.discover(now_us, fids, driver.worker_id, TICK_RUNS)
+    flow_due = []  # flow-control timers (see ``flow``): not a run's own
+    found = set(ready)
     for run_id, step_id, kind, attempt in timers_due:
+        if kind == flow.TIMER_KIND:
+            flow_due.append((run_id, step_id))
+            continue
         due.setdefault(run_id, []).append((step_id, kind, attempt))
         work.setdefault(run_id, [])
+        found.add(run_id)
     for run_id in ready:
         work.setdefault(run_id, [])
-    found = set(ready)
-    found.update(row[0] for row in timers_due)
+    if flow_due:  # the runs they admit are driven in this round
+        for run_id in flow.fire(driver, flow_due, now_us):
+            work.setdefault(run_id, [])
     driver.next_timer_us = nearest if nearest is not None else NEVER
     if driver.plans.timed:  # batches, debounced runs, cron ticks falling due (flow_timed)
         flow_timed.discover(driver, now_us, work)

@@ -88,8 +88,8 @@ def emit_in(
             continue
         trigger = trigger or rows.dumps(rows.event_body(event))
         run_id = new_id()
-        create_run(driver, tx, run_id, function_id, trigger, now_us)
-        started.append(run_id)
+        if create_run(driver, tx, run_id, function_id, trigger, now_us):
+            started.append(run_id)
     if started:  # the column's default says none
         tx.set_event_started(pos, rows.dumps(started))
     return started

@@ -119,8 +119,15 @@ def create_run(
     trigger: str,
     now_us: int,
     parent: tuple[str, str, bool] | None = None,
-) -> None:
-    """Insert a pending run; ``trigger`` is its triggering event as stored (JSON)."""
+) -> bool:
+    """Insert a pending run; ``trigger`` is its triggering event as stored (JSON). False if
+    none was made (its function's ``singleton`` skips it)."""
+    gated = driver.gated and function_id in driver.gated
+    if gated:
+        from ironflow.runtime import flow  # imports this module
+
+        if not flow.singleton(driver, tx, run_id, function_id, trigger, now_us):
+            return False
     # The run's RunStarted event is written by the first drive, from this row: one row
     # per start keeps starting a run one small commit.
     parent_run, parent_step, notify = parent if parent else (None, None, False)
@@ -137,4 +144,7 @@ def create_run(
     # Not flagged ready: a pending run without a lease is found by discovery anyway. Only
     # this engine's functions are driven here (an emit may start others, for their workers).
     if function_id in driver.functions:
+        if gated and not flow.arrive(driver, tx, run_id, function_id, trigger, now_us, "pending"):
+            return True  # queued: a slot freeing or a window opening admits it
         driver.fresh.add(run_id)
+    return True

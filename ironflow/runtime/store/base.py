@@ -268,6 +268,12 @@ class Transaction(FlowStateVerbs, abc.ABC):
     ) -> None:
         """Index a wait of the run for ``name`` (matching ``path`` = ``key`` if given)."""
 
+    # --- flow control (``flow_sql.FlowVerbs`` implements these on both stores) --------------
+    # flow_lock, flow_queue_head, flow_queued, flow_enqueue, flow_dequeue, flow_set_reason,
+    # flow_queue_row, flow_slots_held, flow_add_slot, flow_has_slot, flow_free_slot,
+    # flow_starts, flow_add_start, flow_claim_timer, flow_run, flow_end_unstarted: only
+    # functions with start gates call them (``ironflow.runtime.flow``).
+
 
 class Store(FlowStateReads, abc.ABC):
     """One database of runs, history, timers, waits, events and mail (and flow control's

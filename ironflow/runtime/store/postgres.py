@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Store, StoreError
+from ironflow.runtime.store.flow_sql import FlowReads, statements
 from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
 from ironflow.runtime.store.postgres_listen import Listener, channel
 from ironflow.runtime.store.postgres_schema import (
@@ -119,7 +120,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = %s WHERE id = ANY(%s::text[]) A
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = %s"
 
 
-class PostgresStore(PostgresFlowStateStatements, StatementReads, Store):
+class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Store):
     """One PostgreSQL schema holding runs, history, timers, waits, events and leases."""
 
     read_only = False
@@ -275,6 +276,7 @@ class PostgresStore(PostgresFlowStateStatements, StatementReads, Store):
     COUNT_RUNS = COUNT_RUNS
     LIVE_FUNCTIONS = LIVE_FUNCTIONS
     MARK = "%s"
+    FLOW = statements("%s")
 
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
         # One repeatable-read transaction: the run's row and its history from one snapshot.

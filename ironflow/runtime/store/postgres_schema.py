@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 
 from ironflow.errors import StoreError
+from ironflow.runtime.store.flow_sql import FLOW_TABLES, POSTGRES_DDL
 from ironflow.runtime.store.sqlite_schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -39,11 +40,12 @@ MIGRATE_LOCK = STRIPES
 LEASE_LOST_STATE = "IFL01"
 TABLES_V2 = ("ironflow_meta", "runs", "history", "timers", "waits", "events", "consumed", "inbox")
 TABLES_V3 = (*TABLES_V2, "functions", "workers")
-TABLES = (*TABLES_V3, "flow_state", "flow_skips")
+TABLES = (*TABLES_V3, "flow_state", "flow_skips", *FLOW_TABLES)
 # The oldest version this store reads and migrates (it started at the SQLite store's 2).
 OLDEST_VERSION = 2
 FUNCTIONS = ("ironflow_fence", "ironflow_append_only")
-NOT_ENDED = "('completed', 'failed', 'cancelled', 'blocked')"
+# 'queued': held back by a flow-control limit (``flow_sql``); not drivable until admitted.
+NOT_ENDED = "('completed', 'failed', 'cancelled', 'blocked', 'queued')"
 
 
 def is_postgres_url(store: object) -> bool:
@@ -229,6 +231,7 @@ def migrate(conn: psycopg.Connection[Any], lock_class: int, url: str) -> None:
             statements += SCHEMA
         if version is None or version < 3:
             statements += UPGRADE_V3
+        statements += POSTGRES_DDL  # v4: flow control (issue 13): start gates
         # Version 4: the flow-control tables (kept with their statements; imported here, as
         # that module needs this one's stripes).
         from ironflow.runtime.store.postgres_flow_events import UPGRADE_V4

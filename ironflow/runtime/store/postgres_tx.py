@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
+from ironflow.runtime.store.flow_sql import FlowVerbs, statements
 from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
 from ironflow.runtime.store.postgres_listen import NOTIFY
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns, round_query
@@ -40,6 +41,8 @@ from ironflow.runtime.store.postgres_schema import (
     stripe,
 )
 from ironflow.runtime.store.statements import StatementTransaction
+
+FLOW_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 13))"
 
 if TYPE_CHECKING:
     import psycopg
@@ -175,7 +178,7 @@ UNCONSUMED_EVENTS = (
 )
 
 
-class PostgresTransaction(PostgresFlowStateStatements, StatementTransaction):
+class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, StatementTransaction):
     """A store's write transaction (``BEGIN`` … ``COMMIT`` under the store's lock).
 
     A round's transaction is ``fenced`` once it takes runs or commits a batch: a unique key
@@ -185,6 +188,14 @@ class PostgresTransaction(PostgresFlowStateStatements, StatementTransaction):
     once the round's query did)."""
 
     __slots__ = ("exclusive", "notified", "shared", "store", "tx", "wakes")
+
+    FLOW = statements("%s")
+
+    def flow_lock(self, function_id: str, key: str) -> None:
+        # One advisory lock per function and key, held to the end of the transaction: the
+        # count and the admission it guards are one decision across all workers (see
+        # ``flow_sql``). The one-bigint key space does not overlap the stripes' two-int one.
+        self.conn.execute(FLOW_LOCK, (f"{function_id}\n{key}",))
 
     # The statements the shared verbs run (``StatementTransaction``): this store's texts.
     SET_TIMER = SET_TIMER

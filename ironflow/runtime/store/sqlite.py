@@ -20,6 +20,7 @@ import sqlite_utils
 
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store.base import Store, StoreError
+from ironflow.runtime.store.flow_sql import FlowReads, statements
 from ironflow.runtime.store.sqlite_flow_events import SQLiteFlowStateStatements
 from ironflow.runtime.store.sqlite_schema import (
     DURABILITY,
@@ -97,7 +98,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = ? WHERE id IN ({marks}) AND lea
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = ?"
 
 
-class SQLiteStore(SQLiteDatabase, SQLiteFlowStateStatements, StatementReads, Store):
+class SQLiteStore(SQLiteDatabase, SQLiteFlowStateStatements, StatementReads, FlowReads, Store):
     """One SQLite database holding runs, history, timers, waits, events and leases."""
 
     # A read-only opening of a database from before v3 has no registry: read as absent.
@@ -174,6 +175,7 @@ class SQLiteStore(SQLiteDatabase, SQLiteFlowStateStatements, StatementReads, Sto
     COUNT_RUNS = COUNT_RUNS
     LIVE_FUNCTIONS = LIVE_FUNCTIONS
     MARK = "?"
+    FLOW = statements("?")
 
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
         with self.lock:

@@ -16,12 +16,13 @@ from typing import Any
 import sqlite_utils
 
 from ironflow.errors import StoreError
+from ironflow.runtime.store.flow_sql import SQLITE_DDL
 from ironflow.runtime.store.sqlite_flow_events import upgrade_to_v4
 
 SCHEMA_VERSION = 4
 # Versions whose tables this code can read as they are (v2 changed indexes only; v3 added the
 # function registry, the workers' heartbeats and runs.code_version, read as absent before;
-# v4 the flow-control tables, read as empty before).
+# v4 the flow-control tables (``flow_sql``, ``sqlite_flow_events``), read as empty before).
 READABLE_VERSIONS = (1, 2, 3, 4)
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -211,6 +212,8 @@ class SQLiteDatabase:
                     self._upgrade_to_v2()
                 if version < 3:
                     self._upgrade_to_v3()
+                for statement in SQLITE_DDL:  # v4: flow control (issue 13)
+                    self.conn.execute(statement)
                 upgrade_to_v4(self.conn)
                 self.conn.execute(
                     "INSERT OR REPLACE INTO ironflow_meta (key, value) "
