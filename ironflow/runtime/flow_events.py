@@ -3,7 +3,8 @@ list`` show.
 
 An event is recorded whatever flow control decides (it can still satisfy waits); when it
 starts no run of a function it triggers, the store keeps a *skip* (``record_skip``): the
-event, the function, a one-word reason and a line for people. Reasons:
+event, the function, a one-word reason and a line for people. Only skips of recorded events
+are listed (a gate that refuses an ``engine.start()`` has no event to name). Reasons:
 
 | reason        | recorded when                                                        |
 |---------------|----------------------------------------------------------------------|
@@ -29,7 +30,7 @@ class SkippedEvent:
     (``idempotency``, ``rate_limit``, ``singleton``), ``detail`` says more."""
 
     id: str
-    name: str | None
+    name: str
     data: Any
     ts: _dt.datetime
     function: str
@@ -53,13 +54,13 @@ def list_skipped(
 ) -> list[SkippedEvent]:
     """The skips recorded, newest first, filtered by event name and function id."""
     found = []
-    for event_id, event_name, data, event_us, fid, reason, detail, ts_us in store.list_skips(
+    for event_id, event_name, data, event_us, fid, reason, detail, _ in store.list_skips(
         name, function, limit
     ):
         try:
             value = None if data is None else json.loads(data)
         except (TypeError, ValueError):
             value = None  # a damaged events row: the skip is still worth showing
-        when = rows.from_us(event_us if event_us is not None else ts_us)
+        when = rows.from_us(event_us)
         found.append(SkippedEvent(event_id, event_name, value, when, fid, reason, detail))
     return found

@@ -48,7 +48,7 @@ STATE_NEXT = "SELECT MIN(due_us) FROM flow_state WHERE due_us > ? AND function_i
 STATE_PRUNE = "DELETE FROM flow_state WHERE due_us IS NULL AND until_us < ?"
 LIST_SKIPS = (
     "SELECT s.event_id, e.name, e.data, e.ts_us, s.function_id, s.reason, s.detail, s.ts_us "
-    "FROM flow_skips s LEFT JOIN events e ON e.id = s.event_id"
+    "FROM flow_skips s JOIN events e ON e.id = s.event_id"
 )
 
 
