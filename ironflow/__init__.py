@@ -3,7 +3,22 @@
 from typing import TYPE_CHECKING, Any
 
 from ironflow import step
-from ironflow.commands import Event, Function, RetryPolicy, function
+from ironflow.commands import (
+    Batch,
+    CancelOn,
+    Concurrency,
+    Cron,
+    Debounce,
+    Event,
+    Function,
+    Priority,
+    RateLimit,
+    RetryPolicy,
+    Singleton,
+    Throttle,
+    Timeouts,
+    function,
+)
 from ironflow.errors import (
     CancelledError,
     DuplicateStepError,
@@ -11,6 +26,7 @@ from ironflow.errors import (
     IronflowError,
     NonDeterminismError,
     NonRetryableError,
+    RunTimeoutError,
     StepError,
     StepTimeoutError,
     StoreError,
@@ -38,8 +54,13 @@ else:
 
 
 __all__ = [
+    "Batch",
+    "CancelOn",
     "CancelledError",
+    "Concurrency",
     "Context",
+    "Cron",
+    "Debounce",
     "DuplicateStepError",
     "Engine",
     "Event",
@@ -48,11 +69,17 @@ __all__ = [
     "IronflowError",
     "NonDeterminismError",
     "NonRetryableError",
+    "Priority",
+    "RateLimit",
     "RetryPolicy",
     "Run",
+    "RunTimeoutError",
+    "Singleton",
     "StepError",
     "StepTimeoutError",
     "StoreError",
+    "Throttle",
+    "Timeouts",
     "WaitTimeoutError",
     "function",
     "step",

@@ -41,6 +41,10 @@ class WaitTimeoutError(IronflowError):
         super().__init__(message)
 
 
+class RunTimeoutError(IronflowError):
+    """A run did not end within its function's ``timeouts=Timeouts(finish=...)``."""
+
+
 class InvokeError(IronflowError):
     """A child run started by ``step.invoke`` failed or timed out (never retried)."""
 

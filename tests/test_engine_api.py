@@ -310,7 +310,7 @@ def test_a_schema_v1_database_is_upgraded_in_place(tmp_path, clock):
         conn.execute("CREATE INDEX runs_status_lease ON runs (status, lease_until_us)")
         conn.execute("CREATE INDEX runs_function ON runs (function_id, status)")
         conn.execute("ALTER TABLE runs ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0")
-        for table in ("functions", "workers"):  # and what v3 added
+        for table in ("functions", "workers", "flow_state", "flow_skips"):  # v3's and v4's
             conn.execute(f"DROP TABLE {table}")
         conn.execute("ALTER TABLE runs DROP COLUMN code_version")
         conn.execute("DELETE FROM ironflow_meta WHERE key = 'registry_version'")
@@ -320,7 +320,7 @@ def test_a_schema_v1_database_is_upgraded_in_place(tmp_path, clock):
     two = Engine(path, clock=clock)
     two.register(echo)
     two.register(nap)
-    assert two.store.schema_version() == 3
+    assert two.store.schema_version() == 4
     assert two.store.query("SELECT run_id, step_id FROM timers") == [(napping, "nap")]
     indexes = {
         row[0] for row in two.store.query("SELECT name FROM sqlite_master WHERE type = 'index'")

@@ -318,6 +318,8 @@ def _back_to_v2(store: Any) -> None:
     for statement in (
         "DROP TABLE functions",
         "DROP TABLE workers",
+        "DROP TABLE flow_state",  # and what v4 added
+        "DROP TABLE flow_skips",
         "ALTER TABLE runs DROP COLUMN code_version",
         "DELETE FROM ironflow_meta WHERE key = 'registry_version'",
         "UPDATE ironflow_meta SET value = '2' WHERE key = 'schema_version'",
@@ -335,14 +337,14 @@ def test_a_v2_database_is_migrated_to_v3_with_its_runs(store_url: str, clock: Vi
     raw: Any = open_store(store_url)
     _back_to_v2(raw)
     raw.close()
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     # Read-only (the CLI's runs commands) it reads as v2 was: no code versions, no reasons.
     reader = Engine(open_store(store_url, read_only=True))
     run = reader.get_run(pending)
     assert (run.status, run.code_version, run.waiting_for) == ("pending", None, None)
     reader.close()
     again = Engine(store_url, clock=clock)  # migrates
-    assert again.store.schema_version() == 3  # type: ignore[attr-defined]
+    assert again.store.schema_version() == SCHEMA_VERSION  # type: ignore[attr-defined]
     assert again.get_run(done).output == "hello old"
     assert again.emit("user.created") == []  # nothing registered in the database yet
     again.register(greet)
@@ -358,7 +360,7 @@ def test_a_newer_sqlite_database_is_still_refused(store_url: str) -> None:
     Engine(store_url).close()
     conn = sqlite3.connect(store_url)
     with conn:
-        conn.execute("UPDATE ironflow_meta SET value = '4' WHERE key = 'schema_version'")
+        conn.execute("UPDATE ironflow_meta SET value = '5' WHERE key = 'schema_version'")
     conn.close()
     with pytest.raises(ironflow.errors.StoreError, match="newer than this ironflow"):
         Engine(store_url)

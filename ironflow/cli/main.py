@@ -687,3 +687,8 @@ def replay_cmd(
 def main(args: Any = None) -> Any:
     """The ``ironflow`` console script."""
     return cli.main(args=args, prog_name="ironflow")
+
+
+from ironflow.cli.events_cmd import events as _events  # noqa: E402  (a group of its own)
+
+cli.add_command(_events)

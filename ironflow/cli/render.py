@@ -185,7 +185,11 @@ def runs_table(runs: Sequence[Run]) -> list[str]:
         for run in runs
     ]
     statuses = [run.status for run in runs]
-    return table(("ID", "FUNCTION", "STATUS", "STARTED (UTC)", "DURATION"), rows, statuses)
+    header: tuple[str, ...] = ("ID", "FUNCTION", "STATUS", "STARTED (UTC)", "DURATION")
+    if any(run.waiting_for for run in runs):  # why pending runs wait (a limit, no worker)
+        header += ("WAITING FOR",)
+        rows = [(*row, run.waiting_for or "") for row, run in zip(rows, runs, strict=True)]
+    return table(header, rows, statuses)
 
 
 # --- the timeline of one run --------------------------------------------------------------------

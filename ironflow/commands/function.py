@@ -9,31 +9,56 @@ from typing import Any
 
 import attrs
 
+from ironflow.commands.flow import (
+    Batch,
+    CancelOn,
+    Concurrency,
+    Cron,
+    Debounce,
+    Flow,
+    Key,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+)
 from ironflow.commands.names import check_event_name, check_function_id
 from ironflow.commands.retry import RetryPolicy
 
 WorkflowFn = Callable[[Any], Generator[Any, Any, Any]]
 
 
-def _triggers(on: Any) -> tuple[str, ...]:
+def _triggers(on: Any) -> tuple[tuple[str, ...], tuple[Cron, ...]]:
+    """``on`` split into event-name patterns and cron schedules."""
     if on is None:
-        return ()
-    names = [on] if isinstance(on, str) else on
+        return (), ()
+    names = [on] if isinstance(on, str | Cron) else on
     if not isinstance(names, list | tuple) or not names:
         raise ValueError(
-            f"on= must be an event name, a wildcard like 'order.*', or a list; got {on!r}"
+            f"on= must be an event name, a wildcard like 'order.*', an ironflow.Cron, or a "
+            f"list of them; got {on!r}"
         )
-    return tuple(check_event_name(name, "trigger event name").strip() for name in names)
+    crons = tuple(name for name in names if isinstance(name, Cron))
+    events = tuple(
+        check_event_name(name, "trigger event name").strip()
+        for name in names
+        if not isinstance(name, Cron)
+    )
+    return events, crons
 
 
 @attrs.frozen
 class Function:
-    """A declared workflow: a generator function with an ``id``, triggers and a retry policy."""
+    """A declared workflow: a generator function with an ``id``, triggers, a retry policy,
+    cron schedules and flow-control options (``flow`` is ``None`` when it has none)."""
 
     id: str
     fn: WorkflowFn
     on: tuple[str, ...] = ()
     retry: RetryPolicy | None = None
+    crons: tuple[Cron, ...] = ()
+    flow: Flow | None = None
 
     def __call__(self, ctx: Any) -> Generator[Any, Any, Any]:
         return self.fn(ctx)
@@ -50,21 +75,50 @@ def triggered_by(patterns: tuple[str, ...] | list[str], event_name: str) -> bool
     return any(fnmatch.fnmatchcase(event_name, pattern) for pattern in patterns)
 
 
+Trigger = str | Cron
+
+
 def function(
     *,
     id: str,
-    on: str | list[str] | tuple[str, ...] | None = None,
+    on: Trigger | list[Trigger] | tuple[Trigger, ...] | None = None,
     retry: RetryPolicy | None = None,
+    concurrency: int | Concurrency | None = None,
+    throttle: Throttle | None = None,
+    rate_limit: RateLimit | None = None,
+    debounce: Debounce | None = None,
+    priority: Priority | None = None,
+    singleton: Singleton | None = None,
+    cancel_on: CancelOn | list[CancelOn] | tuple[CancelOn, ...] | None = None,
+    timeouts: Timeouts | None = None,
+    batch_events: Batch | None = None,
+    idempotency: Key | None = None,
 ) -> Callable[[WorkflowFn], Function]:
-    """Declare a workflow; ``on`` names the events that start it, ``retry`` its steps' default."""
+    """Declare a workflow; ``on`` names the events (or ``Cron`` schedules) that start it,
+    ``retry`` its steps' default; the rest are the flow-control options
+    (docs/flow-control.md). Bad settings raise ``ValueError`` here, naming the value."""
     check_function_id(id)
-    triggers = _triggers(on)
+    triggers, crons = _triggers(on)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
+    flow = Flow(
+        concurrency=concurrency,
+        throttle=throttle,
+        rate_limit=rate_limit,
+        debounce=debounce,
+        priority=priority,
+        singleton=singleton,
+        cancel_on=cancel_on,
+        timeouts=timeouts,
+        batch_events=batch_events,
+        idempotency=idempotency,
+    )
+    # No options: ``flow`` is None, the one attribute the runtime's start path tests.
+    options = None if flow.is_empty() else flow
 
     def declare(fn: WorkflowFn) -> Function:
         check_workflow_fn(fn)
-        return Function(id, fn, triggers, retry)
+        return Function(id, fn, triggers, retry, crons, options)
 
     return declare
 

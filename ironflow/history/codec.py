@@ -8,8 +8,9 @@ from typing import Any
 
 import cattrs
 import pendulum
+from cattrs.gen import make_dict_unstructure_fn, override
 
-from ironflow.history.events import EVENT_TYPES, HistoryEvent
+from ironflow.history.events import EVENT_TYPES, HistoryEvent, RunStarted
 
 converter = cattrs.Converter()
 
@@ -44,6 +45,13 @@ def parse_timestamp(value: Any) -> _dt.datetime:
 converter.register_unstructure_hook(_dt.datetime, _unstructure_datetime)
 converter.register_structure_hook(_dt.datetime, lambda value, _: parse_timestamp(value))
 converter.register_structure_hook(Any, lambda value, _: value)
+
+# A run's batch of events is written only for a batched run: every other RunStarted is
+# exported as it was before batches existed.
+converter.register_unstructure_hook(
+    RunStarted,
+    make_dict_unstructure_fn(RunStarted, converter, events=override(omit_if_default=True)),
+)
 
 # History events are read with strict scalars: a JSON 5 where a string belongs is malformed
 # input, not the string "5" (cattrs' default converter would quietly coerce it).

@@ -34,6 +34,9 @@ class RunStarted:
     function_id: str
     event: Event
     parent_run_id: str | None = None
+    # A batched run's events (``batch_events``), ``event`` its first; ``None`` otherwise,
+    # and then absent from the stored and exported event.
+    events: tuple[Event, ...] | None = None
 
 
 @attrs.frozen

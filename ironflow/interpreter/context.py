@@ -60,8 +60,15 @@ class Context:
         self.run_id = run_id
         self.function_id = function_id
         self.event = event
+        self._events: tuple[Event, ...] | None = None  # a batched run's (batch_events)
         self._counter = 0
         self._log: ReplayLog | None = None
+
+    @property
+    def events(self) -> list[Event]:
+        """The run's events: a batched run's batch (``batch_events``), in arrival order,
+        ``event`` its first; for any other run, ``[event]``."""
+        return list(self._events) if self._events is not None else [self.event]
 
     def now(self) -> _dt.datetime:
         """The time of the history event being processed: the same live and on replay."""

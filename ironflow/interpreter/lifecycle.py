@@ -32,6 +32,7 @@ def on_run_started(interp: Interpreter, event: RunStarted) -> None:
     interp.run_id = event.run_id
     interp.status = "running"
     interp.ctx = Context(interp, event.run_id, event.function_id, event.event)
+    interp.ctx._events = event.events  # a batched run's (batch_events)
     interp._root = Task(interp.flow(interp.ctx), "")
     interp._advance(interp._root, None, None)
 

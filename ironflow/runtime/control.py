@@ -16,6 +16,7 @@ from ironflow.commands import kinds
 from ironflow.errors import NonDeterminismError
 from ironflow.history.errors import encode_error
 from ironflow.history.events import RunCancelled, RunResumed
+from ironflow.runtime import flow
 from ironflow.runtime.live import run_started
 from ironflow.runtime.models import TERMINAL
 from ironflow.runtime.store import StoreError, Transaction, rows
@@ -36,10 +37,14 @@ def cancel_in(
     status, next_seq = tx.run_status(run_id)
     if status in TERMINAL:
         return
+    if status == flow.QUEUED:  # held back by a limit: never started, ends at once
+        flow.cancel_unstarted(driver, tx, run_id, reason, now_us)
+        return
     if status == "blocked":
         event = RunCancelled(next_seq, rows.from_us(now_us), reason, False)
         tx.append_history([(run_id, *rows.encode(event))])
         tx.cancel_blocked(run_id, now_us)
+        flow.released(driver, tx, [run_id], now_us)  # a blocked run kept its slot
     else:
         body = rows.dumps({"reason": reason, "compensate": compensate})
         tx.send_mail(run_id, kinds.MAIL_RUN_CANCELLED, now_us, body)

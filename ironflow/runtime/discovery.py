@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ironflow.runtime import registry
+from ironflow.runtime import flow, flow_timed, registry
 from ironflow.runtime.live import Input
 
 if TYPE_CHECKING:
@@ -97,8 +97,12 @@ def find(
     timers_due, ready, nearest = driver.store.discover(now_us, fids, driver.worker_id, limit)
     # A full page means there may be more: look again (once there is room).
     more = len(timers_due) >= limit or len(ready) >= limit
+    flow_due = []  # flow-control timers (see ``flow``): not a run's own
     found: set[str] = set()
     for run_id, step_id, kind, attempt in timers_due:
+        if kind == flow.TIMER_KIND:
+            flow_due.append((run_id, step_id))
+            continue
         if run_id not in work and run_id not in live:
             if free <= 0:
                 more = True  # left for later, or for another worker
@@ -115,7 +119,12 @@ def find(
             free -= 1
         work.setdefault(run_id, [])
         found.add(run_id)
+    if flow_due:  # the runs they admit are driven in this round
+        for run_id in flow.fire(driver, flow_due, now_us):
+            work.setdefault(run_id, [])
     driver.next_timer_us = nearest if nearest is not None else NEVER
+    if driver.plans.timed:  # batches, debounced runs, cron ticks falling due (flow_timed)
+        flow_timed.discover(driver, now_us, work)
     driver.dirty = more
     driver.next_poll = time.monotonic() + driver.poll
     return found

@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ironflow.commands.flow import Flow
 from ironflow.commands.function import Function
 from ironflow.history.events import (
     HistoryEvent,
@@ -44,6 +45,7 @@ from ironflow.runtime import (
     decisions,
     discovery,
     events,
+    flow,
     leases,
     registry,
     settle,
@@ -54,6 +56,7 @@ from ironflow.runtime.discovery import TICK_RUNS
 from ironflow.runtime.executor import Job, Outcome
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
+from ironflow.runtime.flow_plan import FlowCache
 from ironflow.runtime.live import Broken, Input, Live
 from ironflow.runtime.store import Batch, Store, StoreUnavailable, Transaction, rows
 
@@ -73,10 +76,14 @@ class Driver:
         self.lease_us = int(lease.total_seconds() * 1_000_000)
         self.poll = poll
         self.functions: dict[str, Function] = {}
+        # This engine's functions with start gates (concurrency, throttle, priority, start
+        # timeouts; see ``flow``): empty, the only cost to others is testing it.
+        self.gated: dict[str, Flow] = {}
         # The function registry in the database (see ``registry``): this engine's code
         # version of each of its functions, the registry as last read, and the heartbeat.
         self.versions: dict[str, str] = {}
         self.registry = registry.Registry()
+        self.plans = FlowCache()  # flow control applied at arrival (see flow_plan)
         self.next_heartbeat_us = 0
         self.heartbeats = False  # whether this worker's heartbeat row may exist
         self.live: dict[str, Live] = {}
@@ -305,6 +312,8 @@ class Driver:
             if with_mail:
                 tx.drop_mail(positions, with_mail)
             tx.commit_round(batch, self.worker_id)
+            if self.gated and batch.finished:  # their slots free: queued runs move up
+                flow.released(self, tx, batch.finished, now_us)
         self.committing = (started, batch)
         self.woken.update(row[0] for row in batch.notify)  # parents told that a child ended
         for run_id in batch.parked:

@@ -26,9 +26,10 @@ from ironflow.commands.names import (
 from ironflow.errors import CancelledError, NonDeterminismError
 from ironflow.history.errors import decode_error, type_name
 from ironflow.history.events import ErrorInfo, HistoryEvent
-from ironflow.runtime import control, events, registry
+from ironflow.runtime import control, events, flow, flow_plan, registry
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.driver import Driver
+from ironflow.runtime.flow_events import SkippedEvent, list_skipped
 from ironflow.runtime.ids import new_id
 from ironflow.runtime.live import Live, column, create_run, run_error, run_started, trigger
 from ironflow.runtime.models import STATUSES, Run, RunError
@@ -114,7 +115,10 @@ class Engine:
         version = registry.code_version(fn)
         registry.record(self.store, fn, version, self._driver.now_us())
         self.functions[fn.id] = fn
+        if flow.gated(fn.flow):
+            self._driver.gated[fn.id] = fn.flow  # type: ignore[assignment]
         self._driver.versions[fn.id] = version
+        flow_plan.add_local(self._driver, fn)
         self._driver.next_heartbeat_us = 0  # a live worker says at once it has it now
         return fn
 
@@ -161,7 +165,9 @@ class Engine:
                     return run_id
             rid = run_id or new_id()
             stored = trigger(fid, payload, now_us)
-            create_run(self._driver, tx, rid, fid, stored, now_us)
+            if not create_run(self._driver, tx, rid, fid, stored, now_us):
+                # singleton "skip": the run of this key that has not ended stands for it
+                rid = flow.singleton_holder(self._driver, tx, fid, stored) or rid
         self._worker.kick()
         return rid
 
@@ -220,7 +226,7 @@ class Engine:
         found = self.store.get_run(run_id)
         if found is None:
             raise KeyError(f"no run with id {run_id!r}")
-        return _run(found, self._live_functions([found]))
+        return _run(found, self._live_functions([found]), flow.reasons(self.store, [found]))
 
     def list_runs(
         self,
@@ -244,7 +250,31 @@ class Engine:
             raise ValueError(f"limit must be a positive int or None, got {limit!r}")
         found = self.store.list_runs(status, function, limit)
         live = self._live_functions(found)
-        return [_run(row, live) for row in found]
+        held = flow.reasons(self.store, found)
+        return [_run(row, live, held) for row in found]
+
+    def list_events(
+        self,
+        name: str | None = None,
+        *,
+        function: str | Function | None = None,
+        limit: int | None = None,
+    ) -> list[SkippedEvent]:
+        """Events that started no run of a function they trigger (rate-limited, an
+        idempotent duplicate, singleton-skipped), newest first, each with the function and
+        the reason; optionally only events named ``name`` or of ``function``."""
+        self._check_open()
+        if name is not None:
+            check_event_name(name)
+        if isinstance(function, Function):
+            function = function.id
+        if function is not None and type(function) is not str:
+            raise TypeError(
+                f"function must be a function id or a declared function, got {function!r}"
+            )
+        if limit is not None and (type(limit) is not int or limit <= 0):
+            raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+        return list_skipped(self.store, name, function, limit)
 
     def _live_functions(self, found: list[tuple[Any, ...]]) -> set[str] | None:
         """The functions live workers have, read only if a run of ``found`` is pending."""
@@ -303,8 +333,12 @@ def _json(value: Any, what: str) -> Any:
         raise public_error(exc) from None
 
 
-def _run(row: tuple[Any, ...], live: set[str] | None) -> Run:
+def _run(row: tuple[Any, ...], live: set[str] | None, held: dict[str, str]) -> Run:
     run_id, function_id, status, output, error, created, updated, ended, parent, code = row
+    waiting_for = registry.waiting_for(status, function_id, live)
+    if status == flow.QUEUED:  # held back by a flow-control limit: pending, and why
+        status = "pending"
+        waiting_for = held.get(run_id, "held back by a flow-control limit")
     failure = value = None
     # A damaged column is reported as the run's error, not raised: one bad row must not
     # make a listing fail. ``wait`` raises it (see _outcome_of).
@@ -327,7 +361,7 @@ def _run(row: tuple[Any, ...], live: set[str] | None) -> Run:
         ended_at=None if ended is None else rows.from_us(ended),
         parent_run_id=parent,
         code_version=code,
-        waiting_for=registry.waiting_for(status, function_id, live),
+        waiting_for=waiting_for,
     )
 
 

@@ -27,7 +27,7 @@ from ironflow.history.events import (
     WaitMatched,
 )
 from ironflow.interpreter import Work
-from ironflow.runtime import registry, timers
+from ironflow.runtime import flow_arrival, flow_cancel, flow_plan, registry, timers
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.ids import new_id
@@ -82,11 +82,16 @@ def emit_in(
     started = []
     trigger = None
     # Every registered function (from the database, whichever process registered it).
-    for function_id in registry.triggered(driver, tx, name):
+    triggered = registry.triggered(driver, tx, name)
+    arrivals = flow_plan.refresh(driver, tx).arrivals if triggered else None
+    for function_id in triggered:
+        if arrivals and function_id in arrivals:  # idempotency, rate limit, batch, debounce
+            started += flow_arrival.arrive(driver, tx, arrivals[function_id], event, pos, now_us)
+            continue
         trigger = trigger or rows.dumps(rows.event_body(event))
         run_id = new_id()
-        create_run(driver, tx, run_id, function_id, trigger, now_us)
-        started.append(run_id)
+        if create_run(driver, tx, run_id, function_id, trigger, now_us):
+            started.append(run_id)
     if started:  # the column's default says none
         tx.set_event_started(pos, rows.dumps(started))
     return started
@@ -108,6 +113,9 @@ def match_waits(driver: Driver, tx: Transaction, event: Event, now_us: int) -> N
                 found[run_id] = (seq, step_id)
     body = rows.event_body(event)
     for run_id, (_, step_id) in found.items():
+        if step_id[0] == "/":  # a cancel_on watch (no step id starts with '/')
+            flow_cancel.fire(driver, tx, run_id, step_id, event, now_us)
+            continue
         tx.deliver(run_id, step_id, event.id, now_us, rows.dumps({"id": step_id, "event": body}))
         driver.woken.add(run_id)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ironflow.history.events import HistoryEvent, RunResumed
 from ironflow.interpreter import Interpreter
-from ironflow.runtime import registry
+from ironflow.runtime import flow, registry
 from ironflow.runtime.live import Live, gap, run_started
 from ironflow.runtime.store import LeaseLost, StoreError, Transaction, rows
 from ironflow.runtime.store.base import TakenRow
@@ -89,6 +89,13 @@ def take(
     for run_id in corrupt:
         histories.pop(run_id, None)
     broken.update(corrupt)
+    if driver.gated and unwritten:  # runs starting now: a flow-control limit may hold them
+        held = flow.admit_taken(driver, tx, taken, unwritten, now_us)
+        if held:
+            taken = [row for row in taken if row[0] not in held]
+            unwritten = [row for row in unwritten if row[0] not in held]
+            for run_id in held:
+                histories.pop(run_id, None)
     return taken, histories, unwritten
 
 

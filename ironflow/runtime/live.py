@@ -17,6 +17,7 @@ import attrs
 from ironflow.commands.function import Function
 from ironflow.history.events import ErrorInfo, HistoryEvent, RunStarted
 from ironflow.interpreter import Decision, Interpreter, Work
+from ironflow.runtime import flow_plan
 from ironflow.runtime.ids import new_id
 from ironflow.runtime.store import StoreError, Transaction, rows
 
@@ -67,8 +68,11 @@ def run_started(
 ) -> RunStarted:
     """The first event of a run not driven yet, from its row; ``CorruptRow`` if damaged."""
     try:
-        event = rows.event_from_body(json.loads(trigger))
-        return RunStarted(0, event.ts, run_id, function_id, event, parent_run_id)
+        body = json.loads(trigger)
+        event = rows.event_from_body(body)
+        # A batched run (batch_events) keeps its whole batch beside its first event.
+        batch = tuple(map(rows.event_from_body, body["batch"])) if "batch" in body else None
+        return RunStarted(0, event.ts, run_id, function_id, event, parent_run_id, batch)
     except Exception as exc:
         raise rows.corrupt_row(run_id, "its runs row (trigger)", problem(exc)) from None
 
@@ -115,13 +119,32 @@ def create_run(
     trigger: str,
     now_us: int,
     parent: tuple[str, str, bool] | None = None,
-) -> None:
-    """Insert a pending run; ``trigger`` is its triggering event as stored (JSON)."""
+) -> bool:
+    """Insert a pending run; ``trigger`` is its triggering event as stored (JSON). False if
+    none was made (its function's ``singleton`` skips it)."""
+    gated = driver.gated and function_id in driver.gated
+    if gated:
+        from ironflow.runtime import flow  # imports this module
+
+        if not flow.singleton(driver, tx, run_id, function_id, trigger, now_us):
+            return False
     # The run's RunStarted event is written by the first drive, from this row: one row
     # per start keeps starting a run one small commit.
     parent_run, parent_step, notify = parent if parent else (None, None, False)
     tx.create_run(run_id, function_id, trigger, now_us, parent_run, parent_step, notify)
+    cancels = driver.plans.cancels
+    if cancels or function_id not in driver.functions:
+        if function_id not in driver.functions:  # options from the registry (see flow_plan)
+            cancels = flow_plan.refresh(driver, tx).cancels
+        plan = cancels.get(function_id)
+        if plan is not None:
+            from ironflow.runtime import flow_cancel  # it needs control, which needs this
+
+            flow_cancel.watch(tx, run_id, plan, trigger)
     # Not flagged ready: a pending run without a lease is found by discovery anyway. Only
     # this engine's functions are driven here (an emit may start others, for their workers).
     if function_id in driver.functions:
+        if gated and not flow.arrive(driver, tx, run_id, function_id, trigger, now_us, "pending"):
+            return True  # queued: a slot freeing or a window opening admits it
         driver.fresh.add(run_id)
+    return True

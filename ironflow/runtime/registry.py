@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ironflow.commands.flow_settings import flow_settings
 from ironflow.commands.function import Function, triggered_by
+from ironflow.runtime import flow_timed
 from ironflow.runtime.store import Store, StoreError, Transaction, rows
 
 if TYPE_CHECKING:
@@ -80,9 +82,11 @@ def version_of(driver: Driver, function_id: str) -> str:
 
 
 def settings(function: Function) -> dict[str, Any]:
-    """What the registry records besides the triggers (room for flow-control options)."""
+    """What the registry records besides the triggers: the retry policy, and the cron
+    schedules and flow-control options when there are any (so a function without them
+    records what it did before)."""
     retry = function.retry
-    return {
+    found: dict[str, Any] = {
         "retry": None
         if retry is None
         else {
@@ -93,6 +97,11 @@ def settings(function: Function) -> dict[str, Any]:
             "jitter": retry.jitter,
         }
     }
+    if function.crons:
+        found["crons"] = [{"expr": cron.expr, "tz": cron.tz} for cron in function.crons]
+    if function.flow is not None:
+        found["flow"] = flow_settings(function.flow)
+    return found
 
 
 def record(store: Store, function: Function, version: str, now_us: int) -> None:
@@ -106,6 +115,7 @@ def record(store: Store, function: Function, version: str, now_us: int) -> None:
         return
     with store.transaction() as tx:
         tx.register_function(function.id, *wanted, now_us)
+        flow_timed.sync_crons(tx, function, now_us)  # schedules: first registration counts
 
 
 # --- reading the registry -----------------------------------------------------------------------

@@ -27,6 +27,7 @@ import attrs
 
 from ironflow.errors import StoreError
 from ironflow.history.events import HistoryEvent
+from ironflow.runtime.store.flow_state import FlowStateReads, FlowStateVerbs
 
 __all__ = [
     "Batch",
@@ -91,8 +92,9 @@ class Batch:
     failed: list[tuple[str, str, BaseException | None]] = attrs.Factory(list)
 
 
-class Transaction(abc.ABC):
-    """One write transaction: the verbs of a round, of a start or emit, and of control."""
+class Transaction(FlowStateVerbs, abc.ABC):
+    """One write transaction: the verbs of a round, of a start or emit, and of control (and
+    those of flow control, ``FlowStateVerbs``)."""
 
     __slots__ = ()
 
@@ -293,9 +295,16 @@ class Transaction(abc.ABC):
     ) -> None:
         """Index a wait of the run for ``name`` (matching ``path`` = ``key`` if given)."""
 
+    # --- flow control (``flow_sql.FlowVerbs`` implements these on both stores) --------------
+    # flow_lock, flow_queue_head, flow_queued, flow_enqueue, flow_dequeue, flow_set_reason,
+    # flow_queue_row, flow_slots_held, flow_add_slot, flow_has_slot, flow_free_slot,
+    # flow_starts, flow_add_start, flow_claim_timer, flow_run, flow_end_unstarted: only
+    # functions with start gates call them (``ironflow.runtime.flow``).
 
-class Store(abc.ABC):
-    """One database of runs, history, timers, waits, events and mail."""
+
+class Store(FlowStateReads, abc.ABC):
+    """One database of runs, history, timers, waits, events and mail (and flow control's
+    rows, ``FlowStateReads``)."""
 
     path: str
     durability: str

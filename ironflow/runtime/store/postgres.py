@@ -56,6 +56,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Store, StoreError, StoreUnavailable
+from ironflow.runtime.store.flow_sql import FlowReads, statements
+from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
 from ironflow.runtime.store.postgres_listen import Listener, channel
 from ironflow.runtime.store.postgres_schema import (
     DURABILITY,
@@ -135,7 +137,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = %s WHERE id = ANY(%s::text[]) A
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = %s"
 
 
-class PostgresStore(StatementReads, Store):
+class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Store):
     """One PostgreSQL schema holding runs, history, timers, waits, events and leases."""
 
     read_only = False
@@ -212,6 +214,7 @@ class PostgresStore(StatementReads, Store):
             if version is None:
                 raise StoreError(f"{self.url} holds no ironflow database (no ironflow tables)")
             self.legacy = version < 3
+            self.state_legacy = version < 4
         else:
             migrate(self.conn, self.lock_class, self.url)
 
@@ -397,6 +400,7 @@ class PostgresStore(StatementReads, Store):
     COUNT_RUNS = COUNT_RUNS
     LIVE_FUNCTIONS = LIVE_FUNCTIONS
     MARK = "%s"
+    FLOW = statements("%s")
 
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
         # One repeatable-read transaction: the run's row and its history from one snapshot.

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ironflow.errors import StoreError
+from ironflow.runtime.store.flow_sql import FLOW_TABLES, POSTGRES_DDL
 from ironflow.runtime.store.postgres_round import (
     LEASE_LOST_STATE,
     ROUND_FUNCTION,
@@ -39,11 +40,13 @@ INSTALL_HINT = 'pip install "ironflow[postgres]"'
 STRIPES = 16
 MIGRATE_LOCK = STRIPES
 TABLES_V2 = ("ironflow_meta", "runs", "history", "timers", "waits", "events", "consumed", "inbox")
-TABLES = (*TABLES_V2, "functions", "workers")
+TABLES_V3 = (*TABLES_V2, "functions", "workers")
+TABLES = (*TABLES_V3, "flow_state", "flow_skips", *FLOW_TABLES)
 # The oldest version this store reads and migrates (it started at the SQLite store's 2).
 OLDEST_VERSION = 2
 FUNCTIONS = ("ironflow_fence", "ironflow_append_only", ROUND_FUNCTION_NAME)
-NOT_ENDED = "('completed', 'failed', 'cancelled', 'blocked')"
+# 'queued': held back by a flow-control limit (``flow_sql``); not drivable until admitted.
+NOT_ENDED = "('completed', 'failed', 'cancelled', 'blocked', 'queued')"
 
 
 def is_postgres_url(store: object) -> bool:
@@ -202,7 +205,8 @@ def schema_version(conn: psycopg.Connection[Any]) -> int | None:
             f"schema {_schema(conn)!r} has ironflow schema version {version}, newer than this "
             f"ironflow understands ({SCHEMA_VERSION}); upgrade ironflow"
         )
-    missing = sorted(set(TABLES if version >= 3 else TABLES_V2) - set(found))
+    expected = TABLES if version >= 4 else TABLES_V3 if version >= 3 else TABLES_V2
+    missing = sorted(set(expected) - set(found))
     if version < OLDEST_VERSION or missing:
         # The PostgreSQL store started at the SQLite store's version 2: nothing older exists.
         raise StoreError(
@@ -228,7 +232,14 @@ def migrate(conn: psycopg.Connection[Any], lock_class: int, url: str) -> None:
             statements: tuple[str, ...] = ()
             if version is None:
                 statements += SCHEMA
-            statements += UPGRADE_V3
+            if version is None or version < 3:
+                statements += UPGRADE_V3
+            statements += POSTGRES_DDL  # v4: flow control (issue 13): start gates
+            # Version 4: the flow-control tables (kept with their statements; imported here, as
+            # that module needs this one's stripes).
+            from ironflow.runtime.store.postgres_flow_events import UPGRADE_V4
+
+            statements += UPGRADE_V4
             for statement in statements:
                 conn.execute(statement)
             conn.execute(INSERT_VERSION, (str(SCHEMA_VERSION),))

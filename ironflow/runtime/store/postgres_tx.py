@@ -29,10 +29,14 @@ from ironflow.commands import kinds
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import StoreError
+from ironflow.runtime.store.flow_sql import FlowVerbs, statements
 from ironflow.runtime.store.postgres_commit import PostgresCommit
+from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
 from ironflow.runtime.store.postgres_locks import ALL_STRIPES, LOCK_STRIPES
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns
 from ironflow.runtime.store.postgres_schema import NOT_ENDED, stripe
+
+FLOW_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 13))"
 
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 
@@ -166,11 +170,19 @@ UNCONSUMED_EVENTS = (
 )
 
 
-class PostgresTransaction(PostgresCommit):
+class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit):
     """A store's write transaction: the verbs, on this store's statements (how it begins and
     commits: ``PostgresCommit``)."""
 
     __slots__ = ()
+
+    FLOW = statements("%s")
+
+    def flow_lock(self, function_id: str, key: str) -> None:
+        # One advisory lock per function and key, held to the end of the transaction: the
+        # count and the admission it guards are one decision across all workers (see
+        # ``flow_sql``). The one-bigint key space does not overlap the stripes' two-int one.
+        self.conn.execute(FLOW_LOCK, (f"{function_id}\n{key}",))
 
     # The statements the shared verbs run (``StatementTransaction``): this store's texts.
     SET_TIMER = SET_TIMER

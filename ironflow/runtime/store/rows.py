@@ -124,11 +124,15 @@ def encode(event: HistoryEvent) -> tuple[int, str, int, str]:
         return (e.seq, "StepCompleted", to_us(e.ts), dumps([e.id, e.attempt, e.result]))
     if cls is CommandScheduled:
         e = event
-        body = [e.id, e.kind, e.name, e.scope, e.fingerprint, e.detail]
-        return (e.seq, "CommandScheduled", to_us(e.ts), dumps(body))
+        fields = [e.id, e.kind, e.name, e.scope, e.fingerprint, e.detail]
+        return (e.seq, "CommandScheduled", to_us(e.ts), dumps(fields))
     body = {name: getattr(event, name) for name in _FIELDS[cls]}
     if cls is RunStarted or cls is WaitMatched:
         body["event"] = event_body(body["event"])
+        if cls is RunStarted:  # a batch's events are stored only for a batched run
+            batch = body.pop("events")
+            if batch is not None:
+                body["events"] = [event_body(item) for item in batch]
     elif cls is RetryScheduled:
         body["at"] = to_us(body["at"])
     elif "error" in body:
@@ -148,7 +152,13 @@ _DECODERS: dict[str, Callable[[int, _dt.datetime, dict[str, Any]], HistoryEvent]
     name: _plain(cls) for name, cls in EVENT_TYPES.items()
 }
 _DECODERS["RunStarted"] = lambda seq, ts, b: RunStarted(
-    seq, ts, b["run_id"], b["function_id"], event_from_body(b["event"]), b.get("parent_run_id")
+    seq,
+    ts,
+    b["run_id"],
+    b["function_id"],
+    event_from_body(b["event"]),
+    b.get("parent_run_id"),
+    tuple(map(event_from_body, b["events"])) if "events" in b else None,
 )
 _DECODERS["CommandScheduled"] = lambda seq, ts, b: (
     CommandScheduled(seq, ts, *b) if type(b) is list else CommandScheduled(seq, ts, **b)

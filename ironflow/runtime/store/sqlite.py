@@ -20,6 +20,8 @@ import sqlite_utils
 
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store.base import Store, StoreError
+from ironflow.runtime.store.flow_sql import FlowReads, statements
+from ironflow.runtime.store.sqlite_flow_events import SQLiteFlowStateStatements
 from ironflow.runtime.store.sqlite_schema import (
     DURABILITY,
     READABLE_VERSIONS,
@@ -100,7 +102,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = ? WHERE id IN ({marks}) AND lea
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = ?"
 
 
-class SQLiteStore(SQLiteDatabase, StatementReads, Store):
+class SQLiteStore(SQLiteDatabase, SQLiteFlowStateStatements, StatementReads, FlowReads, Store):
     """One SQLite database holding runs, history, timers, waits, events and leases."""
 
     # A read-only opening of a database from before v3 has no registry: read as absent.
@@ -186,6 +188,7 @@ class SQLiteStore(SQLiteDatabase, StatementReads, Store):
     COUNT_RUNS = COUNT_RUNS
     LIVE_FUNCTIONS = LIVE_FUNCTIONS
     MARK = "?"
+    FLOW = statements("?")
 
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
         with self.lock:
@@ -219,6 +222,7 @@ class ReadOnlySQLiteStore(SQLiteStore):
         except sqlite3.Error:
             version = None  # refused as unreadable by whatever reads next
         self.legacy = version is not None and version < 3
+        self.state_legacy = version is not None and version < 4
 
     def transaction(self) -> SQLiteTransaction:
         raise RuntimeError(f"{self.path} is open read-only")

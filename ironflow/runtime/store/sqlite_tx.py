@@ -15,6 +15,8 @@ from ironflow.commands import kinds
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import Batch, LeaseLost, StoreError
+from ironflow.runtime.store.flow_sql import FlowVerbs, statements
+from ironflow.runtime.store.sqlite_flow_events import SQLiteFlowStateStatements
 from ironflow.runtime.store.sqlite_schema import reraise, rollback
 from ironflow.runtime.store.statements import StatementTransaction
 
@@ -69,7 +71,7 @@ TAKE_RUNS = (
     "UPDATE runs SET lease_owner = ?, lease_until_us = ?{version}{clear}, "
     "status = CASE status WHEN 'pending' THEN 'running' ELSE status END "
     "WHERE id IN ({marks}) "
-    "AND status NOT IN ('completed', 'failed', 'cancelled', 'blocked') "
+    "AND status NOT IN ('completed', 'failed', 'cancelled', 'blocked', 'queued') "
     "AND function_id IN ({fids}) "
     "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until_us < ?) "
     "RETURNING id, function_id, event_pos, parent_run_id, parent_step_id, "
@@ -168,7 +170,7 @@ def read_histories(
     return rows.decode_histories(found, corrupt)
 
 
-class SQLiteTransaction(StatementTransaction):
+class SQLiteTransaction(SQLiteFlowStateStatements, FlowVerbs, StatementTransaction):
     """A store's write transaction as a context manager (a class: the hot paths open one per
     start and per round, and a generator-based one costs several microseconds more).
 
@@ -177,6 +179,7 @@ class SQLiteTransaction(StatementTransaction):
 
     __slots__ = ("store",)
 
+    FLOW = statements("?")
     # The statements the shared verbs run (``StatementTransaction``): this store's texts.
     SET_TIMER = SET_TIMER
     CREATE_RUN = CREATE_RUN

@@ -58,7 +58,9 @@ class StatementReads:
 
     def _filter(self, status: str | None, function_id: str | None) -> tuple[str, list[Any]]:
         where, params = [], []
-        if status is not None:
+        if status == "pending":  # a run a flow-control limit holds back is stored 'queued'
+            where.append("status IN ('pending', 'queued')")
+        elif status is not None:
             where.append(f"status = {self.MARK}")
             params.append(status)
         if function_id is not None:
