@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 
 from ironflow.errors import StoreError
-from ironflow.runtime.store.flow_sql import POSTGRES_DDL
+from ironflow.runtime.store.flow_sql import FLOW_TABLES, POSTGRES_DDL
 from ironflow.runtime.store.sqlite_schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -39,7 +39,8 @@ MIGRATE_LOCK = STRIPES
 # What the lease fence raises (a user-defined SQLSTATE: no standard class starts with IF).
 LEASE_LOST_STATE = "IFL01"
 TABLES_V2 = ("ironflow_meta", "runs", "history", "timers", "waits", "events", "consumed", "inbox")
-TABLES = (*TABLES_V2, "functions", "workers")
+TABLES_V3 = (*TABLES_V2, "functions", "workers")
+TABLES = (*TABLES_V3, *FLOW_TABLES)
 # The oldest version this store reads and migrates (it started at the SQLite store's 2).
 OLDEST_VERSION = 2
 FUNCTIONS = ("ironflow_fence", "ironflow_append_only")
@@ -200,7 +201,8 @@ def schema_version(conn: psycopg.Connection[Any]) -> int | None:
             f"schema {_schema(conn)!r} has ironflow schema version {version}, newer than this "
             f"ironflow understands ({SCHEMA_VERSION}); upgrade ironflow"
         )
-    missing = sorted(set(TABLES if version >= 3 else TABLES_V2) - set(found))
+    wanted = TABLES if version >= 4 else TABLES_V3 if version >= 3 else TABLES_V2
+    missing = sorted(set(wanted) - set(found))
     if version < OLDEST_VERSION or missing:
         # The PostgreSQL store started at the SQLite store's version 2: nothing older exists.
         raise StoreError(
