@@ -113,10 +113,19 @@ def test_concurrency_holds_across_two_workers(
                     describe,
                 )
                 assert started(key) <= 2
-            pending = [engine.get_run(r) for r in every if engine.get_run(r).status == "pending"]
-            assert all(
-                run.waiting_for and "concurrency: 2 of 2" in run.waiting_for for run in pending
-            ), [run.waiting_for for run in pending]
+
+            # Runs this process created are plain pending until a worker takes them and
+            # decides: then each held one says why.
+            def pending_reasons() -> list[str | None]:
+                return [run.waiting_for for run in engine.list_runs(status="pending")]
+
+            left = 2 * max(0, 3 - step)
+            wait_until(
+                "every pending run decided",
+                lambda left=left: all(pending_reasons()) and len(pending_reasons()) == left,
+                describe,
+            )
+            assert all("concurrency: 2 of 2 for key" in str(w) for w in pending_reasons())
             for key in ("a", "b"):
                 holders = [
                     r for r in ids[key] if engine.get_run(r).status in ("waiting", "running")

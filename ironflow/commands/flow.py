@@ -14,17 +14,18 @@ key ``None``. Periods take the duration forms of ``step.sleep``.
 from __future__ import annotations
 
 import datetime as _dt
-import zoneinfo
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pendulum
-from cronsim import CronSim, CronSimError
 
 from ironflow.commands.durations import parse_duration
 from ironflow.commands.event import MISSING, Event, lookup
 from ironflow.commands.names import check_event_name, check_name
+
+if TYPE_CHECKING:
+    import zoneinfo
 
 __all__ = [
     "Batch",
@@ -280,6 +281,9 @@ class Batch:
 
 def _cron_expr(value: Any) -> str:
     text = check_name(value, "cron expression").strip()
+    # Imported here: declaring a function without a schedule loads no cron parser.
+    from cronsim import CronSim, CronSimError
+
     try:
         CronSim(text, _dt.datetime(2000, 1, 1))
     except (CronSimError, ValueError, TypeError) as exc:
@@ -292,6 +296,8 @@ def _cron_expr(value: Any) -> str:
 
 def _tz(value: Any) -> str:
     text = check_name(value, "cron tz")
+    import zoneinfo
+
     try:
         zoneinfo.ZoneInfo(text)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
@@ -311,6 +317,8 @@ class Cron:
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
         """The schedule's time zone."""
+        import zoneinfo
+
         return zoneinfo.ZoneInfo(self.tz)
 
 

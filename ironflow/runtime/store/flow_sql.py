@@ -12,11 +12,13 @@ Only functions with start gates (``concurrency``, ``throttle``, ``priority``,
 - ``flow_starts``: when runs started, per throttle key (rows older than the window go).
 - ``flow_singletons``: the run that holds a singleton key (it holds it until it ends).
 
-Statements are written once with ``{p}`` for the store's parameter mark. A decision about one
+Statements are written once with ``{p}`` for the store's parameter mark. A decision about a
 limit (count, then admit) runs under ``flow_lock``: SQLite's write lock already serializes
-every write transaction; PostgreSQL takes a transaction-level advisory lock per function and
-key (READ COMMITTED re-reads the count after the lock, and row locks cannot stop a phantom
-insert into a count; other keys stay parallel).
+every write transaction; PostgreSQL takes one transaction-level advisory lock for all flow
+decisions of the schema (READ COMMITTED re-reads the count once it is granted; row locks
+cannot stop a phantom insert into a count; one lock rather than one per function and key,
+because a round frees slots and creates runs of several keys in one commit, in no fixed
+order, and per-key locks would let two such rounds deadlock).
 """
 
 from __future__ import annotations

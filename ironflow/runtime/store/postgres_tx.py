@@ -36,7 +36,8 @@ from ironflow.runtime.store.postgres_locks import ALL_STRIPES, LOCK_STRIPES
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns
 from ironflow.runtime.store.postgres_schema import NOT_ENDED, stripe
 
-FLOW_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 13))"
+FLOW_LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
+FLOW_LOCK_KEY = STRIPES + 1  # beside the stripes (0..STRIPES-1) and the migration's (STRIPES)
 
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 
@@ -179,10 +180,14 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
     FLOW = statements("%s")
 
     def flow_lock(self, function_id: str, key: str) -> None:
-        # One advisory lock per function and key, held to the end of the transaction: the
-        # count and the admission it guards are one decision across all workers (see
-        # ``flow_sql``). The one-bigint key space does not overlap the stripes' two-int one.
-        self.conn.execute(FLOW_LOCK, (f"{function_id}\n{key}",))
+        # One advisory lock for every flow-control decision in this schema, held to the end
+        # of the transaction (taking it again is free): a count and the admission it guards
+        # are one decision across all workers, and READ COMMITTED re-reads the count once the
+        # lock is granted (row locks cannot stop a phantom insert into a count). One lock, not
+        # one per function and key: a round may free slots of several keys and create runs of
+        # several functions in one commit, in no fixed order, and per-key locks taken so would
+        # deadlock two such rounds; each decision is a few index reads, so waits are short.
+        self.conn.execute(FLOW_LOCK, (self.store.lock_class, FLOW_LOCK_KEY))
 
     # The statements the shared verbs run (``StatementTransaction``): this store's texts.
     SET_TIMER = SET_TIMER
