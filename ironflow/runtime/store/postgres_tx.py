@@ -34,7 +34,7 @@ from ironflow.runtime.store.postgres_commit import PostgresCommit
 from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
 from ironflow.runtime.store.postgres_locks import ALL_STRIPES, LOCK_STRIPES
 from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns
-from ironflow.runtime.store.postgres_schema import NOT_ENDED, stripe
+from ironflow.runtime.store.postgres_schema import NOT_ENDED, STRIPES, stripe
 
 FLOW_LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 FLOW_LOCK_KEY = STRIPES + 1  # beside the stripes (0..STRIPES-1) and the migration's (STRIPES)
