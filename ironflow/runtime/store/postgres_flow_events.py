@@ -88,4 +88,4 @@ class PostgresFlowStateStatements:
 
     def state_lock(self, serialize: bool = False) -> None:
         lock: Any = getattr(self, "lock")  # noqa: B009  (PostgresTransaction.lock)
-        lock(exclusive=STATE_LOCK if serialize else None, shared=range(STRIPES))
+        lock(exclusive=(STATE_LOCK,) if serialize else (), shared=range(STRIPES))
