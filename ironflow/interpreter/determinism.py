@@ -6,6 +6,10 @@ fingerprint, first in its scope's yield order; the other decision events (retrie
 patch markers, the run's end) the ``Other`` of the same key. A mismatch is a
 ``NonDeterminismError`` that shows the recorded and the current command side by side.
 Whatever is still tentative when a batch ends becomes the new ``Decision``.
+
+What a command's ``CommandScheduled`` records besides its kind and name, its fingerprint and
+its ``detail``, is said by the primitive module that schedules it (its ``FINGERPRINTS`` and
+``DETAILS``, merged by ``core``); only the ``due`` of a timed kind is added here, for all.
 """
 
 from __future__ import annotations
