@@ -159,9 +159,9 @@ def bare_kinds(source: str, module: str = "") -> list[tuple[int, str]]:
     tree = ast.parse(source)
     allowed: set[int] = set()
     for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
-            allowed.add(id(body[0].value))
+        documented = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+        if isinstance(node, documented) and node.body and isinstance(node.body[0], ast.Expr):
+            allowed.add(id(node.body[0].value))
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "hasattr"):
             allowed.update(id(arg) for arg in node.args[1:2])
         targets = getattr(node, "targets", None) or [getattr(node, "target", None)]
@@ -200,6 +200,8 @@ def schedule(slot, flow):
     getattr(flow, "retry", None)
     if slot.kind == "run" or slot.kind in ("parallel", "map"):
         return take(slot, ("invoke_async",), "not a kind")
+    if slot:
+        "publish"  # not a docstring
 """
     assert sorted(bare_kinds(source)) == [
         (4, "retry"),
@@ -207,6 +209,7 @@ def schedule(slot, flow):
         (8, "parallel"),
         (8, "run"),
         (9, "invoke_async"),
+        (11, "publish"),
     ]
     # In determinism, a module-level *_KEY constant is the private name of a tentative key.
     assert sorted(bare_kinds(source, "determinism")) == [
@@ -214,6 +217,7 @@ def schedule(slot, flow):
         (8, "parallel"),
         (8, "run"),
         (9, "invoke_async"),
+        (11, "publish"),
     ]
 
 
