@@ -14,7 +14,8 @@ the determinism check), and whatever is still tentative when a batch ends become
 This module holds what every event and command passes through: the fold loop (``record``,
 with the two events every step has inlined), a task's generator loop (``_advance``, with
 ``RunStep`` inlined) and ``_decide``. What each primitive does is in ``primitives/``, one
-module per docs page; each registers its ``SCHEDULERS`` and ``HANDLERS``, merged below into
+module per docs page; each registers its ``SCHEDULERS`` and ``HANDLERS``, and per command
+type what its ``CommandScheduled`` records (``FINGERPRINTS``, ``DETAILS``), merged below into
 the dispatch tables once, at import.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from ironflow.commands.classes import RunStep
 from ironflow.commands.function import check_workflow_fn
+from ironflow.commands.kinds import COMPENSATE, REGISTRATIONS, RUN
 from ironflow.commands.retry import DEFAULT_RETRY, RetryPolicy
 from ironflow.history.events import (
     CommandScheduled,
@@ -36,7 +38,7 @@ from ironflow.history.events import (
 from ironflow.interpreter import determinism, lifecycle, patching, resume
 from ironflow.interpreter.context import Context
 from ironflow.interpreter.decision import Decision, Work
-from ironflow.interpreter.determinism import Other, scheduled_event, work
+from ironflow.interpreter.determinism import Detail, Fingerprint, Other, scheduled_event, work
 from ironflow.interpreter.lifecycle import root_done
 from ironflow.interpreter.primitives import (
     compensate,
@@ -53,8 +55,9 @@ from ironflow.interpreter.resume import ResumeState
 from ironflow.interpreter.tasks import PENDING, Handler, Scheduler, Slot, Task, not_a_command
 from ironflow.interpreter.values import RESULT_TYPES, deliverable
 
-# Every module that registers handlers or schedulers. Each history event type and each
-# command type has exactly one (tests/test_interpreter_layout.py holds that).
+# Every module that registers handlers, schedulers, fingerprints or details. Each history
+# event type has exactly one handler and each command type exactly one of the other three
+# (tests/test_interpreter_layout.py holds that).
 PARTS = (
     lifecycle,
     determinism,
@@ -83,6 +86,8 @@ def _merge(name: str) -> dict[type, Any]:
 # Dispatch tables, built once: an interpreter per run must be cheap to create.
 HANDLERS: dict[type, Handler] = _merge("HANDLERS")
 SCHEDULERS: dict[type, Scheduler] = _merge("SCHEDULERS")
+FINGERPRINTS: dict[type, Fingerprint] = _merge("FINGERPRINTS")
+DETAILS: dict[type, Detail] = _merge("DETAILS")
 
 
 class Interpreter:
@@ -102,6 +107,11 @@ class Interpreter:
         "events_processed", "flow", "function_id", "now", "run_id", "status",
     )
     # fmt: on
+
+    # What a ``CommandScheduled`` records per command type, read by ``determinism`` (which
+    # cannot import this module) through the interpreter.
+    fingerprints = FINGERPRINTS
+    details = DETAILS
 
     def __init__(self, flow: Any) -> None:
         check_workflow_fn(flow)
@@ -195,7 +205,7 @@ class Interpreter:
             if kind is CommandScheduled:
                 sid = event.id
                 slot = tentative.get(sid)
-                if slot is not None and slot.kind == "run" and event.kind == "run":
+                if slot is not None and slot.kind == RUN and event.kind == RUN:
                     command = slot.command
                     unrecorded = slot.task.unrecorded
                     if (
@@ -211,7 +221,7 @@ class Interpreter:
                 slot = waiting.get(sid)
                 if (
                     slot is not None
-                    and slot.kind == "run"
+                    and slot.kind == RUN
                     and slot.attempt == event.attempt
                     and sid not in tentative
                 ):
@@ -287,7 +297,7 @@ class Interpreter:
         fresh: list[Slot | Other] = [
             slot
             for slot in self._tent_cmds.values()
-            if not slot.task.abandoned or slot.kind == "compensate"
+            if not slot.task.abandoned or slot.kind == COMPENSATE
         ]
         fresh.extend(self._tent_other.values())
         fresh.sort(key=lambda item: item.order)
@@ -297,7 +307,7 @@ class Interpreter:
         for item in fresh:
             if isinstance(item, Slot):
                 events.append(scheduled_event(self, item, seq))
-                if item.kind not in ("parallel", "map", "compensate"):
+                if item.kind not in REGISTRATIONS:
                     commands.append(work(self, item))
             else:
                 events.append(item.event_cls(seq=seq, **item.fields))
@@ -305,9 +315,7 @@ class Interpreter:
                     commands.append(item.work)
             seq += 1
         pending = tuple(
-            work(self, slot)
-            for slot in self._waiting.values()
-            if slot.kind not in ("parallel", "map", "compensate")
+            work(self, slot) for slot in self._waiting.values() if slot.kind not in REGISTRATIONS
         )
         failed = self.status == "failed" or (self._ended and self._failure is not None)
         return Decision(
@@ -342,7 +350,7 @@ class Interpreter:
                 if sid not in ids:
                     ids.add(sid)
                     self._order += 1
-                    slot = Slot(sid, task, command, "run", self._order, self.now)
+                    slot = Slot(sid, task, command, RUN, self._order, self.now)
                     self._tent_cmds[sid] = slot
                     task.unrecorded.append(slot)
                     self._waiting[sid] = slot

@@ -6,36 +6,41 @@ fingerprint, first in its scope's yield order; the other decision events (retrie
 patch markers, the run's end) the ``Other`` of the same key. A mismatch is a
 ``NonDeterminismError`` that shows the recorded and the current command side by side.
 Whatever is still tentative when a batch ends becomes the new ``Decision``.
+
+What a command's ``CommandScheduled`` records besides its kind and name, its fingerprint and
+its ``detail``, is said by the primitive module that schedules it (its ``FINGERPRINTS`` and
+``DETAILS``, merged by ``core``); only the ``due`` of a timed kind is added here, for all.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
-from ironflow.commands.classes import (
-    Command,
-    Compensate,
-    Invoke,
-    InvokeAsync,
-    Map,
-    Parallel,
-    Publish,
-    RunStep,
-    WaitEvent,
-)
+from ironflow.commands.kinds import TIMED
 from ironflow.errors import NonDeterminismError
 from ironflow.history.codec import parse_timestamp
 from ironflow.history.events import CommandScheduled
 from ironflow.interpreter.decision import Work
-from ironflow.interpreter.primitives.wait_for_event import match_value
 from ironflow.interpreter.tasks import Handler, Slot
 
 if TYPE_CHECKING:
     from ironflow.interpreter.core import Interpreter
 
-# Kinds whose CommandScheduled records their own deadline (``detail["due"]``).
-TIMED_KINDS = ("sleep", "sleep_until", "wait_event", "invoke")
+# What the primitive modules register per command type besides a scheduler: what its
+# ``CommandScheduled`` records besides kind and name, the fingerprint (from the command) and
+# the ``detail`` keys (added to ``made``, in the order they are stored).
+Fingerprint = Callable[[Any], str]
+Detail = Callable[["Interpreter", Slot, dict[str, Any]], None]
+
+# What the keys of ``Interpreter._tent_other`` start with: one per kind of decision event
+# other than a scheduled command. They match a recorded event to the tentative one and are
+# never stored, so they are not kinds (``ironflow.commands.kinds``) and may change freely.
+RETRY_KEY: Final = "retry"  # + step id, attempt: a RetryScheduled
+UNDO_KEY: Final = "undo"  # + undo id: a CompensationScheduled
+PATCH_KEY: Final = "patch"  # + change id: a PatchMarked
+END_KEY: Final = ("end",)  # the whole key of the run's end, RunCompleted or RunFailed
 
 
 class Other:
@@ -52,24 +57,24 @@ class Other:
         self.work = work
 
 
-def _fn_name(fn: Any) -> str:
+def fn_name(fn: Any) -> str:
+    """A step function's name as a fingerprint records it: its qualname."""
     name = getattr(fn, "__qualname__", None)
     return name if type(name) is str else type(fn).__qualname__
 
 
-def fingerprint(command: Command) -> str:
-    """What, besides kind and name, must match between code and history."""
-    if isinstance(command, RunStep | Compensate):
-        return _fn_name(command.fn)
-    if isinstance(command, WaitEvent | Publish):
-        return command.event
-    if isinstance(command, Invoke | InvokeAsync):
-        return command.function
-    if isinstance(command, Parallel):
-        return f"{len(command.branches)} branches"
-    if isinstance(command, Map):
-        return f"{len(command.items)} items"
+def no_fingerprint(command: Any) -> str:
+    """The fingerprint of a command that has nothing to match but its kind and name."""
     return ""
+
+
+def no_detail(interp: Interpreter, slot: Slot, made: dict[str, Any]) -> None:
+    """The detail of a command with nothing to add (a sleep's ``due`` is added for all)."""
+
+
+def fingerprint(interp: Interpreter, command: Any) -> str:
+    """What, besides kind and name, must match between code and history."""
+    return interp.fingerprints[type(command)](command)
 
 
 def _iso(value: _dt.datetime | None) -> str | None:
@@ -80,31 +85,11 @@ def detail(interp: Interpreter, slot: Slot) -> dict[str, Any]:
     """``CommandScheduled.detail`` (and ``Work.detail``) of ``slot``, made once."""
     if slot.detail is not None:
         return slot.detail
-    command = slot.command
     made: dict[str, Any] = {}
     # Only a timed command's own deadline; a retry's due changes and is in ``Work.due``.
-    if slot.due is not None and slot.kind in TIMED_KINDS:
+    if slot.due is not None and slot.kind in TIMED:
         made["due"] = _iso(slot.due)
-    if isinstance(command, WaitEvent):
-        made["event"] = command.event
-        made["match"] = command.match
-        made["match_value"] = match_value(interp, command)
-    elif isinstance(command, Invoke | InvokeAsync):
-        made["function"] = command.function
-        made["data"] = command.data
-        made["child_run_id"] = f"{interp.run_id}/{slot.id}"
-    elif isinstance(command, Publish):
-        made["event"] = command.event
-        made["data"] = command.data
-        made["event_id"] = f"{interp.run_id}/{slot.id}"
-    elif isinstance(command, RunStep):
-        policy = command.retry or interp.default_retry
-        made["max_attempts"] = policy.max_attempts
-        if command.timeout is not None:
-            made["timeout"] = command.timeout.total_seconds()
-    elif isinstance(command, Parallel | Map):
-        made["concurrency"] = command.concurrency
-        made["on_error"] = command.on_error
+    interp.details[type(slot.command)](interp, slot, made)
     slot.detail = made
     return made
 
@@ -119,7 +104,7 @@ def scheduled_event(interp: Interpreter, slot: Slot, seq: int) -> CommandSchedul
         kind=slot.kind,
         name=slot.command.name,
         scope=prefix[:-1],
-        fingerprint=fingerprint(slot.command),
+        fingerprint=fingerprint(interp, slot.command),
         detail=detail(interp, slot),
     )
 
@@ -176,12 +161,12 @@ def on_command_scheduled(interp: Interpreter, event: CommandScheduled) -> None:
     if (
         event.kind != slot.kind
         or event.name != command.name
-        or event.fingerprint != fingerprint(command)
+        or event.fingerprint != fingerprint(interp, command)
     ):
         raise diverged(interp, event, slot)
     del tentative[sid]
     unrecorded.remove(slot)
-    if slot.kind in TIMED_KINDS:
+    if slot.kind in TIMED:
         due = event.detail.get("due")
         if due is not None:
             slot.due = parse_timestamp(due)
@@ -209,7 +194,12 @@ def diverged(
         current = "nothing: the code never reached this command"
         got = None
     else:
-        got = (slot.kind, slot.command.name, slot.task.prefix[:-1], fingerprint(slot.command))
+        got = (
+            slot.kind,
+            slot.command.name,
+            slot.task.prefix[:-1],
+            fingerprint(interp, slot.command),
+        )
         current = (
             f"{slot.kind} {slot.command.name!r} in scope {got[2] or '(root)'!r} "
             f"(fingerprint {got[3]!r})"

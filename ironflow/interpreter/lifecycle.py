@@ -16,7 +16,7 @@ from ironflow.commands.jsonvalue import NotJSONError, public_error, to_json_valu
 from ironflow.errors import NonDeterminismError
 from ironflow.history.events import HistoryEvent, RunCompleted, RunFailed, RunStarted
 from ironflow.interpreter.context import Context
-from ironflow.interpreter.determinism import add_other, match_other
+from ironflow.interpreter.determinism import END_KEY, add_other, match_other
 from ironflow.interpreter.primitives.compensate import fail
 from ironflow.interpreter.resume import taken_back
 from ironflow.interpreter.tasks import Handler, Task
@@ -48,7 +48,7 @@ def root_done(interp: Interpreter, value: Any, error: BaseException | None) -> N
             interp.status = "completed"
             interp._output = output
             interp._ended = True
-            add_other(interp, ("end",), RunCompleted, {"output": output}, None)
+            add_other(interp, END_KEY, RunCompleted, {"output": output}, None)
             return
     fail(interp, error)
 
@@ -56,10 +56,10 @@ def root_done(interp: Interpreter, value: Any, error: BaseException | None) -> N
 def on_run_ended(interp: Interpreter, event: RunCompleted | RunFailed) -> None:
     recorded = type(event).__name__
     if isinstance(event, RunFailed):
-        ended = interp._tent_other.get(("end",))
+        ended = interp._tent_other.get(END_KEY)
         if (ended is None or ended.event_cls is not RunFailed) and taken_back(interp, event.seq):
             return
-    other = match_other(interp, ("end",), event, f"the run's end ({recorded})")
+    other = match_other(interp, END_KEY, event, f"the run's end ({recorded})")
     if other.event_cls is not type(event):
         raise NonDeterminismError(
             f"replay diverged from history at seq {event.seq}: recorded {recorded}, but "

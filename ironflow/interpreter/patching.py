@@ -18,7 +18,7 @@ from ironflow.history.events import (
     RunCompleted,
     RunFailed,
 )
-from ironflow.interpreter.determinism import add_other
+from ironflow.interpreter.determinism import PATCH_KEY, add_other
 from ironflow.interpreter.tasks import Handler
 
 if TYPE_CHECKING:
@@ -62,14 +62,14 @@ def patched(interp: Interpreter, change_id: str) -> bool:
     look_ahead(interp)
     value = change_id in interp._recorded_patches or not is_replaying(interp)
     if value:
-        add_other(interp, ("patch", change_id), PatchMarked, {"change_id": change_id}, None)
+        add_other(interp, (PATCH_KEY, change_id), PatchMarked, {"change_id": change_id}, None)
     interp._patches[change_id] = value
     return value
 
 
 def on_patch_marked(interp: Interpreter, event: PatchMarked) -> None:
     # A marker the code no longer asks about is a deprecated patch: accepted.
-    interp._tent_other.pop(("patch", event.change_id), None)
+    interp._tent_other.pop((PATCH_KEY, event.change_id), None)
     interp._patches[event.change_id] = True
 
 

@@ -22,7 +22,7 @@ from ironflow.history.events import (
     StepFailed,
     WaitTimedOut,
 )
-from ironflow.interpreter.determinism import add_other, work
+from ironflow.interpreter.determinism import RETRY_KEY, add_other, work
 from ironflow.interpreter.tasks import Handler, Slot
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def on_run_resumed(interp: Interpreter, event: RunResumed) -> None:
         slot.due = event.ts
         add_other(
             interp,
-            ("retry", slot.id, slot.attempt),
+            (RETRY_KEY, slot.id, slot.attempt),
             RetryScheduled,
             {"id": slot.id, "attempt": slot.attempt, "at": event.ts, "jitter": 0.0},
             work(interp, slot),

@@ -158,15 +158,16 @@ def wait_on(interp: Interpreter, task: Task, slot: Slot) -> Any:
     return PENDING
 
 
-def take(interp: Interpreter, event: Any, kinds: tuple[str, ...]) -> Slot | None:
-    """The waiting slot ``event`` resolves; None if it belongs to abandoned work."""
+def take(interp: Interpreter, event: Any, accepted: tuple[str, ...]) -> Slot | None:
+    """The waiting slot ``event`` resolves (its kind one of ``accepted``); None if it belongs
+    to abandoned work."""
     sid = event.id
     slot = interp._waiting.get(sid)
     if slot is None or sid in interp._tent_cmds:
         if sid in interp._abandoned:
             return None
         raise unknown(interp, event)
-    if slot.kind not in kinds:
+    if slot.kind not in accepted:
         raise NonDeterminismError(
             f"history event {type(event).__name__} (seq {event.seq}) resolves {sid!r}, "
             f"but the code yielded a {slot.kind!r} command there",

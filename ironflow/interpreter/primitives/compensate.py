@@ -21,11 +21,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ironflow.commands import kinds
 from ironflow.commands.classes import Compensate
 from ironflow.errors import CancelledError
 from ironflow.history.errors import encode_error
 from ironflow.history.events import CompensationScheduled, RunCancelled, RunFailed
-from ironflow.interpreter.determinism import add_other, match_other, work
+from ironflow.interpreter.determinism import (
+    END_KEY,
+    UNDO_KEY,
+    Detail,
+    Fingerprint,
+    add_other,
+    fn_name,
+    match_other,
+    no_detail,
+    work,
+)
 from ironflow.interpreter.resume import taken_back
 from ironflow.interpreter.tasks import (
     UNDO_PREFIX,
@@ -49,8 +60,12 @@ def schedule_compensate(interp: Interpreter, task: Task, command: Compensate) ->
     undos = interp._undos
     if undos is None:  # the first undo makes the saga
         undos = interp._undos = []
-    undos.append(new_slot(interp, task, sid, command, "compensate"))
+    undos.append(new_slot(interp, task, sid, command, kinds.COMPENSATE))
     return (None, None)
+
+
+def compensate_fingerprint(command: Compensate) -> str:
+    return fn_name(command.fn)
 
 
 def fail(interp: Interpreter, error: BaseException) -> None:
@@ -74,13 +89,13 @@ def next_undo(interp: Interpreter) -> None:
     assert interp._undos  # called only while undos remain
     registration = interp._undos.pop()
     command = registration.command
-    slot = Slot(registration.id, registration.task, command, "undo", 0, interp.now)
+    slot = Slot(registration.id, registration.task, command, kinds.UNDO, 0, interp.now)
     slot.detail = {"for_step": command.name}
     interp._waiting[slot.id] = slot
     interp._abandoned.discard(slot.id)
     add_other(
         interp,
-        ("undo", slot.id),
+        (UNDO_KEY, slot.id),
         CompensationScheduled,
         {"id": slot.id, "for_step": command.name},
         work(interp, slot),
@@ -103,7 +118,7 @@ def end_failed(interp: Interpreter) -> None:
     interp.status = "failed"
     interp._ended = True
     info = encode_error(interp._failure, with_traceback=True)
-    add_other(interp, ("end",), RunFailed, {"error": info}, None)
+    add_other(interp, END_KEY, RunFailed, {"error": info}, None)
 
 
 def on_run_cancelled(interp: Interpreter, event: RunCancelled) -> None:
@@ -121,12 +136,16 @@ def on_run_cancelled(interp: Interpreter, event: RunCancelled) -> None:
 
 
 def on_compensation_scheduled(interp: Interpreter, event: CompensationScheduled) -> None:
-    if ("undo", event.id) not in interp._tent_other and taken_back(interp, event.seq):
+    if (UNDO_KEY, event.id) not in interp._tent_other and taken_back(interp, event.seq):
         return
-    match_other(interp, ("undo", event.id), event, f"compensation {event.id!r}")
+    match_other(interp, (UNDO_KEY, event.id), event, f"compensation {event.id!r}")
 
 
 SCHEDULERS: dict[type, Scheduler] = {Compensate: schedule_compensate}
+# The registration records nothing but its fingerprint; an undo's own detail (``for_step``)
+# is set on its slot by ``next_undo``.
+FINGERPRINTS: dict[type, Fingerprint] = {Compensate: compensate_fingerprint}
+DETAILS: dict[type, Detail] = {Compensate: no_detail}
 HANDLERS: dict[type, Handler] = {
     CompensationScheduled: on_compensation_scheduled,
     RunCancelled: on_run_cancelled,

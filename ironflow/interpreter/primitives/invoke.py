@@ -19,12 +19,23 @@ from __future__ import annotations
 import datetime as _dt
 from typing import TYPE_CHECKING, Any
 
+from ironflow.commands import kinds
 from ironflow.commands.classes import Invoke, InvokeAsync
 from ironflow.commands.jsonvalue import copy_json
 from ironflow.errors import InvokeError
 from ironflow.history.errors import decode_error
 from ironflow.history.events import ChildCompleted, ChildFailed, ChildStarted, ErrorInfo
-from ironflow.interpreter.tasks import Handler, Scheduler, Task, claim, new_slot, take, wait_on
+from ironflow.interpreter.determinism import Detail, Fingerprint
+from ironflow.interpreter.tasks import (
+    Handler,
+    Scheduler,
+    Slot,
+    Task,
+    claim,
+    new_slot,
+    take,
+    wait_on,
+)
 
 if TYPE_CHECKING:
     from ironflow.interpreter.core import Interpreter
@@ -67,6 +78,17 @@ def invoke_timeout(interp: Interpreter, step_id: str, child_run_id: str) -> Erro
     )
 
 
+def child_detail(interp: Interpreter, slot: Slot, made: dict[str, Any]) -> None:
+    command = slot.command
+    made["function"] = command.function
+    made["data"] = command.data
+    made["child_run_id"] = f"{interp.run_id}/{slot.id}"
+
+
+def child_fingerprint(command: Invoke | InvokeAsync) -> str:
+    return command.function
+
+
 def schedule_child(interp: Interpreter, task: Task, command: Invoke | InvokeAsync) -> Any:
     sid = claim(interp, task, command.name)
     if not isinstance(sid, str):
@@ -79,18 +101,18 @@ def schedule_child(interp: Interpreter, task: Task, command: Invoke | InvokeAsyn
 
 def on_child_started(interp: Interpreter, event: ChildStarted) -> None:
     interp.now = event.ts
-    slot = take(interp, event, ("invoke", "invoke_async"))
+    slot = take(interp, event, kinds.CHILDREN)
     if slot is None:
         return
     slot.child_run_id = event.child_run_id
-    if slot.kind == "invoke_async":
+    if slot.kind == kinds.INVOKE_ASYNC:
         del interp._waiting[slot.id]
         interp._resume(slot.task, event.child_run_id, None)
 
 
 def on_child_completed(interp: Interpreter, event: ChildCompleted) -> None:
     interp.now = event.ts
-    slot = take(interp, event, ("invoke",))
+    slot = take(interp, event, (kinds.INVOKE,))
     if slot is not None:
         del interp._waiting[slot.id]
         interp._resume(slot.task, copy_json(event.output), None)
@@ -99,7 +121,7 @@ def on_child_completed(interp: Interpreter, event: ChildCompleted) -> None:
 def on_child_failed(interp: Interpreter, event: ChildFailed) -> None:
     interp.now = event.ts
     # An invoke_async fails too when its child cannot be started (an unknown function).
-    slot = take(interp, event, ("invoke", "invoke_async"))
+    slot = take(interp, event, kinds.CHILDREN)
     if slot is None:
         return
     del interp._waiting[slot.id]
@@ -123,6 +145,11 @@ def on_child_failed(interp: Interpreter, event: ChildFailed) -> None:
 
 
 SCHEDULERS: dict[type, Scheduler] = {Invoke: schedule_child, InvokeAsync: schedule_child}
+FINGERPRINTS: dict[type, Fingerprint] = {
+    Invoke: child_fingerprint,
+    InvokeAsync: child_fingerprint,
+}
+DETAILS: dict[type, Detail] = {Invoke: child_detail, InvokeAsync: child_detail}
 HANDLERS: dict[type, Handler] = {
     ChildStarted: on_child_started,
     ChildCompleted: on_child_completed,

@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import ironflow.commands.builders as step_namespace
 from ironflow.commands.classes import COMMAND_TYPES, Map, Parallel
-from ironflow.interpreter.tasks import PENDING, Scheduler, Task, claim, describe, new_slot
+from ironflow.interpreter.determinism import Detail, Fingerprint
+from ironflow.interpreter.tasks import (
+    PENDING,
+    Scheduler,
+    Slot,
+    Task,
+    claim,
+    describe,
+    new_slot,
+)
 
 if TYPE_CHECKING:
     from ironflow.interpreter.core import Interpreter
@@ -77,6 +86,20 @@ class ParallelState:
         self.pumping = False
         self.sync = True
         self.sync_result: tuple[Any, BaseException | None] | None = None
+
+
+def parallel_detail(interp: Interpreter, slot: Slot, made: dict[str, Any]) -> None:
+    command = slot.command
+    made["concurrency"] = command.concurrency
+    made["on_error"] = command.on_error
+
+
+def parallel_fingerprint(command: Parallel) -> str:
+    return f"{len(command.branches)} branches"
+
+
+def map_fingerprint(command: Map) -> str:
+    return f"{len(command.items)} items"
 
 
 def _bind_branch(branch: Callable[[Any], Any]) -> Callable[[], Any]:
@@ -198,3 +221,5 @@ def abandon_task(interp: Interpreter, task: Task) -> None:
 
 
 SCHEDULERS: dict[type, Scheduler] = {Parallel: schedule_parallel, Map: schedule_parallel}
+FINGERPRINTS: dict[type, Fingerprint] = {Parallel: parallel_fingerprint, Map: map_fingerprint}
+DETAILS: dict[type, Detail] = {Parallel: parallel_detail, Map: parallel_detail}

@@ -23,13 +23,30 @@ import datetime as _dt
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from ironflow.commands import kinds
 from ironflow.commands.classes import RunStep
 from ironflow.errors import NonDeterminismError
 from ironflow.history.codec import parse_timestamp
 from ironflow.history.events import RetryScheduled, StepCompleted, StepFailed
-from ironflow.interpreter.determinism import add_other, match_other, work
+from ironflow.interpreter.determinism import (
+    RETRY_KEY,
+    Detail,
+    Fingerprint,
+    add_other,
+    fn_name,
+    match_other,
+    work,
+)
 from ironflow.interpreter.primitives.compensate import undo_finished
-from ironflow.interpreter.tasks import PENDING, Handler, Scheduler, Slot, Task, claim, take
+from ironflow.interpreter.tasks import (
+    PENDING,
+    Handler,
+    Scheduler,
+    Slot,
+    Task,
+    claim,
+    take,
+)
 from ironflow.interpreter.values import deliverable, step_error
 
 if TYPE_CHECKING:
@@ -48,7 +65,7 @@ def schedule_run(interp: Interpreter, task: Task, command: RunStep[Any]) -> Any:
         return (None, claim(interp, task, command.name))
     interp._ids.add(sid)
     interp._order += 1
-    slot = Slot(sid, task, command, "run", interp._order, interp.now)
+    slot = Slot(sid, task, command, kinds.RUN, interp._order, interp.now)
     interp._tent_cmds[sid] = slot
     task.unrecorded.append(slot)
     interp._waiting[sid] = slot
@@ -56,10 +73,22 @@ def schedule_run(interp: Interpreter, task: Task, command: RunStep[Any]) -> Any:
     return PENDING
 
 
+def run_detail(interp: Interpreter, slot: Slot, made: dict[str, Any]) -> None:
+    command = slot.command
+    policy = command.retry or interp.default_retry
+    made["max_attempts"] = policy.max_attempts
+    if command.timeout is not None:
+        made["timeout"] = command.timeout.total_seconds()
+
+
+def run_fingerprint(command: RunStep[Any]) -> str:
+    return fn_name(command.fn)
+
+
 def take_step(interp: Interpreter, event: StepCompleted | StepFailed) -> Slot | None:
     """The step (or undo) slot an outcome resolves; it must be for the attempt due."""
     interp.now = event.ts
-    slot = take(interp, event, ("run", "undo"))
+    slot = take(interp, event, kinds.STEPS)
     if slot is not None and event.attempt != slot.attempt:
         raise NonDeterminismError(
             f"{type(event).__name__} (seq {event.seq}) for {slot.id!r} is attempt "
@@ -74,7 +103,7 @@ def on_step_completed(interp: Interpreter, event: StepCompleted) -> None:
     if slot is None:
         return
     del interp._waiting[slot.id]
-    if slot.kind == "undo":
+    if slot.kind == kinds.UNDO:
         undo_finished(interp)
         return
     interp._resume(slot.task, deliverable(slot.command.fn, event.result), None)
@@ -84,7 +113,7 @@ def on_step_failed(interp: Interpreter, event: StepFailed) -> None:
     slot = take_step(interp, event)
     if slot is None:
         return
-    if slot.kind == "undo":
+    if slot.kind == kinds.UNDO:
         del interp._waiting[slot.id]
         undo_finished(interp)
         return
@@ -101,7 +130,7 @@ def on_step_failed(interp: Interpreter, event: StepFailed) -> None:
         slot.due = event.ts + _dt.timedelta(seconds=delay)
         add_other(
             interp,
-            ("retry", slot.id, slot.attempt),
+            (RETRY_KEY, slot.id, slot.attempt),
             RetryScheduled,
             {"id": slot.id, "attempt": slot.attempt, "at": slot.due, "jitter": delay - base},
             work(interp, slot),
@@ -115,7 +144,10 @@ def on_step_failed(interp: Interpreter, event: StepFailed) -> None:
 
 def on_retry_scheduled(interp: Interpreter, event: RetryScheduled) -> None:
     match_other(
-        interp, ("retry", event.id, event.attempt), event, f"retry {event.attempt} of {event.id!r}"
+        interp,
+        (RETRY_KEY, event.id, event.attempt),
+        event,
+        f"retry {event.attempt} of {event.id!r}",
     )
     slot = interp._waiting.get(event.id)
     if slot is not None:
@@ -123,6 +155,8 @@ def on_retry_scheduled(interp: Interpreter, event: RetryScheduled) -> None:
 
 
 SCHEDULERS: dict[type, Scheduler] = {RunStep: schedule_run}
+FINGERPRINTS: dict[type, Fingerprint] = {RunStep: run_fingerprint}
+DETAILS: dict[type, Detail] = {RunStep: run_detail}
 HANDLERS: dict[type, Handler] = {
     StepCompleted: on_step_completed,
     StepFailed: on_step_failed,

@@ -18,12 +18,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ironflow.commands import kinds
 from ironflow.commands.classes import UNSET, WaitEvent
 from ironflow.commands.event import MISSING, Event, lookup
 from ironflow.commands.jsonvalue import copy_json
 from ironflow.errors import WaitTimeoutError
 from ironflow.history.events import WaitMatched, WaitTimedOut
-from ironflow.interpreter.tasks import Handler, Scheduler, Task, claim, new_slot, take, wait_on
+from ironflow.interpreter.determinism import Detail, Fingerprint
+from ironflow.interpreter.tasks import (
+    Handler,
+    Scheduler,
+    Slot,
+    Task,
+    claim,
+    new_slot,
+    take,
+    wait_on,
+)
 
 if TYPE_CHECKING:
     from ironflow.interpreter.core import Interpreter
@@ -39,6 +50,17 @@ def match_value(interp: Interpreter, command: WaitEvent) -> Any:
     return lookup(interp.ctx.event, command.match)
 
 
+def wait_detail(interp: Interpreter, slot: Slot, made: dict[str, Any]) -> None:
+    command = slot.command
+    made["event"] = command.event
+    made["match"] = command.match
+    made["match_value"] = match_value(interp, command)
+
+
+def wait_fingerprint(command: WaitEvent) -> str:
+    return command.event
+
+
 def schedule_wait(interp: Interpreter, task: Task, command: WaitEvent) -> Any:
     if command.match is not None and match_value(interp, command) is MISSING:
         return (
@@ -52,14 +74,14 @@ def schedule_wait(interp: Interpreter, task: Task, command: WaitEvent) -> Any:
     sid = claim(interp, task, command.name)
     if not isinstance(sid, str):
         return (None, sid)
-    slot = new_slot(interp, task, sid, command, "wait_event")
+    slot = new_slot(interp, task, sid, command, kinds.WAIT_EVENT)
     slot.due = interp.now + command.timeout
     return wait_on(interp, task, slot)
 
 
 def on_wait_matched(interp: Interpreter, event: WaitMatched) -> None:
     interp.now = event.ts
-    slot = take(interp, event, ("wait_event",))
+    slot = take(interp, event, (kinds.WAIT_EVENT,))
     if slot is not None:
         del interp._waiting[slot.id]
         got = event.event
@@ -68,7 +90,7 @@ def on_wait_matched(interp: Interpreter, event: WaitMatched) -> None:
 
 def on_wait_timed_out(interp: Interpreter, event: WaitTimedOut) -> None:
     interp.now = event.ts
-    slot = take(interp, event, ("wait_event",))
+    slot = take(interp, event, (kinds.WAIT_EVENT,))
     if slot is not None:
         del interp._waiting[slot.id]
         error = WaitTimeoutError()
@@ -77,4 +99,6 @@ def on_wait_timed_out(interp: Interpreter, event: WaitTimedOut) -> None:
 
 
 SCHEDULERS: dict[type, Scheduler] = {WaitEvent: schedule_wait}
+FINGERPRINTS: dict[type, Fingerprint] = {WaitEvent: wait_fingerprint}
+DETAILS: dict[type, Detail] = {WaitEvent: wait_detail}
 HANDLERS: dict[type, Handler] = {WaitMatched: on_wait_matched, WaitTimedOut: on_wait_timed_out}
