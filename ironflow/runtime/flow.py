@@ -192,11 +192,20 @@ def arrive(
             _admit(tx, fid, flow, run_id, qkey, tkey, now_us)
             return True
     else:  # in line behind others: the limit that holds them says why
-        reason = _blocked(tx, fid, flow, ckey, tkey, None, now_us) or "queued behind earlier runs"
+        reason = _blocked(tx, fid, flow, ckey, tkey, None, now_us)
     tx.flow_enqueue(  # type: ignore[attr-defined]
-        run_id, fid, qkey, ckey, tkey, priority, reason, now_us, status
+        run_id,
+        fid,
+        qkey,
+        ckey,
+        tkey,
+        priority,
+        reason or "queued behind earlier runs",
+        now_us,
+        status,
     )
-    pump(driver, tx, fid, qkey, now_us)
+    if reason is None:  # room, yet others were in line: move the line (this run may go too)
+        pump(driver, tx, fid, qkey, now_us)
     return False
 
 
