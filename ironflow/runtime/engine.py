@@ -168,7 +168,7 @@ class Engine:
                     return run_id
             rid = run_id or new_id()
             stored = trigger(fid, payload, now_us)
-            if not create_run(self._driver, tx, rid, fid, stored, now_us):
+            if not create_run(self._driver, tx, rid, fid, stored, now_us, emitted=False):
                 # singleton "skip": the run of this key that has not ended stands for it
                 rid = flow.singleton_holder(self._driver, tx, fid, stored) or rid
         self._worker.kick()

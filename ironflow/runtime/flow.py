@@ -90,18 +90,29 @@ def _keys(flow: Flow, event: Event) -> tuple[str, str | None, str | None, int]:
 
 
 def singleton(
-    driver: Driver, tx: Transaction, run_id: str, fid: str, trigger: str, now_us: int
+    driver: Driver,
+    tx: Transaction,
+    run_id: str,
+    fid: str,
+    trigger: str,
+    now_us: int,
+    emitted: bool = True,
 ) -> bool:
     """Apply ``singleton`` to a run about to be created: whether to create it (``skip``
-    refuses it while another run of its key has not ended; ``cancel`` cancels that run)."""
+    refuses it while another run of its key has not ended, and an ``emitted`` triggering
+    event is listed as skipped; ``cancel`` cancels that run)."""
     option = driver.gated[fid].singleton
     if option is None:
         return True
-    key = _key_text(option.key, rows.event_from_body(json.loads(trigger)))
+    event = rows.event_from_body(json.loads(trigger))
+    key = _key_text(option.key, event)
     tx.flow_lock(fid, "singleton:" + key)  # type: ignore[attr-defined]
     holder = tx.flow_singleton(fid, key)  # type: ignore[attr-defined]
     if holder is not None:
         if option.mode == "skip":
+            if emitted:  # engine.start() returns the holder instead: no event to list
+                detail = f"singleton: run {holder}{_for(key)} has not ended"
+                tx.record_skip(event.id, fid, "singleton", detail, now_us)
             return False
         from ironflow.runtime import control  # imports this module
 
