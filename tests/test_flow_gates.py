@@ -282,6 +282,27 @@ def test_singleton_skip_starts_nothing_while_a_run_of_the_key_is_not_ended(
     assert engine.get_run(first).status == "completed"
 
 
+def test_a_singleton_skip_is_listed_with_its_reason(engine: Engine) -> None:
+    @ironflow.function(id="solo", on="sync", singleton=Singleton(key="data.customer"))
+    def solo(ctx):
+        yield step.wait_for_event("go", event="go", match="data.i", timeout="1d")
+        return (yield step.run("body", record, ctx.event.data["i"]))
+
+    engine.register(solo)
+    [first] = engine.emit("sync", {"customer": "c", "i": 0})
+    assert engine.emit("sync", {"customer": "c", "i": 1}) == []  # skipped
+    assert engine.start("solo", {"customer": "c", "i": 2}) == first  # a start is not listed
+    [skipped] = engine.list_events()
+    assert (skipped.name, skipped.data, skipped.function) == (
+        "sync",
+        {"customer": "c", "i": 1},
+        "solo",
+    )
+    assert skipped.reason == "singleton"
+    assert skipped.detail == f"singleton: run {first} for key 'c' has not ended"
+    assert engine.list_events(function="solo") == [skipped]
+
+
 def test_singleton_cancel_replaces_the_current_run(engine: Engine) -> None:
     @ironflow.function(id="latest", on="sync", singleton=Singleton(mode="cancel"))
     def latest(ctx):

@@ -35,6 +35,7 @@ from ironflow.history import (
     RunFailed,
     RunResumed,
     RunStarted,
+    RunTimedOut,
     StepCompleted,
     StepFailed,
     TimerFired,
@@ -90,6 +91,7 @@ SAMPLES: dict[str, Any] = {
     "EventPublished": EventPublished(seq=9, ts=T1, id="pub", event_id="run-1/pub"),
     "RunCancelled": RunCancelled(seq=10, ts=T2, reason="user asked", compensate=True),
     "RunResumed": RunResumed(seq=11, ts=T3, reason="code fixed"),
+    "RunTimedOut": RunTimedOut(seq=11, ts=T1, reason="run did not finish within 1 hour"),
     "CommandScheduled": CommandScheduled(
         seq=12,
         ts=T1,

@@ -40,6 +40,7 @@ STORED = {
     "MAIL_CHILD_COMPLETED": "ChildCompleted",
     "MAIL_CHILD_FAILED": "ChildFailed",
     "MAIL_RUN_CANCELLED": "RunCancelled",
+    "MAIL_RUN_TIMED_OUT": "RunTimedOut",
     "MAIL_RUN_RESUMED": "RunResumed",
 }
 

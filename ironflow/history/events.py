@@ -123,6 +123,16 @@ class RunCancelled:
 
 
 @attrs.frozen
+class RunTimedOut:
+    """The run passed its function's ``timeouts.finish``: it fails with ``RunTimeoutError``
+    (its undos run first)."""
+
+    seq: int
+    ts: _dt.datetime
+    reason: str = ""
+
+
+@attrs.frozen
 class RunResumed:
     seq: int
     ts: _dt.datetime
@@ -198,6 +208,7 @@ RUNTIME_EVENTS: tuple[type, ...] = (
     EventPublished,
     RunCancelled,
     RunResumed,
+    RunTimedOut,
 )
 DECISION_EVENTS: tuple[type, ...] = (
     CommandScheduled,
@@ -222,6 +233,7 @@ HistoryEvent = (
     | EventPublished
     | RunCancelled
     | RunResumed
+    | RunTimedOut
     | CommandScheduled
     | RetryScheduled
     | CompensationScheduled

@@ -120,8 +120,12 @@ def find(
         work.setdefault(run_id, [])
         found.add(run_id)
     if flow_due:  # the runs they admit are driven in this round
-        for run_id in flow.fire(driver, flow_due, now_us):
+        admitted, timed_out = flow.fire(driver, flow_due, now_us)
+        for run_id in admitted:
             work.setdefault(run_id, [])
+        for run_id in timed_out:  # their mail is read this round
+            work.setdefault(run_id, [])
+            found.add(run_id)
     driver.next_timer_us = nearest if nearest is not None else NEVER
     if driver.plans.timed:  # batches, debounced runs, cron ticks falling due (flow_timed)
         flow_timed.discover(driver, now_us, work)

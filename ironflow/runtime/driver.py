@@ -32,6 +32,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pendulum
+
 from ironflow.commands.flow import Flow
 from ironflow.commands.function import Function
 from ironflow.history.events import (
@@ -79,6 +81,8 @@ class Driver:
         # This engine's functions with start gates (concurrency, throttle, priority, start
         # timeouts; see ``flow``): empty, the only cost to others is testing it.
         self.gated: dict[str, Flow] = {}
+        # timeouts.finish by function id: a timer set when a run leaves pending (flow.py).
+        self.finishing: dict[str, pendulum.Duration] = {}
         # The function registry in the database (see ``registry``): this engine's code
         # version of each of its functions, the registry as last read, and the heartbeat.
         self.versions: dict[str, str] = {}

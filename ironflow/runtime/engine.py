@@ -117,6 +117,9 @@ class Engine:
         self.functions[fn.id] = fn
         if flow.gated(fn.flow):
             self._driver.gated[fn.id] = fn.flow  # type: ignore[assignment]
+        timeouts = fn.flow.timeouts if fn.flow is not None else None
+        if timeouts is not None and timeouts.finish is not None:
+            self._driver.finishing[fn.id] = timeouts.finish
         self._driver.versions[fn.id] = version
         flow_plan.add_local(self._driver, fn)
         self._driver.next_heartbeat_us = 0  # a live worker says at once it has it now
@@ -165,7 +168,7 @@ class Engine:
                     return run_id
             rid = run_id or new_id()
             stored = trigger(fid, payload, now_us)
-            if not create_run(self._driver, tx, rid, fid, stored, now_us):
+            if not create_run(self._driver, tx, rid, fid, stored, now_us, emitted=False):
                 # singleton "skip": the run of this key that has not ended stands for it
                 rid = flow.singleton_holder(self._driver, tx, fid, stored) or rid
         self._worker.kick()

@@ -24,6 +24,7 @@ from ironflow.history.events import (
     ChildFailed,
     RunCancelled,
     RunResumed,
+    RunTimedOut,
     WaitMatched,
 )
 from ironflow.interpreter import Work
@@ -44,6 +45,7 @@ INBOX_TYPES: dict[str, type] = {
     kinds.MAIL_CHILD_COMPLETED: ChildCompleted,
     kinds.MAIL_CHILD_FAILED: ChildFailed,
     kinds.MAIL_RUN_CANCELLED: RunCancelled,
+    kinds.MAIL_RUN_TIMED_OUT: RunTimedOut,
     # resume() now writes RunResumed into the history itself; a database written by an
     # earlier version may still hold one as mail.
     kinds.MAIL_RUN_RESUMED: RunResumed,

@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from ironflow.commands import kinds
 from ironflow.commands.event import Event
 from ironflow.commands.flow import Flow, Key, key_of
 from ironflow.errors import CancelledError
 from ironflow.history.errors import type_name
 from ironflow.history.events import ErrorInfo, RunCancelled
 from ironflow.runtime.live import run_started
+from ironflow.runtime.models import TERMINAL
 from ironflow.runtime.store import Transaction, rows
 from ironflow.runtime.store.base import TakenRow
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 # (a throttle window opens, or a process without the code changed it), cancel a late start.
 PUMP_TIMER = "/flow/pump"
 START_TIMER = "/flow/start"
+FINISH_TIMER = "/flow/finish"
 TIMER_KIND = "flow"
 QUEUED = "queued"  # the stored status of a held-back run; shown as "pending"
 _NULL = "null"
@@ -87,18 +90,29 @@ def _keys(flow: Flow, event: Event) -> tuple[str, str | None, str | None, int]:
 
 
 def singleton(
-    driver: Driver, tx: Transaction, run_id: str, fid: str, trigger: str, now_us: int
+    driver: Driver,
+    tx: Transaction,
+    run_id: str,
+    fid: str,
+    trigger: str,
+    now_us: int,
+    emitted: bool = True,
 ) -> bool:
     """Apply ``singleton`` to a run about to be created: whether to create it (``skip``
-    refuses it while another run of its key has not ended; ``cancel`` cancels that run)."""
+    refuses it while another run of its key has not ended, and an ``emitted`` triggering
+    event is listed as skipped; ``cancel`` cancels that run)."""
     option = driver.gated[fid].singleton
     if option is None:
         return True
-    key = _key_text(option.key, rows.event_from_body(json.loads(trigger)))
+    event = rows.event_from_body(json.loads(trigger))
+    key = _key_text(option.key, event)
     tx.flow_lock(fid, "singleton:" + key)  # type: ignore[attr-defined]
     holder = tx.flow_singleton(fid, key)  # type: ignore[attr-defined]
     if holder is not None:
         if option.mode == "skip":
+            if emitted:  # engine.start() returns the holder instead: no event to list
+                detail = f"singleton: run {holder}{_for(key)} has not ended"
+                tx.record_skip(event.id, fid, "singleton", detail, now_us)
             return False
         from ironflow.runtime import control  # imports this module
 
@@ -270,10 +284,12 @@ def released(driver: Driver, tx: Transaction, run_ids: list[str], now_us: int) -
             pump(driver, tx, freed[0], freed[1], now_us)
 
 
-def fire(driver: Driver, due: list[tuple[str, str]], now_us: int) -> list[str]:
+def fire(driver: Driver, due: list[tuple[str, str]], now_us: int) -> tuple[list[str], list[str]]:
     """Fire due flow timers (found by discovery): a pump timer moves its run's queue; a
-    start timeout cancels a run still pending. The runs admitted, to drive now."""
+    start timeout cancels a run still pending; a finish timeout fails a run not ended. The runs
+    admitted, and the runs sent ``RunTimedOut`` mail: all to drive now."""
     admitted: list[str] = []
+    timed_out: list[str] = []
     with driver.store.transaction() as tx:
         for run_id, step_id in due:
             if not tx.flow_claim_timer(run_id, step_id, now_us):  # type: ignore[attr-defined]
@@ -284,9 +300,36 @@ def fire(driver: Driver, due: list[tuple[str, str]], now_us: int) -> list[str]:
                     admitted += pump(driver, tx, row[0], row[1], now_us)
             elif step_id == START_TIMER:
                 _start_timeout(driver, tx, run_id, now_us)
+            elif step_id == FINISH_TIMER and _finish_timeout(driver, tx, run_id, now_us):
+                timed_out.append(run_id)
     with driver.store.lock:
         driver.fresh.difference_update(admitted)  # driven by this round instead
-    return admitted
+    return admitted, timed_out
+
+
+def finish_timers(
+    driver: Driver, tx: Transaction, taken: list[TakenRow], unwritten: list[Any], now_us: int
+) -> None:
+    """Set the ``timeouts.finish`` timer of the runs just taken that start now (leave
+    pending): due that long from now. A run that ends first drops it with its other timers."""
+    starting = {row[0] for row in unwritten}
+    for row in taken:
+        limit = driver.finishing.get(row[1])
+        if limit is not None and row[0] in starting:
+            tx.set_timer(row[0], FINISH_TIMER, TIMER_KIND, now_us + _us(limit), 0)
+
+
+def _finish_timeout(driver: Driver, tx: Transaction, run_id: str, now_us: int) -> bool:
+    """Send a run past its ``timeouts.finish`` ``RunTimedOut`` mail (its next round folds
+    it: undos, then failed with ``RunTimeoutError``); whether it was sent."""
+    status, _ = tx.run_status(run_id)
+    if status in TERMINAL or status == QUEUED:
+        return False
+    limit = driver.finishing.get(tx.run_function(run_id) or "")
+    within = f" within {limit.in_words()}" if limit is not None else " in time"
+    body = rows.dumps({"reason": f"run did not finish{within} (timeouts.finish)"})
+    tx.send_mail(run_id, kinds.MAIL_RUN_TIMED_OUT, now_us, body)
+    return True
 
 
 def _start_timeout(driver: Driver, tx: Transaction, run_id: str, now_us: int) -> None:

@@ -96,6 +96,8 @@ def take(
             unwritten = [row for row in unwritten if row[0] not in held]
             for run_id in held:
                 histories.pop(run_id, None)
+    if driver.finishing and unwritten:  # runs leaving pending now: timeouts.finish starts
+        flow.finish_timers(driver, tx, taken, unwritten, now_us)
     return taken, histories, unwritten
 
 

@@ -119,14 +119,16 @@ def create_run(
     trigger: str,
     now_us: int,
     parent: tuple[str, str, bool] | None = None,
+    emitted: bool = True,
 ) -> bool:
     """Insert a pending run; ``trigger`` is its triggering event as stored (JSON). False if
-    none was made (its function's ``singleton`` skips it)."""
+    none was made (its function's ``singleton`` skips it: listed as a skipped event unless
+    not ``emitted``, a direct start)."""
     gated = driver.gated and function_id in driver.gated
     if gated:
         from ironflow.runtime import flow  # imports this module
 
-        if not flow.singleton(driver, tx, run_id, function_id, trigger, now_us):
+        if not flow.singleton(driver, tx, run_id, function_id, trigger, now_us, emitted):
             return False
     # The run's RunStarted event is written by the first drive, from this row: one row
     # per start keeps starting a run one small commit.

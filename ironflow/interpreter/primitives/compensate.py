@@ -5,7 +5,8 @@
 |------------------|-------------------------------------------------------------------------|
 | records          | ``CommandScheduled`` with the id ``compensate:<step name>``; if the run |
 |                  | fails (or is cancelled with ``compensate=True``): one                   |
-|                  | ``CompensationScheduled`` per undo, the last registered first           |
+|                  | ``CompensationScheduled`` per undo, the last registered first (a run    |
+|                  | past its ``timeouts.finish``, ``RunTimedOut``, fails the same way)      |
 | runtime answers  | nothing at registration; for an undo (``Work`` kind ``"undo"``):        |
 |                  | ``StepCompleted`` or ``StepFailed`` of its id                           |
 | workflow receives| ``None`` at once; the undos run after the workflow has stopped          |
@@ -23,9 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from ironflow.commands import kinds
 from ironflow.commands.classes import Compensate
-from ironflow.errors import CancelledError
+from ironflow.errors import CancelledError, RunTimeoutError
 from ironflow.history.errors import encode_error
-from ironflow.history.events import CompensationScheduled, RunCancelled, RunFailed
+from ironflow.history.events import (
+    CompensationScheduled,
+    RunCancelled,
+    RunFailed,
+    RunTimedOut,
+)
 from ironflow.interpreter.determinism import (
     END_KEY,
     UNDO_KEY,
@@ -135,6 +141,15 @@ def on_run_cancelled(interp: Interpreter, event: RunCancelled) -> None:
         interp._ended = True
 
 
+def on_run_timed_out(interp: Interpreter, event: RunTimedOut) -> None:
+    # Past ``timeouts.finish``: the run fails as if its workflow had raised, so its undos run
+    # (one arriving while they already run changes nothing: the run is failing already).
+    interp.now = event.ts
+    if interp._ended or interp._failure is not None:
+        return
+    fail(interp, RunTimeoutError(event.reason or "the run did not finish in time"))
+
+
 def on_compensation_scheduled(interp: Interpreter, event: CompensationScheduled) -> None:
     if (UNDO_KEY, event.id) not in interp._tent_other and taken_back(interp, event.seq):
         return
@@ -149,4 +164,5 @@ DETAILS: dict[type, Detail] = {Compensate: no_detail}
 HANDLERS: dict[type, Handler] = {
     CompensationScheduled: on_compensation_scheduled,
     RunCancelled: on_run_cancelled,
+    RunTimedOut: on_run_timed_out,
 }
