@@ -114,4 +114,5 @@ def test_every_listing_seeks_an_index_and_never_scans_or_sorts(engine: Engine) -
             # served as well by walking runs_created and filtering (it stops at the page).
             used = re.findall(r"Index (?:Only )?Scan(?: Backward)? using (\w+) on runs", plan)
             assert used and set(used) <= {index, "runs_created"}, (name, plan)
-            assert "Seq Scan on runs" not in plan and "Sort" not in plan, (name, plan)
+            # No Sort node; a Merge Append of index scans (pending with queued) has a key.
+            assert "Seq Scan on runs" not in plan and "Sort  (" not in plan, (name, plan)

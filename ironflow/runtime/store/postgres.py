@@ -144,6 +144,7 @@ class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Stor
     # A read-only opening of a schema from before v3 has no registry: read as absent.
     legacy = False
     unsourced = False  # a read-only opening from before v5: no runs.source_run_id
+    LIMIT_EACH_STATUS = True  # see StatementReads.page_query
 
     def __init__(self, url: str, *, durability: str = "full", connect_timeout: float = 10.0):
         if durability not in DURABILITY:

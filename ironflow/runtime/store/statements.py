@@ -56,6 +56,8 @@ class StatementReads:
             sql += f" LIMIT {int(limit)}"
         return self.query(sql, params)
 
+    LIMIT_EACH_STATUS: ClassVar[bool] = False  # see page_query
+
     def page_runs(
         self,
         status: str | None,
@@ -78,9 +80,42 @@ class StatementReads:
         limit: int,
     ) -> tuple[str, list[Any]]:
         """The statement ``page_runs`` runs, and its parameters (tests EXPLAIN it)."""
-        where, params = self._filter(status, function_id)
+        bounds = (function_id, since_us, until_us, after)
+        order = f" ORDER BY created_us DESC, id LIMIT {int(limit)}"
+        if status != "pending":
+            sql, params = self._page_select(status, *bounds)
+            return sql + order, params
+        # Runs a flow-control limit holds back are stored 'queued' and listed as pending: a
+        # seek on the status index for each, merged in order (``IN`` would sort them all);
+        # the columns are read past the merge, for the page's rows only.
+        pending, params = self._page_select("pending", *bounds, "*")
+        queued, more = self._page_select("queued", *bounds, "*")
+        select = self.LIST_RUNS.format(**self._columns())[: -len(" runs")]
+        # PostgreSQL costs a seek past a sort only with each status's page bounded; SQLite
+        # merges the two seeks in order as they are.
+        each = order if self.LIMIT_EACH_STATUS else ""
+        merged = " UNION ALL ".join(
+            f"SELECT * FROM ({one}{each}) AS s" for one in (pending, queued)
+        )
+        return f"{select} ({merged}) AS runs{order}", params + more
+
+    def _page_select(
+        self,
+        status: str | None,
+        function_id: str | None,
+        since_us: int | None,
+        until_us: int | None,
+        after: tuple[int, str] | None,
+        columns: str = "",
+    ) -> tuple[str, list[Any]]:
         mark = self.MARK
-        terms = [where[len(" WHERE ") :]] if where else []
+        terms, params = [], []
+        if status is not None:
+            terms.append(f"status = {mark}")
+            params.append(status)
+        if function_id is not None:
+            terms.append(f"function_id = {mark}")
+            params.append(function_id)
         if since_us is not None:
             terms.append(f"created_us >= {mark}")
             params.append(since_us)
@@ -92,10 +127,9 @@ class StatementReads:
             # seek; the second only filters the rows of the cursor's own microsecond.
             terms.append(f"created_us <= {mark} AND (created_us < {mark} OR id > {mark})")
             params.extend((after[0], after[0], after[1]))
-        sql = self.LIST_RUNS.format(**self._columns())
+        sql = f"SELECT {columns} FROM runs" if columns else self.LIST_RUNS.format(**self._columns())
         if terms:
             sql += " WHERE " + " AND ".join(terms)
-        sql += f" ORDER BY created_us DESC, id LIMIT {int(limit)}"
         return sql, params
 
     def count_runs(self, status: str | None, function_id: str | None) -> int:
