@@ -425,7 +425,7 @@ function stepDetail(view, step) {
   if (step.error) parts.push(h("h3", {}, "Error"), errorBox(step.error));
   const terminal = !ACTIVE.includes(view.run.status);
   if (terminal && !step.scope) {
-    parts.push(h("div", { class: "actions" }, h("button", { class: "secondary fork", "data-step": step.id,
+    parts.push(h("div", { class: "actions" }, h("button", { class: "secondary fork", "data-fork": step.id,
       onclick: () => control(view.run.id, "fork", `Start a new run from step ${step.id}? The steps recorded before it are kept, not run again.`, { from_step: step.id }) },
       "Fork from this step")));
   }
