@@ -684,6 +684,16 @@ def replay_cmd(
         )
 
 
+def _add_server() -> None:
+    # Its own module: it imports the server (Litestar, uvicorn) only when it runs.
+    from ironflow.cli.server import server
+
+    cli.add_command(server)
+
+
+_add_server()
+
+
 def main(args: Any = None) -> Any:
     """The ``ironflow`` console script."""
     return cli.main(args=args, prog_name="ironflow")

@@ -157,6 +157,33 @@ def unknown(driver: Driver, tx: Transaction, function_id: str) -> str | None:
     return f"unknown function {function_id!r}; registered functions: {names}"
 
 
+def describe(store: Store, tx: Transaction, now_us: int) -> list[dict[str, Any]]:
+    """Every registered function: id, triggers, settings, code version, and whether a live
+    worker has it (``None`` if the database keeps no heartbeats)."""
+    live = live_functions(store, now_us)
+    found = []
+    for function_id, _ in sorted(tx.registered()):
+        registration = store.registration(function_id)
+        triggers, settings_, version = registration or ("[]", "{}", None)
+        found.append(
+            {
+                "id": function_id,
+                "triggers": _json_or(triggers, []),
+                "settings": _json_or(settings_, {}),
+                "code_version": version,
+                "live": None if live is None else function_id in live,
+            }
+        )
+    return found
+
+
+def _json_or(text: str, default: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):  # a damaged row: shown empty, not an error for all
+        return default
+
+
 # --- heartbeats ---------------------------------------------------------------------------------
 
 

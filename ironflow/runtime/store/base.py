@@ -30,7 +30,7 @@ from ironflow.history.events import HistoryEvent
 __all__ = ["Batch", "LeaseLost", "Store", "StoreError", "Transaction", "WriteConflict"]
 
 # (id, function_id, status, output, error, created_us, updated_us, ended_us, parent_run_id,
-# code_version)
+# code_version, source_run_id)
 RunRow = tuple[Any, ...]
 # (run_id, function_id, event_pos, parent_run_id, parent_step_id, notify_parent, status,
 # trigger): a run whose lease was just taken.
@@ -210,6 +210,10 @@ class Transaction(abc.ABC):
     def resume_failed(self, run_id: str, now_us: int) -> None:
         """Reopen a failed run (its ``RunResumed`` is appended by the caller)."""
 
+    @abc.abstractmethod
+    def link_run(self, run_id: str, source_run_id: str) -> None:
+        """Record that run ``run_id`` was made from run ``source_run_id`` (a rerun or fork)."""
+
     # --- the function registry ------------------------------------------------------------
 
     @abc.abstractmethod
@@ -236,6 +240,10 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def event_started(self, idempotency_key: str) -> str | None:
         """The stored ``started`` list (JSON) of the event recorded under the key."""
+
+    @abc.abstractmethod
+    def event_id_of(self, idempotency_key: str) -> str | None:
+        """The id of the event recorded under the key, or ``None``."""
 
     @abc.abstractmethod
     def record_event(
@@ -358,6 +366,20 @@ class Store(abc.ABC):
         self, status: str | None, function_id: str | None, limit: int | None
     ) -> list[RunRow]:
         """Runs, newest first."""
+
+    @abc.abstractmethod
+    def page_runs(
+        self,
+        status: str | None,
+        function_id: str | None,
+        since_us: int | None,
+        until_us: int | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[RunRow]:
+        """At most ``limit`` runs, newest first (``created_us`` descending, then ``id``),
+        created in [``since_us``, ``until_us``) and past ``after`` (the ``(created_us, id)``
+        of the last run of the previous page): a seek on an index, never a scan."""
 
     @abc.abstractmethod
     def count_runs(self, status: str | None, function_id: str | None) -> int:

@@ -83,7 +83,7 @@ __all__ = ["PostgresStore", "PostgresTransaction", "is_postgres_url", "redact"]
 RUN_COLUMNS = (
     "id, function_id, status, output, error, created_us, GREATEST(updated_us, COALESCE((SELECT "
     "ts_us FROM history WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1), 0)), ended_us, "
-    "parent_run_id, {code_version}"
+    "parent_run_id, {code_version}, {source_run_id}"
 )
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = %s"
 LIST_RUNS = f"SELECT {RUN_COLUMNS} FROM runs"
@@ -127,6 +127,7 @@ class PostgresStore(StatementReads, Store):
     read_only = False
     # A read-only opening of a schema from before v3 has no registry: read as absent.
     legacy = False
+    unsourced = False  # a read-only opening from before v4: no runs.source_run_id
 
     def __init__(self, url: str, *, durability: str = "full", connect_timeout: float = 10.0):
         if durability not in DURABILITY:
@@ -182,6 +183,7 @@ class PostgresStore(StatementReads, Store):
             if version is None:
                 raise StoreError(f"{self.url} holds no ironflow database (no ironflow tables)")
             self.legacy = version < 3
+            self.unsourced = version < 4
             # Every transaction of this session refuses writes: reads only, by construction.
             self.conn.execute("SET default_transaction_read_only = on")
         else:

@@ -17,10 +17,11 @@ import sqlite_utils
 
 from ironflow.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Versions whose tables this code can read as they are (v2 changed indexes only; v3 added the
-# function registry, the workers' heartbeats and runs.code_version, read as absent before).
-READABLE_VERSIONS = (1, 2, 3)
+# function registry, the workers' heartbeats and runs.code_version, read as absent before; v4
+# added runs.source_run_id, read as absent before, and the indexes that page run listings).
+READABLE_VERSIONS = (1, 2, 3, 4)
 TERMINAL = ("completed", "failed", "cancelled")
 
 TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -45,6 +46,14 @@ _WITHOUT_ROWID = (
         ("CREATE INDEX waits_match ON waits (event_name, match_path, match_key)",),
     ),
     ("consumed", "run_id TEXT NOT NULL, event_id TEXT NOT NULL", "run_id, event_id", ()),
+)
+
+
+# Listing runs newest first, unfiltered, by status or by function: each a seek on one index.
+RUN_LIST_INDEXES = (
+    "CREATE INDEX runs_created ON runs (created_us DESC, id)",
+    "CREATE INDEX runs_status_created ON runs (status, created_us DESC, id)",
+    "CREATE INDEX runs_function_created ON runs (function_id, created_us DESC, id)",
 )
 
 
@@ -207,7 +216,9 @@ class SQLiteDatabase:
                     version = 1
                 if version < 2:
                     self._upgrade_to_v2()
-                self._upgrade_to_v3()
+                if version < 3:
+                    self._upgrade_to_v3()
+                self._upgrade_to_v4()
                 self.conn.execute(
                     "INSERT OR REPLACE INTO ironflow_meta (key, value) "
                     "VALUES ('schema_version', ?)",
@@ -346,6 +357,15 @@ class SQLiteDatabase:
         self.conn.execute(
             "INSERT OR IGNORE INTO ironflow_meta (key, value) VALUES ('registry_version', '0')"
         )
+
+    def _upgrade_to_v4(self) -> None:
+        # The server (issue 14): a rerun or fork links back to the run it came from, and run
+        # listings page by (created_us, id) through an index whatever the filter: newest
+        # first, a page's cursor a seek, never a scan of the table. The status index is
+        # rewritten when a run changes status (a few times per run, not per step).
+        self.conn.execute("ALTER TABLE runs ADD COLUMN source_run_id TEXT")
+        for statement in RUN_LIST_INDEXES:
+            self.conn.execute(statement)
 
     def transaction(self) -> Any:  # the store's (see sqlite.py)
         raise NotImplementedError

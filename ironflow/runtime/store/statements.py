@@ -33,6 +33,7 @@ class StatementReads:
     LIVE_FUNCTIONS: ClassVar[str]
     MARK: ClassVar[str]
     legacy: bool  # a readable older schema: no code_version column, no workers table
+    unsourced: bool  # a readable schema from before v4: no source_run_id column
 
     if TYPE_CHECKING:  # each store has its own
 
@@ -43,22 +44,67 @@ class StatementReads:
             return None
         return [row[0] for row in self.query(self.LIVE_FUNCTIONS, (now_us,))]
 
-    def _columns(self) -> str:
-        return "NULL" if self.legacy else "code_version"
+    def _columns(self) -> dict[str, str]:
+        return {
+            "code_version": "NULL" if self.legacy else "code_version",
+            "source_run_id": "NULL" if self.unsourced else "source_run_id",
+        }
 
     def get_run(self, run_id: str) -> tuple[Any, ...] | None:
-        found = self.query(self.GET_RUN.format(code_version=self._columns()), (run_id,))
+        found = self.query(self.GET_RUN.format(**self._columns()), (run_id,))
         return found[0] if found else None
 
     def list_runs(
         self, status: str | None, function_id: str | None, limit: int | None
     ) -> list[tuple[Any, ...]]:
         where, params = self._filter(status, function_id)
-        sql = self.LIST_RUNS.format(code_version=self._columns()) + where
+        sql = self.LIST_RUNS.format(**self._columns()) + where
         sql += " ORDER BY created_us DESC, id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return self.query(sql, params)
+
+    def page_runs(
+        self,
+        status: str | None,
+        function_id: str | None,
+        since_us: int | None,
+        until_us: int | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[tuple[Any, ...]]:
+        sql, params = self.page_query(status, function_id, since_us, until_us, after, limit)
+        return self.query(sql, params)
+
+    def page_query(
+        self,
+        status: str | None,
+        function_id: str | None,
+        since_us: int | None,
+        until_us: int | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> tuple[str, list[Any]]:
+        """The statement ``page_runs`` runs, and its parameters (tests EXPLAIN it)."""
+        where, params = self._filter(status, function_id)
+        mark = self.MARK
+        terms = [where[len(" WHERE ") :]] if where else []
+        if since_us is not None:
+            terms.append(f"created_us >= {mark}")
+            params.append(since_us)
+        if until_us is not None:
+            terms.append(f"created_us < {mark}")
+            params.append(until_us)
+        if after is not None:
+            # Past the cursor in (created_us DESC, id) order. The first term bounds the index
+            # seek; the second only filters the rows of the cursor's own microsecond.
+            terms.append(f"created_us <= {mark} AND (created_us < {mark} OR id > {mark})")
+            params.extend((after[0], after[0], after[1]))
+        sql = self.LIST_RUNS.format(**self._columns())
+        if terms:
+            sql += " WHERE " + " AND ".join(terms)
+        sql += f" ORDER BY created_us DESC, id LIMIT {int(limit)}"
+        return sql, params
 
     def count_runs(self, status: str | None, function_id: str | None) -> int:
         where, params = self._filter(status, function_id)
@@ -110,11 +156,13 @@ class StatementTransaction(Transaction):
     CANCEL_BLOCKED: ClassVar[str]
     RESUME_BLOCKED: ClassVar[str]
     RESUME_FAILED: ClassVar[str]
+    LINK_RUN: ClassVar[str]
     REGISTER_FUNCTION: ClassVar[str]
     BUMP_REGISTRY: ClassVar[str]
     REGISTRY_VERSION: ClassVar[str]
     EVENT_STARTED: ClassVar[str]
     SET_EVENT_STARTED: ClassVar[str]
+    EVENT_ID_OF_KEY: ClassVar[str]
     WAIT_PATHS: ClassVar[str]
     WAITS_ANY: ClassVar[str]
     WAITS_KEYED: ClassVar[str]
@@ -187,6 +235,9 @@ class StatementTransaction(Transaction):
     def resume_failed(self, run_id: str, now_us: int) -> None:
         self.conn.execute(self.RESUME_FAILED, (now_us, run_id))
 
+    def link_run(self, run_id: str, source_run_id: str) -> None:
+        self.conn.execute(self.LINK_RUN, (source_run_id, run_id))
+
     # --- the function registry ------------------------------------------------------------
 
     def register_function(
@@ -206,6 +257,10 @@ class StatementTransaction(Transaction):
     def event_started(self, idempotency_key: str) -> str | None:
         found = self.conn.execute(self.EVENT_STARTED, (idempotency_key,)).fetchone()
         return None if found is None else found[0]
+
+    def event_id_of(self, idempotency_key: str) -> str | None:
+        found = self.conn.execute(self.EVENT_ID_OF_KEY, (idempotency_key,)).fetchone()
+        return None if found is None else str(found[0])
 
     def set_event_started(self, pos: int, started: str) -> None:
         self.conn.execute(self.SET_EVENT_STARTED, (started, pos))
