@@ -18,10 +18,10 @@ from importlib import resources
 from typing import Any
 
 from litestar import Response, get
-from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from ironflow.runtime import Engine
+from ironflow.server.errors import ApiError
 from ironflow.server.web import views
 
 # The files the shell loads; nothing else is served from the package (no path walking).
@@ -58,7 +58,7 @@ def page() -> Response[bytes]:
 def static(name: str) -> Response[bytes]:
     media_type = STATIC.get(name)
     if media_type is None:
-        raise NotFoundException(f"no static file {name!r}")
+        raise ApiError(404, f"no static file {name!r}")
     return Response(_file(name), media_type=media_type, headers=HEADERS)
 
 
@@ -69,7 +69,7 @@ def view_run(engine: Engine, run_id: str = Parameter(query="id", min_length=1)) 
     try:
         return views.run_page(engine, run_id)
     except KeyError as exc:
-        raise NotFoundException(str(exc.args[0])) from None
+        raise ApiError(404, str(exc.args[0])) from None
 
 
 @get("/api/view/events", sync_to_thread=True, tags=["web view"])
