@@ -314,8 +314,14 @@ def test_runs_show_and_list_tell_the_code_version_and_why_a_run_is_pending(
 
 
 def _back_to_v2(store: Any) -> None:
-    """Turn a v3 database into what v2 had (no registry, no heartbeats, no code versions)."""
+    """Turn a current database into what v2 had (no registry, no heartbeats, no code
+    versions; none of v4's run links and listing indexes)."""
+    v4 = ["DROP INDEX runs_status_created", "DROP INDEX runs_function_created"]
+    if type(store).__name__.startswith("SQLite"):
+        v4.append("DROP INDEX runs_created")  # PostgreSQL had it from its first version
     for statement in (
+        *v4,
+        "ALTER TABLE runs DROP COLUMN source_run_id",
         "DROP TABLE functions",
         "DROP TABLE workers",
         "ALTER TABLE runs DROP COLUMN code_version",
@@ -325,7 +331,7 @@ def _back_to_v2(store: Any) -> None:
         store.query(statement)
 
 
-def test_a_v2_database_is_migrated_to_v3_with_its_runs(store_url: str, clock: VirtualClock) -> None:
+def test_a_v2_database_is_migrated_to_the_current_version_with_its_runs(store_url: str, clock: VirtualClock) -> None:
     engine = Engine(store_url, clock=clock)
     engine.register(greet)
     done = engine.start("greet", {"name": "old"})
@@ -335,14 +341,14 @@ def test_a_v2_database_is_migrated_to_v3_with_its_runs(store_url: str, clock: Vi
     raw: Any = open_store(store_url)
     _back_to_v2(raw)
     raw.close()
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     # Read-only (the CLI's runs commands) it reads as v2 was: no code versions, no reasons.
     reader = Engine(open_store(store_url, read_only=True))
     run = reader.get_run(pending)
     assert (run.status, run.code_version, run.waiting_for) == ("pending", None, None)
     reader.close()
     again = Engine(store_url, clock=clock)  # migrates
-    assert again.store.schema_version() == 3  # type: ignore[attr-defined]
+    assert again.store.schema_version() == 4  # type: ignore[attr-defined]
     assert again.get_run(done).output == "hello old"
     assert again.emit("user.created") == []  # nothing registered in the database yet
     again.register(greet)
@@ -358,7 +364,7 @@ def test_a_newer_sqlite_database_is_still_refused(store_url: str) -> None:
     Engine(store_url).close()
     conn = sqlite3.connect(store_url)
     with conn:
-        conn.execute("UPDATE ironflow_meta SET value = '4' WHERE key = 'schema_version'")
+        conn.execute("UPDATE ironflow_meta SET value = '5' WHERE key = 'schema_version'")
     conn.close()
     with pytest.raises(ironflow.errors.StoreError, match="newer than this ironflow"):
         Engine(store_url)

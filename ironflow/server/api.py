@@ -241,10 +241,8 @@ def fork(engine: Engine, run_id: str, data: ForkBody) -> Started:
     _run(engine, run_id)
     try:
         new_id = engine.fork(run_id, data.from_step)
-    except LookupError as exc:
+    except ValueError as exc:  # no such step in the run (the message lists its steps)
         raise _bad(exc) from None
-    except ValueError as exc:
-        raise ApiError(409, str(exc)) from None
     return Started(run_id=new_id)
 
 

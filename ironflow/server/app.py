@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from litestar import Litestar, Response, get
+from litestar import Controller, Litestar, Request, Response, get
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
@@ -128,6 +128,18 @@ async def _answer(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+class OpenAPIDocument(Controller):
+    """``GET /api/openapi.json``: this API's OpenAPI document, made from its types."""
+
+    path = "/api"
+    include_in_schema = False
+
+    @get("/openapi.json", sync_to_thread=False, media_type="application/json")
+    def openapi(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        schema: dict[str, Any] = request.app.openapi_schema.to_schema()
+        return schema
+
+
 def _web() -> tuple[list[Any], tuple[str, ...]]:
     """The web view's routes and public paths, if the web view is installed."""
     if importlib.util.find_spec("ironflow.server.web") is None:
@@ -165,8 +177,9 @@ def create_app(
             title="ironflow",
             version="1",
             description="The HTTP API of an ironflow server (see docs/server.md).",
-            path="/api",
-            enabled_endpoints={"openapi.json"},
+            # Our own controller: Litestar's would also answer every other path under its
+            # own with an HTML page.
+            openapi_controller=OpenAPIDocument,  # type: ignore[arg-type]
         ),
         request_max_body_size=max_body,
         state=None,
