@@ -199,3 +199,37 @@ def test_token_is_asked_once_and_sent_as_a_bearer_header(engine: Engine, browser
         expect(page.locator("#token")).not_to_be_visible()
         assert sent[-1] == "Bearer s3cret-token"
         assert page.context.cookies() == []  # nothing a cross-site request could ride on
+
+
+def test_fork_from_a_step_and_rerun_open_the_new_run_linked_to_its_source(
+    engine: Engine, browser: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    failed, _ = _failed_and_completed(engine)
+    FIXED.set()
+    with browser_kit.serving(engine) as url, browser_kit.working(engine):
+        page = browser.new_page()
+        page.goto(f"{url}/runs/{failed}")
+        page.locator('[data-step="charge"] .g-name').click()
+        page.click('[data-fork="charge"]')
+        expect(page.locator("#confirm-text")).to_contain_text("charge")
+        page.click("#confirm-ok")
+        page.wait_for_url(lambda address: failed not in address)
+        forked = page.locator("#run-id").inner_text()
+        expect(page.locator("#run-status")).to_have_attribute(
+            "data-status", "completed", timeout=15_000
+        )
+        expect(page.locator("main")).to_contain_text(f"source{failed}")
+
+        page.click("#rerun")
+        page.click("#confirm-ok")
+        page.wait_for_url(lambda address: forked not in address)
+        rerun = page.locator("#run-id").inner_text()
+        expect(page.locator("#run-status")).to_have_attribute(
+            "data-status", "completed", timeout=15_000
+        )
+
+    assert engine.get_run(forked).source_run_id == failed
+    assert engine.get_run(rerun).source_run_id == forked
+    assert engine.get_run(forked).output == {"charged": 42}
