@@ -233,3 +233,41 @@ def test_fork_from_a_step_and_rerun_open_the_new_run_linked_to_its_source(
     assert engine.get_run(forked).source_run_id == failed
     assert engine.get_run(rerun).source_run_id == forked
     assert engine.get_run(forked).output == {"charged": 42}
+
+
+def test_runs_list_pages_filters_by_function_and_time_and_finds_a_run_by_id(
+    engine: Engine, browser: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    failed, _ = _failed_and_completed(engine)
+    for n in range(52):
+        engine.start("greet", {"name": f"n{n}"})
+    engine.run_until_idle()
+    with browser_kit.serving(engine) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        rows = page.locator("#runs tr[data-run]")
+        expect(rows).to_have_count(50)  # 54 runs: 50 a page
+        expect(page.locator("#newer")).to_be_disabled()
+        page.click("#older")
+        expect(rows).to_have_count(4)
+        expect(page.locator("#older")).to_be_disabled()
+        page.click("#newer")
+        expect(rows).to_have_count(50)
+
+        expect(page.locator('#filter-function option[value="checkout"]')).to_have_count(1)
+        page.select_option("#filter-function", "checkout")
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_have_attribute("data-run", failed)
+        page.select_option("#filter-since", "15m")  # the runs just started are in it
+        expect(rows).to_have_count(1)
+        assert page.url.endswith("/?function=checkout&since=15m")
+
+        page.fill("#search", "no-such-run")
+        page.press("#search", "Enter")
+        expect(page.locator("#search-note")).to_have_text("no run with id no-such-run")
+        page.fill("#search", failed)
+        page.press("#search", "Enter")
+        page.wait_for_url(f"**/runs/{failed}")
+        expect(page.locator("#run-id")).to_have_text(failed)
