@@ -331,7 +331,9 @@ def _back_to_v2(store: Any) -> None:
         store.query(statement)
 
 
-def test_a_v2_database_is_migrated_to_the_current_version_with_its_runs(store_url: str, clock: VirtualClock) -> None:
+def test_a_v2_database_is_migrated_to_the_current_version_with_its_runs(
+    store_url: str, clock: VirtualClock
+) -> None:
     engine = Engine(store_url, clock=clock)
     engine.register(greet)
     done = engine.start("greet", {"name": "old"})

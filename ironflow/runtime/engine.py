@@ -277,28 +277,13 @@ class Engine:
         """A page of runs, newest first, created in [``created_after``, ``created_before``)
         (aware datetimes or ISO 8601 text); pass ``next_cursor`` back for the next page."""
         self._check_open()
-        if status is not None and status not in STATUSES:
-            raise ValueError(
-                f"unknown run status {status!r}; a run is one of: {', '.join(STATUSES)}"
-            )
         if isinstance(function, Function):
             function = function.id
-        if function is not None and type(function) is not str:
-            raise TypeError(
-                f"function must be a function id or a declared function, got {function!r}"
-            )
-        paging.check_limit(limit)
-        after = None if cursor is None else paging.decode_cursor(cursor)
-        since = paging.time_bound(created_after, "created_after")
-        until = paging.time_bound(created_before, "created_before")
-        found = self.store.page_runs(status, function, since, until, after, limit + 1)
-        more, found = len(found) > limit, found[:limit]
-        live = self._live_functions(found)
-        last = found[-1] if more else None
-        return RunPage(
-            [_run(row, live) for row in found],
-            None if last is None else paging.encode_cursor(last[5], last[0]),
+        found, next_cursor = paging.page(
+            self.store, status, function, limit, cursor, created_after, created_before
         )
+        live = self._live_functions(found)
+        return RunPage([_run(row, live) for row in found], next_cursor)
 
     def _live_functions(self, found: list[tuple[Any, ...]]) -> set[str] | None:
         """The functions live workers have, read only if a run of ``found`` is pending."""

@@ -137,6 +137,6 @@ def _without_unfinished_children(events: list[HistoryEvent]) -> list[HistoryEven
         event
         for event in events
         if type(event) is not ChildStarted
-        or event.id not in invoked  # type: ignore[union-attr]
-        or event.child_run_id in finished  # type: ignore[union-attr]
+        or event.id not in invoked
+        or event.child_run_id in finished
     ]

@@ -13,7 +13,8 @@ import datetime as _dt
 import json
 from typing import Any
 
-from ironflow.runtime.store import rows
+from ironflow.runtime.models import STATUSES
+from ironflow.runtime.store import Store, rows
 
 MAX_LIMIT = 1000
 
@@ -73,3 +74,33 @@ def check_limit(limit: Any) -> int:
     if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be an int from 1 to {MAX_LIMIT}, got {limit!r}")
     return limit
+
+
+def page(
+    store: Store,
+    status: str | None,
+    function_id: str | None,
+    limit: int,
+    cursor: str | None,
+    created_after: Any,
+    created_before: Any,
+) -> tuple[list[tuple[Any, ...]], str | None]:
+    """The rows of one page and the cursor of the next (``None`` on the last page);
+    ``ValueError``/``TypeError`` naming a bad argument."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"unknown run status {status!r}; a run is one of: {', '.join(STATUSES)}")
+    if function_id is not None and type(function_id) is not str:
+        raise TypeError(
+            f"function must be a function id or a declared function, got {function_id!r}"
+        )
+    check_limit(limit)
+    after = None if cursor is None else decode_cursor(cursor)
+    since = time_bound(created_after, "created_after")
+    until = time_bound(created_before, "created_before")
+    # One more than asked: whether it comes back says if there is a next page.
+    found = store.page_runs(status, function_id, since, until, after, limit + 1)
+    if len(found) <= limit:
+        return found, None
+    found = found[:limit]
+    last = found[-1]
+    return found, encode_cursor(last[5], last[0])

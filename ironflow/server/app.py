@@ -80,9 +80,8 @@ class ServerApp:
             await self.litestar(scope, receive, counted)  # type: ignore[arg-type]
         finally:
             if scope["type"] == "http":
-                handler = scope.get("route_handler")
-                paths = getattr(handler, "paths", None)
-                route = sorted(paths)[0] if paths else "unmatched"
+                # The route's template, not the path: run ids would make a series each.
+                route = scope.get("path_template") or "unmatched"
                 self.metrics.observe(scope.get("method", "?"), route, status, started)
 
     def _allowed(self, scope: Scope) -> bool:
@@ -163,10 +162,10 @@ def create_app(
         raise ValueError(f"token must be a non-empty string or None, got {token!r}")
     metrics = Metrics(engine)
 
-    @get("/metrics", sync_to_thread=True, include_in_schema=True)
+    @get("/metrics", sync_to_thread=True, media_type="text/plain")
     def metrics_route() -> Response[bytes]:
-        """Prometheus metrics (text exposition format)."""
-        return Response(metrics.text(), media_type=metrics.content_type)
+        """Prometheus metrics (text exposition format 0.0.4)."""
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
 
     web_routes, public = _web() if web else ([], ())
     inner = Litestar(

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -52,8 +51,6 @@ class EngineCollector(Collector):
 
 class Metrics:
     """The registry of one app: HTTP request counts and latencies, and the engine's numbers."""
-
-    content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, engine: Any) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
