@@ -18,10 +18,11 @@ from importlib import resources
 from typing import Any
 
 from litestar import Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from ironflow.runtime import Engine
-from ironflow.server.errors import ApiError
+from ironflow.server.errors import ApiError, ErrorBody
 from ironflow.server.web import views
 
 # The files the shell loads; nothing else is served from the package (no path walking).
@@ -44,6 +45,16 @@ HEADERS = {
 PAGES = ["/", "/runs/{run_id:path}", "/functions", "/events"]
 
 
+POSITION_MAX = 2**62  # an events position fits a BIGINT with room; past it, a 400 not a 500
+
+
+def _errors(*codes: int) -> dict[int, ResponseSpec]:
+    """The error answers an operation documents (401 for all: a server may have a token)."""
+    return {
+        code: ResponseSpec(data_container=ErrorBody, description="error") for code in (*codes, 401)
+    }
+
+
 def _file(name: str) -> bytes:
     return resources.files("ironflow.server.web").joinpath("static", name).read_bytes()
 
@@ -62,7 +73,7 @@ def static(name: str) -> Response[bytes]:
     return Response(_file(name), media_type=media_type, headers=HEADERS)
 
 
-@get("/api/view/run", sync_to_thread=True, tags=["web view"])
+@get("/api/view/run", sync_to_thread=True, tags=["web view"], responses=_errors(400, 404))
 def view_run(engine: Engine, run_id: str = Parameter(query="id", min_length=1)) -> dict[str, Any]:
     """The run page: the run, its trigger, its steps with attempts and tracebacks, its
     run-level markers and, when blocked, the recorded-vs-current diff."""
@@ -72,17 +83,17 @@ def view_run(engine: Engine, run_id: str = Parameter(query="id", min_length=1)) 
         raise ApiError(404, str(exc.args[0])) from None
 
 
-@get("/api/view/events", sync_to_thread=True, tags=["web view"])
+@get("/api/view/events", sync_to_thread=True, tags=["web view"], responses=_errors(400))
 def view_events(
     engine: Engine,
     limit: int = Parameter(default=views.EVENTS_SHOWN, ge=1, le=views.EVENTS_MAX),
-    before: int | None = Parameter(default=None, ge=1),
+    before: int | None = Parameter(default=None, ge=1, le=POSITION_MAX),
 ) -> dict[str, Any]:
     """Recent events, newest first, with the runs each one started or woke."""
     return views.events_page(engine, limit, before)
 
 
-@get("/api/view/workers", sync_to_thread=True, tags=["web view"])
+@get("/api/view/workers", sync_to_thread=True, tags=["web view"], responses=_errors())
 def view_workers(engine: Engine) -> dict[str, Any]:
     """The workers alive now and the code version of each function they run."""
     return views.workers_page(engine)
