@@ -186,3 +186,15 @@ def test_shell_is_public_and_its_data_needs_the_token(tmp_path: Any) -> None:
             assert bad.status_code == 400
     finally:
         engine.close()
+
+
+def test_a_missing_browser_skips_locally_and_fails_under_ci(monkeypatch: Any) -> None:
+    monkeypatch.setattr(browser_kit, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setattr(browser_kit, "skipped", 0)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no Chromium at /nonexistent/chromium"):
+        browser_kit.require_browser()
+    assert browser_kit.skipped == 1  # counted for the summary's one line
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="need Chromium under CI=true"):
+        browser_kit.require_browser()
