@@ -14,6 +14,7 @@ import pytest
 
 import ironflow
 from ironflow import Engine, NonRetryableError, step
+from ironflow.runtime import registry
 
 pytestmark = pytest.mark.browser
 
@@ -169,6 +170,13 @@ def test_hostile_data_and_errors_are_shown_as_text(engine: Engine, browser: Any)
         expect(page.locator("#events")).to_contain_text(HOSTILE)
         assert page.locator("main img").count() == 0
         assert page.evaluate("window.__pwned") is None
+
+        page.goto(f"{url}/functions")
+        row = page.locator('#functions tr[data-function="checkout"]')
+        expect(row).to_contain_text("order.placed")
+        expect(row).to_contain_text(registry.code_version(checkout))
+        worker = page.locator(f'#workers tr[data-worker="{engine.worker_id}"]')
+        expect(worker).to_contain_text(f"greet {registry.code_version(greet)}")
 
 
 def test_token_is_asked_once_and_sent_as_a_bearer_header(engine: Engine, browser: Any) -> None:

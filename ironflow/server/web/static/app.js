@@ -453,7 +453,7 @@ async function functionsPage() {
       }))));
     workers.replaceChildren(live.workers.length ? h("table", {},
       h("thead", {}, h("tr", {}, ["Worker", "Functions and code versions", "Last seen (UTC)"].map((t) => h("th", {}, t)))),
-      h("tbody", {}, live.workers.map((w) => h("tr", {}, h("td", { class: "mono" }, w.id),
+      h("tbody", {}, live.workers.map((w) => h("tr", { "data-worker": w.id }, h("td", { class: "mono" }, w.id),
         h("td", {}, Object.entries(w.functions).map(([fid, version]) =>
           h("div", {}, h("span", { class: "mono" }, fid), " ", h("span", { class: "muted mono" }, version || "version not reported")))),
         h("td", {}, when(w.seen_at))))))
