@@ -202,8 +202,11 @@ def heartbeat(driver: Driver, now_us: int) -> None:
     discovery cadence: no thread of its own)."""
     if now_us < driver.next_heartbeat_us:
         return
+    # Each function with its code version: the web view's functions page shows which code
+    # each worker runs (a rolling deploy); ``live_functions`` reads the keys as before.
+    versions = {function_id: version_of(driver, function_id) for function_id in driver.functions}
     driver.store.heartbeat(
-        driver.worker_id, rows.dumps(sorted(driver.functions)), now_us, now_us + driver.lease_us
+        driver.worker_id, rows.dumps_sorted(versions), now_us, now_us + driver.lease_us
     )
     driver.next_heartbeat_us = now_us + driver.lease_us // 3
     driver.heartbeats = True

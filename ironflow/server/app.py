@@ -86,7 +86,11 @@ class ServerApp:
 
     def _allowed(self, scope: Scope) -> bool:
         path = scope.get("path", "")
-        if path in self.public or any(p.endswith("/") and path.startswith(p) for p in self.public):
+        # A public path ending in "/" is a prefix, except "/" itself (the web view's runs
+        # list): as a prefix it would open every path.
+        if path in self.public or any(
+            p != "/" and p.endswith("/") and path.startswith(p) for p in self.public
+        ):
             return True
         assert self.token is not None
         headers = dict(scope.get("headers") or [])

@@ -380,8 +380,8 @@ class Store(FlowStateReads, abc.ABC):
 
     @abc.abstractmethod
     def heartbeat(self, owner: str, functions: str, now_us: int, until_us: int) -> None:
-        """Record that worker ``owner``, with ``functions`` (a JSON list), is live until
-        ``until_us``."""
+        """Record that worker ``owner``, with ``functions`` (JSON: an object of function ids
+        to code versions, or a list of ids from an older worker), is live until ``until_us``."""
 
     @abc.abstractmethod
     def forget_worker(self, owner: str) -> None:
@@ -389,8 +389,9 @@ class Store(FlowStateReads, abc.ABC):
 
     @abc.abstractmethod
     def live_functions(self, now_us: int) -> list[str] | None:
-        """The function lists (JSON) of the workers live at ``now_us``; ``None`` if this
-        database keeps no heartbeats (a read-only opening of an older schema)."""
+        """The functions (JSON, as ``heartbeat`` wrote them) of the workers live at
+        ``now_us``; ``None`` if this database keeps no heartbeats (a read-only opening of an
+        older schema)."""
 
     @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRow | None:
@@ -419,6 +420,21 @@ class Store(FlowStateReads, abc.ABC):
     @abc.abstractmethod
     def count_runs(self, status: str | None, function_id: str | None) -> int:
         """How many runs ``list_runs`` would return without a limit."""
+
+    @abc.abstractmethod
+    def recent_events(self, limit: int, before_pos: int | None) -> list[tuple[Any, ...]]:
+        """Events newest first, ``(pos, id, name, data, ts_us, started)`` with ``data`` and
+        ``started`` (the ids of the runs it started) as JSON text; only those before
+        ``before_pos`` when given (the web view's paging, on the primary key)."""
+
+    @abc.abstractmethod
+    def event_consumers(self, event_ids: list[str]) -> list[tuple[str, str]]:
+        """``(event_id, run_id)`` of each run whose wait one of ``event_ids`` satisfied."""
+
+    @abc.abstractmethod
+    def workers(self, now_us: int) -> list[tuple[Any, ...]]:
+        """The workers live at ``now_us``: ``(id, functions, seen_us, until_us)``, with
+        ``functions`` the JSON their heartbeat wrote; empty if the database keeps none."""
 
     @abc.abstractmethod
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:

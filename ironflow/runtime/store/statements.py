@@ -14,6 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ironflow.commands import kinds
 from ironflow.runtime.store.base import Transaction
 
+# The web view's reads, alike on both stores ({mark} is the store's parameter placeholder).
+RECENT_EVENTS = "SELECT pos, id, name, data, ts_us, started FROM events"
+EVENTS_BEFORE = " WHERE pos < {mark}"
+EVENT_CONSUMERS = "SELECT event_id, run_id FROM consumed WHERE event_id IN ({marks})"
+WORKERS = (
+    "SELECT id, functions, seen_us, until_us FROM workers WHERE until_us >= {mark} ORDER BY id"
+)
+
 
 class StatementReads:
     """The store-level reads of runs both stores make alike, on the sibling's statements
@@ -135,6 +143,24 @@ class StatementReads:
     def count_runs(self, status: str | None, function_id: str | None) -> int:
         where, params = self._filter(status, function_id)
         return int(self.query(self.COUNT_RUNS + where, params)[0][0])
+
+    def recent_events(self, limit: int, before_pos: int | None) -> list[tuple[Any, ...]]:
+        sql, params = RECENT_EVENTS, []
+        if before_pos is not None:
+            sql += EVENTS_BEFORE.format(mark=self.MARK)
+            params.append(before_pos)
+        return self.query(sql + f" ORDER BY pos DESC LIMIT {int(limit)}", params)
+
+    def event_consumers(self, event_ids: list[str]) -> list[tuple[str, str]]:
+        if not event_ids:
+            return []
+        marks = ", ".join([self.MARK] * len(event_ids))
+        return [tuple(row) for row in self.query(EVENT_CONSUMERS.format(marks=marks), event_ids)]
+
+    def workers(self, now_us: int) -> list[tuple[Any, ...]]:
+        if self.legacy:
+            return []
+        return [tuple(row) for row in self.query(WORKERS.format(mark=self.MARK), (now_us,))]
 
     def _filter(self, status: str | None, function_id: str | None) -> tuple[str, list[Any]]:
         where, params = [], []
