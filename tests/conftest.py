@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 from collections.abc import Iterator
 
+import browser_kit
 import pgcluster
 import pytest
 from engine_kit import Calls
@@ -105,6 +106,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if browser_kit.skipped:
+        terminalreporter.write_line(
+            f"Chromium not found: {browser_kit.skipped} browser tests skipped; "
+            f"{browser_kit.INSTALL_HINT}",
+            yellow=True,
+            bold=True,
+        )
     if _postgres_skipped:
         terminalreporter.write_line(
             f"PostgreSQL not found: {_postgres_skipped} PostgreSQL tests skipped; "

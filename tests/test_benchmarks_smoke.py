@@ -27,3 +27,18 @@ def test_quick_benchmark_prints_every_row(capsys):
     for n, row in zip(sizes, rows, strict=False):
         assert row["events"] == 2 * n + 2  # RunStarted, n x (scheduled, completed), RunCompleted
     assert rows[-1]["events"] == 2 * branches + 3  # plus the map's own CommandScheduled
+
+
+def test_quick_server_benchmark_prints_every_request(capsys):
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import pytest
+
+    pytest.importorskip("litestar")
+    bench = importlib.import_module("benchmarks.server")
+    rows = bench.main(["--quick"])
+    out = capsys.readouterr().out
+    assert len(rows) == 6 and all(row["p50_ms"] > 0 for row in rows)
+    for row in rows:
+        assert row["request"] in out
+    assert "GET /api/runs/{id} (50 steps)" in out and "2,000 runs" in out

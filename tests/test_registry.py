@@ -314,8 +314,14 @@ def test_runs_show_and_list_tell_the_code_version_and_why_a_run_is_pending(
 
 
 def _back_to_v2(store: Any) -> None:
-    """Turn a v3 database into what v2 had (no registry, no heartbeats, no code versions)."""
+    """Turn a current database into what v2 had (no registry, no heartbeats, no code
+    versions; none of v4's flow tables nor v5's run links and listing indexes)."""
+    v5 = ["DROP INDEX runs_status_created", "DROP INDEX runs_function_created"]
+    if type(store).__name__.startswith("SQLite"):
+        v5.append("DROP INDEX runs_created")  # PostgreSQL had it from its first version
     for statement in (
+        *v5,
+        "ALTER TABLE runs DROP COLUMN source_run_id",
         "DROP TABLE functions",
         "DROP TABLE workers",
         "DROP TABLE flow_state",  # and what v4 added
@@ -327,7 +333,9 @@ def _back_to_v2(store: Any) -> None:
         store.query(statement)
 
 
-def test_a_v2_database_is_migrated_to_v3_with_its_runs(store_url: str, clock: VirtualClock) -> None:
+def test_a_v2_database_is_migrated_to_the_current_version_with_its_runs(
+    store_url: str, clock: VirtualClock
+) -> None:
     engine = Engine(store_url, clock=clock)
     engine.register(greet)
     done = engine.start("greet", {"name": "old"})
@@ -337,7 +345,7 @@ def test_a_v2_database_is_migrated_to_v3_with_its_runs(store_url: str, clock: Vi
     raw: Any = open_store(store_url)
     _back_to_v2(raw)
     raw.close()
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     # Read-only (the CLI's runs commands) it reads as v2 was: no code versions, no reasons.
     reader = Engine(open_store(store_url, read_only=True))
     run = reader.get_run(pending)
@@ -360,7 +368,7 @@ def test_a_newer_sqlite_database_is_still_refused(store_url: str) -> None:
     Engine(store_url).close()
     conn = sqlite3.connect(store_url)
     with conn:
-        conn.execute("UPDATE ironflow_meta SET value = '5' WHERE key = 'schema_version'")
+        conn.execute("UPDATE ironflow_meta SET value = '6' WHERE key = 'schema_version'")
     conn.close()
     with pytest.raises(ironflow.errors.StoreError, match="newer than this ironflow"):
         Engine(store_url)

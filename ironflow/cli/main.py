@@ -684,6 +684,18 @@ def replay_cmd(
         )
 
 
+def _add_commands() -> None:
+    # Modules of their own (this one is long enough); the server command imports the server
+    # (Litestar, uvicorn) only when it runs.
+    import ironflow.cli.lineage  # noqa: F401  (adds runs rerun, runs fork)
+    from ironflow.cli.server import server
+
+    cli.add_command(server)
+
+
+_add_commands()
+
+
 def main(args: Any = None) -> Any:
     """The ``ironflow`` console script."""
     return cli.main(args=args, prog_name="ironflow")

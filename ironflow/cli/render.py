@@ -176,6 +176,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "parent_run_id": run.parent_run_id,
         "code_version": run.code_version,
         "waiting_for": run.waiting_for,
+        "source_run_id": run.source_run_id,
     }
 
 
@@ -457,6 +458,8 @@ def timeline_lines(run: Run, line: Timeline) -> list[str]:
         out.append(f"code      {run.code_version}")
     if run.parent_run_id:
         out.append(f"parent    {run.parent_run_id}")
+    if run.source_run_id:  # made by a rerun or fork of that run
+        out.append(f"source    {run.source_run_id}")
     trigger = ""
     if line.trigger is not None:
         trigger = f"  (event {line.trigger.name!r}, data {excerpt(line.trigger.data, 50)})"

@@ -26,13 +26,13 @@ from ironflow.commands.names import (
 from ironflow.errors import CancelledError, NonDeterminismError
 from ironflow.history.errors import decode_error, type_name
 from ironflow.history.events import ErrorInfo, HistoryEvent
-from ironflow.runtime import control, events, flow, flow_plan, registry
+from ironflow.runtime import control, events, flow, flow_plan, lineage, paging, registry
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.driver import Driver
 from ironflow.runtime.flow_events import SkippedEvent, list_skipped
 from ironflow.runtime.ids import new_id
 from ironflow.runtime.live import Live, column, create_run, run_error, run_started, trigger
-from ironflow.runtime.models import STATUSES, Run, RunError
+from ironflow.runtime.models import STATUSES, Run, RunError, RunPage
 from ironflow.runtime.store import DURABILITY, Store, StoreError, open_store, rows
 from ironflow.runtime.worker import Worker
 
@@ -131,9 +131,19 @@ class Engine:
                 f"the engine on {self.store.path} is closed; open a new Engine to use it again"
             )
 
-    def _function_id(self, function: Any) -> str:
+    def check_function(self, function: Any) -> str:
         """The id of a function this engine has or the database registers; ``ValueError``
         naming the registered ones if neither does."""
+        return self._function_id(function)
+
+    def registered_functions(self) -> list[dict[str, Any]]:
+        """The functions registered in the database (by any process), in id order: ``id``,
+        ``triggers``, ``settings``, ``code_version`` and ``live`` (a live worker has it)."""
+        self._check_open()
+        with self.store.transaction() as tx:
+            return registry.describe(self.store, tx, self._driver.now_us())
+
+    def _function_id(self, function: Any) -> str:
         fid = function.id if isinstance(function, Function) else function
         if type(fid) is not str or not fid.strip():
             raise ValueError(
@@ -176,18 +186,27 @@ class Engine:
 
     def emit(self, name: str, data: Any = None, *, idempotency_key: str | None = None) -> list[str]:
         """Emit an event: start the functions it triggers and satisfy matching waits."""
+        return self.emit_event(name, data, idempotency_key=idempotency_key)[1]
+
+    def emit_event(
+        self, name: str, data: Any = None, *, idempotency_key: str | None = None
+    ) -> tuple[str, list[str]]:
+        """As ``emit``; also the event's id (the first event's, for a repeated key)."""
         self._check_open()
         check_event_name(name)
         payload = _json(data, f"data of event {name!r}")
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         now, _ = self._driver.now()
+        event_id = new_id()
         with self.store.transaction() as tx:
+            if idempotency_key is not None:
+                event_id = tx.event_id_of(idempotency_key) or event_id
             started = events.emit_in(
-                self._driver, tx, name, payload, new_id(), idempotency_key, now
+                self._driver, tx, name, payload, event_id, idempotency_key, now
             )
         self._worker.kick()
-        return started
+        return event_id, started
 
     # --- driving -----------------------------------------------------------------------------
 
@@ -279,6 +298,27 @@ class Engine:
             raise ValueError(f"limit must be a positive int or None, got {limit!r}")
         return list_skipped(self.store, name, function, limit)
 
+    def list_runs_page(
+        self,
+        status: str | None = None,
+        function: str | Function | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        created_after: Any = None,
+        created_before: Any = None,
+    ) -> RunPage:
+        """A page of runs, newest first, created in [``created_after``, ``created_before``)
+        (aware datetimes or ISO 8601 text); pass ``next_cursor`` back for the next page."""
+        self._check_open()
+        if isinstance(function, Function):
+            function = function.id
+        found, next_cursor = paging.page(
+            self.store, status, function, limit, cursor, created_after, created_before
+        )
+        live = self._live_functions(found)
+        held = flow.reasons(self.store, found)
+        return RunPage([_run(row, live, held) for row in found], next_cursor)
+
     def _live_functions(self, found: list[tuple[Any, ...]]) -> set[str] | None:
         """The functions live workers have, read only if a run of ``found`` is pending."""
         if not any(row[2] == "pending" for row in found):
@@ -315,6 +355,25 @@ class Engine:
         control.resume(self._driver, run_id)
         self._worker.kick()
 
+    def rerun(self, run_id: str) -> str:
+        """Start a new run of ``run_id``'s function with its triggering event; its id."""
+        self._check_open()
+        function_id, trigger, _ = lineage.source_of(self._driver, run_id)
+        self._function_id(function_id)
+        new = lineage.rerun(self._driver, run_id, function_id, trigger)
+        self._worker.kick()
+        return new
+
+    def fork(self, run_id: str, from_step: str) -> str:
+        """Start a new run keeping ``run_id``'s steps recorded before step ``from_step`` was
+        first scheduled (memoized: not run again), going on from there with the current code."""
+        self._check_open()
+        function_id, trigger, history = lineage.source_of(self._driver, run_id)
+        self._function_id(function_id)
+        new = lineage.fork(self._driver, run_id, function_id, trigger, history, from_step)
+        self._worker.kick()
+        return new
+
 
 def check_run_id(run_id: Any) -> str:
     """Return ``run_id`` if a caller may choose it; ``ValueError`` naming it if not."""
@@ -337,7 +396,7 @@ def _json(value: Any, what: str) -> Any:
 
 
 def _run(row: tuple[Any, ...], live: set[str] | None, held: dict[str, str]) -> Run:
-    run_id, function_id, status, output, error, created, updated, ended, parent, code = row
+    run_id, function_id, status, output, error, created, updated, ended, parent, code, source = row
     waiting_for = registry.waiting_for(status, function_id, live)
     if status == flow.QUEUED:  # held back by a flow-control limit: pending, and why
         status = "pending"
@@ -365,6 +424,7 @@ def _run(row: tuple[Any, ...], live: set[str] | None, held: dict[str, str]) -> R
         parent_run_id=parent,
         code_version=code,
         waiting_for=waiting_for,
+        source_run_id=source,
     )
 
 

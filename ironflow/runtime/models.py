@@ -39,7 +39,18 @@ class Run:
     # Why the run does not move, when the engine can tell (a pending run whose function no
     # live worker has); ``None`` otherwise.
     waiting_for: str | None = None
+    # The run this one was made from by ``Engine.rerun`` or ``Engine.fork``; ``None`` otherwise.
+    source_run_id: str | None = None
 
     @property
     def done(self) -> bool:
         return self.status in TERMINAL
+
+
+@attrs.frozen
+class RunPage:
+    """One page of ``Engine.list_runs_page``: ``next_cursor`` asks for the next page and is
+    ``None`` on the last."""
+
+    runs: list[Run]
+    next_cursor: str | None = None

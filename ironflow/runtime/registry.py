@@ -167,6 +167,33 @@ def unknown(driver: Driver, tx: Transaction, function_id: str) -> str | None:
     return f"unknown function {function_id!r}; registered functions: {names}"
 
 
+def describe(store: Store, tx: Transaction, now_us: int) -> list[dict[str, Any]]:
+    """Every registered function: id, triggers, settings, code version, and whether a live
+    worker has it (``None`` if the database keeps no heartbeats)."""
+    live = live_functions(store, now_us)
+    found = []
+    for function_id, _ in sorted(tx.registered()):
+        registration = store.registration(function_id)
+        triggers, settings_, version = registration or ("[]", "{}", None)
+        found.append(
+            {
+                "id": function_id,
+                "triggers": _json_or(triggers, []),
+                "settings": _json_or(settings_, {}),
+                "code_version": version,
+                "live": None if live is None else function_id in live,
+            }
+        )
+    return found
+
+
+def _json_or(text: str, default: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):  # a damaged row: shown empty, not an error for all
+        return default
+
+
 # --- heartbeats ---------------------------------------------------------------------------------
 
 
@@ -175,8 +202,11 @@ def heartbeat(driver: Driver, now_us: int) -> None:
     discovery cadence: no thread of its own)."""
     if now_us < driver.next_heartbeat_us:
         return
+    # Each function with its code version: the web view's functions page shows which code
+    # each worker runs (a rolling deploy); ``live_functions`` reads the keys as before.
+    versions = {function_id: version_of(driver, function_id) for function_id in driver.functions}
     driver.store.heartbeat(
-        driver.worker_id, rows.dumps(sorted(driver.functions)), now_us, now_us + driver.lease_us
+        driver.worker_id, rows.dumps_sorted(versions), now_us, now_us + driver.lease_us
     )
     driver.next_heartbeat_us = now_us + driver.lease_us // 3
     driver.heartbeats = True

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 # (id, function_id, status, output, error, created_us, updated_us, ended_us, parent_run_id,
-# code_version)
+# code_version, source_run_id)
 RunRow = tuple[Any, ...]
 # (run_id, function_id, event_pos, parent_run_id, parent_step_id, notify_parent, status,
 # trigger): a run whose lease was just taken.
@@ -227,6 +227,10 @@ class Transaction(FlowStateVerbs, abc.ABC):
     def resume_failed(self, run_id: str, now_us: int) -> None:
         """Reopen a failed run (its ``RunResumed`` is appended by the caller)."""
 
+    @abc.abstractmethod
+    def link_run(self, run_id: str, source_run_id: str) -> None:
+        """Record that run ``run_id`` was made from run ``source_run_id`` (a rerun or fork)."""
+
     # --- the function registry ------------------------------------------------------------
 
     @abc.abstractmethod
@@ -253,6 +257,10 @@ class Transaction(FlowStateVerbs, abc.ABC):
     @abc.abstractmethod
     def event_started(self, idempotency_key: str) -> str | None:
         """The stored ``started`` list (JSON) of the event recorded under the key."""
+
+    @abc.abstractmethod
+    def event_id_of(self, idempotency_key: str) -> str | None:
+        """The id of the event recorded under the key, or ``None``."""
 
     @abc.abstractmethod
     def record_event(
@@ -372,8 +380,8 @@ class Store(FlowStateReads, abc.ABC):
 
     @abc.abstractmethod
     def heartbeat(self, owner: str, functions: str, now_us: int, until_us: int) -> None:
-        """Record that worker ``owner``, with ``functions`` (a JSON list), is live until
-        ``until_us``."""
+        """Record that worker ``owner``, with ``functions`` (JSON: an object of function ids
+        to code versions, or a list of ids from an older worker), is live until ``until_us``."""
 
     @abc.abstractmethod
     def forget_worker(self, owner: str) -> None:
@@ -381,8 +389,9 @@ class Store(FlowStateReads, abc.ABC):
 
     @abc.abstractmethod
     def live_functions(self, now_us: int) -> list[str] | None:
-        """The function lists (JSON) of the workers live at ``now_us``; ``None`` if this
-        database keeps no heartbeats (a read-only opening of an older schema)."""
+        """The functions (JSON, as ``heartbeat`` wrote them) of the workers live at
+        ``now_us``; ``None`` if this database keeps no heartbeats (a read-only opening of an
+        older schema)."""
 
     @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRow | None:
@@ -395,8 +404,37 @@ class Store(FlowStateReads, abc.ABC):
         """Runs, newest first."""
 
     @abc.abstractmethod
+    def page_runs(
+        self,
+        status: str | None,
+        function_id: str | None,
+        since_us: int | None,
+        until_us: int | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[RunRow]:
+        """At most ``limit`` runs, newest first (``created_us`` descending, then ``id``),
+        created in [``since_us``, ``until_us``) and past ``after`` (the ``(created_us, id)``
+        of the last run of the previous page): a seek on an index, never a scan."""
+
+    @abc.abstractmethod
     def count_runs(self, status: str | None, function_id: str | None) -> int:
         """How many runs ``list_runs`` would return without a limit."""
+
+    @abc.abstractmethod
+    def recent_events(self, limit: int, before_pos: int | None) -> list[tuple[Any, ...]]:
+        """Events newest first, ``(pos, id, name, data, ts_us, started)`` with ``data`` and
+        ``started`` (the ids of the runs it started) as JSON text; only those before
+        ``before_pos`` when given (the web view's paging, on the primary key)."""
+
+    @abc.abstractmethod
+    def event_consumers(self, event_ids: list[str]) -> list[tuple[str, str]]:
+        """``(event_id, run_id)`` of each run whose wait one of ``event_ids`` satisfied."""
+
+    @abc.abstractmethod
+    def workers(self, now_us: int) -> list[tuple[Any, ...]]:
+        """The workers live at ``now_us``: ``(id, functions, seen_us, until_us)``, with
+        ``functions`` the JSON their heartbeat wrote; empty if the database keeps none."""
 
     @abc.abstractmethod
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:

@@ -90,7 +90,7 @@ T = TypeVar("T")
 RUN_COLUMNS = (
     "id, function_id, status, output, error, created_us, GREATEST(updated_us, COALESCE((SELECT "
     "ts_us FROM history WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1), 0)), ended_us, "
-    "parent_run_id, {code_version}"
+    "parent_run_id, {code_version}, {source_run_id}"
 )
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = %s"
 LIST_RUNS = f"SELECT {RUN_COLUMNS} FROM runs"
@@ -143,6 +143,8 @@ class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Stor
     read_only = False
     # A read-only opening of a schema from before v3 has no registry: read as absent.
     legacy = False
+    unsourced = False  # a read-only opening from before v5: no runs.source_run_id
+    LIMIT_EACH_STATUS = True  # see StatementReads.page_query
 
     def __init__(self, url: str, *, durability: str = "full", connect_timeout: float = 10.0):
         if durability not in DURABILITY:
@@ -215,6 +217,7 @@ class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Stor
                 raise StoreError(f"{self.url} holds no ironflow database (no ironflow tables)")
             self.legacy = version < 3
             self.state_legacy = version < 4
+            self.unsourced = version < 5
         else:
             migrate(self.conn, self.lock_class, self.url)
 

@@ -157,6 +157,14 @@ UPGRADE_V3 = (
     "ON CONFLICT (key) DO NOTHING",
 )
 
+# Version 5: a rerun or fork links back to its source run; run listings by status or function
+# page through an index (runs_created, from version 2, serves the unfiltered one).
+UPGRADE_V5 = (
+    "ALTER TABLE runs ADD COLUMN source_run_id TEXT",
+    "CREATE INDEX runs_status_created ON runs (status, created_us DESC, id)",
+    "CREATE INDEX runs_function_created ON runs (function_id, created_us DESC, id)",
+)
+
 SELECT_OURS = (
     "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
     "AND relkind IN ('r', 'p', 'v', 'm', 'f') AND relname = ANY(%s) ORDER BY relname"
@@ -234,12 +242,14 @@ def migrate(conn: psycopg.Connection[Any], lock_class: int, url: str) -> None:
                 statements += SCHEMA
             if version is None or version < 3:
                 statements += UPGRADE_V3
-            statements += POSTGRES_DDL  # v4: flow control (issue 13): start gates
-            # Version 4: the flow-control tables (kept with their statements; imported here, as
-            # that module needs this one's stripes).
-            from ironflow.runtime.store.postgres_flow_events import UPGRADE_V4
+            if version is None or version < 4:
+                statements += POSTGRES_DDL  # v4: flow control (issue 13): start gates
+                # Version 4: the flow-control tables (kept with their statements; imported
+                # here, as that module needs this one's stripes).
+                from ironflow.runtime.store.postgres_flow_events import UPGRADE_V4
 
-            statements += UPGRADE_V4
+                statements += UPGRADE_V4
+            statements += UPGRADE_V5  # v5: the server (issue 14)
             for statement in statements:
                 conn.execute(statement)
             conn.execute(INSERT_VERSION, (str(SCHEMA_VERSION),))

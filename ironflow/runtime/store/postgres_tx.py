@@ -81,6 +81,7 @@ RESUME_BLOCKED = (
     "UPDATE runs SET status = 'running', error = NULL, ready = 1, "
     "lease_owner = NULL, updated_us = %s WHERE id = %s"
 )
+LINK_RUN = "UPDATE runs SET source_run_id = %s WHERE id = %s"
 RESUME_FAILED = (
     "UPDATE runs SET status = 'running', error = NULL, ended_us = NULL, ready = 1, "
     "lease_owner = NULL, lease_until_us = NULL, updated_us = %s WHERE id = %s"
@@ -164,6 +165,7 @@ RECORD_EVENT = (
     "INSERT INTO events (id, name, data, ts_us, idempotency_key) SELECT %s, %s, %s, %s, %s "
     f"FROM ({LOCK_STRIPES}) AS locked RETURNING pos"
 )
+EVENT_ID_OF_KEY = "SELECT id FROM events WHERE idempotency_key = %s"
 SET_EVENT_STARTED = "UPDATE events SET started = %s WHERE pos = %s"
 UNCONSUMED_EVENTS = (
     "SELECT id, data, ts_us FROM events WHERE name = %s AND pos > %s AND id NOT IN "
@@ -199,11 +201,13 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
     CANCEL_BLOCKED = CANCEL_BLOCKED
     RESUME_BLOCKED = RESUME_BLOCKED
     RESUME_FAILED = RESUME_FAILED
+    LINK_RUN = LINK_RUN
     REGISTER_FUNCTION = REGISTER_FUNCTION
     BUMP_REGISTRY = BUMP_REGISTRY
     REGISTRY_VERSION = REGISTRY_VERSION
     EVENT_STARTED = EVENT_STARTED
     SET_EVENT_STARTED = SET_EVENT_STARTED
+    EVENT_ID_OF_KEY = EVENT_ID_OF_KEY
     WAIT_PATHS = WAIT_PATHS
     WAITS_ANY = WAITS_ANY
     WAITS_KEYED = WAITS_KEYED

@@ -63,7 +63,7 @@ __all__ = [
 RUN_COLUMNS = (
     "id, function_id, status, output, error, created_us, MAX(updated_us, COALESCE((SELECT "
     "ts_us FROM history WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1), 0)), ended_us, "
-    "parent_run_id, {code_version}"
+    "parent_run_id, {code_version}, {source_run_id}"
 )
 GET_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"
 LIST_RUNS = f"SELECT {RUN_COLUMNS} FROM runs"
@@ -107,6 +107,7 @@ class SQLiteStore(SQLiteDatabase, SQLiteFlowStateStatements, StatementReads, Flo
 
     # A read-only opening of a database from before v3 has no registry: read as absent.
     legacy = False
+    unsourced = False  # a read-only opening from before v5: no runs.source_run_id
 
     def transaction(self) -> SQLiteTransaction:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` under the store's lock; rolled back on error."""
@@ -223,6 +224,7 @@ class ReadOnlySQLiteStore(SQLiteStore):
             version = None  # refused as unreadable by whatever reads next
         self.legacy = version is not None and version < 3
         self.state_legacy = version is not None and version < 4
+        self.unsourced = version is not None and version < 5
 
     def transaction(self) -> SQLiteTransaction:
         raise RuntimeError(f"{self.path} is open read-only")

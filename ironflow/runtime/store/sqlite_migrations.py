@@ -28,6 +28,14 @@ _WITHOUT_ROWID = (
 )
 
 
+# Listing runs newest first, unfiltered, by status or by function: each a seek on one index.
+RUN_LIST_INDEXES = (
+    "CREATE INDEX runs_created ON runs (created_us DESC, id)",
+    "CREATE INDEX runs_status_created ON runs (status, created_us DESC, id)",
+    "CREATE INDEX runs_function_created ON runs (function_id, created_us DESC, id)",
+)
+
+
 def create_v1(conn: sqlite3.Connection, db: sqlite_utils.Database) -> None:
     """The tables of schema v1, in an empty database."""
     db.create_table("ironflow_meta", {"key": str, "value": str}, pk="key")
@@ -156,3 +164,14 @@ def upgrade_to_v3(conn: sqlite3.Connection) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO ironflow_meta (key, value) VALUES ('registry_version', '0')"
     )
+
+
+def upgrade_to_v5(conn: sqlite3.Connection) -> None:
+    """v4 to v5: ``runs.source_run_id`` and the indexes that page run listings."""
+    # The server (issue 14): a rerun or fork links back to the run it came from, and run
+    # listings page by (created_us, id) through an index whatever the filter: newest
+    # first, a page's cursor a seek, never a scan of the table. The status index is
+    # rewritten when a run changes status (a few times per run, not per step).
+    conn.execute("ALTER TABLE runs ADD COLUMN source_run_id TEXT")
+    for statement in RUN_LIST_INDEXES:
+        conn.execute(statement)

@@ -21,11 +21,12 @@ from ironflow.runtime.store import sqlite_migrations
 from ironflow.runtime.store.flow_sql import SQLITE_DDL
 from ironflow.runtime.store.sqlite_flow_events import upgrade_to_v4
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Versions whose tables this code can read as they are (v2 changed indexes only; v3 added the
 # function registry, the workers' heartbeats and runs.code_version, read as absent before;
-# v4 the flow-control tables (``flow_sql``, ``sqlite_flow_events``), read as empty before).
-READABLE_VERSIONS = (1, 2, 3, 4)
+# v4 the flow-control tables (``flow_sql``, ``sqlite_flow_events``), read as empty before; v5
+# added runs.source_run_id, read as absent before, and the indexes that page run listings).
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 TERMINAL = ("completed", "failed", "cancelled")
 
 TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -194,9 +195,11 @@ class SQLiteDatabase:
                     sqlite_migrations.upgrade_to_v2(self.conn)
                 if version < 3:
                     sqlite_migrations.upgrade_to_v3(self.conn)
-                for statement in SQLITE_DDL:  # v4: flow control (issue 13)
-                    self.conn.execute(statement)
-                upgrade_to_v4(self.conn)
+                if version < 4:
+                    for statement in SQLITE_DDL:  # v4: flow control (issue 13)
+                        self.conn.execute(statement)
+                    upgrade_to_v4(self.conn)
+                sqlite_migrations.upgrade_to_v5(self.conn)  # v5: the server (issue 14)
                 self.conn.execute(
                     "INSERT OR REPLACE INTO ironflow_meta (key, value) "
                     "VALUES ('schema_version', ?)",

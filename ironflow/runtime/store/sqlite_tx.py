@@ -58,6 +58,7 @@ RESUME_BLOCKED = (
     "UPDATE runs SET status = 'running', error = NULL, ready = 1, "
     "lease_owner = NULL, updated_us = ? WHERE id = ?"
 )
+LINK_RUN = "UPDATE runs SET source_run_id = ? WHERE id = ?"
 RESUME_FAILED = (
     "UPDATE runs SET status = 'running', error = NULL, ended_us = NULL, "
     "ready = 1, lease_owner = NULL, lease_until_us = NULL, updated_us = ? "
@@ -144,6 +145,7 @@ WAITS_KEYED = (
 CONSUME = "INSERT OR IGNORE INTO consumed VALUES (?, ?)"
 EVENT_STARTED = "SELECT started FROM events WHERE idempotency_key = ?"
 RECORD_EVENT = "INSERT INTO events (id, name, data, ts_us, idempotency_key) VALUES (?, ?, ?, ?, ?)"
+EVENT_ID_OF_KEY = "SELECT id FROM events WHERE idempotency_key = ?"
 SET_EVENT_STARTED = "UPDATE events SET started = ? WHERE pos = ?"
 UNCONSUMED_EVENTS = (
     "SELECT id, data, ts_us FROM events WHERE name = ? AND pos > ? AND id NOT IN "
@@ -190,11 +192,13 @@ class SQLiteTransaction(SQLiteFlowStateStatements, FlowVerbs, StatementTransacti
     CANCEL_BLOCKED = CANCEL_BLOCKED
     RESUME_BLOCKED = RESUME_BLOCKED
     RESUME_FAILED = RESUME_FAILED
+    LINK_RUN = LINK_RUN
     REGISTER_FUNCTION = REGISTER_FUNCTION
     BUMP_REGISTRY = BUMP_REGISTRY
     REGISTRY_VERSION = REGISTRY_VERSION
     EVENT_STARTED = EVENT_STARTED
     SET_EVENT_STARTED = SET_EVENT_STARTED
+    EVENT_ID_OF_KEY = EVENT_ID_OF_KEY
     WAIT_PATHS = WAIT_PATHS
     WAITS_ANY = WAITS_ANY
     WAITS_KEYED = WAITS_KEYED

@@ -14,6 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ironflow.commands import kinds
 from ironflow.runtime.store.base import Transaction
 
+# The web view's reads, alike on both stores ({mark} is the store's parameter placeholder).
+RECENT_EVENTS = "SELECT pos, id, name, data, ts_us, started FROM events"
+EVENTS_BEFORE = " WHERE pos < {mark}"
+EVENT_CONSUMERS = "SELECT event_id, run_id FROM consumed WHERE event_id IN ({marks})"
+WORKERS = (
+    "SELECT id, functions, seen_us, until_us FROM workers WHERE until_us >= {mark} ORDER BY id"
+)
+
 
 class StatementReads:
     """The store-level reads of runs both stores make alike, on the sibling's statements
@@ -25,6 +33,7 @@ class StatementReads:
     LIVE_FUNCTIONS: ClassVar[str]
     MARK: ClassVar[str]
     legacy: bool  # a readable older schema: no code_version column, no workers table
+    unsourced: bool  # a readable schema from before v5: no source_run_id column
 
     if TYPE_CHECKING:  # each store has its own
 
@@ -35,26 +44,123 @@ class StatementReads:
             return None
         return [row[0] for row in self.query(self.LIVE_FUNCTIONS, (now_us,))]
 
-    def _columns(self) -> str:
-        return "NULL" if self.legacy else "code_version"
+    def _columns(self) -> dict[str, str]:
+        return {
+            "code_version": "NULL" if self.legacy else "code_version",
+            "source_run_id": "NULL" if self.unsourced else "source_run_id",
+        }
 
     def get_run(self, run_id: str) -> tuple[Any, ...] | None:
-        found = self.query(self.GET_RUN.format(code_version=self._columns()), (run_id,))
+        found = self.query(self.GET_RUN.format(**self._columns()), (run_id,))
         return found[0] if found else None
 
     def list_runs(
         self, status: str | None, function_id: str | None, limit: int | None
     ) -> list[tuple[Any, ...]]:
         where, params = self._filter(status, function_id)
-        sql = self.LIST_RUNS.format(code_version=self._columns()) + where
+        sql = self.LIST_RUNS.format(**self._columns()) + where
         sql += " ORDER BY created_us DESC, id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return self.query(sql, params)
 
+    LIMIT_EACH_STATUS: ClassVar[bool] = False  # see page_query
+
+    def page_runs(
+        self,
+        status: str | None,
+        function_id: str | None,
+        since_us: int | None,
+        until_us: int | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[tuple[Any, ...]]:
+        sql, params = self.page_query(status, function_id, since_us, until_us, after, limit)
+        return self.query(sql, params)
+
+    def page_query(
+        self,
+        status: str | None,
+        function_id: str | None,
+        since_us: int | None,
+        until_us: int | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> tuple[str, list[Any]]:
+        """The statement ``page_runs`` runs, and its parameters (tests EXPLAIN it)."""
+        bounds = (function_id, since_us, until_us, after)
+        order = f" ORDER BY created_us DESC, id LIMIT {int(limit)}"
+        if status != "pending":
+            sql, params = self._page_select(status, *bounds)
+            return sql + order, params
+        # Runs a flow-control limit holds back are stored 'queued' and listed as pending: a
+        # seek on the status index for each, merged in order (``IN`` would sort them all);
+        # the columns are read past the merge, for the page's rows only.
+        pending, params = self._page_select("pending", *bounds, "*")
+        queued, more = self._page_select("queued", *bounds, "*")
+        select = self.LIST_RUNS.format(**self._columns())[: -len(" runs")]
+        # PostgreSQL costs a seek past a sort only with each status's page bounded; SQLite
+        # merges the two seeks in order as they are.
+        each = order if self.LIMIT_EACH_STATUS else ""
+        merged = " UNION ALL ".join(
+            f"SELECT * FROM ({one}{each}) AS s" for one in (pending, queued)
+        )
+        return f"{select} ({merged}) AS runs{order}", params + more
+
+    def _page_select(
+        self,
+        status: str | None,
+        function_id: str | None,
+        since_us: int | None,
+        until_us: int | None,
+        after: tuple[int, str] | None,
+        columns: str = "",
+    ) -> tuple[str, list[Any]]:
+        mark = self.MARK
+        terms, params = [], []
+        if status is not None:
+            terms.append(f"status = {mark}")
+            params.append(status)
+        if function_id is not None:
+            terms.append(f"function_id = {mark}")
+            params.append(function_id)
+        if since_us is not None:
+            terms.append(f"created_us >= {mark}")
+            params.append(since_us)
+        if until_us is not None:
+            terms.append(f"created_us < {mark}")
+            params.append(until_us)
+        if after is not None:
+            # Past the cursor in (created_us DESC, id) order. The first term bounds the index
+            # seek; the second only filters the rows of the cursor's own microsecond.
+            terms.append(f"created_us <= {mark} AND (created_us < {mark} OR id > {mark})")
+            params.extend((after[0], after[0], after[1]))
+        sql = f"SELECT {columns} FROM runs" if columns else self.LIST_RUNS.format(**self._columns())
+        if terms:
+            sql += " WHERE " + " AND ".join(terms)
+        return sql, params
+
     def count_runs(self, status: str | None, function_id: str | None) -> int:
         where, params = self._filter(status, function_id)
         return int(self.query(self.COUNT_RUNS + where, params)[0][0])
+
+    def recent_events(self, limit: int, before_pos: int | None) -> list[tuple[Any, ...]]:
+        sql, params = RECENT_EVENTS, []
+        if before_pos is not None:
+            sql += EVENTS_BEFORE.format(mark=self.MARK)
+            params.append(before_pos)
+        return self.query(sql + f" ORDER BY pos DESC LIMIT {int(limit)}", params)
+
+    def event_consumers(self, event_ids: list[str]) -> list[tuple[str, str]]:
+        if not event_ids:
+            return []
+        marks = ", ".join([self.MARK] * len(event_ids))
+        return [tuple(row) for row in self.query(EVENT_CONSUMERS.format(marks=marks), event_ids)]
+
+    def workers(self, now_us: int) -> list[tuple[Any, ...]]:
+        if self.legacy:
+            return []
+        return [tuple(row) for row in self.query(WORKERS.format(mark=self.MARK), (now_us,))]
 
     def _filter(self, status: str | None, function_id: str | None) -> tuple[str, list[Any]]:
         where, params = [], []
@@ -86,11 +192,13 @@ class StatementTransaction(Transaction):
     CANCEL_BLOCKED: ClassVar[str]
     RESUME_BLOCKED: ClassVar[str]
     RESUME_FAILED: ClassVar[str]
+    LINK_RUN: ClassVar[str]
     REGISTER_FUNCTION: ClassVar[str]
     BUMP_REGISTRY: ClassVar[str]
     REGISTRY_VERSION: ClassVar[str]
     EVENT_STARTED: ClassVar[str]
     SET_EVENT_STARTED: ClassVar[str]
+    EVENT_ID_OF_KEY: ClassVar[str]
     WAIT_PATHS: ClassVar[str]
     WAITS_ANY: ClassVar[str]
     WAITS_KEYED: ClassVar[str]
@@ -163,6 +271,9 @@ class StatementTransaction(Transaction):
     def resume_failed(self, run_id: str, now_us: int) -> None:
         self.conn.execute(self.RESUME_FAILED, (now_us, run_id))
 
+    def link_run(self, run_id: str, source_run_id: str) -> None:
+        self.conn.execute(self.LINK_RUN, (source_run_id, run_id))
+
     # --- the function registry ------------------------------------------------------------
 
     def register_function(
@@ -182,6 +293,10 @@ class StatementTransaction(Transaction):
     def event_started(self, idempotency_key: str) -> str | None:
         found = self.conn.execute(self.EVENT_STARTED, (idempotency_key,)).fetchone()
         return None if found is None else found[0]
+
+    def event_id_of(self, idempotency_key: str) -> str | None:
+        found = self.conn.execute(self.EVENT_ID_OF_KEY, (idempotency_key,)).fetchone()
+        return None if found is None else str(found[0])
 
     def set_event_started(self, pos: int, started: str) -> None:
         self.conn.execute(self.SET_EVENT_STARTED, (started, pos))

@@ -1,0 +1,189 @@
+"""The ASGI application: the API's routes, the web view's, and what stands in front of both.
+
+``ServerApp`` is a thin ASGI layer around the Litestar app. It checks the bearer token before
+anything is routed, so that without the token every path but ``/healthz`` is a 401 (an unknown
+route included: no probing for what exists), compares it in constant time
+(``hmac.compare_digest``), and counts requests for ``/metrics``.
+
+The token comes in ``Authorization: Bearer <token>``. For the web view, a ``GET`` may carry it
+in the ``ironflow_token`` cookie instead (a page load or an ``EventSource`` cannot set the
+header); a state-changing request (every one is a ``POST``) must use the header, which a
+cross-site form cannot send: that is the CSRF protection.
+
+The web view mounts itself: if the package ``ironflow.server.web`` exists, its ``routes`` list
+(Litestar route handlers, routers or static-file routers) is served beside the API, and the
+paths in its optional ``PUBLIC`` tuple (a login page, static assets holding no data) are
+served without a token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib
+import importlib.util
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from litestar import Controller, Litestar, Request, Response, get
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from ironflow.server import api
+from ironflow.server.errors import body, handlers
+from ironflow.server.metrics import Metrics
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+MAX_BODY = 1024 * 1024  # bytes: a request body past this is a 413
+TOKEN_COOKIE = "ironflow_token"
+OPEN_PATHS = ("/healthz",)  # served without a token
+
+
+class ServerApp:
+    """The ASGI app ``ironflow server`` serves: token check, metrics, then Litestar."""
+
+    def __init__(
+        self, inner: Litestar, token: str | None, public: tuple[str, ...], metrics: Metrics
+    ):
+        self.litestar = inner
+        self.token = None if token is None else token.encode()
+        self.public = OPEN_PATHS + public
+        self.metrics = metrics
+
+    @property
+    def state(self) -> Any:
+        return self.litestar.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):  # lifespan
+            await self.litestar(scope, receive, send)  # type: ignore[arg-type]
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def counted(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            if self.token is not None and not self._allowed(scope):
+                await _answer(
+                    send, 401, "missing or wrong token: send Authorization: Bearer <token>"
+                )
+                status = 401
+                return
+            await self.litestar(scope, receive, counted)  # type: ignore[arg-type]
+        finally:
+            if scope["type"] == "http":
+                # The route's template, not the path: run ids would make a series each.
+                route = scope.get("path_template") or "unmatched"
+                self.metrics.observe(scope.get("method", "?"), route, status, started)
+
+    def _allowed(self, scope: Scope) -> bool:
+        path = scope.get("path", "")
+        # A public path ending in "/" is a prefix, except "/" itself (the web view's runs
+        # list): as a prefix it would open every path.
+        if path in self.public or any(
+            p != "/" and p.endswith("/") and path.startswith(p) for p in self.public
+        ):
+            return True
+        assert self.token is not None
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"authorization", b"")
+        scheme, _, value = given.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), self.token):
+            return True
+        if scope.get("method") in ("GET", "HEAD"):
+            cookie = _cookie(headers.get(b"cookie", b""), TOKEN_COOKIE)
+            if cookie is not None and hmac.compare_digest(cookie, self.token):
+                return True
+        return False
+
+
+def _cookie(header: bytes, name: str) -> bytes | None:
+    for part in header.split(b";"):
+        key, _, value = part.strip().partition(b"=")
+        if key == name.encode():
+            return value
+    return None
+
+
+async def _answer(send: Send, status: int, message: str) -> None:
+    import json
+
+    payload = json.dumps(body(status, message)).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="ironflow"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class OpenAPIDocument(Controller):
+    """``GET /api/openapi.json``: this API's OpenAPI document, made from its types."""
+
+    path = "/api"
+    include_in_schema = False
+
+    @get("/openapi.json", sync_to_thread=False, media_type="application/json")
+    def openapi(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
+        schema: dict[str, Any] = request.app.openapi_schema.to_schema()
+        return schema
+
+
+def _web() -> tuple[list[Any], tuple[str, ...]]:
+    """The web view's routes and public paths, if the web view is installed."""
+    if importlib.util.find_spec("ironflow.server.web") is None:
+        return [], ()
+    web = importlib.import_module("ironflow.server.web")
+    return list(getattr(web, "routes", [])), tuple(getattr(web, "PUBLIC", ()))
+
+
+def create_app(
+    engine: Any,
+    token: str | None = None,
+    *,
+    max_body: int = MAX_BODY,
+    web: bool = True,
+) -> ServerApp:
+    """The ASGI app serving ``engine``'s API (and the web view when ``web`` and installed).
+
+    ``token``: every request but ``/healthz`` must carry it (``None``: no check; only for a
+    server on loopback). ``max_body``: the largest request body accepted, in bytes."""
+    if token is not None and (not isinstance(token, str) or not token):
+        raise ValueError(f"token must be a non-empty string or None, got {token!r}")
+    metrics = Metrics(engine)
+
+    @get("/metrics", sync_to_thread=True, media_type="text/plain")
+    def metrics_route() -> Response[bytes]:
+        """Prometheus metrics (text exposition format 0.0.4)."""
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    web_routes, public = _web() if web else ([], ())
+    inner = Litestar(
+        route_handlers=[*api.ROUTES, metrics_route, *web_routes],
+        dependencies={"engine": Provide(lambda: engine, use_cache=True, sync_to_thread=False)},
+        exception_handlers=handlers(),
+        openapi_config=OpenAPIConfig(
+            title="ironflow",
+            version="1",
+            description="The HTTP API of an ironflow server (see docs/server.md).",
+            # Our own controller: Litestar's would also answer every other path under its
+            # own with an HTML page.
+            openapi_controller=OpenAPIDocument,  # type: ignore[arg-type]
+        ),
+        request_max_body_size=max_body,
+        state=None,
+        logging_config=None,
+    )
+    inner.state.engine = engine
+    inner.state.token = token
+    return ServerApp(inner, token, public, metrics)
