@@ -68,6 +68,7 @@ def chromium() -> Iterator[Any]:
 def serving(engine: Any, token: str | None = None) -> Iterator[str]:
     """Serve ``engine``'s API and web view on a free 127.0.0.1 port; yield its base URL."""
     import uvicorn
+
     from ironflow.server.app import create_app
 
     app = create_app(engine, token)
