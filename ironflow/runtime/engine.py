@@ -26,7 +26,7 @@ from ironflow.commands.names import (
 from ironflow.errors import CancelledError, NonDeterminismError
 from ironflow.history.errors import decode_error, type_name
 from ironflow.history.events import ErrorInfo, HistoryEvent
-from ironflow.runtime import control, events, flow, flow_plan, registry
+from ironflow.runtime import control, events, flow, flow_plan, registry, telemetry
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.driver import Driver
 from ironflow.runtime.flow_events import SkippedEvent, list_skipped
@@ -153,7 +153,11 @@ class Engine:
         if run_id is not None:
             check_run_id(run_id)
         now_us = self._driver.now_us()
-        with self.store.transaction() as tx:
+        attributes = {"ironflow.function_id": fid}
+        with (
+            telemetry.caller_span(f"start {fid}", attributes) as span,
+            self.store.transaction() as tx,
+        ):
             if run_id is not None:
                 existing = tx.run_function(run_id)
                 if existing is not None:
@@ -164,10 +168,12 @@ class Engine:
                         )
                     return run_id
             rid = run_id or new_id()
-            stored = trigger(fid, payload, now_us)
+            stored = trigger(fid, payload, now_us, telemetry.traceparent() if span else None)
             if not create_run(self._driver, tx, rid, fid, stored, now_us):
                 # singleton "skip": the run of this key that has not ended stands for it
                 rid = flow.singleton_holder(self._driver, tx, fid, stored) or rid
+            if span is not None:
+                span.set_attribute("ironflow.run_id", rid)
         self._worker.kick()
         return rid
 
@@ -179,10 +185,15 @@ class Engine:
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         now, _ = self._driver.now()
-        with self.store.transaction() as tx:
+        with (
+            telemetry.caller_span(f"emit {name}", {"ironflow.event.name": name}) as span,
+            self.store.transaction() as tx,
+        ):
             started = events.emit_in(
                 self._driver, tx, name, payload, new_id(), idempotency_key, now
             )
+            if span is not None:
+                span.set_attribute("ironflow.run_ids", started)
         self._worker.kick()
         return started
 
