@@ -72,6 +72,7 @@ class Engine:
             store if isinstance(store, Store) else open_store(store, durability=durability)
         )
         self.clock = clock if clock is not None else SystemClock()
+        telemetry.watch_store(self.store)  # the ironflow_runs gauge counts its runs
         self._closed = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._driver = driver = Driver(

@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -124,14 +125,13 @@ def _instruments(meter: Any) -> None:
     """The metrics (Prometheus names ``ironflow_*``), all labelled by ``function``."""
     state = _state
     state.runs_started = meter.create_counter(
-        "ironflow_runs_started", unit="1", description="Runs started, by function"
+        "ironflow_runs_started", description="Runs started, by function"
     )
     state.runs_ended = meter.create_counter(
-        "ironflow_runs_ended", unit="1", description="Runs ended, by function and status"
+        "ironflow_runs_ended", description="Runs ended, by function and status"
     )
     state.steps = meter.create_counter(
         "ironflow_steps_executed",
-        unit="1",
         description="Step executions (each attempt), by function, kind and outcome",
     )
     state.step_duration = meter.create_histogram(
@@ -145,14 +145,14 @@ def _instruments(meter: Any) -> None:
         description="From when a run was due (created) to when a worker started it",
     )
     meter.create_observable_gauge(
-        "ironflow_runs", callbacks=[_runs_by_status], unit="1", description="Runs by status"
+        "ironflow_runs", callbacks=[_runs_by_status], description="Runs by status"
     )
 
 
-def watch_store(store_of: Callable[[], Any]) -> None:
-    """Count runs by status in this store for the ``ironflow_runs`` gauge (read when the
-    metrics are collected, e.g. a Prometheus scrape)."""
-    _state.store_of = store_of
+def watch_store(store: Any) -> None:
+    """Count runs by status in ``store`` for the ``ironflow_runs`` gauge, read when the
+    metrics are collected (e.g. a Prometheus scrape); the engine made last is the one read."""
+    _state.store_of = weakref.ref(store)
 
 
 def _runs_by_status(_options: Any) -> Iterator[Any]:
@@ -162,10 +162,16 @@ def _runs_by_status(_options: Any) -> Iterator[Any]:
     store = store_of() if store_of is not None else None
     if store is None:
         return
-    for function_id in _functions(store):
-        for status in STATUSES:
-            count = store.count_runs(status, function_id)
-            yield _metrics.Observation(count, {"function": function_id, "status": status})
+    try:
+        counts = [
+            (function_id, status, store.count_runs(status, function_id))
+            for function_id in _functions(store)
+            for status in STATUSES
+        ]
+    except Exception:  # a closed or unreachable store: no observation this time
+        return
+    for function_id, status, count in counts:
+        yield _metrics.Observation(count, {"function": function_id, "status": status})
 
 
 def _functions(store: Any) -> list[str]:
@@ -195,6 +201,16 @@ def traceparent() -> str | None:
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
     return carrier.get("traceparent")
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The trace and span ids (hex) of the span active in this thread, if any."""
+    if _trace is None:
+        return None
+    context = _trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
 
 
 def stored_trace(trigger: Any) -> str | None:
