@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry import trace  # noqa: E402
-from otel_kit import otel  # noqa: E402, F401 - the fixture
+from opentelemetry import trace
+from otel_kit import otel  # noqa: F401 - the fixture
 
-import ironflow  # noqa: E402
-from ironflow import Engine, step  # noqa: E402
+import ironflow
+from ironflow import Engine, step
 
 FAST_RETRY = ironflow.RetryPolicy(max_attempts=3, initial_delay="1s")
 

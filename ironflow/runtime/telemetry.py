@@ -121,8 +121,21 @@ def refresh() -> bool:
     return ON
 
 
+# Histogram buckets in seconds (the SDK's default ones are milliseconds); an API too old for
+# the advisory argument keeps its defaults.
+_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+_SECONDS: dict[str, Any] = {}
+
+
 def _instruments(meter: Any) -> None:
     """The metrics (Prometheus names ``ironflow_*``), all labelled by ``function``."""
+    import inspect
+
+    if (
+        "explicit_bucket_boundaries_advisory"
+        in inspect.signature(meter.create_histogram).parameters
+    ):
+        _SECONDS["explicit_bucket_boundaries_advisory"] = list(_BUCKETS)
     state = _state
     state.runs_started = meter.create_counter(
         "ironflow_runs_started", description="Runs started, by function"
@@ -138,11 +151,13 @@ def _instruments(meter: Any) -> None:
         "ironflow_step_duration",
         unit="s",
         description="Duration of a step execution, by function and kind",
+        **_SECONDS,
     )
     state.queue_lag = meter.create_histogram(
         "ironflow_queue_lag",
         unit="s",
         description="From when a run was due (created) to when a worker started it",
+        **_SECONDS,
     )
     meter.create_observable_gauge(
         "ironflow_runs", callbacks=[_runs_by_status], description="Runs by status"
