@@ -33,7 +33,7 @@ def setup(mode: str) -> None:
     if mode == "none":
         return
     import opentelemetry.metrics
-    import opentelemetry.trace  # noqa: F401
+    import opentelemetry.trace
 
     if mode == "api":
         return

@@ -41,6 +41,9 @@ engine.register(hello)
 """
 
 
+WORKER_FLAGS = ("--log-format", "json", "--metrics-port")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -71,8 +74,7 @@ def test_worker_serves_prometheus_metrics_and_logs_json(tmp_path: Path) -> None:
     run_id = started.stdout.strip().split()[-1]
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ironflow", "worker", "otelapp:engine"]
-        + ["--metrics-port", str(port), "--log-format", "json"],
+        [sys.executable, "-m", "ironflow", "worker", "otelapp:engine", *WORKER_FLAGS, str(port)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
