@@ -85,10 +85,13 @@ def _load() -> bool:
     return True
 
 
-def _provider(module: Any, private: str, env: str, getter: Callable[[], Any]) -> Any:
-    """The global provider set (by ``set_*_provider`` or the environment), else None."""
+def _provider(module: Any, private: str, getter: Callable[[], Any]) -> Any:
+    """The global provider set (by ``set_*_provider`` or the environment), else None.
+
+    Read from the API's module global: the public getter answers a proxy when none is set,
+    after an ``os.environ`` lookup that would cost more than the rest of this per round."""
     found = getattr(module, private, None)
-    if found is None and env in os.environ:
+    if found is None and _ENV_PROVIDER:
         found = getter()  # the API loads the provider the variable names and keeps it
     return found
 
@@ -98,10 +101,8 @@ def refresh() -> bool:
     global ON
     if _trace is None and not _load():
         return False
-    tracer_provider = _provider(_trace, "_TRACER_PROVIDER", _TRACE_ENV, _trace.get_tracer_provider)
-    meter_provider = _provider(
-        _metrics_internal, "_METER_PROVIDER", _METER_ENV, _metrics.get_meter_provider
-    )
+    tracer_provider = _provider(_trace, "_TRACER_PROVIDER", _trace.get_tracer_provider)
+    meter_provider = _provider(_metrics_internal, "_METER_PROVIDER", _metrics.get_meter_provider)
     state = _state
     if tracer_provider is not state.tracer_provider:
         state.tracer_provider = tracer_provider
