@@ -38,6 +38,7 @@ SCOPE = "ironflow"
 _TRACE_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
 _METER_ENV = "OTEL_PYTHON_METER_PROVIDER"
 _ENV_PROVIDER = _TRACE_ENV in os.environ or _METER_ENV in os.environ
+_FAST = False  # whether refresh may read the API's provider globals directly (see _load)
 
 
 class _State:
@@ -81,6 +82,12 @@ def _load() -> bool:
         return False
     _metrics, _metrics_internal, _propagator = metrics, _internal, TraceContextTextMapPropagator()
     Link, Status, StatusCode = trace.Link, trace.Status, trace.StatusCode
+    global _FAST
+    _FAST = (
+        not _ENV_PROVIDER
+        and hasattr(trace, "_TRACER_PROVIDER")
+        and hasattr(_internal, "_METER_PROVIDER")
+    )
     _trace = trace  # last: the others are set once this one is
     return True
 
@@ -98,9 +105,21 @@ def _provider(module: Any, private: str, getter: Callable[[], Any]) -> Any:
 
 def refresh() -> bool:
     """Re-read the global providers; make the tracer and instruments if they changed."""
+    trace, state = _trace, _state
+    if trace is None:
+        if not _load():
+            return False
+    elif (
+        _FAST
+        and trace._TRACER_PROVIDER is state.tracer_provider
+        and _metrics_internal._METER_PROVIDER is state.meter_provider
+    ):
+        return ON  # per round: nothing changed (two attribute reads)
+    return _changed()
+
+
+def _changed() -> bool:
     global ON
-    if _trace is None and not _load():
-        return False
     tracer_provider = _provider(_trace, "_TRACER_PROVIDER", _trace.get_tracer_provider)
     meter_provider = _provider(_metrics_internal, "_METER_PROVIDER", _metrics.get_meter_provider)
     state = _state
