@@ -16,7 +16,9 @@ import pytest
 from docs_runner import ROOT, python_blocks
 
 DOCS = ROOT / "docs"
-SKIP = {DOCS / "embedding.md"}
+# embedding.md and observability.md (it sets the process's global tracer provider) have
+# tests of their own (test_docs_embedding.py, test_docs_observability.py).
+SKIP = {DOCS / "embedding.md", DOCS / "observability.md"}
 
 
 def _blocks() -> list[tuple[Path, int, int, str]]:

@@ -21,6 +21,7 @@ from ironflow.cli import render
 from ironflow.cli.app import App, load_app
 from ironflow.cli.db import check_writable, db_path, open_engine, reading
 from ironflow.cli.errors import CLIError, one_line
+from ironflow.cli.logjson import JsonLogFormatter
 from ironflow.commands.names import check_event_name, check_idempotency_key
 from ironflow.errors import NonDeterminismError
 from ironflow.history import dumps, loads
@@ -231,7 +232,7 @@ class LogFormatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def worker_logging(function_ids: Iterable[str] = ()) -> Iterator[None]:
+def worker_logging(function_ids: Iterable[str] = (), json_lines: bool = False) -> Iterator[None]:
     """Show runs that fail or block and ``ctx.log`` INFO records on stderr, unless the app
     configured logging itself (its handlers then get them)."""
     root, ours = logging.getLogger(), logging.getLogger("ironflow")
@@ -244,7 +245,7 @@ def worker_logging(function_ids: Iterable[str] = ()) -> Iterator[None]:
         yield
         return
     handler = logging.StreamHandler()
-    handler.setFormatter(LogFormatter())
+    handler.setFormatter(JsonLogFormatter() if json_lines else LogFormatter())
     root.addHandler(handler)
     level = ours.level
     if level == logging.NOTSET:
@@ -254,6 +255,18 @@ def worker_logging(function_ids: Iterable[str] = ()) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         ours.setLevel(level)
+
+
+def serve_metrics(port: int) -> None:
+    """Serve Prometheus metrics on ``port``; a clear error if it cannot."""
+    from ironflow.runtime import prometheus
+
+    try:
+        prometheus.serve(port)
+    except RuntimeError as exc:  # the packages are missing: say which to install
+        raise CLIError(f"--metrics-port: {exc}") from None
+    except OSError as exc:
+        raise CLIError(f"--metrics-port {port}: cannot listen there ({exc.strerror})") from None
 
 
 def _handled(logger: logging.Logger) -> bool:
@@ -272,7 +285,20 @@ def _handled(logger: logging.Logger) -> bool:
 @cli.command()
 @click.argument("app")
 @db_option
-def worker(app: str, db: str | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (needs ironflow[prometheus]).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="How log records are written on stderr: readable text, or one JSON object per line.",
+)
+def worker(app: str, db: str | None, metrics_port: int | None, log_format: str) -> None:
     """Run APP's workflows until SIGTERM or Ctrl-C.
 
     APP is module:engine (an Engine) or module:function (a function declared with
@@ -294,7 +320,9 @@ def worker(app: str, db: str | None) -> None:
     )
     reporter = Reporter(engine)
     try:
-        with worker_logging(engine.functions):
+        if metrics_port is not None:
+            serve_metrics(metrics_port)
+        with worker_logging(engine.functions, json_lines=log_format == "json"):
             engine.serve(install_signals=True, on_idle=reporter)
     finally:
         loaded.close(engine)

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 class ReplayLog:
     """A logger that says nothing while the workflow is replaying recorded history.
 
-    Its records carry ``run_id`` and ``step_id``: the id of the step (or sleep, wait, child
-    run...) whose outcome the logging code just received, ``None`` before the first one.
+    Its records carry ``run_id``, ``function_id`` and ``step_id``: the id of the step (or
+    sleep, wait, child run...) whose outcome the logging code just received, ``None`` before
+    the first one.
     """
 
     def __init__(self, ctx: Context, logger: logging.Logger) -> None:
@@ -29,7 +30,8 @@ class ReplayLog:
         # Checked first: a disabled level costs no replay check and no record.
         if not self.logger.isEnabledFor(level) or self._ctx.is_replaying:
             return
-        extra = {"run_id": self._ctx.run_id, "step_id": self._ctx._step_id()}
+        ctx = self._ctx
+        extra = {"run_id": ctx.run_id, "function_id": ctx.function_id, "step_id": ctx._step_id()}
         extra.update(kwargs.get("extra") or {})
         kwargs["extra"] = extra
         kwargs.setdefault("stacklevel", 3)  # the record names the workflow's line, not ours

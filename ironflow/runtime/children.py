@@ -15,7 +15,7 @@ from ironflow.errors import CancelledError
 from ironflow.history.errors import encode_error
 from ironflow.history.events import ChildCompleted, ChildFailed, ChildStarted, ErrorInfo
 from ironflow.interpreter import Decision, Work
-from ironflow.runtime import registry
+from ironflow.runtime import registry, telemetry
 from ironflow.runtime.live import Input, Live, column, create_run, run_error, trigger
 from ironflow.runtime.models import TERMINAL
 from ironflow.runtime.store import Batch, rows
@@ -57,7 +57,12 @@ def start_child(driver: Driver, live: Live, work: Work, now_us: int) -> Input:
             f"run ids with '/' are reserved for child runs",
         )
     if found is None:
-        stored = trigger(function_id, detail["data"], now_us)
+        traceparent = (
+            telemetry.child_trace(function_id, live.run_id, child_id, live.trace)
+            if telemetry.ON
+            else None
+        )
+        stored = trigger(function_id, detail["data"], now_us, traceparent)
         parent = (live.run_id, work.id, work.kind == kinds.INVOKE)
         driver.later.append((create_run, (child_id, function_id, stored, now_us, parent)))
     elif work.kind == kinds.INVOKE and found[0] in TERMINAL:

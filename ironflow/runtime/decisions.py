@@ -108,14 +108,17 @@ def accepted(
     return batch
 
 
-def job(run_id: str, work: Work, mocks: dict[str, Callable[..., Any]]) -> Job:
+def job(live: Live, work: Work, mocks: dict[str, Callable[..., Any]]) -> Job:
     command: Any = work.command
     timeout = getattr(command, "timeout", None)
     return Job(
-        run_id,
+        live.run_id,
         work.id,
         work.attempt,
         mocks.get(command.name, command.fn) if mocks else command.fn,
         command.args,
         None if timeout is None else timeout.total_seconds(),
+        live.function.id,
+        work.kind,
+        live.trace,
     )

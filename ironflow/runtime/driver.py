@@ -51,6 +51,7 @@ from ironflow.runtime import (
     leases,
     registry,
     settle,
+    telemetry,
     timers,
 )
 from ironflow.runtime.clock import SystemClock
@@ -164,6 +165,7 @@ class Driver:
         """Fold outcomes (``drain``), woken and due runs into one transaction; the jobs it
         decided to start, or None if there was nothing to do."""
         now, now_us = self.now()
+        telemetry.refresh()  # tracing follows the provider set when the engine runs
         leases.renew(self, now_us)
         work: dict[str, list[Input]] = {}
         due: dict[str, list[tuple[str, str, int]]] = {}
@@ -319,6 +321,8 @@ class Driver:
             if self.gated and batch.finished:  # their slots free: queued runs move up
                 flow.released(self, tx, batch.finished, now_us)
         self.committing = (started, batch)
+        if telemetry.ON:  # what this round committed, reported before ended runs leave
+            telemetry.committed(self, batch, now_us)
         self.woken.update(row[0] for row in batch.notify)  # parents told that a child ended
         for run_id in batch.parked:
             live_runs.pop(run_id, None)
@@ -399,7 +403,7 @@ class Driver:
                 # Marked in flight only once the batch commits (see round): a batch rolled
                 # back and driven again decides the same steps and must start them.
                 if in_flight.get(work.id) != work.attempt:
-                    batch.jobs.append(decisions.job(run_id, work, self.step_mocks))
+                    batch.jobs.append(decisions.job(live, work, self.step_mocks))
         else:
             batch.waiting.append((now_us, run_id))
             batch.parked.append(run_id)

@@ -26,7 +26,7 @@ from ironflow.commands.names import (
 from ironflow.errors import CancelledError, NonDeterminismError
 from ironflow.history.errors import decode_error, type_name
 from ironflow.history.events import ErrorInfo, HistoryEvent
-from ironflow.runtime import control, events, flow, flow_plan, lineage, paging, registry
+from ironflow.runtime import control, events, flow, flow_plan, lineage, paging, registry, telemetry
 from ironflow.runtime.clock import SystemClock
 from ironflow.runtime.driver import Driver
 from ironflow.runtime.flow_events import SkippedEvent, list_skipped
@@ -72,6 +72,7 @@ class Engine:
             store if isinstance(store, Store) else open_store(store, durability=durability)
         )
         self.clock = clock if clock is not None else SystemClock()
+        telemetry.watch_store(self.store)  # the ironflow_runs gauge counts its runs
         self._closed = False
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._driver = driver = Driver(
@@ -166,7 +167,11 @@ class Engine:
         if run_id is not None:
             check_run_id(run_id)
         now_us = self._driver.now_us()
-        with self.store.transaction() as tx:
+        attributes = {"ironflow.function_id": fid}
+        with (
+            telemetry.caller_span(f"start {fid}", attributes) as span,
+            self.store.transaction() as tx,
+        ):
             if run_id is not None:
                 existing = tx.run_function(run_id)
                 if existing is not None:
@@ -177,10 +182,12 @@ class Engine:
                         )
                     return run_id
             rid = run_id or new_id()
-            stored = trigger(fid, payload, now_us)
+            stored = trigger(fid, payload, now_us, telemetry.traceparent() if span else None)
             if not create_run(self._driver, tx, rid, fid, stored, now_us, emitted=False):
                 # singleton "skip": the run of this key that has not ended stands for it
                 rid = flow.singleton_holder(self._driver, tx, fid, stored) or rid
+            if span is not None:
+                span.set_attribute("ironflow.run_id", rid)
         self._worker.kick()
         return rid
 
@@ -199,12 +206,17 @@ class Engine:
             check_idempotency_key(idempotency_key)
         now, _ = self._driver.now()
         event_id = new_id()
-        with self.store.transaction() as tx:
+        with (
+            telemetry.caller_span(f"emit {name}", {"ironflow.event.name": name}) as span,
+            self.store.transaction() as tx,
+        ):
             if idempotency_key is not None:
                 event_id = tx.event_id_of(idempotency_key) or event_id
             started = events.emit_in(
                 self._driver, tx, name, payload, event_id, idempotency_key, now
             )
+            if span is not None:
+                span.set_attribute("ironflow.run_ids", started)
         self._worker.kick()
         return event_id, started
 

@@ -28,7 +28,7 @@ from ironflow.history.events import (
     WaitMatched,
 )
 from ironflow.interpreter import Work
-from ironflow.runtime import flow_arrival, flow_cancel, flow_plan, registry, timers
+from ironflow.runtime import flow_arrival, flow_cancel, flow_plan, registry, telemetry, timers
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.ids import new_id
@@ -90,13 +90,22 @@ def emit_in(
         if arrivals and function_id in arrivals:  # idempotency, rate limit, batch, debounce
             started += flow_arrival.arrive(driver, tx, arrivals[function_id], event, pos, now_us)
             continue
-        trigger = trigger or rows.dumps(rows.event_body(event))
+        trigger = trigger or _trigger(event)
         run_id = new_id()
         if create_run(driver, tx, run_id, function_id, trigger, now_us):
             started.append(run_id)
     if started:  # the column's default says none
         tx.set_event_started(pos, rows.dumps(started))
     return started
+
+
+def _trigger(event: Event) -> str:
+    """The stored triggering event of the runs an event starts, with the emit's trace."""
+    body = rows.event_body(event)
+    traceparent = telemetry.traceparent() if telemetry.ON else None
+    if traceparent is not None:
+        body["traceparent"] = traceparent
+    return rows.dumps(body)
 
 
 def match_waits(driver: Driver, tx: Transaction, event: Event, now_us: int) -> None:

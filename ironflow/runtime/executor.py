@@ -27,6 +27,7 @@ from ironflow.errors import NonRetryableError, StepTimeoutError
 from ironflow.history.codec import converter
 from ironflow.history.errors import encode_error
 from ironflow.history.events import ErrorInfo
+from ironflow.runtime import telemetry as _tel
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 
@@ -39,6 +40,11 @@ class Job:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     timeout: float | None = None
+    # For telemetry only: the run's function, the step's kind ("run" or "undo") and the
+    # run's stored trace context (W3C traceparent), names that exist already.
+    function_id: str = ""
+    kind: str = "run"
+    trace: str | None = None
 
 
 @attrs.frozen
@@ -297,6 +303,11 @@ class Executor:
         return self.on_outcome(outcome)
 
     def _run_sync(self, job: Job) -> Outcome:
+        if _tel.ON:  # the one check per step when no OpenTelemetry SDK is configured
+            return _tel.run_step(job, self._execute)
+        return self._execute(job)
+
+    def _execute(self, job: Job) -> Outcome:
         if _FAULTS:
             crash_point("step-start")
         try:
@@ -314,6 +325,13 @@ class Executor:
         asyncio.run_coroutine_threadsafe(self._run_async(job), loop)
 
     async def _run_async(self, job: Job) -> None:
+        if _tel.ON:
+            outcome = await _tel.run_step_async(job, self._execute_async)
+        else:
+            outcome = await self._execute_async(job)
+        self._finish(outcome)
+
+    async def _execute_async(self, job: Job) -> Outcome:
         try:
             coro = job.fn(*job.args)
             if job.timeout is not None:
@@ -322,14 +340,11 @@ class Executor:
                 value = await coro
         except TimeoutError:
             if job.timeout is not None:
-                self._finish(_timed_out(job))
-            else:
-                self._finish(_failure(job, TimeoutError()))
-            return
+                return _timed_out(job)
+            return _failure(job, TimeoutError())
         except BaseException as exc:
-            self._finish(_failure(job, exc))
-            return
-        self._finish(_outcome(job, value))
+            return _failure(job, exc)
+        return _outcome(job, value)
 
     def _loop_get(self) -> asyncio.AbstractEventLoop:
         with self._lock:

@@ -19,6 +19,7 @@ from ironflow.runtime import flow, registry
 from ironflow.runtime.live import Live, gap, run_started
 from ironflow.runtime.store import LeaseLost, StoreError, Transaction, rows
 from ironflow.runtime.store.base import TakenRow
+from ironflow.runtime.telemetry import stored_trace
 
 if TYPE_CHECKING:
     from ironflow.runtime.driver import Driver
@@ -112,7 +113,7 @@ def rebuild(
     rebuilt (a gap in its history, a divergence) goes to ``broken`` and gets none."""
     functions, live_runs, stats = driver.functions, driver.live, driver.stats
     for row in taken:
-        run_id, function_id, event_pos, parent_run, parent_step, notify, status, _ = row
+        run_id, function_id, event_pos, parent_run, parent_step, notify, status, stored = row
         history = histories.get(run_id)
         if history is None:  # damaged
             continue
@@ -131,6 +132,7 @@ def rebuild(
             parent_step,
             bool(notify),
             status,
+            trace=stored_trace(stored),
         )
         # Resumed and not driven since: what the failure abandoned is indexed again.
         live.resumed = type(history[-1]) is RunResumed

@@ -52,15 +52,20 @@ class Live:
     decision: Decision | None = None  # from a rebuild, not acted on yet
     pending: tuple[Work, ...] | None = None  # outstanding work after the last drive
     resumed: bool = False  # rebuilt from a history that ends with RunResumed
+    trace: str | None = None  # the W3C traceparent stored with the run (see telemetry)
 
     @property
     def next_seq(self) -> int:
         return len(self.interpreter.events)
 
 
-def trigger(name: str, data: Any, now_us: int) -> str:
-    """The stored triggering event of a run started by ``start`` or ``invoke`` (JSON)."""
-    return rows.dumps({"id": new_id(), "name": name, "data": data, "ts": now_us})
+def trigger(name: str, data: Any, now_us: int, traceparent: str | None = None) -> str:
+    """The stored triggering event of a run started by ``start`` or ``invoke`` (JSON), with
+    the trace context of the span that started it, if any (not part of the history)."""
+    body = {"id": new_id(), "name": name, "data": data, "ts": now_us}
+    if traceparent is not None:
+        body["traceparent"] = traceparent
+    return rows.dumps(body)
 
 
 def run_started(
