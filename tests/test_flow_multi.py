@@ -120,12 +120,15 @@ def test_concurrency_holds_across_two_workers(
                 return [run.waiting_for for run in engine.list_runs(status="pending")]
 
             left = 2 * max(0, 3 - step)
-            wait_until(
-                "every pending run decided",
-                lambda left=left: all(pending_reasons()) and len(pending_reasons()) == left,
-                describe,
-            )
-            assert all("concurrency: 2 of 2 for key" in str(w) for w in pending_reasons())
+            seen: list[list[str | None]] = []
+
+            def decided(left: int = left, seen: list[list[str | None]] = seen) -> bool:
+                # One read per look: the reasons asserted below are the ones that passed.
+                seen.append(pending_reasons())
+                return all(seen[-1]) and len(seen[-1]) == left
+
+            wait_until("every pending run decided", decided, describe)
+            assert all("concurrency: 2 of 2 for key" in str(w) for w in seen[-1]), seen[-1]
             for key in ("a", "b"):
                 holders = [
                     r for r in ids[key] if engine.get_run(r).status in ("waiting", "running")
