@@ -283,7 +283,8 @@ class PostgresStore(StatementReads, Store):
                     found = self.conn.execute(RUN_START_ROW, (run_id,)).fetchone()
                     if found is None:
                         return None
-                    stored = self.conn.execute(HISTORIES, ([run_id],)).fetchall()
+                    with rows.gc_paused():  # its rows are many objects at once
+                        stored = self.conn.execute(HISTORIES, ([run_id],)).fetchall()
             except Exception as exc:
                 self.reraise(exc)
                 raise
