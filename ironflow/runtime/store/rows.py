@@ -48,7 +48,7 @@ def to_us(ts: _dt.datetime) -> int:
 
 def from_us(us: int) -> _dt.datetime:
     """Integer microseconds since the epoch as an aware UTC datetime."""
-    return EPOCH + _dt.timedelta(microseconds=us)
+    return EPOCH + _dt.timedelta(0, 0, us)  # (days, seconds, microseconds): no keyword parsing
 
 
 def utc(ts: _dt.datetime) -> _dt.datetime:
@@ -313,7 +313,7 @@ def build(rows: list[Any], bodies: list[Any]) -> list[HistoryEvent]:
     times: dict[int, _dt.datetime] = {}  # events of one commit share their timestamp
     events: list[HistoryEvent] = []
     append = events.append
-    new = _new
+    new, timedelta = _new, _dt.timedelta
     step_completed, command_scheduled = StepCompleted, CommandScheduled
     sc_seq, sc_ts, sc_id, sc_attempt, sc_result = _STEP_COMPLETED
     cs_seq, cs_ts, cs_id, cs_kind, cs_name, cs_scope, cs_fp, cs_detail = _COMMAND_SCHEDULED
@@ -326,7 +326,7 @@ def build(rows: list[Any], bodies: list[Any]) -> list[HistoryEvent]:
                 last_us = ts_us
                 known = times.get(ts_us)
                 if known is None:
-                    known = times[ts_us] = EPOCH + _dt.timedelta(microseconds=ts_us)
+                    known = times[ts_us] = EPOCH + timedelta(0, 0, ts_us)
                 ts = known
             # The two events of every step, inline: most of a long history is these. Their
             # bodies are arrays (see ``encode``); any other shape takes the decoder's checks.
