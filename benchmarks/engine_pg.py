@@ -17,7 +17,8 @@ on the given server, each measurement in a fresh schema dropped afterwards:
   process first (not timed), then the (already connected, idle) workers are released together;
   timed until every run is completed (polled every 10 ms). Each repeat measures 1, 2 and 4 side
   by side; the best of each is reported, every figure in the note.
-* ``replay``: cold replay of a long history from the store (``Engine.history`` + ``replay``).
+* ``replay``: cold replay of a long history from the store (``Engine.history`` + ``replay``),
+  beside its floor: the rows fetched with the store's statement and one ``json.loads``.
 
 ``--start-postgres`` starts a throwaway cluster (``tests/pgcluster.py``) for the run instead.
 """
@@ -44,6 +45,8 @@ from benchmarks import engine as bench
 from benchmarks import postgres_floor
 from ironflow import step
 from ironflow.interpreter import replay
+from ironflow.runtime.store import rows
+from ironflow.runtime.store.postgres_tx import HISTORIES
 
 SECTIONS = ("floor", "step", "throughput", "batch", "replay", "latency")
 WORKER_COUNTS = (1, 2, 4)
@@ -64,7 +67,11 @@ ROWS: dict[str, list[str]] = {
     "throughput": [f"PG 1-step runs/s, {n} worker process(es)" for n in WORKER_COUNTS]
     + ["PG 2 workers / 1 worker", "PG 4 workers / 2 workers"],
     "batch": ["PG 1k x 3-step, all at once (NORMAL)"],
-    "replay": ["PG store read+decode (Engine.history)", "PG cold replay: history + replay"],
+    "replay": [
+        "PG read floor: rows + json.loads",
+        "PG store read+decode (Engine.history)",
+        "PG cold replay: history + replay",
+    ],
     "latency": [
         "PG emit -> resume, other process, median",
         "PG emit -> resume, other process, p99",
@@ -425,6 +432,19 @@ def pg_replay(space: PgSpace, sizes: dict[str, int], repeat: int, floors: dict[s
                     raise RuntimeError(f"read {len(history)} events, stored {events}")
                 return elapsed
 
+            store = engine.store
+
+            def floor() -> float:
+                # The store's own statement and one json.loads of the bodies, no events built.
+                start = time.perf_counter()
+                with store.lock, rows.gc_paused():
+                    found = store.conn.execute(HISTORIES, ([run_id],)).fetchall()
+                    bodies = json.loads("[" + ",".join([row[4] for row in found]) + "]")
+                elapsed = time.perf_counter() - start
+                if len(bodies) != events:
+                    raise RuntimeError(f"read {len(bodies)} bodies, stored {events}")
+                return elapsed
+
             def cold() -> float:
                 start = time.perf_counter()
                 decision = replay(flow, engine.history(run_id))
@@ -434,11 +454,13 @@ def pg_replay(space: PgSpace, sizes: dict[str, int], repeat: int, floors: dict[s
                 return elapsed
 
             note = f"best of {repeat}, {events:,} events ({n:,} steps), over TCP"
+            floor_rate = events / bench.best_of(floor, repeat)
             read_rate = events / bench.best_of(read, repeat)
             cold_rate = events / bench.best_of(cold, repeat)
         finally:
             engine.close()
     return [
+        row("PG read floor: rows + json.loads", floor_rate, "events/s", note=note),
         row("PG store read+decode (Engine.history)", read_rate, "events/s", note=note),
         row(
             "PG cold replay: history + replay",

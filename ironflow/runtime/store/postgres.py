@@ -413,7 +413,8 @@ class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Stor
                 found = conn.execute(RUN_START_ROW, (run_id,)).fetchone()
                 if found is None:
                     return None
-                return found, conn.execute(HISTORIES, ([run_id],)).fetchall()
+                with rows.gc_paused():  # its rows are many objects at once
+                    return found, conn.execute(HISTORIES, ([run_id],)).fetchall()
 
         read_ = self.reading(read)
         if read_ is None:

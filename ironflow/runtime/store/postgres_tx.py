@@ -245,8 +245,9 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
     def histories(
         self, run_ids: list[str], corrupt: dict[str, StoreError] | None = None
     ) -> dict[str, list[HistoryEvent]]:
-        found = self.conn.execute(HISTORIES, (run_ids,)).fetchall()
-        return rows.decode_histories(found, corrupt)
+        with rows.gc_paused():  # over the fetch too: its rows are many objects at once
+            found = self.conn.execute(HISTORIES, (run_ids,)).fetchall()
+            return rows.decode_histories(found, corrupt)
 
     def append_history(self, rows_: list[tuple[Any, ...]]) -> None:
         if rows_:

@@ -168,8 +168,9 @@ def _quote(text: str) -> str:
 def read_histories(
     conn: Any, where: str, params: Any, corrupt: dict[str, StoreError] | None = None
 ) -> dict[str, list[HistoryEvent]]:
-    found = conn.execute(HISTORIES.format(where=where), params).fetchall()
-    return rows.decode_histories(found, corrupt)
+    with rows.gc_paused():  # over the fetch too: its rows are many objects at once
+        found = conn.execute(HISTORIES.format(where=where), params).fetchall()
+        return rows.decode_histories(found, corrupt)
 
 
 class SQLiteTransaction(SQLiteFlowStateStatements, FlowVerbs, StatementTransaction):
