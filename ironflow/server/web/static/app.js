@@ -472,7 +472,7 @@ async function eventsPage() {
     h("div", { class: "pager" }, newer, older));
   async function refresh() {
     const before = befores[befores.length - 1];
-    const found = await api("GET", `/api/view/events?limit=50${before ? `&before=${before}` : ""}`);
+    const found = await api("GET", `/api/view/events?limit=50${before ? `&before=${encodeURIComponent(before)}` : ""}`);
     next = found.next_before;
     body.replaceChildren(...found.events.map((e) => h("tr", { "data-event": e.id },
       h("td", {}, h("strong", {}, e.name), h("div", { class: "muted mono" }, e.id)),
