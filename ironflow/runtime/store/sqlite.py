@@ -22,6 +22,7 @@ from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store.base import Store, StoreError
 from ironflow.runtime.store.flow_sql import FlowReads, statements
 from ironflow.runtime.store.sqlite_flow_events import SQLiteFlowStateStatements
+from ironflow.runtime.store.sqlite_round import chunks, marks, read_histories
 from ironflow.runtime.store.sqlite_schema import (
     DURABILITY,
     READABLE_VERSIONS,
@@ -38,9 +39,6 @@ from ironflow.runtime.store.sqlite_tx import (
     UNCONSUMED_EVENTS,
     SQLiteTransaction,
     UnsyncedTransaction,
-    chunks,
-    marks,
-    read_histories,
 )
 from ironflow.runtime.store.statements import StatementReads
 
