@@ -1,5 +1,6 @@
 """The SQLite store: the statements of its own verbs (reads, discovery, leases), named, then
-the store; a write transaction's statements and verbs are in ``sqlite_tx``.
+the store; a write transaction's statements and verbs are in ``sqlite_tx``, a round's in
+``sqlite_round``.
 
 One connection per engine, serialized by the store's lock; a write transaction is
 ``BEGIN IMMEDIATE`` … ``COMMIT`` (the writer lock is taken up front, so a check and the write
