@@ -51,7 +51,7 @@ from ironflow import step
 from ironflow.history import StepCompleted
 from ironflow.interpreter import Interpreter, replay
 from ironflow.runtime.store import rows as store_rows
-from ironflow.runtime.store.sqlite_tx import HISTORIES
+from ironflow.runtime.store.sqlite_round import HISTORIES
 from ironflow.testing import VirtualClock
 
 ROOT = Path(__file__).resolve().parent.parent

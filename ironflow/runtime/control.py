@@ -30,6 +30,13 @@ _RUNS_LOG = logging.getLogger("ironflow.runs")
 _RUNS_LOG.addHandler(logging.NullHandler())
 
 
+def cancel(driver: Driver, run_id: str, compensate: bool, reason: str) -> None:
+    """Cancel ``run_id`` and its child runs, in a transaction of its own."""
+    _, now_us = driver.now()
+    with driver.store.transaction() as tx:
+        cancel_in(driver, tx, run_id, compensate, reason, now_us)
+
+
 def cancel_in(
     driver: Driver, tx: Transaction, run_id: str, compensate: bool, reason: str, now_us: int
 ) -> None:

@@ -33,6 +33,7 @@ from ironflow.history.events import (
     RunResumed,
     RunStarted,
 )
+from ironflow.runtime import registry
 from ironflow.runtime.ids import new_id
 from ironflow.runtime.live import create_run
 from ironflow.runtime.store import rows
@@ -52,8 +53,10 @@ def source_of(driver: Driver, run_id: str) -> tuple[str, str, list[HistoryEvent]
     return function_id, trigger, history
 
 
-def rerun(driver: Driver, run_id: str, function_id: str, trigger: str) -> str:
-    """Start a new run of ``function_id`` with the stored ``trigger`` of ``run_id``."""
+def rerun(driver: Driver, run_id: str) -> str:
+    """Start a new run of ``run_id``'s function with its stored trigger; the new run's id."""
+    function_id, trigger, _ = source_of(driver, run_id)
+    registry.function_id(driver, function_id)
     now_us = driver.now_us()
     new = new_id()
     with driver.store.transaction() as tx:
@@ -63,15 +66,11 @@ def rerun(driver: Driver, run_id: str, function_id: str, trigger: str) -> str:
     return new
 
 
-def fork(
-    driver: Driver,
-    run_id: str,
-    function_id: str,
-    trigger: str,
-    history: list[HistoryEvent],
-    from_step: str,
-) -> str:
-    """Start a run that keeps ``history`` up to where ``from_step`` was first scheduled."""
+def fork(driver: Driver, run_id: str, from_step: str) -> str:
+    """Start a run that keeps ``run_id``'s history up to where ``from_step`` was first
+    scheduled; the new run's id."""
+    function_id, trigger, history = source_of(driver, run_id)
+    registry.function_id(driver, function_id)
     if type(from_step) is not str or not from_step:
         raise ValueError(
             f"from_step must be a step id (as `ironflow runs show` prints), got {from_step!r}"

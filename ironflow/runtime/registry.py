@@ -27,7 +27,8 @@ import attrs
 
 from ironflow.commands.flow_settings import flow_settings
 from ironflow.commands.function import Function, triggered_by
-from ironflow.runtime import flow_timed
+from ironflow.commands.names import check_function_id
+from ironflow.runtime import flow, flow_plan, flow_timed
 from ironflow.runtime.store import Store, StoreError, Transaction, rows
 
 if TYPE_CHECKING:
@@ -116,6 +117,50 @@ def record(store: Store, function: Function, version: str, now_us: int) -> None:
     with store.transaction() as tx:
         tx.register_function(function.id, *wanted, now_us)
         flow_timed.sync_crons(tx, function, now_us)  # schedules: first registration counts
+
+
+def add(driver: Driver, fn: Function) -> Function:
+    """Make ``fn`` runnable by the engine of ``driver`` and record it in the database;
+    ``ValueError`` if another function has its id here."""
+    check_function_id(fn.id)  # a Function made without @ironflow.function has no check
+    existing = driver.functions.get(fn.id)
+    if existing is not None and existing != fn:
+        # Replacing it would silently drop the first one's triggers.
+        raise ValueError(
+            f"function id {fn.id!r} is already registered with this engine (by "
+            f"{getattr(existing.fn, '__qualname__', existing.fn)!r}); give the function "
+            f"another id, or use a new Engine to replace it"
+        )
+    if existing is not None:
+        return fn  # the same function again changes nothing
+    # Recorded in the database too: emits and starts from any process see it, and the
+    # latest registration of an id sets its triggers and settings.
+    version = code_version(fn)
+    record(driver.store, fn, version, driver.now_us())
+    driver.functions[fn.id] = fn
+    if flow.gated(fn.flow):
+        driver.gated[fn.id] = fn.flow  # type: ignore[assignment]
+    timeouts = fn.flow.timeouts if fn.flow is not None else None
+    if timeouts is not None and timeouts.finish is not None:
+        driver.finishing[fn.id] = timeouts.finish
+    driver.versions[fn.id] = version
+    flow_plan.add_local(driver, fn)
+    driver.next_heartbeat_us = 0  # a live worker says at once it has it now
+    return fn
+
+
+def function_id(driver: Driver, function: Any) -> str:
+    """The id of ``function`` (an id or a declared function) if this engine has it or the
+    database registers it; ``ValueError`` naming the registered ones if neither does."""
+    fid = function.id if isinstance(function, Function) else function
+    if type(fid) is not str or not fid.strip():
+        raise ValueError(f"function must be a function id or a declared function, got {function!r}")
+    if fid not in driver.functions:  # registered by another process, perhaps
+        with driver.store.transaction() as tx:
+            why = unknown(driver, tx, fid)
+        if why is not None:
+            raise ValueError(why)
+    return fid
 
 
 # --- reading the registry -----------------------------------------------------------------------

@@ -36,7 +36,7 @@ from ironflow.history.events import (
     WaitTimedOut,
 )
 from ironflow.interpreter import Decision, Interpreter, Work
-from ironflow.runtime.executor import serialize_result
+from ironflow.runtime.results import serialize_result
 
 START = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
 

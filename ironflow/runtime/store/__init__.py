@@ -1,13 +1,15 @@
 """Stores: where runs, their histories, timers, waits, events and mail live.
 
-``base`` holds the interface the engine drives (``Store``, ``Transaction``, ``Batch``) and the
-store's errors; ``sqlite`` is the SQLite store, ``sqlite_schema`` its schema (opening, checking,
-migrating) and ``sqlite_migrations`` the steps of each version; ``postgres`` is the PostgreSQL
-store (psycopg 3, imported only when a ``postgresql://`` URL is opened), ``postgres_tx`` its
-write transaction, ``postgres_commit`` how it begins and commits, ``postgres_round`` a round's
-commit as one call of a function of the schema, ``postgres_locks`` the advisory stripes a
-transaction takes, ``postgres_schema`` its schema; ``rows`` is the row codec every store
-shares. ``open_store`` picks a store by URL.
+``base`` holds the interface the engine drives (``Store``, ``Transaction``), ``batch`` the rows
+and the ``Batch`` a round hands over, ``errors`` the store's errors (``base`` exports them all);
+``sqlite`` is the SQLite store, ``sqlite_tx`` its write transaction, ``sqlite_round`` a round's
+verbs and batch write, ``sqlite_schema`` its schema (opening, checking, migrating) and
+``sqlite_migrations`` the steps of each version; ``postgres`` is the PostgreSQL store (psycopg
+3, imported only when a ``postgresql://`` URL is opened), ``postgres_tx`` its write transaction,
+``postgres_commit`` how it begins and commits, ``postgres_round`` a round's commit as one call
+of a function of the schema, ``postgres_locks`` the advisory stripes a transaction takes,
+``postgres_schema`` its schema; ``rows`` is the row codec every store shares. ``open_store``
+picks a store by URL.
 """
 
 from __future__ import annotations

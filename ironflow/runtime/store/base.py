@@ -23,73 +23,23 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any
 
-import attrs
-
-from ironflow.errors import StoreError
 from ironflow.history.events import HistoryEvent
+from ironflow.runtime.store.batch import Batch, RunRow, TakenRow
+from ironflow.runtime.store.errors import LeaseLost, StoreError, StoreUnavailable, WriteConflict
 from ironflow.runtime.store.flow_state import FlowStateReads, FlowStateVerbs
 
+# Batch, RunRow, TakenRow (``batch``) and the errors (``errors``) are imported from here too.
 __all__ = [
     "Batch",
     "LeaseLost",
+    "RunRow",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TakenRow",
     "Transaction",
     "WriteConflict",
 ]
-
-# (id, function_id, status, output, error, created_us, updated_us, ended_us, parent_run_id,
-# code_version, source_run_id)
-RunRow = tuple[Any, ...]
-# (run_id, function_id, event_pos, parent_run_id, parent_step_id, notify_parent, status,
-# trigger): a run whose lease was just taken.
-TakenRow = tuple[Any, ...]
-
-
-class LeaseLost(StoreError):
-    """A round's write found a run it drives held by another worker: nothing was written.
-
-    ``run_ids``: the runs found held elsewhere, when the store can say (PostgreSQL's fence)."""
-
-    def __init__(self, message: str, run_ids: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.run_ids = run_ids
-
-
-class WriteConflict(StoreError):
-    """The database aborted a write transaction to resolve a conflict with a concurrent one (a
-    deadlock, a serialization failure): nothing of it was written, and it can be tried again."""
-
-
-class StoreUnavailable(StoreError):
-    """The database cannot be reached now (its connection was closed, the server is down):
-    what was under way failed whole, nothing of it written, and the next use connects again.
-    A serving worker carries on; a caller may try again."""
-
-
-@attrs.define
-class Batch:
-    """What one driving transaction writes, gathered so that it is written in bulk.
-
-    The store reads the first block of fields; ``jobs``, ``parked``, ``finished`` and
-    ``failed`` are the driver's bookkeeping of the same round (one object per round)."""
-
-    history: list[tuple[Any, ...]] = attrs.Factory(list)  # (run_id, seq, type, ts_us, body)
-    running: list[tuple[Any, ...]] = attrs.Factory(list)  # (updated_us, run_id)
-    # Runs that stay running: their row is not rewritten (the history says how far they
-    # are), only their lease is checked.
-    fenced: list[str] = attrs.Factory(list)
-    waiting: list[tuple[Any, ...]] = attrs.Factory(list)  # (updated_us, run_id)
-    # (status, output, error, updated_us, ended_us, run_id)
-    ended: list[tuple[Any, ...]] = attrs.Factory(list)
-    notify: list[tuple[Any, ...]] = attrs.Factory(list)  # mail (run_id, type, ts_us, body)
-    timers_done: list[tuple[str, str]] = attrs.Factory(list)
-    waits_done: list[tuple[str, str]] = attrs.Factory(list)
-    jobs: list[Any] = attrs.Factory(list)
-    parked: list[str] = attrs.Factory(list)
-    finished: list[str] = attrs.Factory(list)  # their timers, waits and mail go too
-    failed: list[tuple[str, str, BaseException | None]] = attrs.Factory(list)
 
 
 class Transaction(FlowStateVerbs, abc.ABC):

@@ -1,5 +1,6 @@
 """The SQLite store: the statements of its own verbs (reads, discovery, leases), named, then
-the store; a write transaction's statements and verbs are in ``sqlite_tx``.
+the store; a write transaction's statements and verbs are in ``sqlite_tx``, a round's in
+``sqlite_round``.
 
 One connection per engine, serialized by the store's lock; a write transaction is
 ``BEGIN IMMEDIATE`` … ``COMMIT`` (the writer lock is taken up front, so a check and the write
@@ -22,6 +23,7 @@ from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store.base import Store, StoreError
 from ironflow.runtime.store.flow_sql import FlowReads, statements
 from ironflow.runtime.store.sqlite_flow_events import SQLiteFlowStateStatements
+from ironflow.runtime.store.sqlite_round import chunks, marks, read_histories
 from ironflow.runtime.store.sqlite_schema import (
     DURABILITY,
     READABLE_VERSIONS,
@@ -38,9 +40,6 @@ from ironflow.runtime.store.sqlite_tx import (
     UNCONSUMED_EVENTS,
     SQLiteTransaction,
     UnsyncedTransaction,
-    chunks,
-    marks,
-    read_histories,
 )
 from ironflow.runtime.store.statements import StatementReads
 

@@ -1,9 +1,10 @@
-"""The reads and transaction verbs both stores run the same way: one statement (or a fixed
-few), whose text is the store's own.
+"""The reads and transaction verbs both stores run the same way: one statement (or a fixed few),
+whose text is the store's own.
 
-Each sibling (``sqlite_tx``, ``postgres_tx``) keeps its statements named at the top of its
-module and points these class attributes at them; it overrides only what really differs
-(locks, notify, claims, the fence). A statement is read off ``self``: no extra call layer.
+Each sibling (``sqlite_tx`` with ``sqlite_round``, ``postgres_tx``) keeps its statements named
+at the top of its module and points these class attributes at them; it overrides only what
+really differs (locks, notify, claims, the fence). A statement is read off ``self``: no extra
+call layer.
 """
 
 from __future__ import annotations
