@@ -12,6 +12,7 @@ from otel_kit import otel  # noqa: F401 - the fixture
 
 import ironflow
 from ironflow import Engine, step
+from ironflow.runtime.store import LeaseLost, WriteConflict
 
 FAST_RETRY = ironflow.RetryPolicy(max_attempts=3, initial_delay="1s")
 
@@ -180,3 +181,74 @@ def test_a_cold_rebuild_reports_nothing(otel, engine, clock):  # noqa: F811
     # The rebuild replayed "first" and the run's start: neither is reported again.
     assert sorted(new) == ["run end two", "step two/second", "wake two"]
     assert log == ["first", "second"]
+
+
+@ironflow.function(id="invoker")
+def invoker(ctx):
+    return (yield step.invoke("sub", child))
+
+
+def _refuse_the_invoking_round(monkeypatch, engine, error: Exception) -> list[int]:
+    """Make the commit of the first round that starts the child run raise ``error`` (nothing
+    of it written), as a database that aborts it would."""
+    transaction = type(engine.store.transaction())  # the store's (not entered: no BEGIN)
+    write = transaction.commit_round
+    refused: list[int] = []
+
+    def refuse_once(self, batch, owner):
+        if not refused and any(row[2] == "ChildStarted" for row in batch.history):
+            refused.append(1)
+            raise error
+        return write(self, batch, owner)
+
+    monkeypatch.setattr(transaction, "commit_round", refuse_once)
+    return refused
+
+
+def test_a_round_driven_again_after_a_write_conflict_reports_its_invoke_once(
+    otel,  # noqa: F811
+    engine,
+    monkeypatch,
+):
+    """The first commit of the round that starts the child is aborted (``WriteConflict``) and
+    the round is driven again: only the invoke span of the commit that succeeded is
+    reported, and it is the one the child's steps hang from."""
+    engine.register(invoker)
+    engine.register(child)
+    refused = _refuse_the_invoking_round(
+        monkeypatch, engine, WriteConflict("deadlock detected; nothing of it was written")
+    )
+    run_id = engine.start("invoker")
+    engine.run_until_idle()
+    assert refused == [1]
+    assert engine.wait(run_id) == 2
+    (invoke,) = otel.named("invoke child")
+    (child_step,) = otel.named("step child/c1")
+    assert child_step.parent.span_id == invoke.context.span_id
+    (child_start,) = otel.named("run start child")
+    assert [link.context.span_id for link in child_start.links] == [invoke.context.span_id]
+    assert [s.name for s in otel.named("run start")] == ["run start invoker", "run start child"]
+
+
+def test_a_round_whose_lease_was_lost_reports_nothing_of_it(
+    otel,  # noqa: F811
+    engine,
+    clock,
+    monkeypatch,
+):
+    """The commit of the round that starts the child finds the lease gone (``LeaseLost``):
+    nothing of that round is reported; the round that later commits reports its invoke."""
+    engine.register(invoker)
+    engine.register(child)
+    refused = _refuse_the_invoking_round(monkeypatch, engine, LeaseLost("held by w2"))
+    run_id = engine.start("invoker")
+    engine.run_until_idle()
+    assert refused == [1]
+    assert otel.named("invoke child") == []
+    assert otel.named("run start child") == []
+    clock.advance("10m")  # past the lease: the run is taken again
+    engine.run_until_idle()
+    assert engine.wait(run_id) == 2
+    (invoke,) = otel.named("invoke child")
+    (child_step,) = otel.named("step child/c1")
+    assert child_step.parent.span_id == invoke.context.span_id

@@ -219,7 +219,7 @@ def test_health_metrics_and_openapi(api: TestClient[Any], engine: Engine) -> Non
     engine.run_until_idle()
     metrics = api.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
-    assert 'ironflow_runs{status="completed"} 1.0' in metrics.text
+    assert 'ironflow_runs{function="greet",status="completed"} 1.0' in metrics.text
     route = "/api/functions/{function_id}/runs"
     started = f'ironflow_http_requests_total{{method="POST",route="{route}",status="200"}} 1.0'
     assert started in metrics.text

@@ -56,6 +56,15 @@ def _call(url: str, token: str, body: Any = None) -> Any:
         return json.loads(response.read())
 
 
+def _metrics(base: str, token: str) -> str:
+    request = urllib.request.Request(
+        base + "/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        return str(response.read().decode())
+
+
 def _bounded(predicate: Any, what: str, seconds: float = 60.0) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -102,6 +111,13 @@ def test_server_with_an_app_serves_works_and_stops_gracefully_on_sigterm(tmp_pat
             "the server's worker to run it",
         )
         assert run["output"] == "hi bo"
+        # The worker's OpenTelemetry metrics, counted just after the commit the API read.
+        ended = 'ironflow_runs_ended_total{function="hello",otel_scope_name="ironflow"'
+        metrics = _bounded(
+            lambda: ended in (text := _metrics(base, "t0k")) and text, "the run in /metrics"
+        )
+        assert re.search(r'ironflow_steps_executed_total\{function="hello",kind="run",', metrics)
+        assert 'ironflow_runs{function="hello",status="completed"} 1.0' in metrics
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -39,7 +39,7 @@ def server(app: str | None, db: str | None, host: str, port: int, token: str | N
     """
     if importlib.util.find_spec("litestar") is None or importlib.util.find_spec("uvicorn") is None:
         raise CLIError('the server needs the server extra: pip install "ironflow[server]"')
-    from ironflow.server.serve import ServeError, is_loopback, serve
+    from ironflow.server.serve import ServeError, install_metrics, is_loopback, serve
 
     if token is not None and not token.strip():
         raise CLIError("--token is empty; give a token, or leave it out on loopback")
@@ -55,6 +55,12 @@ def server(app: str | None, db: str | None, host: str, port: int, token: str | N
         engine = loaded.engine_on(db, create=True)
         if not engine.functions:
             raise CLIError(f"{app} registers no functions: engine.register(...) some first")
+        # After the app's import (a provider it sets stays its own), before the first round.
+        missing = install_metrics()
+        if missing is not None:
+            click.echo(
+                f"ironflow server: /metrics has no run or step counters: {missing}", err=True
+            )
     else:
         loaded = None
         engine = open_engine(db_path(db), create=True)

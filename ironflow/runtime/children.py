@@ -58,7 +58,9 @@ def start_child(driver: Driver, live: Live, work: Work, now_us: int) -> Input:
         )
     if found is None:
         traceparent = (
-            telemetry.child_trace(function_id, live.run_id, child_id, live.trace)
+            telemetry.child_trace(
+                function_id, live.run_id, child_id, live.trace, driver.pending_spans
+            )
             if telemetry.ON
             else None
         )

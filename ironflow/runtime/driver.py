@@ -136,6 +136,9 @@ class Driver:
         # as fn(driver, tx, *args). Events the fold took for waits, consumed by then.
         self.later: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self.consumed: set[tuple[str, str]] = set()
+        # Invoke spans the fold started, ended once the round commits (telemetry.committed):
+        # a round that fails to commit leaves them unended, never exported.
+        self.pending_spans: list[Any] = []
         # The run whose workflow code runs now (None between folds) and a count of folds,
         # read by the watchdog thread to warn of code stuck between yields.
         self.folding: Live | None = None
@@ -235,6 +238,7 @@ class Driver:
         with no transaction open. ``Broken`` (nothing written) if a run cannot be driven."""
         self.committing = None
         self.later.clear()
+        self.pending_spans.clear()
         self.consumed.clear()
         live_runs = self.live
         # Runs that cannot be driven: all are found in this one pass, then ``settle.commit`` blocks

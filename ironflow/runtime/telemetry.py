@@ -1,18 +1,25 @@
-"""OpenTelemetry: the one module that touches the API (traces and metrics), loaded lazily.
+"""OpenTelemetry's switch: whether it is on, the trace context runs carry, the engine's hooks.
 
-Takes the engine's moments (an emit or start in the caller's thread, a step run by the
-executor, a round committed) and reports them through whatever global tracer and meter
-providers are set *when the engine runs*; gives nothing and costs one flag test per step
-when no SDK is configured or ``opentelemetry-api`` is not installed (``pip install
-"ironflow[otel]"``).
+The engine reports through whatever global tracer and meter providers are set *when it
+runs*, and costs one flag test per step (``ON``) when no SDK is configured or
+``opentelemetry-api`` is not installed (``pip install "ironflow[otel]"``). This module and
+its two halves are the only code that touches the API:
 
-Why it is built this way: the per-step paths test ``ON`` (a module attribute) and nothing
-else; ``refresh``, once per round and at each emit/start, re-reads the global providers by
-identity (no allocation) and makes the tracer and instruments only when a provider changes.
-A run's trace context is the W3C ``traceparent`` of the span that started it, stored in the
-run's triggering event (``trigger`` JSON, key ``traceparent``; the history does not carry it),
-so its steps join the caller's trace in any process, after any restart. Only what a round
-committed is reported (``committed``): a replay or a cold rebuild reports nothing.
+- here: loading the API lazily, reading the providers (``refresh``), the W3C
+  ``traceparent`` captured with an emit or start and carried to a run's steps, and the
+  hooks the engine calls (each a few lines handing over to the halves);
+- ``telemetry_traces``: the spans (steps, invokes, what a round committed);
+- ``telemetry_metrics``: the instruments and what they record.
+
+The halves import the API at their top and are imported only by ``_load``, once the
+application has imported the API itself (a provider can only be set by code that did).
+``refresh``, once per round and at each emit/start, re-reads the global providers by identity
+(no allocation) and makes the tracer and instruments only when a provider changes. A run's
+trace context is the ``traceparent`` of the span that started it, stored in the run's
+triggering event (``trigger`` JSON, key ``traceparent``; the history does not carry it), so
+its steps join the caller's trace in any process, after any restart. Only what a round
+committed is reported (``committed``, after the commit): a replay, a cold rebuild or a round
+whose commit failed reports nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
     from ironflow.runtime.driver import Driver
     from ironflow.runtime.executor import Job, Outcome
     from ironflow.runtime.store import Batch
+    from ironflow.runtime.telemetry_metrics import Meters
 
 # True when an SDK tracer or meter provider is set (as of the last ``refresh``): the one
 # check the per-step paths make.
@@ -39,6 +47,7 @@ _TRACE_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
 _METER_ENV = "OTEL_PYTHON_METER_PROVIDER"
 _ENV_PROVIDER = _TRACE_ENV in os.environ or _METER_ENV in os.environ
 _FAST = False  # whether refresh may read the API's provider globals directly (see _load)
+_ABSENT = False  # the API could not be imported: not tried again (once per round otherwise)
 
 
 class _State:
@@ -47,42 +56,39 @@ class _State:
     tracer_provider: Any = None
     meter_provider: Any = None
     tracer: Any = None
-    runs_started: Any = None
-    runs_ended: Any = None
-    steps: Any = None
-    step_duration: Any = None
-    queue_lag: Any = None
+    meters: Meters | None = None
     store_of: Callable[[], Any] | None = None  # for the runs-by-status gauge
 
 
 _state = _State()
 _propagator: Any = None
-# The API's modules, imported on first use once the application has imported the API (a
-# provider can only be set by code that did): ``None`` until then, or if not installed.
+# The API's trace module and the two halves, imported on first use once the application has
+# imported the API: ``None`` until then, or if not installed.
 _trace: Any = None
 _metrics: Any = None
 _metrics_internal: Any = None
-Link: Any = None
-Status: Any = None
-StatusCode: Any = None
+_traces: Any = None  # ironflow.runtime.telemetry_traces
+_meters: Any = None  # ironflow.runtime.telemetry_metrics
 
 
 def _load() -> bool:
     """Import the API if the application did (or names a provider in the environment)."""
-    global _trace, _metrics, _metrics_internal, Link, Status, StatusCode, _propagator
+    global _trace, _metrics, _metrics_internal, _propagator, _traces, _meters, _FAST, _ABSENT
     modules = sys.modules
     imported = "opentelemetry.trace" in modules or "opentelemetry.metrics" in modules
-    if not imported and not _ENV_PROVIDER:
+    if _ABSENT or (not imported and not _ENV_PROVIDER):
         return False
     try:
         from opentelemetry import metrics, trace
         from opentelemetry.metrics import _internal
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        from ironflow.runtime import telemetry_metrics, telemetry_traces
     except ImportError:  # the extra is not installed: everything here stays a no-op
+        _ABSENT = True
         return False
     _metrics, _metrics_internal, _propagator = metrics, _internal, TraceContextTextMapPropagator()
-    Link, Status, StatusCode = trace.Link, trace.Status, trace.StatusCode
-    global _FAST
+    _traces, _meters = telemetry_traces, telemetry_metrics
     _FAST = (
         not _ENV_PROVIDER
         and hasattr(trace, "_TRACER_PROVIDER")
@@ -132,101 +138,16 @@ def _changed() -> bool:
             state.tracer = tracer_provider.get_tracer(SCOPE)
     if meter_provider is not state.meter_provider:
         state.meter_provider = meter_provider
-        state.steps = None
+        state.meters = None
         if meter_provider is not None and not isinstance(
             meter_provider, _metrics.NoOpMeterProvider
         ):
-            _instruments(meter_provider.get_meter(SCOPE))
-    ON = state.tracer is not None or state.steps is not None
+            state.meters = _meters.Meters(meter_provider.get_meter(SCOPE), _runs_by_status)
+    ON = state.tracer is not None or state.meters is not None
     return ON
 
 
-# Histogram buckets in seconds (the SDK's default ones are milliseconds); an API too old for
-# the advisory argument keeps its defaults.
-_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
-_SECONDS: dict[str, Any] = {}
-
-
-def _instruments(meter: Any) -> None:
-    """The metrics (Prometheus names ``ironflow_*``), all labelled by ``function``."""
-    import inspect
-
-    if (
-        "explicit_bucket_boundaries_advisory"
-        in inspect.signature(meter.create_histogram).parameters
-    ):
-        _SECONDS["explicit_bucket_boundaries_advisory"] = list(_BUCKETS)
-    state = _state
-    state.runs_started = meter.create_counter(
-        "ironflow_runs_started", description="Runs started, by function"
-    )
-    state.runs_ended = meter.create_counter(
-        "ironflow_runs_ended", description="Runs ended, by function and status"
-    )
-    state.steps = meter.create_counter(
-        "ironflow_steps_executed",
-        description="Step executions (each attempt), by function, kind and outcome",
-    )
-    state.step_duration = meter.create_histogram(
-        "ironflow_step_duration",
-        unit="s",
-        description="Duration of a step execution, by function and kind",
-        **_SECONDS,
-    )
-    state.queue_lag = meter.create_histogram(
-        "ironflow_queue_lag",
-        unit="s",
-        description="From when a run was due (created) to when a worker started it",
-        **_SECONDS,
-    )
-    meter.create_observable_gauge(
-        "ironflow_runs", callbacks=[_runs_by_status], description="Runs by status"
-    )
-
-
-def watch_store(store: Any) -> None:
-    """Count runs by status in ``store`` for the ``ironflow_runs`` gauge, read when the
-    metrics are collected (e.g. a Prometheus scrape); the engine made last is the one read."""
-    _state.store_of = weakref.ref(store)
-
-
-def _runs_by_status(_options: Any) -> Iterator[Any]:
-    from ironflow.runtime.models import STATUSES
-
-    store_of = _state.store_of
-    store = store_of() if store_of is not None else None
-    if store is None:
-        return
-    try:
-        counts = [
-            (function_id, status, store.count_runs(status, function_id))
-            for function_id in _functions(store)
-            for status in STATUSES
-        ]
-    except Exception:  # a closed or unreachable store: no observation this time
-        return
-    for function_id, status, count in counts:
-        yield _metrics.Observation(count, {"function": function_id, "status": status})
-
-
-def _functions(store: Any) -> list[str]:
-    with store.transaction() as tx:
-        return [fid for fid, _ in tx.registered()]
-
-
-# --- traces in the caller's context ------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def caller_span(name: str, attributes: dict[str, Any]) -> Iterator[Any]:
-    """A span in the caller's context (``emit``, ``start``), current while the body runs so
-    that ``traceparent()`` names it; yields None when tracing is off."""
-    tracer = _state.tracer if refresh() else None
-    if tracer is None:
-        yield None
-        return
-    with tracer.start_as_current_span(name, attributes=attributes) as span:
-        yield span
+# --- the trace context: captured in the caller, carried with the run ---------------------------
 
 
 def traceparent() -> str | None:
@@ -259,29 +180,49 @@ def stored_trace(trigger: Any) -> str | None:
     return value if type(value) is str else None
 
 
-def _context(trace: str | None) -> Any:
+def context_of(trace: str | None) -> Any:
+    """The OpenTelemetry context a stored ``traceparent`` names (None: the current one)."""
     if trace is None:
         return None
     return _propagator.extract({"traceparent": trace})
 
 
-def child_trace(function_id: str, run_id: str, child_id: str, trace: str | None) -> str | None:
-    """An ``invoke`` span in the parent run's trace; its ``traceparent``, for the child."""
+def traceparent_of(span: Any) -> str | None:
+    """The W3C ``traceparent`` naming ``span``, for a run it starts."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier, context=_trace.set_span_in_context(span))
+    return carrier.get("traceparent")
+
+
+# --- the engine's hooks --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def caller_span(name: str, attributes: dict[str, Any]) -> Iterator[Any]:
+    """A span in the caller's context (``emit``, ``start``), current while the body runs so
+    that ``traceparent()`` names it; yields None when tracing is off."""
+    tracer = _state.tracer if refresh() else None
+    if tracer is None:
+        yield None
+        return
+    with tracer.start_as_current_span(name, attributes=attributes) as span:
+        yield span
+
+
+def child_trace(
+    function_id: str, run_id: str, child_id: str, trace: str | None, pending: list[Any]
+) -> str | None:
+    """Start an ``invoke`` span in the parent run's trace; its ``traceparent``, for the child.
+
+    Started while folding (the child's trigger needs its id) but kept in ``pending``, ended
+    only once the round commits (``committed``): a round rolled back and driven again
+    starts another, and the first is never ended, so never exported."""
     tracer = _state.tracer
     if tracer is None:
         return None
-    attributes = {
-        "ironflow.run_id": child_id,
-        "ironflow.function_id": function_id,
-        "ironflow.parent_run_id": run_id,
-    }
-    with tracer.start_as_current_span(
-        f"invoke {function_id}", context=_context(trace), attributes=attributes
-    ):
-        return traceparent()
-
-
-# --- steps (on the executor's threads) ---------------------------------------------------------
+    span = _traces.invoke(tracer, function_id, run_id, child_id, context_of(trace))
+    pending.append(span)
+    return traceparent_of(span)
 
 
 def run_step(job: Job, body: Callable[[Job], Outcome]) -> Outcome:
@@ -292,16 +233,12 @@ def run_step(job: Job, body: Callable[[Job], Outcome]) -> Outcome:
     if tracer is None:
         outcome = body(job)
     else:
-        with tracer.start_as_current_span(
-            f"step {job.function_id}/{job.step_id}",
-            context=_context(job.trace),
-            attributes=_step_attributes(job),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        with _traces.step_span(tracer, job, context_of(job.trace)) as span:
             outcome = body(job)
-            _step_status(span, outcome)
-    _step_metrics(job, outcome, time.perf_counter() - started)
+            _traces.step_status(span, outcome)
+    meters = _state.meters
+    if meters is not None:
+        meters.step(job, outcome, time.perf_counter() - started)
     return outcome
 
 
@@ -312,157 +249,59 @@ async def run_step_async(job: Job, body: Callable[[Job], Any]) -> Outcome:
     if tracer is None:
         outcome: Outcome = await body(job)
     else:
-        with tracer.start_as_current_span(
-            f"step {job.function_id}/{job.step_id}",
-            context=_context(job.trace),
-            attributes=_step_attributes(job),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        with _traces.step_span(tracer, job, context_of(job.trace)) as span:
             outcome = await body(job)
-            _step_status(span, outcome)
-    _step_metrics(job, outcome, time.perf_counter() - started)
+            _traces.step_status(span, outcome)
+    meters = _state.meters
+    if meters is not None:
+        meters.step(job, outcome, time.perf_counter() - started)
     return outcome
 
 
-def _step_attributes(job: Job) -> dict[str, Any]:
-    return {
-        "ironflow.run_id": job.run_id,
-        "ironflow.function_id": job.function_id,
-        "ironflow.step.id": job.step_id,
-        "ironflow.step.attempt": job.attempt,
-        "ironflow.step.kind": job.kind,
-    }
-
-
-def _step_status(span: Any, outcome: Outcome) -> None:
-    if outcome.ok:
-        return
-    error = outcome.error
-    message = f"{error.type}: {error.message}" if error is not None else "failed"
-    span.set_status(Status(StatusCode.ERROR, message))
-    if error is not None:
-        span.add_event(
-            "exception",
-            {
-                "exception.type": error.type,
-                "exception.message": error.message,
-                "exception.stacktrace": error.traceback or "",
-            },
-        )
-    span.set_attribute("ironflow.step.retryable", outcome.retryable)
-
-
-def _step_metrics(job: Job, outcome: Outcome, seconds: float) -> None:
-    state = _state
-    if state.steps is None:
-        return
-    labels = {"function": job.function_id, "kind": job.kind}
-    state.step_duration.record(seconds, labels)
-    state.steps.add(1, {**labels, "outcome": "completed" if outcome.ok else "failed"})
-
-
-# --- what a round committed --------------------------------------------------------------------
-
-# History rows a round writes that are a wake of the run: (span kind, what woke it).
-_WAKES = {
-    "TimerFired": "timer",
-    "WaitTimedOut": "timer",
-    "WaitMatched": "event",
-    "ChildCompleted": "child",
-    "ChildFailed": "child",
-}
-
-
 def committed(driver: Driver, batch: Batch, now_us: int) -> None:
-    """Report what a round just committed: runs started and ended, wakes, compensations.
-    Called after the commit, before ended runs leave ``driver.live``."""
-    state = _state
-    tracer = state.tracer
-    live_runs = driver.live
-    for row in batch.history:
-        kind = row[2]
-        if kind == "RunStarted":
-            live = live_runs.get(row[0])
-            if live is None:
-                continue
-            fid = live.function.id
-            if state.runs_started is not None:
-                state.runs_started.add(1, {"function": fid})
-                lag = _queue_lag(row[4], now_us)
-                if lag is not None:
-                    state.queue_lag.record(lag, {"function": fid})
-            if tracer is not None:
-                links = [Link(_span_context(live.trace))] if live.parent_run_id else None
-                _short(tracer, f"run start {fid}", live, {}, links=links)
-        elif tracer is not None and (kind in _WAKES or kind == "CompensationScheduled"):
-            live = live_runs.get(row[0])
-            if live is None:
-                continue
-            fid = live.function.id
-            if kind == "CompensationScheduled":
-                step_id = _field(row[4], "id")
-                _short(tracer, f"compensate {fid}/{step_id}", live, {"ironflow.step.id": step_id})
-            else:
-                attributes = {"ironflow.wake": _WAKES[kind], "ironflow.step.id": _field(row[4])}
-                _short(tracer, f"wake {fid}", live, attributes)
-    for ended in batch.ended:
-        status, run_id = ended[0], ended[-1]
-        live = live_runs.get(run_id)
-        if live is None:
-            continue
-        fid = live.function.id
-        if state.runs_ended is not None:
-            state.runs_ended.add(1, {"function": fid, "status": status})
-        if tracer is not None:
-            attributes = {"ironflow.run.status": status}
-            span = _short(tracer, f"run end {fid}", live, attributes, end=False)
-            if status == "failed":
-                span.set_status(Status(StatusCode.ERROR, "run failed"))
+    """Report what a round just committed (runs started and ended, wakes, compensations, the
+    invokes its fold started). Called after the commit succeeded, before ended runs leave
+    ``driver.live``; never for a round whose commit failed."""
+    pending = driver.pending_spans
+    if pending:
+        for span in pending:
             span.end()
+        pending.clear()
+    meters = _state.meters
+    if meters is not None:
+        meters.committed(driver.live, batch, now_us)
+    tracer = _state.tracer
+    if tracer is not None:
+        _traces.committed(tracer, driver.live, batch)
 
 
-def _short(
-    tracer: Any,
-    name: str,
-    live: Any,
-    attributes: dict[str, Any],
-    links: Any = None,
-    end: bool = True,
-) -> Any:
-    span = tracer.start_span(
-        name,
-        context=_context(live.trace),
-        links=links,
-        attributes={
-            "ironflow.run_id": live.run_id,
-            "ironflow.function_id": live.function.id,
-            **attributes,
-        },
-    )
-    if end:
-        span.end()
-    return span
+def watch_store(store: Any) -> None:
+    """Count runs by status in ``store`` for the ``ironflow_runs`` gauge, read when the
+    metrics are collected (e.g. a Prometheus scrape); the engine made last is the one read."""
+    _state.store_of = weakref.ref(store)
 
 
-def _span_context(trace: str | None) -> Any:
-    return _trace.get_current_span(_context(trace)).get_span_context()
-
-
-def _field(body: str, name: str = "id") -> Any:
+def _runs_by_status() -> list[tuple[str, str, int]]:
+    """(function, status, count) of the store watched, or [] if none is (or it is closed)."""
+    store_of = _state.store_of
+    store = store_of() if store_of is not None else None
+    if store is None:
+        return []
     try:
-        value = json.loads(body)
-    except ValueError:
-        return None
-    if isinstance(value, dict):
-        return value.get(name)
-    return value[0] if isinstance(value, list) and value else None
+        return runs_by_status(store)
+    except Exception:  # a closed or unreachable store: no observation this time
+        return []
 
 
-def _queue_lag(body: str, now_us: int) -> float | None:
-    """Seconds from the run's creation (its triggering event's time) to its start."""
-    try:
-        ts = json.loads(body)["event"]["ts"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return max(0.0, (now_us - int(ts)) / 1_000_000) if isinstance(ts, int) else None
+def runs_by_status(store: Any) -> list[tuple[str, str, int]]:
+    """(function, status, count) for every function registered in ``store`` and status:
+    the ``ironflow_runs`` gauge (here and in the server's ``/metrics``)."""
+    from ironflow.runtime.models import STATUSES
+
+    with store.transaction() as tx:
+        functions = [fid for fid, _ in tx.registered()]
+    return [
+        (function_id, status, store.count_runs(status, function_id))
+        for function_id in functions
+        for status in STATUSES
+    ]

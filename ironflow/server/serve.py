@@ -29,6 +29,18 @@ def is_loopback(host: str) -> bool:
         return False  # a name: it may resolve to anything
 
 
+def install_metrics() -> str | None:
+    """Have the engine's OpenTelemetry metrics written where ``/metrics`` reads them (for a
+    server that is also a worker): None, or why not (the packages to install)."""
+    from ironflow.runtime import prometheus
+
+    try:
+        prometheus.install()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
 class ServeError(Exception):
     """The server could not start (the port is taken, the address is not this host's)."""
 
