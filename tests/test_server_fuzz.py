@@ -59,9 +59,9 @@ def _boom() -> None:
     raise ironflow.NonRetryableError("boom")
 
 
-@pytest.fixture(scope="module")
-def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    engine = Engine(str(tmp_path_factory.mktemp("fuzz") / "fuzz.db"), clock=VirtualClock())
+@pytest.fixture
+def api_schema(store_url: str) -> Any:
+    engine = Engine(store_url, clock=VirtualClock())
     engine.register(fuzz_ok)
     engine.register(fuzz_bad)
     engine.emit("fuzz.go", {"n": 1})

@@ -212,8 +212,9 @@ class Engine:
         ):
             if idempotency_key is not None:
                 event_id = tx.event_id_of(idempotency_key) or event_id
+            traceparent = telemetry.traceparent() if span else None
             started = events.emit_in(
-                self._driver, tx, name, payload, event_id, idempotency_key, now
+                self._driver, tx, name, payload, event_id, idempotency_key, now, traceparent
             )
             if span is not None:
                 span.set_attribute("ironflow.run_ids", started)
