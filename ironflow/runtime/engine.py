@@ -277,10 +277,7 @@ class Engine:
             )
         if isinstance(function, Function):
             function = function.id
-        if function is not None and type(function) is not str:
-            raise TypeError(
-                f"function must be a function id or a declared function, got {function!r}"
-            )
+        paging.check_function_filter(function)
         if limit is not None and (type(limit) is not int or limit <= 0):
             raise ValueError(f"limit must be a positive int or None, got {limit!r}")
         found = self.store.list_runs(status, function, limit)
@@ -303,10 +300,7 @@ class Engine:
             check_event_name(name)
         if isinstance(function, Function):
             function = function.id
-        if function is not None and type(function) is not str:
-            raise TypeError(
-                f"function must be a function id or a declared function, got {function!r}"
-            )
+        paging.check_function_filter(function)
         if limit is not None and (type(limit) is not int or limit <= 0):
             raise ValueError(f"limit must be a positive int or None, got {limit!r}")
         return list_skipped(self.store, name, function, limit)
