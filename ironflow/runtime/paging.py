@@ -85,7 +85,7 @@ def check_function_filter(function_id: Any) -> str | None:
         )
     if function_id and not function_id.isprintable():
         check_function_id(function_id)
-    return function_id
+    return None if function_id is None else str(function_id)
 
 
 def check_limit(limit: Any) -> int:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from litestar import Litestar, Response, get
+from litestar import Litestar, MediaType, Response, get
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
@@ -174,7 +174,7 @@ def create_app(
             description="The HTTP API of an ironflow server (see docs/server.md).",
             path=OPENAPI_PATH,
             render_plugins=[
-                JsonRenderPlugin(path=["/", "/openapi.json"], media_type="application/json")
+                JsonRenderPlugin(path=["/", "/openapi.json"], media_type=MediaType.JSON)
             ],
         ),
         request_max_body_size=max_body,

@@ -343,8 +343,8 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
         # Every stripe shared with its own exclusive, at once: an emit may start runs next.
         keys, modes = self.wanted((stripe(name),), ALL_STRIPES)
         store = self.store
-        params = (event_id, name, data, ts_us, idempotency_key, traceparent)
-        params += (store.lock_class, store.lock_class)
+        lock_class = store.lock_class
+        params = (event_id, name, data, ts_us, idempotency_key, traceparent, lock_class, lock_class)
         found = self.conn.execute(RECORD_EVENT, (*params, keys, modes))
         self.took(keys, modes)
         # Announced as the transaction ends, naming the runs it starts or wakes (``targets``).
