@@ -315,8 +315,14 @@ def test_runs_show_and_list_tell_the_code_version_and_why_a_run_is_pending(
 
 def _back_to_v2(store: Any) -> None:
     """Turn a current database into what v2 had (no registry, no heartbeats, no code
-    versions; none of v4's flow tables nor v5's run links and listing indexes)."""
-    v5 = ["DROP INDEX runs_status_created", "DROP INDEX runs_function_created"]
+    versions; none of v4's flow tables, v5's run links and listing indexes, nor v6's event
+    trace contexts and consumers' index)."""
+    v5 = [
+        "DROP INDEX consumed_event",
+        "ALTER TABLE events DROP COLUMN traceparent",
+        "DROP INDEX runs_status_created",
+        "DROP INDEX runs_function_created",
+    ]
     if type(store).__name__.startswith("SQLite"):
         v5.append("DROP INDEX runs_created")  # PostgreSQL had it from its first version
     for statement in (
@@ -345,7 +351,7 @@ def test_a_v2_database_is_migrated_to_the_current_version_with_its_runs(
     raw: Any = open_store(store_url)
     _back_to_v2(raw)
     raw.close()
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     # Read-only (the CLI's runs commands) it reads as v2 was: no code versions, no reasons.
     reader = Engine(open_store(store_url, read_only=True))
     run = reader.get_run(pending)
@@ -368,7 +374,7 @@ def test_a_newer_sqlite_database_is_still_refused(store_url: str) -> None:
     Engine(store_url).close()
     conn = sqlite3.connect(store_url)
     with conn:
-        conn.execute("UPDATE ironflow_meta SET value = '6' WHERE key = 'schema_version'")
+        conn.execute("UPDATE ironflow_meta SET value = '7' WHERE key = 'schema_version'")
     conn.close()
     with pytest.raises(ironflow.errors.StoreError, match="newer than this ironflow"):
         Engine(store_url)

@@ -129,8 +129,8 @@ def test_creates_the_schema_in_the_urls_search_path_with_the_sqlite_version(pg_u
     assert tables(pg_url) == sorted(pg.TABLES)
     with connect(pg_url) as conn:
         meta = conn.execute("SELECT key, value FROM ironflow_meta ORDER BY key").fetchall()
-        assert meta == [("registry_version", "0"), ("schema_version", "5")]
-        assert sqlite_store.SCHEMA_VERSION == 5
+        assert meta == [("registry_version", "0"), ("schema_version", "6")]
+        assert sqlite_store.SCHEMA_VERSION == 6
         located = conn.execute(
             "SELECT DISTINCT schemaname FROM pg_tables WHERE tablename = ANY(%s)",
             (list(pg.TABLES),),

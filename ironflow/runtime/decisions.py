@@ -76,7 +76,9 @@ def apply(
         elif kind == kinds.PUBLISH:
             detail = work.detail
             event_id = detail["event_id"]
-            args = (detail["event"], detail["data"], event_id, event_id, now)
+            # The published event carries the publishing run's trace context: the runs it
+            # starts join that trace.
+            args = (detail["event"], detail["data"], event_id, event_id, now, live.trace)
             later.append((events.emit_in, args))
             inputs.append((EventPublished, {"id": work.id, "event_id": event_id}))
     return inputs

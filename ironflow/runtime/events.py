@@ -28,7 +28,7 @@ from ironflow.history.events import (
     WaitMatched,
 )
 from ironflow.interpreter import Work
-from ironflow.runtime import flow_arrival, flow_cancel, flow_plan, registry, telemetry, timers
+from ironflow.runtime import flow_arrival, flow_cancel, flow_plan, registry, timers
 from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.ids import new_id
@@ -65,8 +65,13 @@ def emit_in(
     event_id: str,
     idempotency_key: str | None,
     now: _dt.datetime,
+    traceparent: str | None = None,
 ) -> list[str]:
-    """Record an event, match waits, start the functions it triggers; the runs started."""
+    """Record an event, match waits, start the functions it triggers; the runs started.
+
+    ``traceparent``: the W3C trace context of the emitter (its ``emit`` span, or the
+    publishing run's stored context), stored with the event; every run the event starts,
+    now or later through flow control, joins that trace."""
     if idempotency_key is not None:
         known = tx.event_started(idempotency_key)
         if known is not None:
@@ -78,7 +83,7 @@ def emit_in(
                     f"(started) cannot be decoded: {problem(exc)}"
                 ) from None
     now_us = rows.to_us(now)
-    pos = tx.record_event(event_id, name, rows.dumps(data), now_us, idempotency_key)
+    pos = tx.record_event(event_id, name, rows.dumps(data), now_us, idempotency_key, traceparent)
     event = Event(event_id, name, data, now)
     match_waits(driver, tx, event, now_us)
     started = []
@@ -88,24 +93,16 @@ def emit_in(
     arrivals = flow_plan.refresh(driver, tx).arrivals if triggered else None
     for function_id in triggered:
         if arrivals and function_id in arrivals:  # idempotency, rate limit, batch, debounce
-            started += flow_arrival.arrive(driver, tx, arrivals[function_id], event, pos, now_us)
+            plan = arrivals[function_id]
+            started += flow_arrival.arrive(driver, tx, plan, event, pos, now_us, traceparent)
             continue
-        trigger = trigger or _trigger(event)
+        trigger = trigger or rows.dumps(flow_arrival.traced_body(event, traceparent))
         run_id = new_id()
         if create_run(driver, tx, run_id, function_id, trigger, now_us):
             started.append(run_id)
     if started:  # the column's default says none
         tx.set_event_started(pos, rows.dumps(started))
     return started
-
-
-def _trigger(event: Event) -> str:
-    """The stored triggering event of the runs an event starts, with the emit's trace."""
-    body = rows.event_body(event)
-    traceparent = telemetry.traceparent() if telemetry.ON else None
-    if traceparent is not None:
-        body["traceparent"] = traceparent
-    return rows.dumps(body)
 
 
 def match_waits(driver: Driver, tx: Transaction, event: Event, now_us: int) -> None:

@@ -17,6 +17,10 @@ contract's order:
 An event that passes starts its run through ``schedule``, the one place flow control creates
 runs (later gates, such as singleton, see every run it schedules). Keys are stored as the
 canonical JSON of their value (``None`` for a missing field: one shared bucket).
+
+An event kept for later (an arrival, a batch, a debounced burst) is kept with the emitter's
+trace context (``traceparent``, as stored in its events row): the run it starts, whenever and
+wherever, joins the emitter's trace (a batch's run, its first event's).
 """
 
 from __future__ import annotations
@@ -40,23 +44,47 @@ US = 1_000_000
 
 
 def arrive(
-    driver: Driver, tx: Transaction, plan: Plan, event: Event, pos: int, now_us: int
+    driver: Driver,
+    tx: Transaction,
+    plan: Plan,
+    event: Event,
+    pos: int,
+    now_us: int,
+    trace: str | None = None,
 ) -> list[str]:
-    """Apply ``plan``'s at-arrival options to ``event`` (recorded at ``pos``); the runs it
-    started now."""
+    """Apply ``plan``'s at-arrival options to ``event`` (recorded at ``pos``, emitted in the
+    trace context ``trace``); the runs it started now."""
     if plan.needs_code:
-        defer(tx, plan.function_id, event, pos, now_us)
+        defer(tx, plan.function_id, event, pos, now_us, trace)
         return []
-    return judge(driver, tx, plan, event, now_us)
+    return judge(driver, tx, plan, event, now_us, trace)
 
 
-def defer(tx: Transaction, function_id: str, event: Event, pos: int, now_us: int) -> None:
+def defer(
+    tx: Transaction, function_id: str, event: Event, pos: int, now_us: int, trace: str | None
+) -> None:
     """Leave the event for a worker with the function's code to judge (due now, in order)."""
-    body = rows.dumps(rows.event_body(event))
+    body = rows.dumps(traced_body(event, trace))
     tx.state_put(function_id, "arrival", f"{pos:020d}", now_us, now_us, None, body)
 
 
-def judge(driver: Driver, tx: Transaction, plan: Plan, event: Event, now_us: int) -> list[str]:
+def traced_body(event: Event, trace: str | None) -> dict[str, Any]:
+    """The stored form of ``event`` (a run's trigger, a kept event), with its emitter's trace
+    context under ``traceparent`` when it has one."""
+    body = rows.event_body(event)
+    if trace is not None:
+        body["traceparent"] = trace
+    return body
+
+
+def judge(
+    driver: Driver,
+    tx: Transaction,
+    plan: Plan,
+    event: Event,
+    now_us: int,
+    trace: str | None = None,
+) -> list[str]:
     """Idempotency, rate limit, batching and debounce, in that order (see the module)."""
     flow, fid = plan.flow, plan.function_id
     idem_key = rate_key = None
@@ -92,15 +120,16 @@ def judge(driver: Driver, tx: Transaction, plan: Plan, event: Event, now_us: int
         )
     if idem_key is not None:
         tx.state_put(fid, "idempotency", idem_key, None, now_us, now_us + DAY_US, event.id)
+    body = traced_body(event, trace)
     if flow.batch_events is not None:
-        return add_to_batch(driver, tx, plan, event, now_us)
+        return add_to_batch(driver, tx, plan, event, body, now_us)
     if flow.debounce is not None:
-        return debounce(driver, tx, plan, event, now_us)
-    return schedule(driver, tx, fid, rows.dumps(rows.event_body(event)), now_us)
+        return debounce(driver, tx, plan, event, body, now_us)
+    return schedule(driver, tx, fid, rows.dumps(body), now_us)
 
 
 def add_to_batch(
-    driver: Driver, tx: Transaction, plan: Plan, event: Event, now_us: int
+    driver: Driver, tx: Transaction, plan: Plan, event: Event, body: dict[str, Any], now_us: int
 ) -> list[str]:
     """Add ``event`` to its key's batch; start the batch's run if that fills it."""
     batch, fid = plan.flow.batch_events, plan.function_id
@@ -116,7 +145,7 @@ def add_to_batch(
             row = None
         else:
             bodies = json.loads(row[3])
-    bodies.append(rows.event_body(event))
+    bodies.append(body)
     if len(bodies) >= batch.max_size:
         if row is not None:
             tx.state_drop(fid, "batch", key)
@@ -128,7 +157,9 @@ def add_to_batch(
     return started
 
 
-def debounce(driver: Driver, tx: Transaction, plan: Plan, event: Event, now_us: int) -> list[str]:
+def debounce(
+    driver: Driver, tx: Transaction, plan: Plan, event: Event, body: dict[str, Any], now_us: int
+) -> list[str]:
     """Make ``event`` its key's pending event, due ``period`` from now (capped by
     ``max_wait`` from the first of the burst)."""
     d, fid = plan.flow.debounce, plan.function_id
@@ -145,7 +176,7 @@ def debounce(driver: Driver, tx: Transaction, plan: Plan, event: Event, now_us: 
     due_us = now_us + int(d.period.total_seconds() * US)
     if d.max_wait is not None:
         due_us = min(due_us, first_us + int(d.max_wait.total_seconds() * US))
-    tx.state_put(fid, "debounce", key, due_us, first_us, None, rows.dumps(rows.event_body(event)))
+    tx.state_put(fid, "debounce", key, due_us, first_us, None, rows.dumps(body))
     driver.next_timer_us = min(driver.next_timer_us, due_us)
     return started
 
@@ -162,7 +193,8 @@ def schedule(
 
 
 def batch_trigger(bodies: list[Any]) -> str:
-    """The stored trigger of a batch's run: its first event, with the whole batch beside."""
+    """The stored trigger of a batch's run: its first event (and its trace context), with
+    the whole batch beside."""
     first = dict(bodies[0])
     first["batch"] = bodies
     return rows.dumps(first)

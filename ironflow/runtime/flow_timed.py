@@ -97,8 +97,10 @@ def _arrival(
     plan = driver.plans.local.get(function_id)
     if taken is None or plan is None:
         return []
-    event = rows.event_from_body(json.loads(taken[1]))
-    return flow_arrival.judge(driver, tx, plan, event, now_us)
+    body = json.loads(taken[1])
+    trace = body.get("traceparent")  # the emitter's, kept with the event (flow_arrival)
+    event = rows.event_from_body(body)
+    return flow_arrival.judge(driver, tx, plan, event, now_us, trace)
 
 
 def _cron(

@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 from typing import Any
 
+from ironflow.commands.names import check_function_id
 from ironflow.runtime.models import STATUSES
 from ironflow.runtime.store import Store, rows
 
@@ -42,6 +43,7 @@ def decode_cursor(cursor: Any) -> tuple[int, str]:
         or len(value) != 2
         or type(value[0]) is not int
         or type(value[1]) is not str
+        or not value[1].isprintable()  # no run id we gave holds a control character
     ):
         raise bad
     return value[0], value[1]
@@ -54,6 +56,9 @@ def time_bound(value: Any, what: str) -> int | None:
     when = value
     if isinstance(value, str):
         try:
+            # fromisoformat stops at a NUL (C string parsing): text after one is refused here.
+            if not value.isprintable():
+                raise ValueError(value)
             when = _dt.datetime.fromisoformat(value)
         except ValueError:
             raise ValueError(
@@ -68,6 +73,19 @@ def time_bound(value: Any, what: str) -> int | None:
         return rows.to_us(when)
     except OverflowError:
         raise ValueError(f"{what} {value!r} is out of range") from None
+
+
+def check_function_filter(function_id: Any) -> str | None:
+    """A listing's function filter: ``None`` or a function id; ``TypeError`` or
+    ``ValueError`` naming it if it is not text, or holds a character no function id has (a
+    control character such as NUL, which PostgreSQL cannot even compare)."""
+    if function_id is not None and type(function_id) is not str:
+        raise TypeError(
+            f"function must be a function id or a declared function, got {function_id!r}"
+        )
+    if function_id and not function_id.isprintable():
+        check_function_id(function_id)
+    return None if function_id is None else str(function_id)
 
 
 def check_limit(limit: Any) -> int:
@@ -89,10 +107,7 @@ def page(
     ``ValueError``/``TypeError`` naming a bad argument."""
     if status is not None and status not in STATUSES:
         raise ValueError(f"unknown run status {status!r}; a run is one of: {', '.join(STATUSES)}")
-    if function_id is not None and type(function_id) is not str:
-        raise TypeError(
-            f"function must be a function id or a declared function, got {function_id!r}"
-        )
+    check_function_filter(function_id)
     check_limit(limit)
     after = None if cursor is None else decode_cursor(cursor)
     since = time_bound(created_after, "created_after")

@@ -62,8 +62,7 @@ def filters(function: Any, limit: Any) -> tuple[str | None, int | None]:
     bad one."""
     if isinstance(function, Function):
         function = function.id
-    if function is not None and type(function) is not str:
-        raise TypeError(f"function must be a function id or a declared function, got {function!r}")
+    function = paging.check_function_filter(function)
     if limit is not None and (type(limit) is not int or limit <= 0):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     return function, limit

@@ -58,7 +58,10 @@ def emit(
     ):
         if idempotency_key is not None:
             event_id = tx.event_id_of(idempotency_key) or event_id
-        started = events.emit_in(driver, tx, name, payload, event_id, idempotency_key, now)
+        traceparent = telemetry.traceparent() if span else None
+        started = events.emit_in(
+            driver, tx, name, payload, event_id, idempotency_key, now, traceparent
+        )
         if span is not None:
             span.set_attribute("ironflow.run_ids", started)
     return event_id, started

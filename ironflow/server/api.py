@@ -7,11 +7,12 @@ the bad value; an unknown run or function a 404; a state that forbids the action
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Response, get, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ironflow.history import dumps
 from ironflow.runtime import Engine
@@ -63,7 +64,7 @@ def _bad(exc: Exception) -> ApiError:
 
 
 @post("/api/events", sync_to_thread=True, status_code=200, responses=_errors(400))
-def emit(engine: Engine, data: EmitBody) -> Emitted:
+def emit(engine: NamedDependency[Engine], data: JSONBody[EmitBody]) -> Emitted:
     """Emit an event: start the functions it triggers and satisfy matching waits."""
     try:
         event_id, run_ids = engine.emit_event(
@@ -80,7 +81,11 @@ def emit(engine: Engine, data: EmitBody) -> Emitted:
     status_code=200,
     responses=_errors(400, 404, 409),
 )
-def start(engine: Engine, function_id: str, data: StartBody | None = None) -> Started:
+def start(
+    engine: NamedDependency[Engine],
+    function_id: FromPath[str],
+    data: JSONBody[StartBody | None] = None,
+) -> Started:
     """Start a run of a registered function; a given ``run_id`` is an idempotency key."""
     body = data or StartBody()
     try:
@@ -108,7 +113,7 @@ def start(engine: Engine, function_id: str, data: StartBody | None = None) -> St
 
 
 @get("/api/functions", sync_to_thread=True, responses=_errors())
-def functions(engine: Engine) -> Functions:
+def functions(engine: NamedDependency[Engine]) -> Functions:
     """The functions registered in the database, with triggers and settings."""
     found = [
         FunctionOut(
@@ -128,17 +133,19 @@ def functions(engine: Engine) -> Functions:
 
 @get("/api/runs", sync_to_thread=True, responses=_errors(400))
 def list_runs(
-    engine: Engine,
-    status: str | None = None,
-    function: str | None = None,
-    limit: int = Parameter(default=50, ge=1, le=MAX_PAGE),
-    cursor: str | None = None,
-    created_after: str | None = Parameter(
-        default=None, description="ISO 8601 time with offset: runs created at or after it"
-    ),
-    created_before: str | None = Parameter(
-        default=None, description="ISO 8601 time with offset: runs created before it"
-    ),
+    engine: NamedDependency[Engine],
+    status: FromQuery[str | None] = None,
+    function: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
+    cursor: FromQuery[str | None] = None,
+    created_after: Annotated[
+        str | None,
+        QueryParameter(description="ISO 8601 time with offset: runs created at or after it"),
+    ] = None,
+    created_before: Annotated[
+        str | None,
+        QueryParameter(description="ISO 8601 time with offset: runs created before it"),
+    ] = None,
 ) -> RunsPage:
     """Runs, newest first, a page at a time (``next_cursor`` is ``null`` on the last page)."""
     if status is not None and status not in STATUSES:
@@ -160,7 +167,7 @@ def list_runs(
 
 
 @get("/api/runs/{run_id:str}", sync_to_thread=True, responses=_errors(404))
-def get_run(engine: Engine, run_id: str) -> RunOut:
+def get_run(engine: NamedDependency[Engine], run_id: FromPath[str]) -> RunOut:
     """The run, as ``Engine.get_run`` gives it."""
     return run_out(_run(engine, run_id))
 
@@ -178,7 +185,7 @@ def get_run(engine: Engine, run_id: str) -> RunOut:
     },
     media_type="application/json",
 )
-def history(engine: Engine, run_id: str) -> Response[bytes]:
+def history(engine: NamedDependency[Engine], run_id: FromPath[str]) -> Response[bytes]:
     """The run's history in the export format (what ``ironflow runs export`` writes)."""
     _run(engine, run_id)
     try:
@@ -196,7 +203,9 @@ def history(engine: Engine, run_id: str) -> Response[bytes]:
     status_code=200,
     responses=_errors(400, 404, 409),
 )
-def cancel(engine: Engine, run_id: str, data: CancelBody | None = None) -> RunOut:
+def cancel(
+    engine: NamedDependency[Engine], run_id: FromPath[str], data: JSONBody[CancelBody | None] = None
+) -> RunOut:
     """Cancel a run and its child runs (a running one at its next step boundary)."""
     body = data or CancelBody()
     run = _run(engine, run_id)
@@ -215,7 +224,7 @@ def cancel(engine: Engine, run_id: str, data: CancelBody | None = None) -> RunOu
     status_code=200,
     responses=_errors(404, 409),
 )
-def resume(engine: Engine, run_id: str) -> RunOut:
+def resume(engine: NamedDependency[Engine], run_id: FromPath[str]) -> RunOut:
     """Resume a failed run (the failed step runs again) or a blocked one (after a fix)."""
     _run(engine, run_id)
     try:
@@ -231,7 +240,7 @@ def resume(engine: Engine, run_id: str) -> RunOut:
     status_code=200,
     responses=_errors(404, 409),
 )
-def rerun(engine: Engine, run_id: str) -> Started:
+def rerun(engine: NamedDependency[Engine], run_id: FromPath[str]) -> Started:
     """Start a new run of the same function with the same triggering event."""
     _run(engine, run_id)
     try:
@@ -247,7 +256,9 @@ def rerun(engine: Engine, run_id: str) -> Started:
     status_code=200,
     responses=_errors(400, 404, 409),
 )
-def fork(engine: Engine, run_id: str, data: ForkBody) -> Started:
+def fork(
+    engine: NamedDependency[Engine], run_id: FromPath[str], data: JSONBody[ForkBody]
+) -> Started:
     """A new run keeping the steps recorded before ``from_step``, run on with current code."""
     _run(engine, run_id)
     try:

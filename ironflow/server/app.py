@@ -25,9 +25,10 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from litestar import Controller, Litestar, Request, Response, get
+from litestar import Litestar, MediaType, Response, get
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 
 from ironflow.server import api
 from ironflow.server.errors import body, handlers
@@ -127,16 +128,11 @@ async def _answer(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-class OpenAPIDocument(Controller):
-    """``GET /api/openapi.json``: this API's OpenAPI document, made from its types."""
-
-    path = "/api"
-    include_in_schema = False
-
-    @get("/openapi.json", sync_to_thread=False, media_type="application/json")
-    def openapi(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        schema: dict[str, Any] = request.app.openapi_schema.to_schema()
-        return schema
+# ``GET /api/openapi.json``: the document, made from the types, served by Litestar's JSON
+# render plugin at its router's root. Its router lives at that path and nowhere else: at
+# ``/api`` its catch-all (an HTML 404 page for ``/api/<anything>``) would shadow the JSON
+# errors of unknown API routes.
+OPENAPI_PATH = "/api/openapi.json"
 
 
 def _web() -> tuple[list[Any], tuple[str, ...]]:
@@ -176,9 +172,10 @@ def create_app(
             title="ironflow",
             version="1",
             description="The HTTP API of an ironflow server (see docs/server.md).",
-            # Our own controller: Litestar's would also answer every other path under its
-            # own with an HTML page.
-            openapi_controller=OpenAPIDocument,  # type: ignore[arg-type]
+            path=OPENAPI_PATH,
+            render_plugins=[
+                JsonRenderPlugin(path=["/", "/openapi.json"], media_type=MediaType.JSON)
+            ],
         ),
         request_max_body_size=max_body,
         state=None,

@@ -214,9 +214,16 @@ class Transaction(FlowStateVerbs, abc.ABC):
 
     @abc.abstractmethod
     def record_event(
-        self, event_id: str, name: str, data: str, ts_us: int, idempotency_key: str | None
+        self,
+        event_id: str,
+        name: str,
+        data: str,
+        ts_us: int,
+        idempotency_key: str | None,
+        traceparent: str | None = None,
     ) -> int:
-        """Record an event; its position (commit order on every store)."""
+        """Record an event (with the W3C ``traceparent`` of its emitter's span, if any); its
+        position (commit order on every store)."""
 
     @abc.abstractmethod
     def set_event_started(self, pos: int, started: str) -> None:

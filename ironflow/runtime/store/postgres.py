@@ -76,7 +76,7 @@ from ironflow.runtime.store.postgres_tx import (
     UNCONSUMED_EVENTS,
     PostgresTransaction,
 )
-from ironflow.runtime.store.statements import StatementReads
+from ironflow.runtime.store.statements import StatementReads, storable
 
 if TYPE_CHECKING:
     import psycopg
@@ -406,6 +406,9 @@ class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Stor
     FLOW = statements("%s")
 
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
+        if not storable(run_id):  # a NUL: no such run (not a driver error)
+            return None
+
         # One repeatable-read transaction: the run's row and its history from one snapshot.
         def read(conn: psycopg.Connection[Any]) -> tuple[Any, Any] | None:
             with conn.transaction():

@@ -165,6 +165,14 @@ UPGRADE_V5 = (
     "CREATE INDEX runs_function_created ON runs (function_id, created_us DESC, id)",
 )
 
+# Version 6: the emitter's W3C traceparent stored with each event (a run flow control starts
+# later joins the emitter's trace), and an index finding the runs that consumed an event (the
+# events page; the key leads with the run id).
+UPGRADE_V6 = (
+    "ALTER TABLE events ADD COLUMN traceparent TEXT",
+    "CREATE INDEX consumed_event ON consumed (event_id, run_id)",
+)
+
 SELECT_OURS = (
     "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
     "AND relkind IN ('r', 'p', 'v', 'm', 'f') AND relname = ANY(%s) ORDER BY relname"
@@ -249,7 +257,9 @@ def migrate(conn: psycopg.Connection[Any], lock_class: int, url: str) -> None:
                 from ironflow.runtime.store.postgres_flow_events import UPGRADE_V4
 
                 statements += UPGRADE_V4
-            statements += UPGRADE_V5  # v5: the server (issue 14)
+            if version is None or version < 5:
+                statements += UPGRADE_V5  # v5: the server (issue 14)
+            statements += UPGRADE_V6  # v6: events' trace context, their consumers (14, 15)
             for statement in statements:
                 conn.execute(statement)
             conn.execute(INSERT_VERSION, (str(SCHEMA_VERSION),))

@@ -162,7 +162,8 @@ EVENT_STARTED = "SELECT started FROM events WHERE idempotency_key = %s"
 # (its wake-up is sent as the transaction ends, naming what it started). The row is made from the
 # locks' one-row aggregate, so its pos is drawn after they are granted.
 RECORD_EVENT = (
-    "INSERT INTO events (id, name, data, ts_us, idempotency_key) SELECT %s, %s, %s, %s, %s "
+    "INSERT INTO events (id, name, data, ts_us, idempotency_key, traceparent) "
+    "SELECT %s, %s, %s, %s, %s, %s "
     f"FROM ({LOCK_STRIPES}) AS locked RETURNING pos"
 )
 EVENT_ID_OF_KEY = "SELECT id FROM events WHERE idempotency_key = %s"
@@ -331,12 +332,19 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
         self.conn.execute(SEND_MAIL, (run_id, kind, ts_us, body))
 
     def record_event(
-        self, event_id: str, name: str, data: str, ts_us: int, idempotency_key: str | None
+        self,
+        event_id: str,
+        name: str,
+        data: str,
+        ts_us: int,
+        idempotency_key: str | None,
+        traceparent: str | None = None,
     ) -> int:
         # Every stripe shared with its own exclusive, at once: an emit may start runs next.
         keys, modes = self.wanted((stripe(name),), ALL_STRIPES)
         store = self.store
-        params = (event_id, name, data, ts_us, idempotency_key, store.lock_class, store.lock_class)
+        lock_class = store.lock_class
+        params = (event_id, name, data, ts_us, idempotency_key, traceparent, lock_class, lock_class)
         found = self.conn.execute(RECORD_EVENT, (*params, keys, modes))
         self.took(keys, modes)
         # Announced as the transaction ends, naming the runs it starts or wakes (``targets``).

@@ -41,7 +41,7 @@ from ironflow.runtime.store.sqlite_tx import (
     SQLiteTransaction,
     UnsyncedTransaction,
 )
-from ironflow.runtime.store.statements import StatementReads
+from ironflow.runtime.store.statements import StatementReads, storable
 
 __all__ = [
     "DURABILITY",
@@ -191,6 +191,8 @@ class SQLiteStore(SQLiteDatabase, SQLiteFlowStateStatements, StatementReads, Flo
     FLOW = statements("?")
 
     def history(self, run_id: str) -> tuple[tuple[Any, ...], list[HistoryEvent]] | None:
+        if not storable(run_id):  # a lone surrogate: no such run (not an encoding error)
+            return None
         with self.lock:
             found = self.query(RUN_START_ROW, (run_id,))
             if not found:

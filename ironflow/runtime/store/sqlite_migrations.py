@@ -28,6 +28,10 @@ _WITHOUT_ROWID = (
 )
 
 
+# The events page (issue 14) reads which runs consumed each listed event: a seek by event id,
+# not a scan of every consumed row (the key leads with the run id).
+CONSUMED_BY_EVENT = "CREATE INDEX consumed_event ON consumed (event_id, run_id)"
+
 # Listing runs newest first, unfiltered, by status or by function: each a seek on one index.
 RUN_LIST_INDEXES = (
     "CREATE INDEX runs_created ON runs (created_us DESC, id)",
@@ -175,3 +179,12 @@ def upgrade_to_v5(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE runs ADD COLUMN source_run_id TEXT")
     for statement in RUN_LIST_INDEXES:
         conn.execute(statement)
+
+
+def upgrade_to_v6(conn: sqlite3.Connection) -> None:
+    """v5 to v6: ``events.traceparent`` and the index that finds an event's consumers."""
+    # Observability (issue 15): the W3C traceparent of the emitter's span, stored with the
+    # event, so that a run flow control starts later (debounce, batch, an arrival deferred
+    # to a worker with the code) joins the emitter's trace. NULL: none (tracing off).
+    conn.execute("ALTER TABLE events ADD COLUMN traceparent TEXT")
+    conn.execute(CONSUMED_BY_EVENT)

@@ -21,12 +21,13 @@ from ironflow.runtime.store import sqlite_migrations
 from ironflow.runtime.store.flow_sql import SQLITE_DDL
 from ironflow.runtime.store.sqlite_flow_events import upgrade_to_v4
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Versions whose tables this code can read as they are (v2 changed indexes only; v3 added the
 # function registry, the workers' heartbeats and runs.code_version, read as absent before;
 # v4 the flow-control tables (``flow_sql``, ``sqlite_flow_events``), read as empty before; v5
-# added runs.source_run_id, read as absent before, and the indexes that page run listings).
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+# added runs.source_run_id, read as absent before, and the indexes that page run listings; v6
+# events.traceparent, which no read needs, and the index finding an event's consumers).
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 TERMINAL = ("completed", "failed", "cancelled")
 
 TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -199,7 +200,9 @@ class SQLiteDatabase:
                     for statement in SQLITE_DDL:  # v4: flow control (issue 13)
                         self.conn.execute(statement)
                     upgrade_to_v4(self.conn)
-                sqlite_migrations.upgrade_to_v5(self.conn)  # v5: the server (issue 14)
+                if version < 5:
+                    sqlite_migrations.upgrade_to_v5(self.conn)  # v5: the server (issue 14)
+                sqlite_migrations.upgrade_to_v6(self.conn)  # v6: events' trace, consumers
                 self.conn.execute(
                     "INSERT OR REPLACE INTO ironflow_meta (key, value) "
                     "VALUES ('schema_version', ?)",

@@ -82,7 +82,10 @@ WAITS_KEYED = (
 )
 CONSUME = "INSERT OR IGNORE INTO consumed VALUES (?, ?)"
 EVENT_STARTED = "SELECT started FROM events WHERE idempotency_key = ?"
-RECORD_EVENT = "INSERT INTO events (id, name, data, ts_us, idempotency_key) VALUES (?, ?, ?, ?, ?)"
+RECORD_EVENT = (
+    "INSERT INTO events (id, name, data, ts_us, idempotency_key, traceparent) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
 EVENT_ID_OF_KEY = "SELECT id FROM events WHERE idempotency_key = ?"
 SET_EVENT_STARTED = "UPDATE events SET started = ? WHERE pos = ?"
 UNCONSUMED_EVENTS = (
@@ -187,9 +190,16 @@ class SQLiteTransaction(SQLiteFlowStateStatements, FlowVerbs, SQLiteRound):
         self.conn.execute(SET_READY, (run_id,))
 
     def record_event(
-        self, event_id: str, name: str, data: str, ts_us: int, idempotency_key: str | None
+        self,
+        event_id: str,
+        name: str,
+        data: str,
+        ts_us: int,
+        idempotency_key: str | None,
+        traceparent: str | None = None,
     ) -> int:
-        cursor = self.conn.execute(RECORD_EVENT, (event_id, name, data, ts_us, idempotency_key))
+        params = (event_id, name, data, ts_us, idempotency_key, traceparent)
+        cursor = self.conn.execute(RECORD_EVENT, params)
         pos: int = cursor.lastrowid  # type: ignore[assignment]
         return pos
 

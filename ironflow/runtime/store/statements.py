@@ -24,6 +24,21 @@ WORKERS = (
 )
 
 
+def storable(text: str) -> bool:
+    """Whether every store can hold ``text``: PostgreSQL text holds no NUL, and no store a
+    lone surrogate. A looked-up id that is not storable names no row (on every store alike,
+    rather than an error from the database driver)."""
+    if text.isprintable():  # the usual case, one C pass
+        return True
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class StatementReads:
     """The store-level reads of runs both stores make alike, on the sibling's statements
     (``MARK`` is its parameter placeholder)."""
@@ -52,6 +67,8 @@ class StatementReads:
         }
 
     def get_run(self, run_id: str) -> tuple[Any, ...] | None:
+        if not storable(run_id):
+            return None
         found = self.query(self.GET_RUN.format(**self._columns()), (run_id,))
         return found[0] if found else None
 

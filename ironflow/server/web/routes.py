@@ -15,11 +15,12 @@ public API of the contract. Run ids go in a query parameter: a child run's id ho
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 
 from ironflow.runtime import Engine
 from ironflow.server.errors import ApiError, ErrorBody
@@ -66,7 +67,7 @@ def page() -> Response[bytes]:
 
 
 @get("/static/{name:str}", include_in_schema=False, sync_to_thread=False)
-def static(name: str) -> Response[bytes]:
+def static(name: FromPath[str]) -> Response[bytes]:
     media_type = STATIC.get(name)
     if media_type is None:
         raise ApiError(404, f"no static file {name!r}")
@@ -74,7 +75,10 @@ def static(name: str) -> Response[bytes]:
 
 
 @get("/api/view/run", sync_to_thread=True, tags=["web view"], responses=_errors(400, 404))
-def view_run(engine: Engine, run_id: str = Parameter(query="id", min_length=1)) -> dict[str, Any]:
+def view_run(
+    engine: NamedDependency[Engine],
+    run_id: Annotated[str, QueryParameter(name="id", min_length=1)],
+) -> dict[str, Any]:
     """The run page: the run, its trigger, its steps with attempts and tracebacks, its
     run-level markers and, when blocked, the recorded-vs-current diff."""
     try:
@@ -85,16 +89,16 @@ def view_run(engine: Engine, run_id: str = Parameter(query="id", min_length=1)) 
 
 @get("/api/view/events", sync_to_thread=True, tags=["web view"], responses=_errors(400))
 def view_events(
-    engine: Engine,
-    limit: int = Parameter(default=views.EVENTS_SHOWN, ge=1, le=views.EVENTS_MAX),
-    before: int | None = Parameter(default=None, ge=1, le=POSITION_MAX),
+    engine: NamedDependency[Engine],
+    limit: Annotated[int, QueryParameter(ge=1, le=views.EVENTS_MAX)] = views.EVENTS_SHOWN,
+    before: Annotated[int | None, QueryParameter(ge=1, le=POSITION_MAX)] = None,
 ) -> dict[str, Any]:
     """Recent events, newest first, with the runs each one started or woke."""
     return views.events_page(engine, limit, before)
 
 
 @get("/api/view/workers", sync_to_thread=True, tags=["web view"], responses=_errors())
-def view_workers(engine: Engine) -> dict[str, Any]:
+def view_workers(engine: NamedDependency[Engine]) -> dict[str, Any]:
     """The workers alive now and the code version of each function they run."""
     return views.workers_page(engine)
 
