@@ -166,6 +166,10 @@ class FlowVerbs:
         else:
             self.conn.execute(self.FLOW["SET_STATUS"], ("queued", now_us, run_id, status))
 
+    def flow_untake(self, run_id: str) -> None:
+        """Let go of a run just taken that will not start (stored ``queued``, no lease)."""
+        self.conn.execute(self.FLOW["UNTAKE"], (run_id,))
+
     def flow_dequeue(self, run_id: str, now_us: int) -> None:
         """Take ``run_id`` out of its queue: pending again, to be taken by a worker."""
         self.conn.execute(self.FLOW["DEQUEUE"], (run_id,)).fetchall()

@@ -12,8 +12,8 @@ or moves its due time from the value it read (``state_move``) owns what it stood
 per batch, per debounced burst, per cron tick, across every worker.
 
 **Skips** record an event that started no run of a function, and why (``record_skip``):
-``reason`` is one word (``idempotency``, ``rate_limit``, ``singleton``), ``detail`` a line
-for people. ``engine.list_events()`` and ``ironflow events list`` read them.
+``reason`` is one word (``idempotency``, ``rate_limit``, ``singleton``, ``key_error``),
+``detail`` a line for people. ``engine.list_events()`` and ``ironflow events list`` read them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 # The reasons ``record_skip`` is given (other gates may add theirs).
-SKIP_REASONS = ("idempotency", "rate_limit", "singleton")
+SKIP_REASONS = ("idempotency", "rate_limit", "singleton", "key_error")
 
 
 class FlowStateVerbs:
