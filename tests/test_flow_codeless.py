@@ -112,8 +112,8 @@ def test_a_callable_singleton_key_defers_the_emit_to_a_worker(
 ) -> None:
     worker, bare = pair(store_url, clock, solo(mode, by_k))
     try:
-        for n in (1, 2, 3):
-            assert bare.emit("solo.ev", {"k": "a", "n": n}) == []  # left for the worker
+        for n in (1, 2, 3):  # left for the worker
+            assert bare.emit("solo.ev", {"k": "a", "n": n}, idempotency_key=f"e-{n}") == []
         assert bare.emit("solo.ev", {"k": "b", "n": 4}) == []
         assert bare.list_runs() == []
         worker.run_until_idle()  # judged in emit order, once each
@@ -132,6 +132,10 @@ def test_a_callable_singleton_key_defers_the_emit_to_a_worker(
             ]
             assert runs[2].error is not None
             assert runs[2].error.message == f"singleton: replaced by run {runs[3].id}"
+        # Each event records the run the worker started for it (a retried emit returns it).
+        for n in (1, 2, 3):
+            again = bare.emit("solo.ev", {"k": "a", "n": n}, idempotency_key=f"e-{n}")
+            assert again == ([runs[n].id] if n in runs else [])
         worker.run_until_idle()  # a second look judges nothing again
         assert len(_runs(worker)) == len(runs)
     finally:

@@ -103,14 +103,17 @@ def _arrival(
         return []
     plan = driver.plans.local.get(function_id)
     if plan is None:  # this worker's code has no options for it now: the event starts a run
-        return flow_arrival.schedule(driver, tx, function_id, taken[1], now_us)
-    event = rows.event_from_body(json.loads(taken[1]))
-    try:
-        flow_arrival.check_keys(plan, event)
-    except ValueError as exc:  # the emitter is gone: the event is listed with the reason
-        tx.record_skip(event.id, function_id, "key_error", str(exc), now_us)
-        return []
-    started = flow_arrival.judge(driver, tx, plan, event, now_us)
+        started = flow_arrival.schedule(driver, tx, function_id, taken[1], now_us)
+    else:
+        event = rows.event_from_body(json.loads(taken[1]))
+        try:
+            flow_arrival.check_keys(plan, event)
+        except ValueError as exc:  # the emitter is gone: the event is listed with the reason
+            tx.record_skip(event.id, function_id, "key_error", str(exc), now_us)
+            return []
+        started = flow_arrival.judge(driver, tx, plan, event, now_us)
+    if started:  # the event says which runs it started, as one its emit judged would
+        tx.add_event_started(int(key), started)
     if _FAULTS:
         crash_point("arrival-judge")  # judged, nothing of it committed
     return started
