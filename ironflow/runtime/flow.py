@@ -24,17 +24,16 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ironflow.commands import kinds
 from ironflow.commands.event import Event
 from ironflow.commands.flow import Flow
 from ironflow.errors import CancelledError
 from ironflow.history.errors import type_name
 from ironflow.history.events import ErrorInfo, RunCancelled
+from ironflow.runtime import flow_finish
 from ironflow.runtime.flow_singleton import NULL_KEY, at_take, for_key, key_text
 from ironflow.runtime.flow_singleton import singleton as singleton  # live, engine use it here
 from ironflow.runtime.flow_singleton import singleton_holder as singleton_holder
 from ironflow.runtime.live import run_started
-from ironflow.runtime.models import TERMINAL
 from ironflow.runtime.store import Transaction, rows
 from ironflow.runtime.store.base import TakenRow
 
@@ -233,13 +232,15 @@ def admit_taken(
     return held
 
 
-def released(driver: Driver, tx: Transaction, run_ids: list[str], now_us: int) -> None:
+def released(driver: Driver, tx: Transaction, run_ids: list[str], now_us: int) -> list[str]:
     """Free the slots of runs that just ended (in the transaction that ends them) and move
-    their queues."""
+    their queues; the runs admitted."""
+    admitted: list[str] = []
     for run_id in run_ids:
         freed = tx.flow_free_slot(run_id)  # type: ignore[attr-defined]
         if freed is not None:
-            pump(driver, tx, freed[0], freed[1], now_us)
+            admitted += pump(driver, tx, freed[0], freed[1], now_us)
+    return admitted
 
 
 def fire(driver: Driver, due: list[tuple[str, str]], now_us: int) -> tuple[list[str], list[str]]:
@@ -258,8 +259,11 @@ def fire(driver: Driver, due: list[tuple[str, str]], now_us: int) -> tuple[list[
                     admitted += pump(driver, tx, row[0], row[1], now_us)
             elif step_id == START_TIMER:
                 _start_timeout(driver, tx, run_id, now_us)
-            elif step_id == FINISH_TIMER and _finish_timeout(driver, tx, run_id, now_us):
-                timed_out.append(run_id)
+            elif step_id == FINISH_TIMER:
+                sent, freed = flow_finish.timeout(driver, tx, run_id, now_us)
+                admitted += freed  # a blocked run ended at once: its slot went to these
+                if sent:
+                    timed_out.append(run_id)
     with driver.store.lock:
         driver.fresh.difference_update(admitted)  # driven by this round instead
     return admitted, timed_out
@@ -275,19 +279,6 @@ def finish_timers(
         limit = driver.finishing.get(row[1])
         if limit is not None and row[0] in starting:
             tx.set_timer(row[0], FINISH_TIMER, TIMER_KIND, now_us + _us(limit), 0)
-
-
-def _finish_timeout(driver: Driver, tx: Transaction, run_id: str, now_us: int) -> bool:
-    """Send a run past its ``timeouts.finish`` ``RunTimedOut`` mail (its next round folds
-    it: undos, then failed with ``RunTimeoutError``); whether it was sent."""
-    status, _ = tx.run_status(run_id)
-    if status in TERMINAL or status == QUEUED:
-        return False
-    limit = driver.finishing.get(tx.run_function(run_id) or "")
-    within = f" within {limit.in_words()}" if limit is not None else " in time"
-    body = rows.dumps({"reason": f"run did not finish{within} (timeouts.finish)"})
-    tx.send_mail(run_id, kinds.MAIL_RUN_TIMED_OUT, now_us, body)
-    return True
 
 
 def _start_timeout(driver: Driver, tx: Transaction, run_id: str, now_us: int) -> None:
