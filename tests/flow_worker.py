@@ -20,11 +20,14 @@ import threading
 from typing import Any
 
 import ironflow
-from ironflow import Concurrency, Throttle, step
+from ironflow import Concurrency, Singleton, Throttle, step
 
 HELD_ID = "flow-held"  # concurrency 2 per key; each run holds its slot until "go" for it
 THROTTLED_ID = "flow-throttled"  # 3 starts per hour
 CRASHY_ID = "flow-crashy"  # concurrency 1; the first body in a --block process blocks
+# Keyed by code (callables): an emitter without it defers their events to these workers.
+SOLO_ID = "flow-solo"  # on "solo.ev", singleton skip per data.k; holds until "flow.go" i
+ONCE_ID = "flow-once"  # on "once.ev", idempotency per data.order
 
 _journal: str | None = None
 _block = False
@@ -72,7 +75,26 @@ def crashy(ctx: Any) -> Any:
     return (yield step.run("body", crashy_body, ctx.run_id))
 
 
-FUNCTIONS = (held, throttled, crashy)
+def solo_key(event: Any) -> Any:
+    return event.data["k"]
+
+
+def order_key(event: Any) -> Any:
+    return event.data["order"]
+
+
+@ironflow.function(id=SOLO_ID, on="solo.ev", singleton=Singleton(key=solo_key))
+def solo(ctx: Any) -> Any:
+    yield step.wait_for_event("go", event="flow.go", match="data.i", timeout="1h")
+    return (yield step.run("body", body, ctx.run_id))
+
+
+@ironflow.function(id=ONCE_ID, on="once.ev", idempotency=order_key)
+def once(ctx: Any) -> Any:
+    return (yield step.run("body", body, ctx.run_id))
+
+
+FUNCTIONS = (held, throttled, crashy, solo, once)
 
 
 def make_engine(db: str, **options: Any) -> ironflow.Engine:

@@ -115,3 +115,100 @@ def test_the_deadline_counts_from_leaving_pending_not_from_creation(
     engine.run_until_idle()
     assert engine.get_run(run_id).status == "completed"
     assert UNDONE == []
+
+
+def block(engine: Engine, run_id: str) -> None:
+    """Park ``run_id`` blocked, as a divergence found by its next round would."""
+    with engine.store.transaction() as tx:
+        tx.block(run_id, '{"type": "ironflow.errors.NonDeterminismError", "message": "x"}', 0)
+
+
+def test_a_blocked_run_fails_at_its_deadline_without_being_resumed(
+    engine: Engine, clock: VirtualClock
+) -> None:
+    @ironflow.function(id="stuck", concurrency=1, timeouts=Timeouts(finish="1h"))
+    def stuck(ctx):
+        charged = yield step.run("charge", charge, ctx.event.data["order"])
+        yield step.compensate("charge", undo, charged)
+        yield step.sleep("ship", "2h")
+        return charged
+
+    engine.register(stuck)
+    run_id = engine.start("stuck", {"order": "b-1"})
+    behind = engine.start("stuck", {"order": "b-2"})  # queued behind its slot
+    engine.run_until_idle()
+    clock.advance("30m")
+    block(engine, run_id)
+    engine.run_until_idle()
+    assert engine.get_run(run_id).status == "blocked"
+    assert engine.get_run(behind).status == "pending"  # a blocked run keeps its slot
+    clock.advance("30m")  # the deadline: the run is not resumed, it still fails now
+    engine.run_until_idle()
+    run = engine.get_run(run_id)
+    assert run.status == "failed"
+    assert run.error is not None and run.error.type == "ironflow.errors.RunTimeoutError"
+    assert run.error.message == "run did not finish within 1 hour (timeouts.finish)"
+    with pytest.raises(ironflow.RunTimeoutError, match="did not finish within 1 hour"):
+        engine.wait(run_id)
+    history = engine.history(run_id)
+    assert isinstance(history[-1], RunTimedOut)
+    assert sum(isinstance(event, RunTimedOut) for event in history) == 1
+    assert UNDONE == []  # a blocked run's code cannot run: its undos do not either
+    assert timers_of(engine, run_id) == 0  # its sleep's timer went with it
+    assert engine.get_run(behind).status == "waiting"  # its slot freed: the next started
+    clock.advance("3h")
+    engine.run_until_idle()
+    assert len(engine.history(run_id)) == len(history)  # nothing more happens to it
+
+
+def test_a_blocked_child_past_its_deadline_tells_its_waiting_parent(
+    engine: Engine, clock: VirtualClock
+) -> None:
+    @ironflow.function(id="child", timeouts=Timeouts(finish="1h"))
+    def child(ctx):
+        yield step.sleep("nap", "1d")
+
+    @ironflow.function(id="parent")
+    def parent(ctx):
+        try:
+            yield step.invoke("call", "child")
+        except ironflow.InvokeError as exc:
+            return f"child failed: {exc.__cause__}"
+        return "child done"
+
+    engine.register(child)
+    engine.register(parent)
+    parent_id = engine.start("parent")
+    engine.run_until_idle()
+    (kid,) = [run.id for run in engine.list_runs(function="child")]
+    block(engine, kid)
+    clock.advance("1h")
+    engine.run_until_idle()
+    assert engine.get_run(kid).status == "failed"
+    assert engine.wait(parent_id) == (
+        "child failed: run did not finish within 1 hour (timeouts.finish)"
+    )
+
+
+def test_a_run_waiting_for_an_event_fails_at_its_deadline(
+    engine: Engine, clock: VirtualClock
+) -> None:
+    @ironflow.function(id="awaits", timeouts=Timeouts(finish="1h"))
+    def awaits(ctx):
+        charged = yield step.run("charge", charge, "w-1")
+        yield step.compensate("charge", undo, charged)
+        yield step.wait_for_event("paid", event="paid", timeout="1d")
+
+    engine.register(awaits)
+    run_id = engine.start("awaits")
+    engine.run_until_idle()
+    assert engine.get_run(run_id).status == "waiting"
+    clock.advance("1h")
+    engine.run_until_idle()
+    run = engine.get_run(run_id)
+    assert run.status == "failed"
+    assert run.error is not None and run.error.type == "ironflow.errors.RunTimeoutError"
+    assert UNDONE == ["ch-w-1"]
+    engine.emit("paid")  # too late: nothing changes
+    engine.run_until_idle()
+    assert engine.get_run(run_id).status == "failed"

@@ -42,8 +42,12 @@ def wait_until(what: str, check: Callable[[], bool], describe: Callable[[], str]
 
 
 class Proc:
-    def __init__(self, tmp: Path, db: str, journal: Path, name: str, *extra: str) -> None:
+    def __init__(
+        self, tmp: Path, db: str, journal: Path, name: str, *extra: str, crash_at: str = ""
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IRONFLOW_CRASH")}
+        if crash_at:
+            env["IRONFLOW_CRASH_AT"] = crash_at
         self.out, self.err = tmp / f"{name}.out", tmp / f"{name}.err"
         cmd = [sys.executable, str(WORKER), db, str(journal), "--lease", "1s", *extra]
         with open(self.out, "wb") as out, open(self.err, "wb") as err:

@@ -35,7 +35,9 @@ def list_events(
     """List events that started no run of a function they trigger, newest first.
 
     Each with the function and the reason: idempotency (a duplicate within 24 hours),
-    rate_limit (over the function's rate limit) or singleton (a run of it is not ended).
+    rate_limit (over the function's rate limit), singleton (a run of it is not ended) or
+    key_error (a key function failed on the worker that judged an event for an emitter
+    without the code).
     """
     from ironflow.cli.main import print_json  # main imports this module
 

@@ -5,7 +5,8 @@ The process kills itself the n-th time (default 1st) it reaches ``point``. Point
 committed leases and read mail, its fold is done, nothing of it is committed), ``dispatch``
 (after handing one step to the executor), ``step-start`` / ``step-end`` (around a step
 body), ``timer-fire`` and ``event-deliver`` (while folding, before the commit that records
-them). Unset, it costs one comparison.
+them), ``arrival-judge`` (a deferred event judged, before the commit that records it).
+Unset, it costs one comparison.
 """
 
 from __future__ import annotations

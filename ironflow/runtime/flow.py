@@ -24,14 +24,16 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ironflow.commands import kinds
 from ironflow.commands.event import Event
-from ironflow.commands.flow import Flow, Key, key_of
+from ironflow.commands.flow import Flow
 from ironflow.errors import CancelledError
 from ironflow.history.errors import type_name
 from ironflow.history.events import ErrorInfo, RunCancelled
+from ironflow.runtime import flow_finish
+from ironflow.runtime.flow_singleton import NULL_KEY, at_take, for_key, key_text
+from ironflow.runtime.flow_singleton import singleton as singleton  # live, engine use it here
+from ironflow.runtime.flow_singleton import singleton_holder as singleton_holder
 from ironflow.runtime.live import run_started
-from ironflow.runtime.models import TERMINAL
 from ironflow.runtime.store import Transaction, rows
 from ironflow.runtime.store.base import TakenRow
 
@@ -45,7 +47,6 @@ START_TIMER = "/flow/start"
 FINISH_TIMER = "/flow/finish"
 TIMER_KIND = "flow"
 QUEUED = "queued"  # the stored status of a held-back run; shown as "pending"
-_NULL = "null"
 
 
 def gated(flow: Flow | None) -> bool:
@@ -63,22 +64,11 @@ def _us(duration: Any) -> int:
     return int(duration.total_seconds() * 1_000_000)
 
 
-def _key_text(key: Key | None, event: Event) -> str:
-    try:
-        value = key_of(key, event)
-    except Exception:  # a key function that fails puts the event in the shared bucket
-        value = None
-    try:
-        return rows.dumps_sorted(value)
-    except (TypeError, ValueError):
-        return rows.dumps_sorted(repr(value))
-
-
 def _keys(flow: Flow, event: Event) -> tuple[str, str | None, str | None, int]:
     """``(qkey, ckey, tkey, priority)``: the queue's key (the concurrency key, else the
     throttle key), the concurrency and throttle keys as JSON text, and the priority."""
-    ckey = None if flow.concurrency is None else _key_text(flow.concurrency.key, event)
-    tkey = None if flow.throttle is None else _key_text(flow.throttle.key, event)
+    ckey = None if flow.concurrency is None else key_text(flow.concurrency.key, event)
+    tkey = None if flow.throttle is None else key_text(flow.throttle.key, event)
     priority = 0
     if flow.priority is not None:
         try:
@@ -86,52 +76,12 @@ def _keys(flow: Flow, event: Event) -> tuple[str, str | None, str | None, int]:
             priority = found if type(found) is int else int(found)
         except Exception:  # a priority function that fails leaves the run in arrival order
             priority = 0
-    return (ckey if ckey is not None else tkey if tkey is not None else _NULL), ckey, tkey, priority
-
-
-def singleton(
-    driver: Driver,
-    tx: Transaction,
-    run_id: str,
-    fid: str,
-    trigger: str,
-    now_us: int,
-    emitted: bool = True,
-) -> bool:
-    """Apply ``singleton`` to a run about to be created: whether to create it (``skip``
-    refuses it while another run of its key has not ended, and an ``emitted`` triggering
-    event is listed as skipped; ``cancel`` cancels that run)."""
-    option = driver.gated[fid].singleton
-    if option is None:
-        return True
-    event = rows.event_from_body(json.loads(trigger))
-    key = _key_text(option.key, event)
-    tx.flow_lock(fid, "singleton:" + key)  # type: ignore[attr-defined]
-    holder = tx.flow_singleton(fid, key)  # type: ignore[attr-defined]
-    if holder is not None:
-        if option.mode == "skip":
-            if emitted:  # engine.start() returns the holder instead: no event to list
-                detail = f"singleton: run {holder}{_for(key)} has not ended"
-                tx.record_skip(event.id, fid, "singleton", detail, now_us)
-            return False
-        from ironflow.runtime import control  # imports this module
-
-        control.cancel_in(driver, tx, holder, False, f"singleton: replaced by run {run_id}", now_us)
-    tx.flow_set_singleton(fid, key, run_id)  # type: ignore[attr-defined]
-    return True
-
-
-def singleton_holder(driver: Driver, tx: Transaction, fid: str, trigger: str) -> str | None:
-    """The run holding the singleton key of a run that ``trigger`` would start."""
-    option = driver.gated[fid].singleton
-    if option is None:
-        return None
-    key = _key_text(option.key, rows.event_from_body(json.loads(trigger)))
-    return tx.flow_singleton(fid, key)  # type: ignore[attr-defined,no-any-return]
-
-
-def _for(key: str) -> str:
-    return "" if key == _NULL else f" for key {json.loads(key)!r}"
+    return (
+        (ckey if ckey is not None else tkey if tkey is not None else NULL_KEY),
+        ckey,
+        tkey,
+        priority,
+    )
 
 
 def _blocked(
@@ -147,7 +97,7 @@ def _blocked(
     if flow.concurrency is not None and ckey is not None:
         held = tx.flow_slots_held(fid, ckey)  # type: ignore[attr-defined]
         if held >= flow.concurrency.limit:
-            return f"concurrency: {held} of {flow.concurrency.limit}{_for(ckey)}"
+            return f"concurrency: {held} of {flow.concurrency.limit}{for_key(ckey)}"
     if flow.throttle is not None and tkey is not None:
         period = _us(flow.throttle.period)
         starts = tx.flow_starts(fid, tkey, now_us - period)  # type: ignore[attr-defined]
@@ -264,24 +214,33 @@ def admit_taken(
     their lease let go: the caller drops them from this round)."""
     starting = {row[0] for row in unwritten}
     held: set[str] = set()
-    for row in taken:
+    gated = driver.gated
+    fresh = [
+        row
+        for row in taken
+        if row[1] in gated and row[0] in starting and not tx.flow_has_slot(row[0])  # type: ignore[attr-defined]
+    ]
+    if any(gated[row[1]].singleton is not None for row in fresh):
+        tx.state_lock()  # flow rows are locked before the flow lock, as everywhere
+    for row in fresh:
         run_id, fid = row[0], row[1]
-        if fid not in driver.gated or run_id not in starting:
-            continue
-        if tx.flow_has_slot(run_id):  # type: ignore[attr-defined]
-            continue
-        if not arrive(driver, tx, run_id, fid, row[7], now_us, "running"):
+        if (
+            gated[fid].singleton is not None
+            and not at_take(driver, tx, run_id, fid, row[7], now_us)
+        ) or not arrive(driver, tx, run_id, fid, row[7], now_us, "running"):
             held.add(run_id)
     return held
 
 
-def released(driver: Driver, tx: Transaction, run_ids: list[str], now_us: int) -> None:
+def released(driver: Driver, tx: Transaction, run_ids: list[str], now_us: int) -> list[str]:
     """Free the slots of runs that just ended (in the transaction that ends them) and move
-    their queues."""
+    their queues; the runs admitted."""
+    admitted: list[str] = []
     for run_id in run_ids:
         freed = tx.flow_free_slot(run_id)  # type: ignore[attr-defined]
         if freed is not None:
-            pump(driver, tx, freed[0], freed[1], now_us)
+            admitted += pump(driver, tx, freed[0], freed[1], now_us)
+    return admitted
 
 
 def fire(driver: Driver, due: list[tuple[str, str]], now_us: int) -> tuple[list[str], list[str]]:
@@ -300,8 +259,11 @@ def fire(driver: Driver, due: list[tuple[str, str]], now_us: int) -> tuple[list[
                     admitted += pump(driver, tx, row[0], row[1], now_us)
             elif step_id == START_TIMER:
                 _start_timeout(driver, tx, run_id, now_us)
-            elif step_id == FINISH_TIMER and _finish_timeout(driver, tx, run_id, now_us):
-                timed_out.append(run_id)
+            elif step_id == FINISH_TIMER:
+                sent, freed = flow_finish.timeout(driver, tx, run_id, now_us)
+                admitted += freed  # a blocked run ended at once: its slot went to these
+                if sent:
+                    timed_out.append(run_id)
     with driver.store.lock:
         driver.fresh.difference_update(admitted)  # driven by this round instead
     return admitted, timed_out
@@ -317,19 +279,6 @@ def finish_timers(
         limit = driver.finishing.get(row[1])
         if limit is not None and row[0] in starting:
             tx.set_timer(row[0], FINISH_TIMER, TIMER_KIND, now_us + _us(limit), 0)
-
-
-def _finish_timeout(driver: Driver, tx: Transaction, run_id: str, now_us: int) -> bool:
-    """Send a run past its ``timeouts.finish`` ``RunTimedOut`` mail (its next round folds
-    it: undos, then failed with ``RunTimeoutError``); whether it was sent."""
-    status, _ = tx.run_status(run_id)
-    if status in TERMINAL or status == QUEUED:
-        return False
-    limit = driver.finishing.get(tx.run_function(run_id) or "")
-    within = f" within {limit.in_words()}" if limit is not None else " in time"
-    body = rows.dumps({"reason": f"run did not finish{within} (timeouts.finish)"})
-    tx.send_mail(run_id, kinds.MAIL_RUN_TIMED_OUT, now_us, body)
-    return True
 
 
 def _start_timeout(driver: Driver, tx: Transaction, run_id: str, now_us: int) -> None:

@@ -200,6 +200,20 @@ def batch_trigger(bodies: list[Any]) -> str:
     return rows.dumps(first)
 
 
+def check_keys(plan: Plan, event: Event) -> None:
+    """Evaluate every at-arrival key of ``plan`` for ``event`` before anything is written:
+    ``ValueError`` (as ``key_text``) if a key function fails."""
+    f, fid = plan.flow, plan.function_id
+    for option, key in (
+        ("idempotency", f.idempotency),
+        ("rate_limit", f.rate_limit.key if f.rate_limit is not None else None),
+        ("batch_events", f.batch_events.key if f.batch_events is not None else None),
+        ("debounce", f.debounce.key if f.debounce is not None else None),
+    ):
+        if key is not None:
+            key_text(key, event, fid, option)
+
+
 def key_text(key: Key | None, event: Event, function_id: str, option: str) -> str:
     """The canonical text of ``key``'s value for ``event``; ``ValueError`` naming the function
     and option if a key function raises or gives no JSON value."""

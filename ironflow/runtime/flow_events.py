@@ -11,6 +11,8 @@ are listed (a gate that refuses an ``engine.start()`` has no event to name). Rea
 | `idempotency` | the function's idempotency key was seen in the last 24 hours          |
 | `rate_limit`  | the function's rate limit for the event's key was reached             |
 | `singleton`   | a run of the function with the same singleton key is not ended (skip) |
+| `key_error`   | a worker judging an event deferred by an emitter without the code found |
+|               | that one of the function's key functions failed for it                |
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ironflow.runtime.store import Store, rows
 @attrs.frozen
 class SkippedEvent:
     """An event that started no run of ``function``: ``reason`` is one word
-    (``idempotency``, ``rate_limit``, ``singleton``), ``detail`` says more."""
+    (``idempotency``, ``rate_limit``, ``singleton``, ``key_error``), ``detail`` says more."""
 
     id: str
     name: str

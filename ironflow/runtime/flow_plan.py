@@ -26,6 +26,7 @@ from ironflow.commands.flow import (
     Flow,
     Key,
     RateLimit,
+    Singleton,
 )
 from ironflow.commands.function import Function
 
@@ -44,10 +45,16 @@ class Unresolved:
         raise RuntimeError(f"key function {self.name} is not loaded in this process")
 
 
+def is_unresolved(key: Key | None) -> bool:
+    """Whether ``key`` is a callable this process does not have."""
+    return type(key) is Unresolved
+
+
 @attrs.frozen
 class Plan:
-    """What the runtime applies for one function: its options, and whether judging an event's
-    arrival needs code this process lacks (``needs_code``)."""
+    """What the runtime applies for one function: its options, and whether judging an event
+    (its at-arrival options, or its ``singleton`` key) needs code this process lacks
+    (``needs_code``): then an emit defers the event to a worker that has it."""
 
     function_id: str
     flow: Flow
@@ -72,6 +79,9 @@ class FlowCache:
     version: str | None = None
     arrivals: dict[str, Plan] = attrs.Factory(dict)  # functions with at-arrival options
     cancels: dict[str, Plan] = attrs.Factory(dict)  # functions with cancel_on
+    # Other processes' functions with ``singleton``: a run this process creates for one is
+    # judged here from the registry's settings (a path key) or at take (a callable key).
+    singletons: dict[str, Plan] = attrs.Factory(dict)
     local: dict[str, Plan] = attrs.Factory(dict)  # this engine's functions with options
     # This engine's functions whose flow rows fall due (batches, debounce, cron, arrivals
     # judged here): discovery looks at flow_state for them only.
@@ -93,12 +103,19 @@ def add_local(driver: Driver, function: Function) -> None:
     if plan is not None:
         cache.local[function.id] = plan
         _index(cache, plan)
-    if function.crons or (plan is not None and plan.on_arrival):
+    if function.crons or (plan is not None and (plan.on_arrival or _deferred(plan.flow))):
         cache.timed = (*cache.timed, function.id)
 
 
+def _deferred(flow: Flow) -> bool:
+    """Whether an emitter without the code defers this function's events (to be judged by
+    this worker): its ``singleton`` key is a callable (at-arrival options count already)."""
+    key = flow.singleton.key if flow.singleton is not None else None
+    return key is not None and not isinstance(key, str)
+
+
 def _index(cache: FlowCache, plan: Plan) -> None:
-    if plan.on_arrival:
+    if plan.on_arrival or plan.needs_code:
         cache.arrivals[plan.function_id] = plan
     else:
         cache.arrivals.pop(plan.function_id, None)
@@ -118,6 +135,7 @@ def refresh(driver: Driver, tx: Transaction) -> FlowCache:
     cache.version = version
     cache.arrivals.clear()
     cache.cancels.clear()
+    cache.singletons.clear()
     for function_id, text in tx.registered_settings():
         local = cache.local.get(function_id)
         if function_id in driver.functions:
@@ -127,6 +145,8 @@ def refresh(driver: Driver, tx: Transaction) -> FlowCache:
         plan = from_settings(function_id, text)
         if plan is not None:
             _index(cache, plan)
+            if plan.flow.singleton is not None:
+                cache.singletons[function_id] = plan
     for plan in cache.local.values():  # registered here but not (yet) in the database
         _index(cache, plan)
     return cache
@@ -149,6 +169,7 @@ def from_settings(function_id: str, text: str) -> Plan | None:
             idempotency=_key(found["idempotency"]["key"], unresolved)
             if found.get("idempotency")
             else None,
+            singleton=_singleton(found.get("singleton"), unresolved),
         )
     except (TypeError, ValueError, KeyError, AttributeError):
         return None
@@ -174,6 +195,12 @@ def _debounce(found: Any, unresolved: list[bool]) -> Debounce | None:
     if not found:
         return None
     return Debounce(found["period_s"], _key(found.get("key"), unresolved), found.get("max_wait_s"))
+
+
+def _singleton(found: Any, unresolved: list[bool]) -> Singleton | None:
+    if not found:
+        return None
+    return Singleton(_key(found.get("key"), unresolved), found.get("mode", "skip"))
 
 
 def _batch(found: Any, unresolved: list[bool]) -> Batch | None:

@@ -33,6 +33,8 @@ from cronsim import CronSim
 
 from ironflow.commands.function import Function
 from ironflow.runtime import flow_arrival
+from ironflow.runtime.faults import ENABLED as _FAULTS
+from ironflow.runtime.faults import crash_point
 from ironflow.runtime.flow_plan import cron_key
 from ironflow.runtime.live import Input, trigger
 from ironflow.runtime.store import Transaction, rows
@@ -92,15 +94,31 @@ def _debounce(
 def _arrival(
     driver: Driver, tx: Transaction, function_id: str, key: str, due_us: int, now_us: int
 ) -> list[str]:
+    # One judge at a time across workers, in emit order; taking the row is part of the same
+    # commit as the run (or skip) it decides, so a crash before it commits leaves the row
+    # for the next look, and a second worker finds it gone: judged exactly once.
     tx.state_lock(serialize=True)
     taken = tx.state_take(function_id, "arrival", key, now_us)
-    plan = driver.plans.local.get(function_id)
-    if taken is None or plan is None:
+    if taken is None:  # another worker judged it
         return []
-    body = json.loads(taken[1])
-    trace = body.get("traceparent")  # the emitter's, kept with the event (flow_arrival)
-    event = rows.event_from_body(body)
-    return flow_arrival.judge(driver, tx, plan, event, now_us, trace)
+    plan = driver.plans.local.get(function_id)
+    if plan is None:  # this worker's code has no options for it now: the event starts a run
+        started = flow_arrival.schedule(driver, tx, function_id, taken[1], now_us)
+    else:
+        body = json.loads(taken[1])
+        trace = body.get("traceparent")  # the emitter's, kept with the event (flow_arrival)
+        event = rows.event_from_body(body)
+        try:
+            flow_arrival.check_keys(plan, event)
+        except ValueError as exc:  # the emitter is gone: the event is listed with the reason
+            tx.record_skip(event.id, function_id, "key_error", str(exc), now_us)
+            return []
+        started = flow_arrival.judge(driver, tx, plan, event, now_us, trace)
+    if started:  # the event says which runs it started, as one its emit judged would
+        tx.add_event_started(int(key), started)
+    if _FAULTS:
+        crash_point("arrival-judge")  # judged, nothing of it committed
+    return started
 
 
 def _cron(

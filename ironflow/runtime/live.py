@@ -130,19 +130,29 @@ def create_run(
     none was made (its function's ``singleton`` skips it: listed as a skipped event unless
     not ``emitted``, a direct start)."""
     gated = driver.gated and function_id in driver.gated
+    cancels = driver.plans.cancels
     if gated:
         from ironflow.runtime import flow  # imports this module
 
         if not flow.singleton(driver, tx, run_id, function_id, trigger, now_us, emitted):
             return False
+    elif function_id not in driver.functions:  # options from the registry (see flow_plan)
+        cache = flow_plan.refresh(driver, tx)
+        cancels = cache.cancels
+        solo = cache.singletons.get(function_id)
+        if solo is not None:
+            from ironflow.runtime import flow  # imports this module
+
+            option = solo.flow.singleton
+            if not flow.singleton(
+                driver, tx, run_id, function_id, trigger, now_us, emitted, option
+            ):
+                return False
     # The run's RunStarted event is written by the first drive, from this row: one row
     # per start keeps starting a run one small commit.
     parent_run, parent_step, notify = parent if parent else (None, None, False)
     tx.create_run(run_id, function_id, trigger, now_us, parent_run, parent_step, notify)
-    cancels = driver.plans.cancels
-    if cancels or function_id not in driver.functions:
-        if function_id not in driver.functions:  # options from the registry (see flow_plan)
-            cancels = flow_plan.refresh(driver, tx).cancels
+    if cancels:
         plan = cancels.get(function_id)
         if plan is not None:
             from ironflow.runtime import flow_cancel  # it needs control, which needs this

@@ -102,6 +102,13 @@ _STATEMENTS = {
         "ready = 0 WHERE id = {p} AND status IN ('queued', 'pending') AND lease_owner IS NULL"
     ),
     "DROP_TIMERS": "DELETE FROM timers WHERE run_id = {p}",
+    "FAIL_BLOCKED": (
+        "UPDATE runs SET status = 'failed', error = {p}, ended_us = {p}, updated_us = {p}, "
+        "ready = 0 WHERE id = {p} AND status = 'blocked' "
+        "RETURNING parent_run_id, parent_step_id, notify_parent"
+    ),
+    "DROP_WAITS": "DELETE FROM waits WHERE run_id = {p}",
+    "DROP_MAIL": "DELETE FROM inbox WHERE run_id = {p}",
     "REASONS": "SELECT run_id, reason FROM flow_queue WHERE run_id IN ({marks})",
     "SINGLETON_HOLDER": (
         "SELECT s.run_id FROM flow_singletons s JOIN runs r ON r.id = s.run_id "
@@ -166,6 +173,10 @@ class FlowVerbs:
         else:
             self.conn.execute(self.FLOW["SET_STATUS"], ("queued", now_us, run_id, status))
 
+    def flow_untake(self, run_id: str) -> None:
+        """Let go of a run just taken that will not start (stored ``queued``, no lease)."""
+        self.conn.execute(self.FLOW["UNTAKE"], (run_id,))
+
     def flow_dequeue(self, run_id: str, now_us: int) -> None:
         """Take ``run_id`` out of its queue: pending again, to be taken by a worker."""
         self.conn.execute(self.FLOW["DEQUEUE"], (run_id,)).fetchall()
@@ -219,6 +230,19 @@ class FlowVerbs:
         self.conn.execute(self.FLOW["DEQUEUE"], (run_id,)).fetchall()
         self.conn.execute(self.FLOW["DROP_TIMERS"], (run_id,))
         return True
+
+    def flow_fail_blocked(self, run_id: str, error: str, now_us: int) -> tuple[Any, ...] | None:
+        """End a blocked run ``failed`` with ``error`` and drop its timers, waits and mail;
+        ``(parent_run_id, parent_step_id, notify_parent)``, or ``None`` if it was not
+        blocked."""
+        found = self.conn.execute(
+            self.FLOW["FAIL_BLOCKED"], (error, now_us, now_us, run_id)
+        ).fetchone()
+        if found is None:
+            return None
+        for name in ("DROP_TIMERS", "DROP_WAITS", "DROP_MAIL"):
+            self.conn.execute(self.FLOW[name], (run_id,))
+        return tuple(found)
 
     def flow_singleton(self, function_id: str, key: str) -> str | None:
         """The run of ``key`` that holds the singleton and has not ended, or ``None``."""

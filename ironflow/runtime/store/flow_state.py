@@ -12,16 +12,17 @@ or moves its due time from the value it read (``state_move``) owns what it stood
 per batch, per debounced burst, per cron tick, across every worker.
 
 **Skips** record an event that started no run of a function, and why (``record_skip``):
-``reason`` is one word (``idempotency``, ``rate_limit``, ``singleton``), ``detail`` a line
-for people. ``engine.list_events()`` and ``ironflow events list`` read them.
+``reason`` is one word (``idempotency``, ``rate_limit``, ``singleton``, ``key_error``),
+``detail`` a line for people. ``engine.list_events()`` and ``ironflow events list`` read them.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 # The reasons ``record_skip`` is given (other gates may add theirs).
-SKIP_REASONS = ("idempotency", "rate_limit", "singleton")
+SKIP_REASONS = ("idempotency", "rate_limit", "singleton", "key_error")
 
 
 class FlowStateVerbs:
@@ -41,6 +42,8 @@ class FlowStateVerbs:
     STATE_DROP: ClassVar[str]
     STATE_KEYS: ClassVar[str]
     REGISTERED_SETTINGS: ClassVar[str]
+    EVENT_STARTED_AT: ClassVar[str]
+    SET_EVENT_STARTED_AT: ClassVar[str]
     RECORD_SKIP: ClassVar[str]
     CLAIM_WAIT: ClassVar[str]
 
@@ -104,6 +107,16 @@ class FlowStateVerbs:
     def registered_settings(self) -> list[tuple[str, str]]:
         """``(function_id, settings)`` of every registered function."""
         return [(row[0], row[1]) for row in self.conn.execute(self.REGISTERED_SETTINGS).fetchall()]
+
+    def add_event_started(self, pos: int, run_ids: list[str]) -> None:
+        """Add runs a worker started for the event at ``pos`` (deferred by an emitter without
+        the code) to the event's ``started`` list, after those its emit started."""
+        found = self.conn.execute(self.EVENT_STARTED_AT, (pos,)).fetchone()
+        try:
+            known = json.loads(found[0]) if found is not None and found[0] else []
+        except (TypeError, ValueError):
+            known = []  # a damaged list: what the worker started is still worth keeping
+        self.conn.execute(self.SET_EVENT_STARTED_AT, (json.dumps([*known, *run_ids]), pos))
 
     def record_skip(
         self, event_id: str, function_id: str, reason: str, detail: str, ts_us: int

@@ -100,10 +100,11 @@ RUN_START_ROW = "SELECT function_id, trigger, parent_run_id FROM runs WHERE id =
 # Discovery: reads, no locks (``take_runs`` claims what it finds, skipping held rows).
 _LEASE_FREE = "(r.lease_owner IS NULL OR r.lease_owner = %(owner)s OR r.lease_until_us < %(now)s)"
 # Due timers in due order, each run looked up by key (OFFSET 0: a per-row nested loop, never a
-# hash join that reads every run first).
+# hash join that reads every run first). A blocked run's timers wait for its resume, but for
+# flow control's (its timeouts.finish deadline).
 DUE_TIMERS = (
     "SELECT t.run_id, t.step_id, t.kind, t.attempt FROM timers t CROSS JOIN LATERAL "
-    "(SELECT 1 FROM runs r WHERE r.id = t.run_id AND r.status != 'blocked' "
+    "(SELECT 1 FROM runs r WHERE r.id = t.run_id AND (r.status != 'blocked' OR t.kind = 'flow') "
     f"AND r.function_id = ANY(%(fids)s) AND {_LEASE_FREE} OFFSET 0) r "
     "WHERE t.due_us <= %(now)s ORDER BY t.due_us LIMIT %(limit)s"
 )

@@ -70,10 +70,12 @@ COUNT_RUNS = "SELECT COUNT(*) FROM runs"
 RUN_START_ROW = "SELECT function_id, trigger, parent_run_id FROM runs WHERE id = ?"
 
 # Discovery. CROSS JOIN keeps SQLite walking timers by due time; +function_id keeps it off
-# the function index (which would visit every run of the function, parked or ended).
+# the function index (which would visit every run of the function, parked or ended). A blocked
+# run's timers wait for its resume, but for flow control's (its timeouts.finish deadline).
 DUE_TIMERS = (
     "SELECT t.run_id, t.step_id, t.kind, t.attempt FROM timers t "
-    "CROSS JOIN runs r ON r.id = t.run_id WHERE t.due_us <= ? AND r.status != 'blocked' "
+    "CROSS JOIN runs r ON r.id = t.run_id WHERE t.due_us <= ? "
+    "AND (r.status != 'blocked' OR t.kind = 'flow') "
     "AND +r.function_id IN ({fids}) AND (r.lease_owner IS NULL "
     "OR r.lease_owner = ? OR r.lease_until_us < ?) "
     "ORDER BY t.due_us LIMIT {limit}"

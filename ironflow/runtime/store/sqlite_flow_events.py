@@ -36,6 +36,8 @@ STATE_MOVE = (
 STATE_DROP = "DELETE FROM flow_state WHERE function_id = ? AND kind = ? AND key = ?"
 STATE_KEYS = "SELECT key FROM flow_state WHERE function_id = ? AND kind = ?"
 REGISTERED_SETTINGS = "SELECT id, settings FROM functions"
+EVENT_STARTED_AT = "SELECT started FROM events WHERE pos = ?"
+SET_EVENT_STARTED_AT = "UPDATE events SET started = ? WHERE pos = ?"
 RECORD_SKIP = (
     "INSERT INTO flow_skips (event_id, function_id, reason, detail, ts_us) VALUES (?, ?, ?, ?, ?)"
 )
@@ -64,6 +66,8 @@ class SQLiteFlowStateStatements:
     STATE_DROP = STATE_DROP
     STATE_KEYS = STATE_KEYS
     REGISTERED_SETTINGS = REGISTERED_SETTINGS
+    EVENT_STARTED_AT = EVENT_STARTED_AT
+    SET_EVENT_STARTED_AT = SET_EVENT_STARTED_AT
     RECORD_SKIP = RECORD_SKIP
     STATE_DUE = STATE_DUE
     STATE_NEXT = STATE_NEXT
