@@ -176,6 +176,91 @@ def test_a_schema_without_the_round_function_gets_it_on_open(pg_url, store):
         again.close()
 
 
+# --- the plain step: one run's rows, one plain statement ----------------------------------------
+
+
+def step_batch(run_id: str, seq: int, running: bool = False) -> Batch:
+    """A plain step of ``run_id``: its result and the next command (and its row set running)."""
+    return Batch(
+        history=[
+            (run_id, seq, "StepCompleted", seq, '["s1",1,1]'),
+            (run_id, seq + 1, "CommandScheduled", seq, '["s2","run","s2","","f",{}]'),
+        ],
+        running=[(7, run_id)] if running else [],
+        fenced=[] if running else [run_id],
+    )
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_a_plain_step_is_one_plain_statement_not_the_function(store, running):
+    # Without the function a plain step still commits (a round of two runs cannot): the step's
+    # commit is a plain statement of its own, one exchange alone in autocommit.
+    store.query(f"DROP FUNCTION {ROUND_FUNCTION_NAME}")
+    add_run(store, "a", "w1")
+    add_run(store, "b", "w1")
+    exchanges = Exchanges(store.conn)
+    with store.transaction() as tx:
+        tx.commit_round(step_batch("a", 1, running), "w1")
+    assert exchanges.count == 1
+    assert history(store) == [("a", 1, "StepCompleted"), ("a", 2, "CommandScheduled")]
+    assert store.query("SELECT id, status, updated_us FROM runs WHERE id = 'a'") == [
+        ("a", "running", 7 if running else None)
+    ]
+    assert store.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    two_runs = Batch(history=[("a", 3, "StepCompleted", 3, "[]"), ("b", 0, "RunStarted", 3, "{}")])
+    with pytest.raises(psycopg.errors.UndefinedFunction), store.transaction() as tx:
+        tx.commit_round(two_runs, "w1")
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_a_plain_step_whose_lease_moved_writes_nothing(store, running):
+    add_run(store, "a", "w2")
+    with pytest.raises(LeaseLost) as caught, store.transaction() as tx:
+        tx.commit_round(step_batch("a", 1, running), "w1")
+    assert str(caught.value) == "lease lost: 0 of 1 runs still held by w1"
+    assert caught.value.run_ids == ("a",)
+    assert history(store) == []
+    assert store.query("SELECT status, updated_us, lease_owner FROM runs") == [
+        ("running", None, "w2")
+    ]
+
+
+def test_a_plain_step_whose_lease_moved_rolls_back_what_follows_it(store):
+    add_run(store, "a", "w2")
+    with pytest.raises(LeaseLost, match="0 of 1 runs still held by w1"), store.transaction() as tx:
+        tx.commit_round(step_batch("a", 1), "w1")
+        tx.set_timer("a", "s1", "sleep", 5, 1)  # sends the held-back step first, in BEGIN
+    assert history(store) == []
+    assert store.query("SELECT count(*) FROM timers") == [(0,)]
+
+
+def test_a_plain_step_waiting_for_a_takeover_sees_the_new_owner_and_writes_nothing(pg_url, store):
+    """The step's fence waits for the row lock a takeover holds, then checks the owner on the
+    row the takeover committed: refused, not written over it."""
+    add_run(store, "a", "w1")
+    pid = store.conn.info.backend_pid
+    outcome: list[BaseException | None] = []
+
+    def commit() -> None:
+        try:
+            with store.transaction() as tx:
+                tx.commit_round(step_batch("a", 1), "w1")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with connect(pg_url) as thief:
+        with thief.transaction():
+            thief.execute("UPDATE runs SET lease_owner = 'w2' WHERE id = 'a'")
+            thread = threading.Thread(target=commit)
+            thread.start()
+            until(waiting_for_lock(pg_url, pid), "the step waits for the takeover's row lock")
+        thread.join(WAIT_S)
+    assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost), outcome
+    assert outcome[0].run_ids == ("a",)
+    assert history(store) == []
+
+
 # --- advisory stripes: all at once ------------------------------------------------------------
 
 

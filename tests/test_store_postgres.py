@@ -74,6 +74,7 @@ def tx_on(conn: psycopg.Connection[Any], store: PostgresStore) -> PostgresTransa
         channel=store.channel,
         begin=begin,
         connection=lambda: conn,
+        cursor=lambda on: on.cursor(),
     )
     return PostgresTransaction(shim)  # type: ignore[arg-type]
 

@@ -1,7 +1,8 @@
 """The PostgreSQL store: its own verbs (reads, discovery, leases), named, then the store; a write
 transaction's statements and verbs are in ``postgres_tx`` (how it is sent: ``postgres_commit``;
 a round's commit: ``postgres_round``; advisory locks: ``postgres_locks``), the schema in
-``postgres_schema``. Same semantics as the SQLite store, verb by verb.
+``postgres_schema``, its connection in ``postgres_session``. Same semantics as the SQLite store,
+verb by verb.
 
 **Event order is commit order** (issue 11, item 4). A run's ``event_pos`` is its cut: an event of
 the run's waits counts as "emitted after the run started" iff its ``pos`` is above the cut. On
@@ -37,25 +38,17 @@ between the run's snapshot and its commit as "after", which is not commit order.
 **Mail** never writes the run's row (the run's round may hold it, and an emit waiting for that
 round while the round waits for the emit's stripe would deadlock): a run has mail iff it has inbox
 rows, and discovery looks there as well as at the ``ready`` flag (which a resume sets).
-
-**Connections.** A ``PostgresStore`` holds one connection, used under ``lock`` as the SQLite store
-uses its one: the engine drives one round at a time, so a pool would only add connections
-contending for the same rows; one the server closed is replaced at its next use
-(``connection``). A serving worker's wake-up listener (``listen``, see ``postgres_listen``) adds
-one more, idle: a worker holds two, ten workers twenty of the default 100 (``max_connections``).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ironflow.history.events import HistoryEvent
 from ironflow.runtime.store import rows
-from ironflow.runtime.store.base import Store, StoreError, StoreUnavailable
+from ironflow.runtime.store.base import Store, StoreError
 from ironflow.runtime.store.flow_sql import FlowReads, statements
 from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
 from ironflow.runtime.store.postgres_listen import Listener, channel
@@ -70,6 +63,7 @@ from ironflow.runtime.store.postgres_schema import (
     redact,
     schema_version,
 )
+from ironflow.runtime.store.postgres_session import PostgresSession
 from ironflow.runtime.store.postgres_tx import (
     FIND_RUN,
     HISTORIES,
@@ -82,9 +76,6 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["PostgresStore", "PostgresTransaction", "is_postgres_url", "redact"]
-
-log = logging.getLogger("ironflow.engine")
-T = TypeVar("T")
 
 # A running run's row is not rewritten per step: its last history event says when it moved.
 RUN_COLUMNS = (
@@ -138,7 +129,7 @@ RENEW_LEASES = "UPDATE runs SET lease_until_us = %s WHERE id = ANY(%s::text[]) A
 RELEASE_ALL = "UPDATE runs SET lease_owner = NULL, lease_until_us = NULL WHERE lease_owner = %s"
 
 
-class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Store):
+class PostgresStore(PostgresSession, PostgresFlowStateStatements, StatementReads, FlowReads, Store):
     """One PostgreSQL schema holding runs, history, timers, waits, events and leases."""
 
     read_only = False
@@ -182,25 +173,6 @@ class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Stor
             self.conn.close()
             raise
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        """A new session, set up as every session of this store is."""
-        import psycopg
-
-        conn = psycopg.connect(
-            self._dsn, autocommit=True, connect_timeout=max(1, round(self._connect_timeout))
-        )
-        try:
-            if self.durability == "normal":
-                # A crash may lose the last commits (never corrupt): as SQLite's NORMAL.
-                conn.execute("SET synchronous_commit = off")
-            if self.read_only:
-                # Every transaction of this session refuses writes: reads only, by construction.
-                conn.execute("SET default_transaction_read_only = on")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
     def _open(self) -> None:
         schema = self.conn.execute("SELECT current_schema()").fetchone()
         if schema is None or schema[0] is None:
@@ -222,82 +194,6 @@ class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Stor
         else:
             migrate(self.conn, self.lock_class, self.url)
 
-    # --- the connection lost and found again (under ``lock``) ------------------------------
-
-    def connection(self) -> psycopg.Connection[Any]:
-        """The session, replaced first if the server closed it (a restart, a terminated
-        backend, a proxy's timeout); ``StoreUnavailable`` if no new one can be opened now.
-        What was under way when it closed failed whole, with ``StoreUnavailable``."""
-        conn = self.conn
-        if not conn.broken:
-            return conn
-        import psycopg
-
-        try:
-            fresh = self._connect()
-        except psycopg.Error as exc:
-            self._lost(exc)
-            raise StoreUnavailable(
-                f"cannot reach the PostgreSQL database {self.url}: {first_line(exc)}"
-            ) from None
-        conn.close()
-        self.conn = fresh
-        if self.outage:
-            self.outage = False
-            log.info("connected to the PostgreSQL database %s again", self.url)
-        return fresh
-
-    def begin(self) -> tuple[psycopg.Connection[Any], AbstractContextManager[Any]]:
-        """``BEGIN`` on the session (the connection and its transaction); a session found
-        closed by its ``BEGIN`` is replaced and ``BEGIN`` sent again (nothing ran yet)."""
-        import psycopg
-
-        conn = self.connection()
-        tx = conn.transaction()
-        try:
-            tx.__enter__()
-        except psycopg.OperationalError as exc:
-            if not conn.broken:
-                raise
-            self._lost(exc)
-            conn = self.connection()
-            tx = conn.transaction()
-            tx.__enter__()
-        return conn, tx
-
-    def _lost(self, exc: BaseException) -> None:
-        """One WARNING per outage: the first failure says so, later ones are quiet until a
-        session is open again (``connection``)."""
-        if not self.outage:
-            self.outage = True
-            log.warning(
-                "lost the connection to the PostgreSQL database %s (%s); what was under way "
-                "failed whole, nothing of it written; connecting again at the next use",
-                self.url,
-                first_line(exc),
-            )
-
-    def reraise(self, exc: BaseException) -> None:
-        """Raise the ``StoreError`` a driver error means (the server gone, a read-only
-        database), if it means one."""
-        import psycopg
-
-        if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
-            raise StoreError(f"cannot write to the database {self.url}: it is open read-only")
-        if not isinstance(exc, psycopg.OperationalError):
-            return
-        if self.conn.broken:
-            self._lost(exc)
-            raise StoreUnavailable(
-                f"lost the PostgreSQL database {self.url}: {first_line(exc)}"
-            ) from exc
-        if (exc.sqlstate or "08").startswith("08"):  # this store was closed
-            raise StoreError(f"lost the PostgreSQL database {self.url}: {first_line(exc)}") from exc
-
-    def close(self) -> None:
-        with self.lock:
-            self.conn.close()
-
     def transaction(self) -> PostgresTransaction:
         """``BEGIN`` … ``COMMIT`` under the store's lock; rolled back on error."""
         return PostgresTransaction(self)
@@ -317,44 +213,9 @@ class PostgresStore(PostgresFlowStateStatements, StatementReads, FlowReads, Stor
         )
         return listener.start().stop
 
-    def _backend_pid(self) -> int:
-        """The server process of this store's connection (0 if it has none now)."""
-        try:
-            return self.conn.info.backend_pid
-        except Exception:  # closed, or being replaced: no notification is skipped
-            return 0
-
     def schema_version(self) -> int | None:
         with self.lock:
             return schema_version(self.connection())
-
-    def query(self, sql: str, params: Any = ()) -> list[Any]:
-        """Run one statement on its own and fetch its rows (see ``reading``)."""
-
-        def run(conn: psycopg.Connection[Any]) -> list[Any]:
-            cursor = conn.execute(sql, params)
-            return cursor.fetchall() if cursor.description is not None else []
-
-        return self.reading(run)
-
-    def reading(self, read: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """``read`` on the session, under the lock; run once more on a new session if its own
-        turns out closed. Only for reads, and writes that may run twice (a heartbeat, leases
-        renewed or let go): ``query`` and ``history``."""
-        with self.lock:
-            conn = self.connection()
-            try:
-                return read(conn)
-            except Exception as exc:
-                if not conn.broken:
-                    self.reraise(exc)
-                    raise
-                self._lost(exc)
-            try:
-                return read(self.connection())
-            except Exception as exc:
-                self.reraise(exc)
-                raise
 
     def discover(
         self, now_us: int, functions: tuple[str, ...], owner: str, limit: int

@@ -4,10 +4,11 @@ Inside ``with store.transaction() as tx:`` nothing is sent until the first state
 goes after ``BEGIN``; ``COMMIT`` (or ``ROLLBACK`` on an error) ends it. A round's commit
 (``commit_round``, one call of the round function: see ``postgres_round``) is held back until
 the transaction ends or another statement comes: a transaction that is only that call sends it
-alone, in autocommit, where one statement is its own transaction. So an ordinary step costs one
-round trip and one commit, and the call commits whole or not at all (the fence raises before
-any write). Driver errors leave as the store's own (``LeaseLost``, ``WriteConflict``,
-``StoreError``).
+alone, in autocommit, where one statement is its own transaction (a plain step, one run's rows,
+is one plain statement instead of the call: ``plain_round``, held back and sent the same way).
+So an ordinary step costs one round trip and one commit, and the call commits whole or not at
+all (the fence raises before any write). Driver errors leave as the store's own (``LeaseLost``,
+``WriteConflict``, ``StoreError``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from typing import TYPE_CHECKING, Any, Self
 from ironflow.runtime.store.base import Batch, LeaseLost
 from ironflow.runtime.store.postgres_listen import NOTIFY, NOTIFY_RUNS, payload
 from ironflow.runtime.store.postgres_locks import Stripes, conflict
-from ironflow.runtime.store.postgres_round import LEASE_LOST_STATE, ROUND, round_params
+from ironflow.runtime.store.postgres_round import (
+    LEASE_LOST_STATE,
+    ROUND,
+    plain_round,
+    round_params,
+)
 from ironflow.runtime.store.postgres_schema import first_line
 from ironflow.runtime.store.statements import StatementTransaction
 
@@ -26,6 +32,10 @@ if TYPE_CHECKING:
     import psycopg
 
     from ironflow.runtime.store.postgres import PostgresStore
+
+# A round's statement, its parameters, the plain step's run (``None``: the function's call,
+# whose fence raises itself) and the worker that sends it.
+Call = tuple[str, list[Any], str | None, str]
 
 
 class PostgresCommit(Stripes, StatementTransaction):
@@ -42,6 +52,7 @@ class PostgresCommit(Stripes, StatementTransaction):
     __slots__ = ("exclusive", "notified", "round", "shared", "store", "targets", "tx", "wakes")
 
     tx: AbstractContextManager[Any] | None
+    round: Call | None
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
@@ -49,7 +60,7 @@ class PostgresCommit(Stripes, StatementTransaction):
         # ``BEGIN`` with it (``_Begin``).
         self.conn: psycopg.Connection[Any] = store.conn
         self.tx = None
-        self.round: list[Any] | None = None
+        self.round = None
         self.fenced = False
         self.shared: set[int] = set()
         self.exclusive: set[int] = set()
@@ -73,8 +84,8 @@ class PostgresCommit(Stripes, StatementTransaction):
         self.conn = conn
         self.tx = tx
         if self.round is not None:
-            params, self.round = self.round, None
-            conn.execute(ROUND, params, prepare=True)
+            call, self.round = self.round, None
+            self._send(conn, call)
         return conn
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
@@ -96,12 +107,12 @@ class PostgresCommit(Stripes, StatementTransaction):
     def _exit_unbegun(self, exc: Any) -> None:
         """Nothing sent yet: the round's call alone is the transaction (a multi-statement
         function call in autocommit commits whole or not at all), if there is one."""
-        params, self.round = self.round, None
+        call, self.round = self.round, None
         try:
-            if exc is None and params is not None:
+            if exc is None and call is not None:
                 self.conn = self.store.connection()  # replaced first if the server closed it
                 try:
-                    self.conn.execute(ROUND, params, prepare=True)
+                    self._send(self.conn, call)
                 except BaseException as error:
                     self._reraise(error)
                     raise
@@ -143,18 +154,30 @@ class PostgresCommit(Stripes, StatementTransaction):
         self.fenced = True
         # Parents told of a child's end, or news from this transaction: announced by the call.
         notify = bool(batch.notify) or (self.wakes and not self.notified)
-        params = round_params(batch, owner, self.store.channel if notify else None)
-        if params is None:
-            return
-        if notify:
-            self.wakes = self.notified = True
+        call: Call | None = None if notify else plain_round(batch, owner)
+        if call is None:
+            params = round_params(batch, owner, self.store.channel if notify else None)
+            if params is None:
+                return
+            if notify:
+                self.wakes = self.notified = True
+            call = (ROUND, params, None, owner)
         conn = self.conn
         if self.tx is None and conn is not self.store.conn:  # in ``with``, nothing sent yet
             if self.round is None:
-                self.round = params  # sent alone when the transaction ends, if nothing follows
+                self.round = call  # sent alone when the transaction ends, if nothing follows
                 return
             conn = self.begin()
-        conn.execute(ROUND, params, prepare=True)
+        self._send(conn, call)
+
+    def _send(self, conn: psycopg.Connection[Any], call: Call) -> None:
+        """Run a round's statement; a plain step that inserted nothing found its run's lease
+        moved (``LeaseLost``, as the function's fence says it)."""
+        sql, params, run_id, owner = call
+        cursor = self.store.cursor(conn)
+        cursor.execute(sql, params, prepare=True)
+        if run_id is not None and cursor.rowcount <= 0:
+            raise LeaseLost(f"lease lost: 0 of 1 runs still held by {owner}", (run_id,))
 
 
 class _Begin:

@@ -12,6 +12,13 @@ and one commit (see ``PostgresTransaction.commit_round``).
 
 The name carries a version: a change to the function is a new name, so engines of two
 versions sharing a database (a rolling deploy) each call their own.
+
+**The plain step.** Most rounds are one run's step: its history rows (the step's result and the
+next command), its lease checked, maybe its row set running, nothing else. That shape is one
+plain statement instead (``plain_round``): the fence is a CTE that locks the run's row and keeps
+it only if this worker holds it, and the rows are inserted from it, so a lease that moved inserts
+nothing (the caller sees the row count and raises ``LeaseLost``). Scalar parameters, no arrays
+and no plpgsql: the client encodes a few values, the server runs one prepared plan.
 """
 
 from __future__ import annotations
@@ -118,3 +125,65 @@ def round_params(batch: Batch, owner: str, channel: str | None) -> list[Any] | N
     params += columns(batch.notify) if batch.notify else (None,) * 4
     params.append(channel)
     return params
+
+
+# The plain step (see the module docstring): at most this many history rows; more go through
+# the function (one prepared statement per row count and fence kind).
+PLAIN_ROWS = 4
+# Locked by id (the primary key), the owner checked on the locked (newest) row version, as in
+# the function's fence. A run set running is fenced by its UPDATE (the same row lock).
+_PLAIN_LOCK = "SELECT id, lease_owner FROM runs WHERE id = %s FOR NO KEY UPDATE"
+_PLAIN_RUNNING = (
+    "UPDATE runs SET status = 'running', updated_us = %s WHERE id = %s AND lease_owner = %s "
+    "RETURNING id, lease_owner"
+)
+
+
+def _plain_sql(rows: int, running: bool) -> str:
+    values = ", ".join(
+        ["(%s::int, %s::text, %s::bigint, %s::text)"] + ["(%s, %s, %s, %s)"] * (rows - 1)
+    )
+    fence = _PLAIN_RUNNING if running else _PLAIN_LOCK
+    # Without the running update the owner is the statement's last parameter.
+    held = "" if running else " WHERE f.lease_owner = %s"
+    return (
+        f"WITH f AS ({fence}) INSERT INTO history (run_id, seq, type, ts_us, body) "
+        f"SELECT f.id, v.seq, v.type, v.ts, v.body FROM f CROSS JOIN (VALUES {values}) "
+        f"AS v(seq, type, ts, body){held}"
+    )
+
+
+PLAIN = {
+    (n, running): _plain_sql(n, running)
+    for n in range(1, PLAIN_ROWS + 1)
+    for running in (False, True)
+}
+
+
+def plain_round(batch: Batch, owner: str) -> tuple[str, list[Any], str, str] | None:
+    """The plain statement for ``batch``, its parameters, its run and ``owner``, if ``batch`` is one
+    run's step (see the module docstring); ``None`` otherwise. It inserts ``len(history)``
+    rows, or none if the run's lease moved."""
+    history = batch.history
+    rows = len(history)
+    if not 0 < rows <= PLAIN_ROWS or batch.waiting or batch.ended or batch.notify:
+        return None
+    if batch.finished or batch.timers_done or batch.waits_done:
+        return None
+    run_id = history[0][0]
+    running = batch.running
+    if len(running) > 1 or (running and running[0][1] != run_id):
+        return None
+    for fenced in batch.fenced:
+        if fenced != run_id:
+            return None
+    if not (running or batch.fenced):
+        return None
+    params: list[Any] = [running[0][0], run_id, owner] if running else [run_id]
+    for row in history:
+        if row[0] != run_id:
+            return None
+        params += row[1:]
+    if not running:
+        params.append(owner)
+    return PLAIN[rows, bool(running)], params, run_id, owner
