@@ -119,6 +119,16 @@ def find(
             free -= 1
         work.setdefault(run_id, [])
         found.add(run_id)
+    if free > 0:  # runs waiting for any worker, leased here now (a store that claims apart)
+        most = min(free, TICK_RUNS)
+        claimed = driver.store.claim(now_us, fids, driver.worker_id, now_us + driver.lease_us, most)
+        if claimed is not None:
+            more = more or len(claimed) >= most
+            for run_id in claimed:  # all taken this round: the claim stayed within room
+                work.setdefault(run_id, [])
+                found.add(run_id)
+    elif driver.store.CLAIMS:
+        more = True  # runs may wait that were not claimed for want of room: once there is some
     if flow_due:  # the runs they admit are driven in this round
         admitted, timed_out = flow.fire(driver, flow_due, now_us)
         for run_id in admitted:
@@ -129,6 +139,10 @@ def find(
     driver.next_timer_us = nearest if nearest is not None else NEVER
     if driver.plans.timed:  # batches, debounced runs, cron ticks falling due (flow_timed)
         flow_timed.discover(driver, now_us, work)
+    stats = driver.stats
+    stats["looks"] += 1
+    if not found and not flow_due:
+        stats["looks_empty"] += 1
     driver.dirty = more
     driver.next_poll = time.monotonic() + driver.poll
     return found

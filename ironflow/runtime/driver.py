@@ -122,6 +122,13 @@ class Driver:
             "runs_ended": 0,
             "runs_failed": 0,
             "runs_blocked": 0,
+            # The cost of sharing work with other workers, counted (benchmarks and tests read
+            # them; see ``discovery``): looks in the database for work, looks that found
+            # nothing to do, runs asked for by a claim, and the runs those claims got.
+            "looks": 0,
+            "looks_empty": 0,
+            "claims": 0,
+            "claims_won": 0,
         }
         # What the driving transaction in progress started and ended, counted once it commits.
         self.committing: tuple[int, Batch] | None = None
