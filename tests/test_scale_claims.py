@@ -193,3 +193,62 @@ def test_a_store_that_does_not_claim_apart_lists_waiting_runs_in_discovery(store
             assert (sorted(ready), claimed) == (sorted(run_ids), None)
     finally:
         worker.close()
+
+
+# --- wake-ups that name runs: one worker chases each first ----------------------------------
+
+
+@pytest.mark.postgres
+def test_a_named_run_is_chased_first_by_one_worker_and_by_the_others_after_a_grace(
+    pg_url, monkeypatch
+):
+    from ironflow.runtime import discovery, registry
+
+    monkeypatch.setattr(discovery, "NAMED_GRACE", 60.0)  # no grace ends by itself here
+    run_ids = _create(pg_url, 30)
+    engines = [_worker(pg_url) for _ in range(3)]
+    try:
+        for engine in engines:  # each says it is live, then reads who else is
+            engine._driver.next_heartbeat_us = 0
+            registry.heartbeat(engine._driver, engine._driver.now_us())
+        peers = tuple(sorted(engine.worker_id for engine in engines))
+        assert engines[-1]._driver.peers == peers
+        for engine in engines:
+            engine._driver.peers = peers
+            engine._driver.dirty = False  # nothing but the wake-up makes them look
+            engine._driver.next_poll = float("inf")
+            engine._driver.next_timer_us = discovery.NEVER
+        mine = {
+            engine.worker_id: {r for r in run_ids if discovery.chaser(peers, r) == engine.worker_id}
+            for engine in engines
+        }
+        assert all(mine.values()), mine  # spread over the three
+        alive, dead = engines[:2], engines[2]
+        for engine in engines:  # every listener hears the one notification naming them all
+            engine._worker.hint(frozenset(run_ids))
+        for engine in alive:
+            engine._worker.tick()
+        # Each took its own, without a look, and lost no claim. Before: every worker chased
+        # every run, and all but the first lost each claim.
+        for engine in alive:
+            assert set(engine._driver.live) == mine[engine.worker_id]
+            assert engine.stats["looks"] == 0
+        theirs = sum(len(mine[engine.worker_id]) for engine in alive)
+        assert _sum(alive, "claims") == _sum(alive, "claims_won") == theirs
+        # The third never drove its runs (dead, or slow): the others look once the grace
+        # ends (a look within the poll interval) and find them still waiting.
+        first = alive[0]
+        assert first._driver.next_poll <= first._driver.next_chase
+        assert first._driver.next_chase < float("inf")
+        first._driver.next_poll = 0.0  # the grace ended
+        first._worker.tick()
+        assert set(first._driver.live) == mine[first.worker_id] | mine[dead.worker_id]
+        assert first.stats["looks"] == 1
+        assert _sum(alive, "claims") == _sum(alive, "claims_won") == 30
+        gate.set()
+        _together(alive, "run_until_idle")
+        assert all(first.get_run(run_id).status == "completed" for run_id in run_ids)
+    finally:
+        for engine in engines:
+            engine.close()
+    assert sorted(bodies) == sorted(run_ids)

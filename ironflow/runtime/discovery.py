@@ -18,6 +18,7 @@ timers) is never held back by the cap: it is no claim.
 from __future__ import annotations
 
 import time
+import zlib
 from typing import TYPE_CHECKING
 
 from ironflow.runtime import flow, flow_timed, registry
@@ -32,6 +33,9 @@ TICK_RUNS = 1000  # runs driven per transaction at most
 # short transactions) stay small per run, few enough that a burst is shared by every worker
 # looking (measured: 16 cost a single worker ~18% more CPU per 1-step run, 64 about nothing).
 RUNS_PER_THREAD = 64
+# How long a worker leaves a run another process named to the worker that chases it first
+# (see ``named``) before it looks for the run itself: a few rounds, well within a poll.
+NAMED_GRACE = 0.05
 
 
 def take(pool: set[str], most: int) -> set[str]:
@@ -58,17 +62,36 @@ def due(driver: Driver, now_us: int) -> bool:
     return not held or driver.capacity - held >= driver.capacity // 2
 
 
+def chaser(peers: tuple[str, ...], run_id: str) -> str:
+    """The worker of ``peers`` that chases a named run first (rendezvous hashing: every worker
+    computes the same one from the same peers, and runs spread evenly over them)."""
+    key = run_id.encode()
+    return max(peers, key=lambda peer: zlib.crc32(key, zlib.crc32(peer.encode())))
+
+
 def named(driver: Driver, work: dict[str, list[Input]]) -> set[str]:
     """The runs another process's wake-up named: driven now, with their mail, without a look
     in the database. Runs held here are news, not claims; new claims stop at ``room``, and
-    the rest is left to discovery (``hinted``) once there is room, or to other workers."""
+    the rest is left to discovery (``hinted``) once there is room, or to other workers.
+
+    Every listening worker hears a wake-up, and all chasing its runs at once would race for
+    them (all but one losing the claim): a run not held here is chased first by one live
+    worker (``chaser``, over the peers the heartbeat read), and the others look for it only
+    a ``NAMED_GRACE`` later, in discovery, which finds it only if it still waits."""
     with driver.hint_lock:
         names, driver.hinted_runs = driver.hinted_runs, set()
     live = driver.live
     free = room(driver)
+    peers = driver.peers
+    me = driver.worker_id
     taken: set[str] = set()
     for run_id in names:
         if run_id not in live and run_id not in work:
+            if len(peers) > 1 and chaser(peers, run_id) != me:
+                grace = time.monotonic() + min(driver.poll, NAMED_GRACE)
+                driver.next_poll = min(driver.next_poll, grace)
+                driver.next_chase = min(driver.next_chase, grace)
+                continue
             if free <= 0:
                 driver.hinted = True
                 continue
@@ -144,5 +167,9 @@ def find(
     if not found and not flow_due:
         stats["looks_empty"] += 1
     driver.dirty = more
-    driver.next_poll = time.monotonic() + driver.poll
+    now = time.monotonic()
+    driver.next_poll = now + driver.poll
+    if driver.next_chase > now:  # a run left to its chaser: looked for once its grace ends
+        driver.next_poll = min(driver.next_poll, driver.next_chase)
+    driver.next_chase = float("inf")
     return found

@@ -103,6 +103,10 @@ class Driver:
         self.hinted = False
         self.hinted_runs: set[str] = set()
         self.hint_lock = threading.Lock()
+        # The live workers sharing a function with this one (itself included, sorted), read
+        # with each heartbeat: which of them chases a named run first (``discovery.named``).
+        self.peers: tuple[str, ...] = ()
+        self.next_chase = float("inf")  # when the grace of a run left to its chaser ends
         # The most runs this worker holds at once (see ``discovery.room``; set by the worker).
         self.capacity = TICK_RUNS
         # Runs this engine itself just made ready, driven next round without asking the
