@@ -5,7 +5,12 @@ mail: ``take``) and looks in the store only when something may have changed (``d
 in this process, the nearest known timer falling due, a wake-up hint from another process
 (``hinted``, PostgreSQL's NOTIFY while serving), or a poll interval passing (other processes'
 news, when no hint came). ``find`` asks the store for due timers and runs to drive, a bounded page.
-A hint that names its runs (``hinted_runs``) is driven as it is, with no look at all (``named``).
+A hint that names its runs (``hinted_runs``) is driven as it is, with no look at all (``named``),
+by one worker first (``chaser``): the others wait ``NAMED_GRACE``, then look.
+
+**Runs waiting for any worker** (new, or orphaned) are claimed apart on a store that can
+(``Store.claim``, PostgreSQL: one statement skipping rows other claims hold), so workers looking
+at once do not read one page and race for it; SQLite lists them in discovery's page.
 
 **Claims are capped by room** (``room``): a worker holds at most ``capacity`` runs (its step
 threads times ``RUNS_PER_THREAD``) and claims new ones only up to what it has free, so one burst
