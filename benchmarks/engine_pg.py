@@ -137,8 +137,12 @@ def worker_main(url: str, poll: str, durability: str) -> int:
     if sys.stdin.readline().strip() != "go":
         engine.close()
         return 1
+    cpu = time.process_time()  # the start (imports, connecting, registering) not counted
     try:
         engine.serve()  # SIGTERM: finish what is held, return
+        # Read by ``Workers.stop``: the engine's counts, and the CPU this process used.
+        stats = dict(engine.stats, cpu_ms=int((time.process_time() - cpu) * 1000))
+        print("stats " + json.dumps(stats), flush=True)
     finally:
         engine.close()
     return 0
@@ -162,6 +166,7 @@ class Workers:
             )
             for _ in range(n)
         ]
+        self.server_cpu_ms = 0  # the server's CPU before the part measured (see ``stop``)
         for proc in self.procs:
             line = self.readline(proc, READY_TIMEOUT_S)
             if line.strip() != "ready":
@@ -181,16 +186,52 @@ class Workers:
             proc.stdin.write("go\n")
             proc.stdin.flush()
 
-    def stop(self) -> None:
+    def stop(self, url: str | None = None) -> dict[str, int]:
+        """End the workers; their ``Engine.stats`` summed (those that reported them), with
+        the CPU they used after ``go`` (``cpu_ms``) and, given the ``url``, the CPU the
+        server's sessions of that database used since ``server_cpu_ms`` was read (from
+        ``/proc``, before the workers' sessions end with them)."""
+        total: dict[str, int] = {}
+        if url is not None:
+            total["server_cpu_ms"] = server_cpu_ms(url) - self.server_cpu_ms
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
             try:
-                proc.wait(30)
+                out, _ = proc.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+                continue
+            for line in out.splitlines():
+                if line.startswith("stats "):
+                    for key, value in json.loads(line[len("stats ") :]).items():
+                        total[key] = total.get(key, 0) + value
+        return total
+
+
+def server_cpu_ms(url: str) -> int:
+    """CPU (user + system, ms) used so far by the server's other sessions of ``url``'s
+    database, read from ``/proc`` (the server runs on this host); 0 where it cannot be read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        pids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid != pg_backend_pid()"
+            )
+        ]
+    used = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return used * 1000 // tick
 
 
 class PgSpace:
@@ -357,6 +398,7 @@ def start_runs(engine: Any, function_id: str, n: int) -> None:
 def pg_throughput(space: PgSpace, sizes: dict[str, int], repeat: int, floors: dict[str, float]):
     n = sizes["throughput"]
     seen: dict[int, list[float]] = {count: [] for count in WORKER_COUNTS}
+    waste: dict[int, dict[str, int]] = {count: {} for count in WORKER_COUNTS}
     # Side by side: each repeat measures every worker count once, so a noisy moment of a shared
     # machine falls on all of them alike; the best of each is reported, with the spread.
     for _ in range(repeat):
@@ -368,18 +410,21 @@ def pg_throughput(space: PgSpace, sizes: dict[str, int], repeat: int, floors: di
                 try:
                     workers = Workers(url, count, poll="20ms")  # connected, registered, idle
                     start_runs(starter, bench.one_step.id, n)
+                    workers.server_cpu_ms = server_cpu_ms(url)  # counted from here on
                     started = time.perf_counter()
                     workers.go()  # from the workers' start to the last run completed
                     wait_completed(starter, n, f"{count} workers", every=0.01)
                     seen[count].append(n / (time.perf_counter() - started))
                 finally:
                     if workers is not None:
-                        workers.stop()
+                        for key, value in workers.stop(url).items():
+                            waste[count][key] = waste[count].get(key, 0) + value
                     starter.close()
     rates = {count: max(found) for count, found in seen.items()}
     notes = {
         count: f"best of {repeat} (all: {', '.join(f'{r:,.0f}' for r in found)}), {n:,} runs "
-        "created first (not timed), timed from the workers' start to the last completed"
+        f"created first (not timed), timed from the workers' start to the last completed; "
+        f"{sharing(waste[count])}"
         for count, found in seen.items()
     }
     out = [
@@ -412,6 +457,23 @@ def pg_throughput(space: PgSpace, sizes: dict[str, int], repeat: int, floors: di
         )
     )
     return out
+
+
+def sharing(stats: dict[str, int]) -> str:
+    """What sharing the work cost, from the workers' summed ``Engine.stats`` (counts)."""
+    ended = stats.get("runs_ended", 0)
+    if not ended:
+        return "no stats reported"
+    claims, won = stats.get("claims", 0), stats.get("claims_won", 0)
+    lost = (claims - won) / claims if claims else 0.0
+    return (
+        f"claims lost {lost:.0%} ({claims - won:,} of {claims:,}), "
+        f"looks {stats.get('looks', 0) / ended * 1000:.1f} per 1k runs "
+        f"({stats.get('looks_empty', 0):,} empty), "
+        f"commits {stats.get('commits', 0) / ended:.3f} per run, CPU per run "
+        f"{stats.get('cpu_ms', 0) / ended * 1000:.0f} us workers + "
+        f"{stats.get('server_cpu_ms', 0) / ended * 1000:.0f} us server"
+    )
 
 
 def pg_replay(space: PgSpace, sizes: dict[str, int], repeat: int, floors: dict[str, float]):

@@ -210,8 +210,8 @@ def test_discovery_reads_one_page_however_many_runs_wait_sqlite(store_url):
 
 @pytest.mark.postgres
 def test_discovery_reads_one_page_however_many_runs_wait_postgres(pg_url):
-    """PostgreSQL's tuples read by one look (this transaction's counters), with 2,000 pending
-    runs and 300 runs with mail: about one page, not the tables."""
+    """PostgreSQL's tuples read by one look and its claim (this transaction's counters), with
+    2,000 pending runs and 300 runs with mail: about one page, not the tables."""
     worker = Engine(pg_url, poll=SLOW_POLL)
     worker.register(one_step)
     worker.register(parked)
@@ -231,10 +231,16 @@ def test_discovery_reads_one_page_however_many_runs_wait_postgres(pg_url):
             emitter.close()
         _create(pg_url, 2000, "many")
         store: Any = worker.store
-        from ironflow.runtime.store.postgres import DUE_TIMERS, NEXT_TIMER_AFTER, READY_RUNS
+        from ironflow.runtime.store.postgres import (
+            CLAIM_RUNS,
+            DUE_TIMERS,
+            NEXT_TIMER_AFTER,
+            READY_RUNS,
+        )
 
         now = worker._driver.now_us()
         params = {"now": now, "fids": [one_step.id, parked.id], "owner": "x", "limit": 10}
+        params.update(most=10, until=now + 10**9)
         counted = (
             "SELECT relname, seq_tup_read + coalesce(idx_tup_fetch, 0) "
             "FROM pg_stat_xact_user_tables WHERE relname IN ('runs', 'inbox', 'timers')"
@@ -245,14 +251,16 @@ def test_discovery_reads_one_page_however_many_runs_wait_postgres(pg_url):
             found = store.conn.execute(READY_RUNS, params).fetchall()
             store.conn.execute(DUE_TIMERS, params).fetchall()
             store.conn.execute(NEXT_TIMER_AFTER, (now,)).fetchall()
+            claimed = store.conn.execute(CLAIM_RUNS, params).fetchall()
             after = dict(store.conn.execute(counted).fetchall())
         assert len(found) == 10
+        assert len(claimed) == 10  # of the 2,000 pending: a page of them, read and leased
         # The 300 mail rows of no run are walked past (each looked up by key): the page
         # after them is 10 rows. Before: DISTINCT read every inbox row (600), and UNION every
         # run it might take: 4,300 runs rows and 600 inbox rows read.
         counts = {name: after[name] - before.get(name, 0) for name in after}
         assert counts.get("inbox", 0) <= 300 + 30, counts
-        assert counts.get("runs", 0) <= 30, counts
+        assert counts.get("runs", 0) <= 30 + 2 * 10, counts  # the claim: found, then updated
         assert counts.get("timers", 0) <= 10, counts
     finally:
         worker.close()

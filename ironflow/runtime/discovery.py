@@ -5,7 +5,12 @@ mail: ``take``) and looks in the store only when something may have changed (``d
 in this process, the nearest known timer falling due, a wake-up hint from another process
 (``hinted``, PostgreSQL's NOTIFY while serving), or a poll interval passing (other processes'
 news, when no hint came). ``find`` asks the store for due timers and runs to drive, a bounded page.
-A hint that names its runs (``hinted_runs``) is driven as it is, with no look at all (``named``).
+A hint that names its runs (``hinted_runs``) is driven as it is, with no look at all (``named``),
+by one worker first (``chaser``): the others wait ``NAMED_GRACE``, then look.
+
+**Runs waiting for any worker** (new, or orphaned) are claimed apart on a store that can
+(``Store.claim``, PostgreSQL: one statement skipping rows other claims hold), so workers looking
+at once do not read one page and race for it; SQLite lists them in discovery's page.
 
 **Claims are capped by room** (``room``): a worker holds at most ``capacity`` runs (its step
 threads times ``RUNS_PER_THREAD``) and claims new ones only up to what it has free, so one burst
@@ -18,6 +23,7 @@ timers) is never held back by the cap: it is no claim.
 from __future__ import annotations
 
 import time
+import zlib
 from typing import TYPE_CHECKING
 
 from ironflow.runtime import flow, flow_timed, registry
@@ -32,6 +38,9 @@ TICK_RUNS = 1000  # runs driven per transaction at most
 # short transactions) stay small per run, few enough that a burst is shared by every worker
 # looking (measured: 16 cost a single worker ~18% more CPU per 1-step run, 64 about nothing).
 RUNS_PER_THREAD = 64
+# How long a worker leaves a run another process named to the worker that chases it first
+# (see ``named``) before it looks for the run itself: a few rounds, well within a poll.
+NAMED_GRACE = 0.05
 
 
 def take(pool: set[str], most: int) -> set[str]:
@@ -58,17 +67,36 @@ def due(driver: Driver, now_us: int) -> bool:
     return not held or driver.capacity - held >= driver.capacity // 2
 
 
+def chaser(peers: tuple[str, ...], run_id: str) -> str:
+    """The worker of ``peers`` that chases a named run first (rendezvous hashing: every worker
+    computes the same one from the same peers, and runs spread evenly over them)."""
+    key = run_id.encode()
+    return max(peers, key=lambda peer: zlib.crc32(key, zlib.crc32(peer.encode())))
+
+
 def named(driver: Driver, work: dict[str, list[Input]]) -> set[str]:
     """The runs another process's wake-up named: driven now, with their mail, without a look
     in the database. Runs held here are news, not claims; new claims stop at ``room``, and
-    the rest is left to discovery (``hinted``) once there is room, or to other workers."""
+    the rest is left to discovery (``hinted``) once there is room, or to other workers.
+
+    Every listening worker hears a wake-up, and all chasing its runs at once would race for
+    them (all but one losing the claim): a run not held here is chased first by one live
+    worker (``chaser``, over the peers the heartbeat read), and the others look for it only
+    a ``NAMED_GRACE`` later, in discovery, which finds it only if it still waits."""
     with driver.hint_lock:
         names, driver.hinted_runs = driver.hinted_runs, set()
     live = driver.live
     free = room(driver)
+    peers = driver.peers
+    me = driver.worker_id
     taken: set[str] = set()
     for run_id in names:
         if run_id not in live and run_id not in work:
+            if len(peers) > 1 and chaser(peers, run_id) != me:
+                grace = time.monotonic() + min(driver.poll, NAMED_GRACE)
+                driver.next_poll = min(driver.next_poll, grace)
+                driver.next_chase = min(driver.next_chase, grace)
+                continue
             if free <= 0:
                 driver.hinted = True
                 continue
@@ -119,6 +147,16 @@ def find(
             free -= 1
         work.setdefault(run_id, [])
         found.add(run_id)
+    if free > 0:  # runs waiting for any worker, leased here now (a store that claims apart)
+        most = min(free, TICK_RUNS)
+        claimed = driver.store.claim(now_us, fids, driver.worker_id, now_us + driver.lease_us, most)
+        if claimed is not None:
+            more = more or len(claimed) >= most
+            for run_id in claimed:  # all taken this round: the claim stayed within room
+                work.setdefault(run_id, [])
+                found.add(run_id)
+    elif driver.store.CLAIMS:
+        more = True  # runs may wait that were not claimed for want of room: once there is some
     if flow_due:  # the runs they admit are driven in this round
         admitted, timed_out = flow.fire(driver, flow_due, now_us)
         for run_id in admitted:
@@ -129,6 +167,14 @@ def find(
     driver.next_timer_us = nearest if nearest is not None else NEVER
     if driver.plans.timed:  # batches, debounced runs, cron ticks falling due (flow_timed)
         flow_timed.discover(driver, now_us, work)
+    stats = driver.stats
+    stats["looks"] += 1
+    if not found and not flow_due:
+        stats["looks_empty"] += 1
     driver.dirty = more
-    driver.next_poll = time.monotonic() + driver.poll
+    now = time.monotonic()
+    driver.next_poll = now + driver.poll
+    if driver.next_chase > now:  # a run left to its chaser: looked for once its grace ends
+        driver.next_poll = min(driver.next_poll, driver.next_chase)
+    driver.next_chase = float("inf")
     return found

@@ -103,6 +103,10 @@ class Driver:
         self.hinted = False
         self.hinted_runs: set[str] = set()
         self.hint_lock = threading.Lock()
+        # The live workers sharing a function with this one (itself included, sorted), read
+        # with each heartbeat: which of them chases a named run first (``discovery.named``).
+        self.peers: tuple[str, ...] = ()
+        self.next_chase = float("inf")  # when the grace of a run left to its chaser ends
         # The most runs this worker holds at once (see ``discovery.room``; set by the worker).
         self.capacity = TICK_RUNS
         # Runs this engine itself just made ready, driven next round without asking the
@@ -122,6 +126,13 @@ class Driver:
             "runs_ended": 0,
             "runs_failed": 0,
             "runs_blocked": 0,
+            # The cost of sharing work with other workers, counted (benchmarks and tests read
+            # them; see ``discovery``): looks in the database for work, looks that found
+            # nothing to do, runs asked for by a claim, and the runs those claims got.
+            "looks": 0,
+            "looks_empty": 0,
+            "claims": 0,
+            "claims_won": 0,
         }
         # What the driving transaction in progress started and ended, counted once it commits.
         self.committing: tuple[int, Batch] | None = None

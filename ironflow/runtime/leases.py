@@ -70,6 +70,9 @@ def take(
         fids := tuple(driver.functions),
         tuple(registry.version_of(driver, fid) for fid in fids),
     )
+    stats = driver.stats
+    stats["claims"] += len(run_ids)
+    stats["claims_won"] += len(taken)
     if not taken:
         return taken, {}, []
     ids = [row[0] for row in taken]

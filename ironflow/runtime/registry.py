@@ -255,6 +255,21 @@ def heartbeat(driver: Driver, now_us: int) -> None:
     )
     driver.next_heartbeat_us = now_us + driver.lease_us // 3
     driver.heartbeats = True
+    driver.peers = peers(driver, now_us)
+
+
+def peers(driver: Driver, now_us: int) -> tuple[str, ...]:
+    """The live workers that share a function with this one, itself included, sorted."""
+    mine = set(driver.functions)
+    found = {driver.worker_id}
+    for worker_id, functions, *_ in driver.store.workers(now_us):
+        try:
+            theirs = json.loads(functions)
+        except ValueError:
+            continue  # a damaged row: that worker is not counted on to chase runs
+        if isinstance(theirs, dict | list) and not mine.isdisjoint(theirs):
+            found.add(worker_id)
+    return tuple(sorted(found))
 
 
 def forget(driver: Driver) -> None:

@@ -306,7 +306,19 @@ class Store(FlowStateReads, abc.ABC):
         """Work for ``owner``: due timers ``(run_id, step_id, kind, attempt)``, runs to
         drive (with mail, new, or orphaned by a dead worker; one may come twice), and the next
         timer after now. Each list holds at most ``limit`` rows, and the look reads about that
-        many rows whatever the number of runs waiting (a full list: there may be more)."""
+        many rows whatever the number of runs waiting (a full list: there may be more). A
+        store that ``claim``s leaves new and orphaned runs to it."""
+
+    CLAIMS = False  # whether ``claim`` leases runs (a store that claims sets it)
+
+    def claim(
+        self, now_us: int, functions: tuple[str, ...], owner: str, until_us: int, most: int
+    ) -> list[str] | None:
+        """Lease to ``owner`` (until ``until_us``) up to ``most`` runs of ``functions`` that
+        wait for any worker (new, or orphaned by a dead one), skipping those another worker
+        is claiming, in one statement that commits: their ids, to take in the round. ``None``:
+        this store does not claim apart (``discover`` lists those runs; SQLite, one writer)."""
+        return None
 
     # Reads a round makes while folding, outside any write transaction (a round's commit
     # checks again what a concurrent writer could have changed since).

@@ -87,20 +87,28 @@ RESUME_FAILED = (
     "lease_owner = NULL, lease_until_us = NULL, updated_us = %s WHERE id = %s"
 )
 
-# Leases: a claim locks the rows it takes and skips rows another transaction holds, so two
+# Leases: a take locks the rows it takes and skips free rows another transaction holds, so two
 # workers never wait for each other over a run. The WHERE is checked again on the newest row
 # version when the lock is taken (READ COMMITTED): a run taken meanwhile is not taken twice.
-# A pending run is running from here (as on SQLite).
+# Rows leased to this worker already (claimed: ``CLAIM_RUNS``) are waited for, never skipped: a
+# concurrent claim that looked at one and found it leased may hold its lock for a moment (a
+# lock taken before that check stays until its statement ends), and no one else takes it. They
+# are locked first, and a skipping take never waits: no cycle. Pending is running from here.
+_TAKEN = (
+    "id = ANY(%(ids)s::text[]) AND function_id = ANY(%(fids)s::text[]) "
+    f"AND status NOT IN {NOT_ENDED}"
+)
 TAKE_RUNS = (
+    f"WITH mine AS (SELECT id FROM runs WHERE {_TAKEN} AND lease_owner = %(owner)s FOR UPDATE), "
+    f"free AS (SELECT id FROM runs WHERE {_TAKEN} AND lease_owner IS DISTINCT FROM %(owner)s "
+    "AND (lease_owner IS NULL OR lease_until_us < %(now)s) FOR UPDATE SKIP LOCKED) "
     "UPDATE runs SET lease_owner = %(owner)s, lease_until_us = %(until)s, "
     "code_version = coalesce((SELECT u.v FROM unnest(%(fids)s::text[], %(versions)s::text[]) "
     "AS u(f, v) WHERE u.f = runs.function_id), code_version), "
     "ready = CASE WHEN id = ANY(%(mail)s::text[]) THEN 0 ELSE ready END, "
     "status = CASE status WHEN 'pending' THEN 'running' ELSE status END "
-    "WHERE id IN (SELECT id FROM runs WHERE id = ANY(%(ids)s::text[]) "
-    f"AND function_id = ANY(%(fids)s::text[]) AND status NOT IN {NOT_ENDED} "
-    "AND (lease_owner IS NULL OR lease_owner = %(owner)s OR lease_until_us < %(now)s) "
-    "FOR UPDATE SKIP LOCKED) RETURNING id, function_id, event_pos, parent_run_id, "
+    "WHERE id IN (SELECT id FROM mine UNION ALL SELECT id FROM free) "
+    "RETURNING id, function_id, event_pos, parent_run_id, "
     "parent_step_id, notify_parent, status, trigger"
 )
 
