@@ -61,6 +61,7 @@ from ironflow.runtime.faults import ENABLED as _FAULTS
 from ironflow.runtime.faults import crash_point
 from ironflow.runtime.flow_plan import FlowCache
 from ironflow.runtime.live import Broken, Input, Live
+from ironflow.runtime.models import STATS
 from ironflow.runtime.store import Batch, Store, StoreUnavailable, Transaction, rows
 
 _STEP_KINDS = decisions.STEP_KINDS
@@ -116,24 +117,7 @@ class Driver:
         self.woken: set[str] = set()
         self.next_timer_us = 0
         self.next_poll = 0.0
-        # runs_taken counts leases taken (a run parked and taken again counts again);
-        # runs_started/_ended/_failed/_blocked count runs, each once, as this engine commits.
-        self.stats = {
-            "runs_taken": 0,
-            "steps_executed": 0,
-            "commits": 0,
-            "runs_started": 0,
-            "runs_ended": 0,
-            "runs_failed": 0,
-            "runs_blocked": 0,
-            # The cost of sharing work with other workers, counted (benchmarks and tests read
-            # them; see ``discovery``): looks in the database for work, looks that found
-            # nothing to do, runs asked for by a claim, and the runs those claims got.
-            "looks": 0,
-            "looks_empty": 0,
-            "claims": 0,
-            "claims_won": 0,
-        }
+        self.stats = dict.fromkeys(STATS, 0)  # Engine.stats: see models.STATS
         # What the driving transaction in progress started and ended, counted once it commits.
         self.committing: tuple[int, Batch] | None = None
         # Damaged events rows that waits skip: each is reported once (by id), after the

@@ -10,6 +10,25 @@ import attrs
 STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled", "blocked")
 TERMINAL = ("completed", "failed", "cancelled")
 
+# What ``Engine.stats`` counts, each from 0 as this engine commits. runs_taken counts leases
+# taken (a run parked and taken again counts again); runs_started/_ended/_failed/_blocked
+# count runs, each once. The cost of sharing work with other workers (benchmarks and tests
+# read them; see ``discovery``): looks in the database for work, looks that found nothing to
+# do, runs asked for by a claim, and the runs those claims got.
+STATS = (
+    "runs_taken",
+    "steps_executed",
+    "commits",
+    "runs_started",
+    "runs_ended",
+    "runs_failed",
+    "runs_blocked",
+    "looks",
+    "looks_empty",
+    "claims",
+    "claims_won",
+)
+
 
 @attrs.frozen
 class RunError:
