@@ -169,9 +169,15 @@ def test_a_schema_without_the_round_function_gets_it_on_open(pg_url, store):
         )
         assert found == [(1,)]
         add_run(again, "a", "w1")
+        add_run(again, "b", "w1")
+        # Two runs: not the plain step's shape, so this commit runs the reinstalled function.
+        two = Batch(
+            history=[("a", 0, "RunStarted", 1, "{}"), ("b", 0, "RunStarted", 1, "{}")],
+            fenced=["a", "b"],
+        )
         with again.transaction() as tx:
-            tx.commit_round(Batch(history=[("a", 0, "RunStarted", 1, "{}")], fenced=["a"]), "w1")
-        assert history(again) == [("a", 0, "RunStarted")]
+            tx.commit_round(two, "w1")
+        assert history(again) == [("a", 0, "RunStarted"), ("b", 0, "RunStarted")]
     finally:
         again.close()
 
