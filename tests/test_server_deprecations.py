@@ -48,3 +48,17 @@ def test_the_suite_fails_a_test_that_triggers_a_litestar_deprecation() -> None:
 
     with pytest.raises(LitestarDeprecationWarning, match="path parameter 'name'"):
         Litestar(route_handlers=[old_style])
+
+
+def test_the_openapi_document_is_served_and_paths_below_it_are_json_404s(engine: Engine) -> None:
+    with TestClient(create_app(engine)) as client:
+        document = client.get("/api/openapi.json")
+        assert document.status_code == 200
+        assert document.headers["content-type"].startswith("application/json")
+        assert "/api/runs/{run_id}" in document.json()["paths"]
+        # Litestar's OpenAPI router answers paths below its own with an HTML page: not ours.
+        for path in ("/api/openapi.json/nothing", "/api/openapi.json/x.yaml"):
+            below = client.get(path)
+            assert below.status_code == 404
+            assert below.headers["content-type"].startswith("application/json")
+            assert below.json()["error"]["type"] == "not_found"

@@ -21,11 +21,12 @@ from __future__ import annotations
 import hmac
 import importlib
 import importlib.util
+import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from litestar import Litestar, MediaType, Response, get
+from litestar import Litestar, MediaType, Response, Router, get
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
@@ -115,8 +116,6 @@ def _cookie(header: bytes, name: str) -> bytes | None:
 
 
 async def _answer(send: Send, status: int, message: str) -> None:
-    import json
-
     payload = json.dumps(body(status, message)).encode()
     headers = [
         (b"content-type", b"application/json"),
@@ -131,8 +130,16 @@ async def _answer(send: Send, status: int, message: str) -> None:
 # ``GET /api/openapi.json``: the document, made from the types, served by Litestar's JSON
 # render plugin at its router's root. Its router lives at that path and nowhere else: at
 # ``/api`` its catch-all (an HTML 404 page for ``/api/<anything>``) would shadow the JSON
-# errors of unknown API routes.
+# errors of unknown API routes; below it, that page is turned into the JSON error too.
 OPENAPI_PATH = "/api/openapi.json"
+
+
+def _json_not_found(response: Response[Any]) -> Response[Any]:
+    if response.status_code != 404:
+        return response
+    message = "no such route; the API is under /api (see GET /api/openapi.json)"
+    payload = json.dumps(body(404, message)).encode()
+    return Response(payload, status_code=404, media_type=MediaType.JSON)
 
 
 def _web() -> tuple[list[Any], tuple[str, ...]]:
@@ -172,7 +179,12 @@ def create_app(
             title="ironflow",
             version="1",
             description="The HTTP API of an ironflow server (see docs/server.md).",
-            path=OPENAPI_PATH,
+            openapi_router=Router(
+                OPENAPI_PATH,
+                route_handlers=[],
+                include_in_schema=False,
+                after_request=_json_not_found,
+            ),
             render_plugins=[
                 JsonRenderPlugin(path=["/", "/openapi.json"], media_type=MediaType.JSON)
             ],
