@@ -231,26 +231,26 @@ def test_a_function_without_options_touches_no_flow_table(engine: Engine) -> Non
 
 @pytest.mark.sqlite_only
 def test_starting_runs_queued_behind_concurrency_stays_linear(tmp_path) -> None:
-    """Four times the queued runs execute four times the statements, and the statements on
-    the flow-control tables four times the SQLite virtual-machine instructions (every one
-    counted), not sixteen: each admission is a few index seeks, whatever the queue's length.
-    (The store's own statements are counted by number, not instructions: its take of a run
-    costs a little more as the runs table grows, which is the store's, not flow control's.)"""
+    """Four times the queued runs execute four times the statements and four times the
+    SQLite virtual-machine instructions (every one counted), both in all and on the
+    flow-control tables, not sixteen: each admission is a few index seeks and each take a
+    primary-key lookup, whatever the queue's length."""
 
     @ironflow.function(id="ten", concurrency=10)
     def ten(ctx):
         return (yield step.run("body", lambda: 1))
 
-    def work(n: int) -> tuple[int, int]:
+    def work(n: int) -> tuple[int, int, int]:
         engine = Engine(str(tmp_path / f"q{n}.db"), clock=VirtualClock(), durability="normal")
         engine.register(ten)
-        statements, flow_instructions, in_flow = [0], [0], [False]
+        statements, instructions, flow_instructions, in_flow = [0], [0], [0], [False]
 
         def trace(sql: str) -> None:
             statements[0] += 1
             in_flow[0] = "flow_" in sql
 
         def count() -> int:
+            instructions[0] += 1
             flow_instructions[0] += in_flow[0]
             return 0
 
@@ -264,12 +264,15 @@ def test_starting_runs_queued_behind_concurrency_stays_linear(tmp_path) -> None:
         conn.set_trace_callback(None)
         assert len(engine.list_runs(status="completed", limit=n + 1)) == n
         engine.close()
-        return statements[0], flow_instructions[0]
+        return statements[0], instructions[0], flow_instructions[0]
 
     small, large = work(250), work(1000)
-    assert small[0] > 250 * 10 and small[1] > 250 * 100, small  # both were counted
+    assert small[0] > 250 * 10 and small[2] > 250 * 100, small  # all were counted
     assert large[0] / small[0] < 4.6, (small, large)  # linear: 4; quadratic would be ~16
-    assert large[1] / small[1] < 5, (small, large)
+    # A take by the function's index walked every run of it: about 5.5 here, and 2.7 times
+    # the instructions per run at 10,000 runs as at 2,500 (benchmarks/flow.py).
+    assert large[1] / small[1] < 4.8, (small, large)
+    assert large[2] / small[2] < 4.8, (small, large)
 
 
 def test_singleton_skip_starts_nothing_while_a_run_of_the_key_is_not_ended(
