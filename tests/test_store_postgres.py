@@ -20,7 +20,7 @@ from ironflow.runtime.store import LeaseLost
 from ironflow.runtime.store import postgres_round as pg_round
 from ironflow.runtime.store import postgres_schema as pg
 from ironflow.runtime.store.base import Batch
-from ironflow.runtime.store.postgres import READY_RUNS, PostgresStore
+from ironflow.runtime.store.postgres import CLAIM_RUNS, READY_RUNS, PostgresStore
 from ironflow.runtime.store.postgres_tx import PostgresTransaction
 
 WAIT_S = 10  # bounded waits: a hang fails the test instead of the session
@@ -93,9 +93,12 @@ def create_runs(conn: psycopg.Connection[Any], store: PostgresStore, ids: list[s
 def claim_runs(
     conn: psycopg.Connection[Any], store: PostgresStore, owner: str, now_us: int, limit: int
 ) -> list[tuple[Any, ...]]:
-    """What a worker's discovery finds (a read), then takes (skipping rows held elsewhere)."""
+    """What a worker's look finds: runs with news (a read) and runs waiting for any worker
+    (claimed: leased, skipping rows held elsewhere); then it takes them."""
     params = {"now": now_us, "fids": ["f"], "owner": owner, "limit": limit}
+    params.update(most=limit, until=now_us + 1000)
     ids = [row[0] for row in conn.execute(READY_RUNS, params).fetchall()]
+    ids += [row[0] for row in conn.execute(CLAIM_RUNS, params).fetchall() if row[0] not in ids]
     if not ids:
         return []
     return tx_on(conn, store).take_runs(ids, set(ids), owner, now_us + 1000, now_us, ("f",))
