@@ -15,7 +15,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check ironflow tests benchmarks examples
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict ironflow/commands ironflow/interpreter
+	$(VENV)/bin/mypy --strict ironflow/commands ironflow/interpreter ironflow/runtime/store/base.py
 
 test: lint typecheck
 	$(PY) -m pytest
