@@ -13,10 +13,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 import ironflow
 from ironflow import Engine, step
+from ironflow.runtime import discovery, leases, registry
 from ironflow.runtime.discovery import RUNS_PER_THREAD
 from ironflow.runtime.live import create_run, trigger
 
@@ -139,21 +141,25 @@ def test_workers_looking_at_once_each_claim_runs_of_their_own(pg_url):
 
 @pytest.mark.postgres
 def test_a_claimed_run_is_leased_to_its_claimer_and_taken_by_its_next_round(pg_url):
-    """A claim commits by itself: a round that fails before taking what it claimed leaves it
-    leased to this worker, which claims it again at its next look; no one else can claim it
-    meanwhile (its lease holds), and a dead worker's pending claims pass on with the lease."""
+    """A claim commits by itself and is the take's write (running, leased, this code's
+    version): a round that fails before taking what it claimed leaves it leased to this
+    worker, whose next round takes it; no one else can claim it meanwhile (its lease holds),
+    and a dead worker's claims pass on with the lease."""
     (run_id,) = _create(pg_url, 1)
     first, second = _worker(pg_url), _worker(pg_url)
     try:
         now = first._driver.now_us()
         until = now + first._driver.lease_us
         fids = (one_step.id,)
-        assert first.store.claim(now, fids, first.worker_id, until, 10) == [run_id]
+        # The look of a round that then fails before its take (nothing else of it runs).
+        assert discovery.find(first._driver, now, {}, {}) == {run_id}
+        assert first._driver.claimed == {run_id}
         assert second.store.claim(now, fids, second.worker_id, until, 10) == []  # leased
-        assert first.get_run(run_id).status == "pending"  # claimed, not taken yet
-        first._worker.tick()  # its next look claims it again and the round takes it
+        assert first.get_run(run_id).status == "running"  # claimed: the take's write done
+        assert discovery.room(first._driver) == ROOM - 1  # counted as held
+        first._worker.tick()  # its next round takes it, from what it claimed
         assert set(first._driver.live) == {run_id}
-        assert first.get_run(run_id).status == "running"
+        assert first._driver.claimed == set()
         assert first.stats["claims_won"] == 1
         gate.set()
         first.run_until_idle()
@@ -167,6 +173,44 @@ def test_a_claimed_run_is_leased_to_its_claimer_and_taken_by_its_next_round(pg_u
     finally:
         first.close()
         second.close()
+
+
+_COUNT_UPDATES = (
+    "CREATE TABLE run_updates (id TEXT, status TEXT, owner TEXT, version TEXT)",
+    "CREATE FUNCTION count_run_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "INSERT INTO run_updates VALUES (NEW.id, NEW.status, NEW.lease_owner, NEW.code_version); "
+    "RETURN NEW; END $$",
+    "CREATE TRIGGER count_run_update AFTER UPDATE ON runs "
+    "FOR EACH ROW EXECUTE FUNCTION count_run_update()",
+)
+
+
+@pytest.mark.postgres
+def test_a_claimed_and_taken_run_row_is_written_once(pg_url):
+    """Every write of a ``runs`` row rewrites all of its indexes: a run claimed and then
+    taken by the round is updated once, by the claim (before: the take updated it again)."""
+    run_ids = _create(pg_url, ROOM)
+    worker = _worker(pg_url)
+    conn = psycopg.connect(pg_url, autocommit=True)
+    try:
+        for statement in _COUNT_UPDATES:
+            conn.execute(statement)
+        driver = worker._driver
+        now = driver.now_us()
+        assert discovery.find(driver, now, {}, {}) == set(run_ids)
+        with worker.store.take_transaction() as tx:
+            taken, _, unwritten = leases.take(driver, tx, run_ids, now, set(), {})
+        assert sorted(row[0] for row in taken) == sorted(run_ids)
+        assert {row[6] for row in taken} == {"running"}
+        assert len(unwritten) == len(run_ids)  # each starts here: its RunStarted written once
+        updates = conn.execute("SELECT id, status, owner, version FROM run_updates").fetchall()
+        version = registry.version_of(driver, one_step.id)
+        assert sorted(updates) == sorted(
+            (run_id, "running", worker.worker_id, version) for run_id in run_ids
+        )
+    finally:
+        conn.close()
+        worker.close()
 
 
 def _create_more(url: str, run_id: str) -> list[str]:

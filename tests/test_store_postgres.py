@@ -96,7 +96,7 @@ def claim_runs(
     """What a worker's look finds: runs with news (a read) and runs waiting for any worker
     (claimed: leased, skipping rows held elsewhere); then it takes them."""
     params = {"now": now_us, "fids": ["f"], "owner": owner, "limit": limit}
-    params.update(most=limit, until=now_us + 1000)
+    params.update(most=limit, until=now_us + 1000, versions=[])
     ids = [row[0] for row in conn.execute(READY_RUNS, params).fetchall()]
     ids += [row[0] for row in conn.execute(CLAIM_RUNS, params).fetchall() if row[0] not in ids]
     if not ids:

@@ -53,8 +53,8 @@ def take(pool: set[str], most: int) -> set[str]:
 
 
 def room(driver: Driver) -> int:
-    """How many more runs this worker may claim now."""
-    return max(0, driver.capacity - len(driver.live))
+    """How many more runs this worker may claim now (those claimed and not taken yet count)."""
+    return max(0, driver.capacity - len(driver.live) - len(driver.claimed))
 
 
 def due(driver: Driver, now_us: int) -> bool:
@@ -149,9 +149,12 @@ def find(
         found.add(run_id)
     if free > 0:  # runs waiting for any worker, leased here now (a store that claims apart)
         most = min(free, TICK_RUNS)
-        claimed = driver.store.claim(now_us, fids, driver.worker_id, now_us + driver.lease_us, most)
+        until_us = now_us + driver.lease_us
+        versions = tuple(registry.version_of(driver, fid) for fid in fids)
+        claimed = driver.store.claim(now_us, fids, driver.worker_id, until_us, most, versions)
         if claimed is not None:
             more = more or len(claimed) >= most
+            driver.claimed.update(claimed)
             for run_id in claimed:  # all taken this round: the claim stayed within room
                 work.setdefault(run_id, [])
                 found.add(run_id)

@@ -115,6 +115,9 @@ class Driver:
         # Changed under the store's lock (inside transactions, or holding it).
         self.fresh: set[str] = set()
         self.woken: set[str] = set()
+        # Runs the store's claim leased here (already running: ``Store.claim``), kept until a
+        # take of them commits: a round that failed before its take leaves them to the next.
+        self.claimed: set[str] = set()
         self.next_timer_us = 0
         self.next_poll = 0.0
         self.stats = dict.fromkeys(STATS, 0)  # Engine.stats: see models.STATS
@@ -201,6 +204,9 @@ class Driver:
                 work.setdefault(run_id, [])
             for run_id in fresh:
                 work.setdefault(run_id, [])
+        if self.claimed:  # claimed by a round that failed before taking them
+            for run_id in self.claimed:
+                work.setdefault(run_id, [])
         if self.hinted_runs and self.functions:
             discovered |= discovery.named(self, work)
         if self.functions and len(work) < TICK_RUNS and discovery.due(self, now_us):
@@ -267,6 +273,8 @@ class Driver:
                         if run_id in discovered and (run_id in held or run_id in live_runs)
                     ]
                     mail = tx.mail_of(with_mail) if with_mail else []
+            if self.claimed:  # taken (or ended meanwhile): the take committed
+                self.claimed.difference_update(cold)
             if taken:
                 started = len(unwritten)
                 batch.history.extend(unwritten)  # their RunStarted first

@@ -165,6 +165,7 @@ def release_all(driver: Driver) -> None:
     driver.store.release_all(driver.worker_id)
     registry.forget(driver)
     driver.live.clear()
+    driver.claimed.clear()
     driver.in_flight.clear()
 
 

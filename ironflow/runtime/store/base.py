@@ -312,11 +312,19 @@ class Store(FlowStateReads, abc.ABC):
     CLAIMS = False  # whether ``claim`` leases runs (a store that claims sets it)
 
     def claim(
-        self, now_us: int, functions: tuple[str, ...], owner: str, until_us: int, most: int
+        self,
+        now_us: int,
+        functions: tuple[str, ...],
+        owner: str,
+        until_us: int,
+        most: int,
+        versions: tuple[str, ...] = (),
     ) -> list[str] | None:
         """Lease to ``owner`` (until ``until_us``) up to ``most`` runs of ``functions`` that
         wait for any worker (new, or orphaned by a dead one), skipping those another worker
-        is claiming, in one statement that commits: their ids, to take in the round. ``None``:
+        is claiming, in one statement that commits: their ids, to take in the round. The
+        claim is the take's write (status running, ``versions[i]`` recorded for
+        ``functions[i]``): ``Transaction.take_runs`` only reads a row claimed for it. ``None``:
         this store does not claim apart (``discover`` lists those runs; SQLite, one writer)."""
         return None
 

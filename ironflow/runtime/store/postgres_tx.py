@@ -90,26 +90,41 @@ RESUME_FAILED = (
 # Leases: a take locks the rows it takes and skips free rows another transaction holds, so two
 # workers never wait for each other over a run. The WHERE is checked again on the newest row
 # version when the lock is taken (READ COMMITTED): a run taken meanwhile is not taken twice.
-# Rows leased to this worker already (claimed: ``CLAIM_RUNS``) are waited for, never skipped: a
-# concurrent claim that looked at one and found it leased may hold its lock for a moment (a
-# lock taken before that check stays until its statement ends), and no one else takes it. They
-# are locked first, and a skipping take never waits: no cycle. Pending is running from here.
+# A row its claim already took for this worker (``CLAIM_RUNS``: leased here, running, this
+# code version) is only read (``kept``): written once, by the claim. The lease fence at the
+# commit guards it as any other. Other rows leased to this worker already are waited for, never
+# skipped: a concurrent claim that looked at one and found it leased may hold its lock for a
+# moment (a lock taken before that check stays until its statement ends), and no one else
+# takes it. They are locked first, and a skipping take never waits: no cycle. Pending is
+# running from here.
 _TAKEN = (
     "id = ANY(%(ids)s::text[]) AND function_id = ANY(%(fids)s::text[]) "
     f"AND status NOT IN {NOT_ENDED}"
 )
+_TAKEN_COLUMNS = (
+    "id, function_id, event_pos, parent_run_id, parent_step_id, notify_parent, status, trigger"
+)
+# This worker's code version of the row's function (unnest pads the shorter array with NULLs).
+_VERSION = (
+    "(SELECT u.v FROM unnest(%(fids)s::text[], %(versions)s::text[]) AS u(f, v) "
+    "WHERE u.f = runs.function_id)"
+)
 TAKE_RUNS = (
-    f"WITH mine AS (SELECT id FROM runs WHERE {_TAKEN} AND lease_owner = %(owner)s FOR UPDATE), "
+    f"WITH kept AS (SELECT {_TAKEN_COLUMNS} FROM runs WHERE {_TAKEN} "
+    "AND lease_owner = %(owner)s AND status = 'running' AND lease_until_us >= %(now)s "
+    "AND id <> ALL(%(mail)s::text[]) "
+    f"AND code_version IS NOT DISTINCT FROM coalesce({_VERSION}, code_version)), "
+    f"mine AS (SELECT id FROM runs WHERE {_TAKEN} AND lease_owner = %(owner)s "
+    "AND id NOT IN (SELECT id FROM kept) FOR UPDATE), "
     f"free AS (SELECT id FROM runs WHERE {_TAKEN} AND lease_owner IS DISTINCT FROM %(owner)s "
-    "AND (lease_owner IS NULL OR lease_until_us < %(now)s) FOR UPDATE SKIP LOCKED) "
-    "UPDATE runs SET lease_owner = %(owner)s, lease_until_us = %(until)s, "
-    "code_version = coalesce((SELECT u.v FROM unnest(%(fids)s::text[], %(versions)s::text[]) "
-    "AS u(f, v) WHERE u.f = runs.function_id), code_version), "
+    "AND (lease_owner IS NULL OR lease_until_us < %(now)s) FOR UPDATE SKIP LOCKED), "
+    "taken AS (UPDATE runs SET lease_owner = %(owner)s, lease_until_us = %(until)s, "
+    f"code_version = coalesce({_VERSION}, code_version), "
     "ready = CASE WHEN id = ANY(%(mail)s::text[]) THEN 0 ELSE ready END, "
     "status = CASE status WHEN 'pending' THEN 'running' ELSE status END "
     "WHERE id IN (SELECT id FROM mine UNION ALL SELECT id FROM free) "
-    "RETURNING id, function_id, event_pos, parent_run_id, "
-    "parent_step_id, notify_parent, status, trigger"
+    f"RETURNING {_TAKEN_COLUMNS}) "
+    "SELECT * FROM taken UNION ALL SELECT * FROM kept"
 )
 
 # The function registry: the latest registration of an id sets its triggers and settings.
