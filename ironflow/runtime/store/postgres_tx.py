@@ -42,6 +42,11 @@ FLOW_LOCK_KEY = STRIPES + 1  # beside the stripes (0..STRIPES-1) and the migrati
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 
 # History (append-only: a trigger refuses updates and deletes).
+# ``HISTORIES`` and ``TAKE_RUNS`` run once per take, not per step, and are sent unprepared
+# (``prepare=False``): planned each time for the ids given and the tables' size now. Prepared,
+# psycopg's sixth execution turns them into one generic plan kept for the session, and one
+# planned while the tables were tiny reads them whole each take as they grow (rows read grew
+# with the square of the runs); a plan costs a take less than that.
 HISTORIES = (
     "SELECT run_id, seq, type, ts_us, body FROM history WHERE run_id = ANY(%s::text[]) "
     "ORDER BY run_id, seq"
@@ -94,8 +99,11 @@ RESUME_FAILED = (
 # concurrent claim that looked at one and found it leased may hold its lock for a moment (a
 # lock taken before that check stays until its statement ends), and no one else takes it. They
 # are locked first, and a skipping take never waits: no cycle. Pending is running from here.
+# Found by id (the primary key): the function is checked as a filter only (``IS TRUE`` is no
+# index condition). Unanalyzed, the planner guesses a function's runs are few and reads them all
+# through its index, every take (rows read grew with the square of the runs).
 _TAKEN = (
-    "id = ANY(%(ids)s::text[]) AND function_id = ANY(%(fids)s::text[]) "
+    "id = ANY(%(ids)s::text[]) AND (function_id = ANY(%(fids)s::text[])) IS TRUE "
     f"AND status NOT IN {NOT_ENDED}"
 )
 TAKE_RUNS = (
@@ -249,13 +257,13 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
             "mail": [run_id for run_id in run_ids if run_id in mail],
             "fids": list(functions),
         }
-        return self.conn.execute(TAKE_RUNS, params).fetchall()
+        return self.conn.execute(TAKE_RUNS, params, prepare=False).fetchall()
 
     def histories(
         self, run_ids: list[str], corrupt: dict[str, StoreError] | None = None
     ) -> dict[str, list[HistoryEvent]]:
         with rows.gc_paused():  # over the fetch too: its rows are many objects at once
-            found = self.conn.execute(HISTORIES, (run_ids,)).fetchall()
+            found = self.conn.execute(HISTORIES, (run_ids,), prepare=False).fetchall()
             return rows.decode_histories(found, corrupt)
 
     def append_history(self, rows_: list[tuple[Any, ...]]) -> None:
