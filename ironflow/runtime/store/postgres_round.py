@@ -45,6 +45,8 @@ INSERT_HISTORY = (
 # for the session, planned while the tables may still be tiny (a burst on a fresh schema), and
 # a seq scan planned then reads every run and every history row each round as the tables grow
 # (rows read grew with the square of the runs). The setting costs the call a GUC save/restore.
+# The updates check the owner as ``IS TRUE`` (no index condition): else they read every run the
+# worker holds through the lease_owner index, not their runs by id.
 # A parent that already ended (its invoke timed out, say) is not told of its child's end.
 ROUND_FUNCTION = (
     f"CREATE OR REPLACE FUNCTION {ROUND_FUNCTION_NAME}(owner TEXT, fenced TEXT[], "
@@ -72,15 +74,16 @@ ROUND_FUNCTION = (
     "IF h_run IS NOT NULL THEN INSERT INTO history (run_id, seq, type, ts_us, body) "
     "SELECT * FROM unnest(h_run, h_seq, h_type, h_ts, h_body); END IF; "
     "IF r_id IS NOT NULL THEN UPDATE runs SET status = 'running', updated_us = u.ts "
-    "FROM unnest(r_ts, r_id) AS u(ts, id) WHERE runs.id = u.id AND lease_owner = owner; "
+    "FROM unnest(r_ts, r_id) AS u(ts, id) WHERE runs.id = u.id AND (lease_owner = owner) IS TRUE; "
     "END IF; "
     "IF p_id IS NOT NULL THEN UPDATE runs SET status = 'waiting', updated_us = u.ts, "
     "lease_owner = NULL, lease_until_us = NULL FROM unnest(p_ts, p_id) AS u(ts, id) "
-    "WHERE runs.id = u.id AND lease_owner = owner; END IF; "
+    "WHERE runs.id = u.id AND (lease_owner = owner) IS TRUE; END IF; "
     "IF e_id IS NOT NULL THEN UPDATE runs SET status = u.status, output = u.output, "
     "error = u.error, ready = 0, updated_us = u.ts, ended_us = u.ended, lease_owner = NULL, "
     "lease_until_us = NULL FROM unnest(e_status, e_output, e_error, e_ts, e_ended, e_id) "
-    "AS u(status, output, error, ts, ended, id) WHERE runs.id = u.id AND lease_owner = owner; "
+    "AS u(status, output, error, ts, ended, id) "
+    "WHERE runs.id = u.id AND (lease_owner = owner) IS TRUE; "
     "END IF; "
     "IF finished IS NOT NULL THEN DELETE FROM timers WHERE run_id = ANY(finished); "
     "DELETE FROM waits WHERE run_id = ANY(finished); "

@@ -99,17 +99,19 @@ RESUME_FAILED = (
 # concurrent claim that looked at one and found it leased may hold its lock for a moment (a
 # lock taken before that check stays until its statement ends), and no one else takes it. They
 # are locked first, and a skipping take never waits: no cycle. Pending is running from here.
-# Found by id (the primary key): the function is checked as a filter only (``IS TRUE`` is no
-# index condition). Unanalyzed, the planner guesses a function's runs are few and reads them all
-# through its index, every take (rows read grew with the square of the runs).
+# Runs are found by id (the primary key) only: the other conditions are one ``IS TRUE`` test,
+# which no index serves. Unanalyzed, the planner guesses a function's or an owner's runs are few
+# and reads them all through the function_id or lease_owner index, every take (rows read grew
+# with the square of the runs). ``IS TRUE`` is false for NULL, as WHERE takes it.
 _TAKEN = (
-    "id = ANY(%(ids)s::text[]) AND (function_id = ANY(%(fids)s::text[])) IS TRUE "
+    "id = ANY(%(ids)s::text[]) AND (function_id = ANY(%(fids)s::text[]) "
     f"AND status NOT IN {NOT_ENDED}"
 )
 TAKE_RUNS = (
-    f"WITH mine AS (SELECT id FROM runs WHERE {_TAKEN} AND lease_owner = %(owner)s FOR UPDATE), "
-    f"free AS (SELECT id FROM runs WHERE {_TAKEN} AND lease_owner IS DISTINCT FROM %(owner)s "
-    "AND (lease_owner IS NULL OR lease_until_us < %(now)s) FOR UPDATE SKIP LOCKED) "
+    f"WITH mine AS (SELECT id FROM runs WHERE {_TAKEN} AND lease_owner = %(owner)s) IS TRUE "
+    f"FOR UPDATE), free AS (SELECT id FROM runs WHERE {_TAKEN} "
+    "AND lease_owner IS DISTINCT FROM %(owner)s "
+    "AND (lease_owner IS NULL OR lease_until_us < %(now)s)) IS TRUE FOR UPDATE SKIP LOCKED) "
     "UPDATE runs SET lease_owner = %(owner)s, lease_until_us = %(until)s, "
     "code_version = coalesce((SELECT u.v FROM unnest(%(fids)s::text[], %(versions)s::text[]) "
     "AS u(f, v) WHERE u.f = runs.function_id), code_version), "
