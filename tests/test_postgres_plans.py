@@ -140,3 +140,28 @@ def test_takes_and_rounds_read_their_runs_not_the_tables(pg_url: str) -> None:
     read = {table: after[table] - before[table] for table in ("runs", "history")}
     assert read["runs"] <= 100, read
     assert read["history"] <= 60, read
+
+
+def test_a_schema_with_the_first_round_function_gets_the_second_on_open(pg_url: str) -> None:
+    """A database an older ironflow opened (``ironflow_round_1`` only) gets ``ironflow_round_2``
+    on open, beside the first, which an older engine sharing the database still calls."""
+    from ironflow.runtime.store.postgres import PostgresStore
+    from ironflow.runtime.store.postgres_round import ROUND_FUNCTION, ROUND_FUNCTION_NAME
+
+    assert ROUND_FUNCTION_NAME == "ironflow_round_2"
+    first = ROUND_FUNCTION.replace(ROUND_FUNCTION_NAME, "ironflow_round_1").replace(
+        " SET enable_seqscan = off", ""
+    )
+    store = PostgresStore(pg_url)
+    store.query(f"DROP FUNCTION {ROUND_FUNCTION_NAME}")
+    store.conn.execute(first)  # no parameters: its %s are format()'s
+    store.close()
+    again = PostgresStore(pg_url)
+    try:
+        found = again.query(
+            "SELECT proname, proconfig FROM pg_proc WHERE proname LIKE 'ironflow_round_%%' "
+            "AND pronamespace = current_schema()::regnamespace ORDER BY proname"
+        )
+    finally:
+        again.close()
+    assert found == [("ironflow_round_1", None), ("ironflow_round_2", ["enable_seqscan=off"])]
