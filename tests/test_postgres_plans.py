@@ -61,8 +61,10 @@ def _burst(url: str, runs: int, limit: int | None) -> dict[str, tuple[int, int, 
 
 
 def test_rows_read_grow_linearly_with_queued_runs(postgres_url: str) -> None:
-    """4x the runs queued behind ``concurrency=10`` read at most ~linearly more rows of runs and
-    history (cached generic plans made them seq scans: 14x and 35x before)."""
+    """4x the runs queued behind ``concurrency=10`` read at most ~linearly more history rows
+    (cached generic plans made each take a seq scan of history: 33x before). Runs: see
+    ``test_takes_and_rounds_read_their_runs_not_the_tables`` (here, the planner still rightly
+    reads the runs table whole while it is a few pages, as many times as timing makes takes)."""
     import pgcluster
 
     read: list[dict[str, tuple[int, int, int]]] = []
@@ -76,12 +78,10 @@ def test_rows_read_grow_linearly_with_queued_runs(postgres_url: str) -> None:
     # Rows read (by seq scans and through indexes) in the big burst over the small one.
     ratios = {
         table: (big[table][1] + big[table][2]) / max(1, small[table][1] + small[table][2])
-        for table in ("runs", "history")
+        for table in ("history",)
     }
-    # Linear is 4; small tables are still read whole at times (a seq scan of a few pages is
-    # what the planner rightly picks then), and admission counts a key's slots.
+    # Linear is 4 (measured: about 2).
     assert ratios["history"] < 6, (ratios, small, big)
-    assert ratios["runs"] < 8, (ratios, small, big)
 
 
 def _read(url: str) -> dict[str, int]:
