@@ -188,7 +188,7 @@ class _Begin:
     def __init__(self, tx: PostgresCommit) -> None:
         self.tx = tx
 
-    def execute(self, sql: str, params: Any = ()) -> Any:
+    def execute(self, sql: str, params: Any = (), prepare: bool | None = None) -> Any:
         tx = self.tx
         conn = tx.begin() if tx.tx is None else tx.store.conn  # kept by a caller: begun once
-        return conn.execute(sql, params)
+        return conn.execute(sql, params, prepare=prepare)

@@ -1,4 +1,4 @@
-"""A round's commit on PostgreSQL: one call of ``ironflow_round_1``, a function installed with
+"""A round's commit on PostgreSQL: one call of ``ironflow_round_2``, a function installed with
 the schema. It runs the lease fence first (it locks the round's runs, or raises
 ``LEASE_LOST_STATE`` and nothing is written), then the round's writes in bulk, each an array
 statement (``unnest``) whatever the number of runs, then the wake-up NOTIFY if the round sends
@@ -30,7 +30,9 @@ from ironflow.runtime.store.base import Batch
 
 # What the lease fence raises (a user-defined SQLSTATE: no standard class starts with IF).
 LEASE_LOST_STATE = "IFL01"
-ROUND_FUNCTION_NAME = "ironflow_round_1"
+# 2: ``enable_seqscan = off`` (``ROUND_FUNCTION``); 1 planned its statements by the tables'
+# first size. An engine of version 1 sharing the database keeps calling its own.
+ROUND_FUNCTION_NAME = "ironflow_round_2"
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 
 INSERT_HISTORY = (
@@ -38,8 +40,14 @@ INSERT_HISTORY = (
     "SELECT * FROM unnest(%s::text[], %s::int[], %s::text[], %s::bigint[], %s::text[])"
 )
 # The lock is taken by id (the primary key), not by id and owner: the planner would pick the
-# lease_owner index and scan every run the worker holds. A parent that already ended (its
-# invoke timed out, say) is not told of its child's end.
+# lease_owner index and scan every run the worker holds. Every statement here finds its rows by
+# a key, so sequential scans are off for the call: plpgsql keeps one generic plan per statement
+# for the session, planned while the tables may still be tiny (a burst on a fresh schema), and
+# a seq scan planned then reads every run and every history row each round as the tables grow
+# (rows read grew with the square of the runs). The setting costs the call a GUC save/restore.
+# The updates check the owner as ``IS TRUE`` (no index condition): else they read every run the
+# worker holds through the lease_owner index, not their runs by id.
+# A parent that already ended (its invoke timed out, say) is not told of its child's end.
 ROUND_FUNCTION = (
     f"CREATE OR REPLACE FUNCTION {ROUND_FUNCTION_NAME}(owner TEXT, fenced TEXT[], "
     "t_run TEXT[], t_step TEXT[], w_run TEXT[], w_step TEXT[], "
@@ -47,7 +55,7 @@ ROUND_FUNCTION = (
     "r_ts BIGINT[], r_id TEXT[], p_ts BIGINT[], p_id TEXT[], "
     "e_status TEXT[], e_output TEXT[], e_error TEXT[], e_ts BIGINT[], e_ended BIGINT[], "
     "e_id TEXT[], finished TEXT[], m_run TEXT[], m_type TEXT[], m_ts BIGINT[], m_body TEXT[], "
-    "channel TEXT) RETURNS void LANGUAGE plpgsql AS $$ "
+    "channel TEXT) RETURNS void LANGUAGE plpgsql SET enable_seqscan = off AS $$ "
     "DECLARE held TEXT[]; BEGIN "
     "IF fenced IS NOT NULL THEN "
     "SELECT coalesce(array_agg(r.id) FILTER (WHERE r.lease_owner = owner), '{}') INTO held "
@@ -66,15 +74,16 @@ ROUND_FUNCTION = (
     "IF h_run IS NOT NULL THEN INSERT INTO history (run_id, seq, type, ts_us, body) "
     "SELECT * FROM unnest(h_run, h_seq, h_type, h_ts, h_body); END IF; "
     "IF r_id IS NOT NULL THEN UPDATE runs SET status = 'running', updated_us = u.ts "
-    "FROM unnest(r_ts, r_id) AS u(ts, id) WHERE runs.id = u.id AND lease_owner = owner; "
+    "FROM unnest(r_ts, r_id) AS u(ts, id) WHERE runs.id = u.id AND (lease_owner = owner) IS TRUE; "
     "END IF; "
     "IF p_id IS NOT NULL THEN UPDATE runs SET status = 'waiting', updated_us = u.ts, "
     "lease_owner = NULL, lease_until_us = NULL FROM unnest(p_ts, p_id) AS u(ts, id) "
-    "WHERE runs.id = u.id AND lease_owner = owner; END IF; "
+    "WHERE runs.id = u.id AND (lease_owner = owner) IS TRUE; END IF; "
     "IF e_id IS NOT NULL THEN UPDATE runs SET status = u.status, output = u.output, "
     "error = u.error, ready = 0, updated_us = u.ts, ended_us = u.ended, lease_owner = NULL, "
     "lease_until_us = NULL FROM unnest(e_status, e_output, e_error, e_ts, e_ended, e_id) "
-    "AS u(status, output, error, ts, ended, id) WHERE runs.id = u.id AND lease_owner = owner; "
+    "AS u(status, output, error, ts, ended, id) "
+    "WHERE runs.id = u.id AND (lease_owner = owner) IS TRUE; "
     "END IF; "
     "IF finished IS NOT NULL THEN DELETE FROM timers WHERE run_id = ANY(finished); "
     "DELETE FROM waits WHERE run_id = ANY(finished); "

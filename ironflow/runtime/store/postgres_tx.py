@@ -42,6 +42,11 @@ FLOW_LOCK_KEY = STRIPES + 1  # beside the stripes (0..STRIPES-1) and the migrati
 _TERMINAL = "('completed', 'failed', 'cancelled')"
 
 # History (append-only: a trigger refuses updates and deletes).
+# ``HISTORIES`` and ``TAKE_RUNS`` run once per take, not per step, and are sent unprepared
+# (``prepare=False``): planned each time for the ids given and the tables' size now. Prepared,
+# psycopg's sixth execution turns them into one generic plan kept for the session, and one
+# planned while the tables were tiny reads them whole each take as they grow (rows read grew
+# with the square of the runs); a plan costs a take less than that.
 HISTORIES = (
     "SELECT run_id, seq, type, ts_us, body FROM history WHERE run_id = ANY(%s::text[]) "
     "ORDER BY run_id, seq"
@@ -97,8 +102,12 @@ RESUME_FAILED = (
 # moment (a lock taken before that check stays until its statement ends), and no one else
 # takes it. They are locked first, and a skipping take never waits: no cycle. Pending is
 # running from here.
+# Runs are found by id (the primary key) only: the other conditions are one ``IS TRUE`` test,
+# which no index serves. Unanalyzed, the planner guesses a function's or an owner's runs are few
+# and reads them all through the function_id or lease_owner index, every take (rows read grew
+# with the square of the runs). ``IS TRUE`` is false for NULL, as WHERE takes it.
 _TAKEN = (
-    "id = ANY(%(ids)s::text[]) AND function_id = ANY(%(fids)s::text[]) "
+    "id = ANY(%(ids)s::text[]) AND (function_id = ANY(%(fids)s::text[]) "
     f"AND status NOT IN {NOT_ENDED}"
 )
 _TAKEN_COLUMNS = (
@@ -113,11 +122,11 @@ TAKE_RUNS = (
     f"WITH kept AS (SELECT {_TAKEN_COLUMNS} FROM runs WHERE {_TAKEN} "
     "AND lease_owner = %(owner)s AND status = 'running' AND lease_until_us >= %(now)s "
     "AND id <> ALL(%(mail)s::text[]) "
-    f"AND code_version IS NOT DISTINCT FROM coalesce({_VERSION}, code_version)), "
+    f"AND code_version IS NOT DISTINCT FROM coalesce({_VERSION}, code_version)) IS TRUE), "
     f"mine AS (SELECT id FROM runs WHERE {_TAKEN} AND lease_owner = %(owner)s "
-    "AND id NOT IN (SELECT id FROM kept) FOR UPDATE), "
+    "AND id NOT IN (SELECT id FROM kept)) IS TRUE FOR UPDATE), "
     f"free AS (SELECT id FROM runs WHERE {_TAKEN} AND lease_owner IS DISTINCT FROM %(owner)s "
-    "AND (lease_owner IS NULL OR lease_until_us < %(now)s) FOR UPDATE SKIP LOCKED), "
+    "AND (lease_owner IS NULL OR lease_until_us < %(now)s)) IS TRUE FOR UPDATE SKIP LOCKED), "
     "taken AS (UPDATE runs SET lease_owner = %(owner)s, lease_until_us = %(until)s, "
     f"code_version = coalesce({_VERSION}, code_version), "
     "ready = CASE WHEN id = ANY(%(mail)s::text[]) THEN 0 ELSE ready END, "
@@ -264,13 +273,13 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
             "mail": [run_id for run_id in run_ids if run_id in mail],
             "fids": list(functions),
         }
-        return self.conn.execute(TAKE_RUNS, params).fetchall()
+        return self.conn.execute(TAKE_RUNS, params, prepare=False).fetchall()
 
     def histories(
         self, run_ids: list[str], corrupt: dict[str, StoreError] | None = None
     ) -> dict[str, list[HistoryEvent]]:
         with rows.gc_paused():  # over the fetch too: its rows are many objects at once
-            found = self.conn.execute(HISTORIES, (run_ids,)).fetchall()
+            found = self.conn.execute(HISTORIES, (run_ids,), prepare=False).fetchall()
             return rows.decode_histories(found, corrupt)
 
     def append_history(self, rows_: list[tuple[Any, ...]]) -> None:
