@@ -13,8 +13,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import held_kit
 import psycopg
 import pytest
+from held_kit import bodies, gate, held
 
 import ironflow
 from ironflow import Engine, step
@@ -28,29 +30,15 @@ THREADS = 2
 ROOM = THREADS * RUNS_PER_THREAD
 WORKERS = 4
 
-gate = threading.Event()  # the step bodies wait here: the runs stay held while the test counts
-bodies: list[str] = []
-bodies_lock = threading.Lock()
-
-
-def _held(key: str) -> str:
-    assert gate.wait(WAIT), "the gate was never opened"
-    with bodies_lock:
-        bodies.append(key)
-    return key
-
 
 @ironflow.function(id="claims-one")
 def one_step(ctx: Any) -> Any:
-    return (yield step.run("held", _held, ctx.run_id))
+    return (yield step.run("held", held, ctx.run_id))
 
 
 @pytest.fixture(autouse=True)
 def _fresh_gate() -> Iterator[None]:
-    gate.clear()
-    bodies.clear()
-    yield
-    gate.set()  # no pool thread is left waiting
+    yield from held_kit.fresh()
 
 
 def _create(url: str, n: int) -> list[str]:
