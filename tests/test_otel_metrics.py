@@ -10,30 +10,13 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+from orders_kit import add, orders
 from otel_kit import otel  # noqa: F401 - the fixture
 from prometheus_client.parser import text_string_to_metric_families
 
 import ironflow
 from ironflow import step
 from ironflow.cli.logjson import JsonLogFormatter
-from ironflow.errors import NonRetryableError
-
-
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-def refuse(n: int) -> int:
-    raise NonRetryableError(f"order {n} refused")
-
-
-@ironflow.function(id="orders")
-def orders(ctx):
-    n = ctx.event.data["n"]
-    total = yield step.run("price", add, n, 1)
-    if n < 0:
-        yield step.run("refuse", refuse, n)
-    return (yield step.run("ship", add, total, 1))
 
 
 def test_metric_values_after_a_known_workload(otel, engine):  # noqa: F811

@@ -16,34 +16,16 @@ pytest.importorskip("litestar")
 pytest.importorskip("opentelemetry.exporter.prometheus")
 
 from litestar.testing import TestClient
+from orders_kit import orders
 from otel_kit import _reset
 from prometheus_client.parser import text_string_to_metric_families
 
-import ironflow
-from ironflow import Engine, step
-from ironflow.errors import NonRetryableError
+from ironflow import Engine
 from ironflow.runtime import telemetry
 from ironflow.server import create_app
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-def refuse(n: int) -> int:
-    raise NonRetryableError(f"order {n} refused")
-
-
-@ironflow.function(id="orders")
-def orders(ctx):
-    n = ctx.event.data["n"]
-    total = yield step.run("price", add, n, 1)
-    if n < 0:
-        yield step.run("refuse", refuse, n)
-    return (yield step.run("ship", add, total, 1))
 
 
 def samples(text: str) -> tuple[Samples, list[str]]:
