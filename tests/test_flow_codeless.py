@@ -14,15 +14,17 @@ from the CLI without ``--app``, a bare ``Engine(url)``, the HTTP API), on each s
 from __future__ import annotations
 
 import collections
-import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import flow_worker as fw
 import pytest
-from test_flow_multi import Proc, registered, wait_until
+from test_flow_multi import (
+    Proc,
+    procs,  # noqa: F401 - the fixture
+    registered,
+    wait_until,
+)
 
 import ironflow
 from ironflow import Engine, RateLimit, Singleton, step
@@ -229,20 +231,6 @@ def test_a_deferred_event_whose_key_fails_is_listed_and_the_others_go_on(
 # --- two worker processes -------------------------------------------------------------------
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.proc.send_signal(signal.SIGTERM)
-            try:
-                proc.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.proc.kill()
-                proc.proc.wait()
-
-
 def _deferred_left(engine: Engine) -> int:
     return int(engine.store.query("SELECT COUNT(*) FROM flow_state WHERE kind = 'arrival'")[0][0])
 
@@ -255,7 +243,10 @@ def _journal_counts(journal: Path) -> collections.Counter[str]:
 
 @pytest.mark.parametrize("crash", [False, True], ids=["two-workers", "one-killed-judging"])
 def test_deferred_events_are_judged_once_across_worker_processes(
-    tmp_path: Path, store_url: str, procs: list[Proc], crash: bool
+    tmp_path: Path,
+    store_url: str,
+    procs: list[Proc],  # noqa: F811 - the fixture
+    crash: bool,
 ) -> None:
     journal = tmp_path / "journal.txt"
     bare = Engine(store_url)  # no code: every event below is deferred to the workers
