@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from ironflow import Engine
+from ironflow.runtime.live import create_run, trigger
+
 WAIT = 10.0
 gate = threading.Event()  # the step bodies wait here: the runs stay held while the test counts
 bodies: list[str] = []
@@ -26,3 +29,17 @@ def fresh() -> Iterator[None]:
     bodies.clear()
     yield
     gate.set()
+
+
+def create_pending(url: str, function_id: str, n: int, prefix: str = "burst") -> list[str]:
+    """``n`` pending runs of ``function_id`` (ids ``prefix-k``), created by an engine that
+    serves nothing, as another process's would be."""
+    starter = Engine(url, poll="60s")
+    try:
+        run_ids = [f"{prefix}-{k}" for k in range(n)]
+        with starter.store.transaction() as tx:
+            for run_id in run_ids:
+                create_run(starter._driver, tx, run_id, function_id, trigger("x", None, 0), 0)
+        return run_ids
+    finally:
+        starter.close()

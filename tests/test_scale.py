@@ -26,7 +26,6 @@ import ironflow
 from ironflow import Engine, step
 from ironflow.runtime import discovery
 from ironflow.runtime.discovery import RUNS_PER_THREAD
-from ironflow.runtime.live import create_run, trigger
 from ironflow.runtime.store.postgres_listen import Listener, named_runs, payload
 
 WAIT = 10.0
@@ -47,15 +46,7 @@ def _fresh_gate() -> Iterator[None]:
 
 def _create(url: str, n: int, prefix: str = "burst") -> list[str]:
     """``n`` pending runs, created by an engine that serves nothing (another process's)."""
-    starter = Engine(url, poll=SLOW_POLL)
-    try:
-        run_ids = [f"{prefix}-{k}" for k in range(n)]
-        with starter.store.transaction() as tx:
-            for run_id in run_ids:
-                create_run(starter._driver, tx, run_id, one_step.id, trigger("x", None, 0), 0)
-        return run_ids
-    finally:
-        starter.close()
+    return held_kit.create_pending(url, one_step.id, n, prefix)
 
 
 def _held_by(engine: Engine) -> int:

@@ -43,15 +43,7 @@ def _fresh_gate() -> Iterator[None]:
 
 def _create(url: str, n: int) -> list[str]:
     """``n`` pending runs, created by an engine that serves nothing (another process's)."""
-    starter = Engine(url, poll=SLOW_POLL)
-    try:
-        run_ids = [f"burst-{k}" for k in range(n)]
-        with starter.store.transaction() as tx:
-            for run_id in run_ids:
-                create_run(starter._driver, tx, run_id, one_step.id, trigger("x", None, 0), 0)
-        return run_ids
-    finally:
-        starter.close()
+    return held_kit.create_pending(url, one_step.id, n)
 
 
 def _worker(url: str) -> Engine:
