@@ -11,10 +11,6 @@ RUNTIME = Path(__file__).resolve().parent.parent / "ironflow" / "runtime"
 MAX_LINES = 420
 MAX_METHOD_LINES = 10  # an Engine method's body past its docstring
 
-# Modules over the limit that another branch is splitting now: the lead removes each entry
-# once that branch is merged (the test then holds it too).
-BEING_SPLIT: dict[str, str] = {}
-
 
 def _lines(path: Path) -> int:
     with path.open(encoding="utf-8") as file:
@@ -24,25 +20,11 @@ def _lines(path: Path) -> int:
 def test_no_runtime_module_is_over_the_line_limit() -> None:
     sizes = {path.relative_to(RUNTIME).as_posix(): _lines(path) for path in RUNTIME.rglob("*.py")}
     assert "engine.py" in sizes and "store/base.py" in sizes, f"no runtime found at {RUNTIME}"
-    over = {
-        name: count
-        for name, count in sorted(sizes.items())
-        if count > MAX_LINES and name not in BEING_SPLIT
-    }
+    over = {name: count for name, count in sorted(sizes.items()) if count > MAX_LINES}
     assert not over, (
         f"runtime modules over {MAX_LINES} lines: {over}; split each along a seam (one job per "
         f"module, imports pointing down only)"
     )
-
-
-def test_the_allowlist_names_only_modules_still_over_the_limit() -> None:
-    """An entry whose module shrank (or went away) is stale: remove it so the test holds it."""
-    stale = {
-        name: why
-        for name, why in BEING_SPLIT.items()
-        if not (RUNTIME / name).exists() or _lines(RUNTIME / name) <= MAX_LINES
-    }
-    assert not stale, f"remove from BEING_SPLIT in tests/test_layout.py: {stale}"
 
 
 def test_the_engine_facade_is_a_list_of_short_delegations() -> None:
