@@ -219,7 +219,7 @@ def test_discovery_reads_one_page_however_many_runs_wait_postgres(pg_url):
 
         now = worker._driver.now_us()
         params = {"now": now, "fids": [one_step.id, parked.id], "owner": "x", "limit": 10}
-        params.update(most=10, until=now + 10**9, versions=[])
+        params.update(most=10, until=now + 10**9, versions=[], gated=[])
         counted = (
             "SELECT relname, seq_tup_read + coalesce(idx_tup_fetch, 0) "
             "FROM pg_stat_xact_user_tables WHERE relname IN ('runs', 'inbox', 'timers')"

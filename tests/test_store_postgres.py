@@ -96,7 +96,7 @@ def claim_runs(
     """What a worker's look finds: runs with news (a read) and runs waiting for any worker
     (claimed: leased, skipping rows held elsewhere); then it takes them."""
     params = {"now": now_us, "fids": ["f"], "owner": owner, "limit": limit}
-    params.update(most=limit, until=now_us + 1000, versions=[])
+    params.update(most=limit, until=now_us + 1000, versions=[], gated=[])
     ids = [row[0] for row in conn.execute(READY_RUNS, params).fetchall()]
     ids += [row[0] for row in conn.execute(CLAIM_RUNS, params).fetchall() if row[0] not in ids]
     if not ids:
@@ -765,3 +765,17 @@ def test_a_folds_reads_leave_no_transaction_open_and_do_not_wait_for_an_emit(sto
         conn.execute("INSERT INTO consumed VALUES ('run', 'e1')")
         assert [row[0] for row in store.unconsumed_events("paid", cut, "run")] == ["e2"]
         assert store.conn.info.transaction_status == idle
+
+
+def test_a_claim_leaves_runs_of_gated_functions_pending_for_the_take_to_admit(store, pg_url):
+    # A start gate (concurrency, throttle, ...) admits or holds a run in its take's transaction:
+    # were the claim to mark it running first, a run held back would be seen running meanwhile.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        add_runs(conn, store, ["r1", "r2"])
+        claimed = store.claim(10, ("f",), "w1", 10**9, 5, ("v1",), gated=("f",))
+        assert sorted(claimed or []) == ["r1", "r2"]
+        rows = conn.execute("SELECT id, status, lease_owner FROM runs ORDER BY id").fetchall()
+        assert rows == [("r1", "pending", "w1"), ("r2", "pending", "w1")]
+        add_runs(conn, store, ["r3"])
+        assert store.claim(10, ("f",), "w2", 10**9, 5, ("v1",)) == ["r3"]
+        assert conn.execute("SELECT status FROM runs WHERE id = 'r3'").fetchone() == ("running",)

@@ -151,7 +151,10 @@ def find(
         most = min(free, TICK_RUNS)
         until_us = now_us + driver.lease_us
         versions = tuple(registry.version_of(driver, fid) for fid in fids)
-        claimed = driver.store.claim(now_us, fids, driver.worker_id, until_us, most, versions)
+        gated = tuple(driver.gated)  # their runs stay pending until the take admits them
+        claimed = driver.store.claim(
+            now_us, fids, driver.worker_id, until_us, most, versions, gated
+        )
         if claimed is not None:
             more = more or len(claimed) >= most
             driver.claimed.update(claimed)

@@ -319,12 +319,14 @@ class Store(FlowStateReads, abc.ABC):
         until_us: int,
         most: int,
         versions: tuple[str, ...] = (),
+        gated: tuple[str, ...] = (),
     ) -> list[str] | None:
         """Lease to ``owner`` (until ``until_us``) up to ``most`` runs of ``functions`` that
         wait for any worker (new, or orphaned by a dead one), skipping those another worker
         is claiming, in one statement that commits: their ids, to take in the round. The
         claim is the take's write (status running, ``versions[i]`` recorded for
-        ``functions[i]``): ``Transaction.take_runs`` only reads a row claimed for it. ``None``:
+        ``functions[i]``): ``Transaction.take_runs`` only reads a row claimed for it. A run of a
+        ``gated`` function (start gates) stays pending for the take to admit or hold. ``None``:
         this store does not claim apart (``discover`` lists those runs; SQLite, one writer)."""
         return None
 

@@ -129,7 +129,11 @@ CLAIM_RUNS = (
     "LIMIT %(most)s FOR UPDATE SKIP LOCKED) "
     "UPDATE runs SET lease_owner = %(owner)s, lease_until_us = %(until)s, "
     "code_version = coalesce((SELECT u.v FROM unnest(%(fids)s::text[], %(versions)s::text[]) "
-    "AS u(f, v) WHERE u.f = runs.function_id), code_version), status = 'running' "
+    "AS u(f, v) WHERE u.f = runs.function_id), code_version), "
+    # A function with start gates stays pending here: its take admits or holds the run in one
+    # transaction, so a run held back is never seen running.
+    "status = CASE WHEN runs.function_id = ANY(%(gated)s::text[]) THEN runs.status "
+    "ELSE 'running' END "
     "FROM c WHERE runs.id = c.id RETURNING runs.id"
 )
 NEXT_TIMER_AFTER = "SELECT MIN(due_us) FROM timers WHERE due_us > %s"
@@ -253,9 +257,11 @@ class PostgresStore(PostgresSession, PostgresFlowStateStatements, StatementReads
         until_us: int,
         most: int,
         versions: tuple[str, ...] = (),
+        gated: tuple[str, ...] = (),
     ) -> list[str] | None:
         params = {"now": now_us, "fids": list(functions), "owner": owner, "until": until_us}
         params["most"] = most
+        params["gated"] = list(gated)
         params["versions"] = list(versions)  # unnest pads with NULLs: none keeps each run's
         # Not ``reading``: a claim that may have committed is not sent a second time (what it
         # leased passes on with its lease, see CLAIM_RUNS).
