@@ -325,9 +325,8 @@ class Store(FlowStateReads, abc.ABC):
         wait for any worker (new, or orphaned by a dead one), skipping those another worker
         is claiming, in one statement that commits: their ids, to take in the round. The
         claim is the take's write (status running, ``versions[i]`` recorded for
-        ``functions[i]``): ``Transaction.take_runs`` only reads a row claimed for it. A run of a
-        ``gated`` function (start gates) stays pending for the take to admit or hold. ``None``:
-        this store does not claim apart (``discover`` lists those runs; SQLite, one writer)."""
+        ``functions[i]``; a ``gated`` function's run stays pending, for its take to admit or
+        hold). ``None``: this store does not claim apart (``discover`` lists them; SQLite)."""
         return None
 
     # Reads a round makes while folding, outside any write transaction (a round's commit
