@@ -111,11 +111,13 @@ def test_takes_and_rounds_read_their_runs_not_the_tables(pg_url: str) -> None:
         )
 
     def drive(ids: list[str]) -> None:
-        with store.transaction() as tx:
+        # As a round: the take (its statements prepared), then the commit.
+        with store.take_transaction() as tx:
             assert [row[0] for row in tx.take_runs(ids, set(), owner, 2**62, 0, ("f",))] == ids
             # The rows are not real events: read, then reported as corrupt.
             corrupt: dict[str, Any] = {}
             assert sorted([*tx.histories(ids, corrupt), *corrupt]) == ids
+        with store.transaction() as tx:
             ended = [("completed", "1", None, 1, 1, run_id) for run_id in ids]
             tx.commit_round(Batch(ended=ended, fenced=ids), owner)
 

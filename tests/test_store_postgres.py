@@ -21,6 +21,7 @@ from ironflow.runtime.store import postgres_round as pg_round
 from ironflow.runtime.store import postgres_schema as pg
 from ironflow.runtime.store.base import Batch
 from ironflow.runtime.store.postgres import CLAIM_RUNS, READY_RUNS, PostgresStore
+from ironflow.runtime.store.postgres_session import Begun
 from ironflow.runtime.store.postgres_tx import PostgresTransaction
 
 WAIT_S = 10  # bounded waits: a hang fails the test instead of the session
@@ -60,10 +61,9 @@ def tables(url: str) -> list[str]:
 def tx_on(conn: psycopg.Connection[Any], store: PostgresStore) -> PostgresTransaction:
     """The store's transaction verbs on the test's own connection (and its transactions)."""
 
-    def begin() -> tuple[psycopg.Connection[Any], Any]:
-        tx = conn.transaction()
-        tx.__enter__()
-        return conn, tx
+    def begin(setup: str = "") -> tuple[psycopg.Connection[Any], Begun]:
+        conn.execute("BEGIN" + setup)
+        return conn, Begun(conn)
 
     shim = SimpleNamespace(
         conn=conn,

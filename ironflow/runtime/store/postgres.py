@@ -67,6 +67,7 @@ from ironflow.runtime.store.postgres_session import PostgresSession
 from ironflow.runtime.store.postgres_tx import (
     FIND_RUN,
     HISTORIES,
+    TAKE_SETUP,
     UNCONSUMED_EVENTS,
     PostgresTransaction,
 )
@@ -220,6 +221,12 @@ class PostgresStore(PostgresSession, PostgresFlowStateStatements, StatementReads
     def transaction(self) -> PostgresTransaction:
         """``BEGIN`` … ``COMMIT`` under the store's lock; rolled back on error."""
         return PostgresTransaction(self)
+
+    def take_transaction(self) -> PostgresTransaction:
+        """As ``transaction()``, begun with ``TAKE_SETUP`` (its plans, its commit)."""
+        tx = PostgresTransaction(self)
+        tx.setup = TAKE_SETUP
+        return tx
 
     def listen(
         self, callback: Callable[[frozenset[str] | None], None], retry: float

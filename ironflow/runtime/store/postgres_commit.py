@@ -13,11 +13,10 @@ all (the fence raises before any write). Driver errors leave as the store's own 
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Self
 
 from ironflow.runtime.store.base import Batch, LeaseLost
-from ironflow.runtime.store.postgres_listen import NOTIFY, NOTIFY_RUNS, payload
+from ironflow.runtime.store.postgres_listen import notify_sql, payload
 from ironflow.runtime.store.postgres_locks import Stripes, conflict
 from ironflow.runtime.store.postgres_round import (
     LEASE_LOST_STATE,
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from ironflow.runtime.store.postgres import PostgresStore
+    from ironflow.runtime.store.postgres_session import Begun
 
 # A round's statement, its parameters, the plain step's run (``None``: the function's call,
 # whose fence raises itself) and the worker that sends it.
@@ -49,9 +49,19 @@ class PostgresCommit(Stripes, StatementTransaction):
     once the round's call did), naming the runs in ``targets``. ``round``: the round's call,
     held back until the transaction ends or another statement comes."""
 
-    __slots__ = ("exclusive", "notified", "round", "shared", "store", "targets", "tx", "wakes")
+    __slots__ = (
+        "exclusive",
+        "notified",
+        "round",
+        "setup",
+        "shared",
+        "store",
+        "targets",
+        "tx",
+        "wakes",
+    )
 
-    tx: AbstractContextManager[Any] | None
+    tx: Begun | None
     round: Call | None
 
     def __init__(self, store: PostgresStore) -> None:
@@ -61,6 +71,7 @@ class PostgresCommit(Stripes, StatementTransaction):
         self.conn: psycopg.Connection[Any] = store.conn
         self.tx = None
         self.round = None
+        self.setup = ""  # sent with ``BEGIN`` (``PostgresSession.begin``)
         self.fenced = False
         self.shared: set[int] = set()
         self.exclusive: set[int] = set()
@@ -77,7 +88,7 @@ class PostgresCommit(Stripes, StatementTransaction):
         """Send ``BEGIN`` (and the round's call held back, if any): statements follow."""
         try:
             # The store's session, replaced first if the server closed it (``store.begin``).
-            conn, tx = self.store.begin()
+            conn, tx = self.store.begin(self.setup)
         except BaseException as exc:
             self._reraise(exc)
             raise
@@ -92,17 +103,12 @@ class PostgresCommit(Stripes, StatementTransaction):
         if self.tx is None:
             self._exit_unbegun(exc)
             return
+        notify = ""
         if exc is None and self.wakes and not self.notified:
-            # In the transaction: sent on commit, dropped on rollback (no news, no hint).
-            try:
-                if self.targets:
-                    self.conn.execute(NOTIFY_RUNS, (self.store.channel, payload(self.targets)))
-                else:
-                    self.conn.execute(NOTIFY, (self.store.channel,))
-            except BaseException as error:
-                self._end(type(error), error, error.__traceback__)
-                raise
-        self._end(kind, exc, tb)
+            # In the transaction, with its COMMIT: sent on commit, dropped on rollback (no
+            # news, no hint).
+            notify = notify_sql(self.conn, self.store.channel, payload(self.targets))
+        self._end(exc, notify)
 
     def _exit_unbegun(self, exc: Any) -> None:
         """Nothing sent yet: the round's call alone is the transaction (a multi-statement
@@ -121,12 +127,13 @@ class PostgresCommit(Stripes, StatementTransaction):
         finally:
             self.store.lock.release()
 
-    def _end(self, kind: Any, exc: Any, tb: Any) -> None:
-        """Commit (or roll back on ``exc``), and let go of the store's lock."""
+    def _end(self, exc: Any, before_commit: str = "") -> None:
+        """Commit, after ``before_commit`` (or roll back on ``exc``), and let go of the
+        store's lock."""
         assert self.tx is not None
         try:
             try:
-                self.tx.__exit__(kind, exc, tb)
+                self.tx.end(exc is not None, before_commit)
             except BaseException as error:
                 self._reraise(error)
                 raise

@@ -37,12 +37,10 @@ from typing import Any
 
 from ironflow.runtime.store.postgres_schema import first_line, lock_class
 
-__all__ = ["NOTIFY", "NOTIFY_RUNS", "Listener", "channel", "named_runs", "payload"]
+__all__ = ["Listener", "channel", "named_runs", "notify_sql", "payload"]
 
 log = logging.getLogger("ironflow.engine")
 
-NOTIFY = "SELECT pg_notify(%s, '')"  # look everywhere
-NOTIFY_RUNS = "SELECT pg_notify(%s, %s)"  # the payload names the runs (``payload``)
 # PostgreSQL refuses a payload of 8000 bytes or more: a longer list says "look everywhere".
 PAYLOAD_MAX = 7900
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
@@ -54,6 +52,14 @@ def channel(schema: str) -> str:
     """The wake-up channel of ``schema``: an identifier short enough whatever the name (a
     channel is at most 63 bytes), from the same hash as the schema's advisory locks."""
     return f"ironflow_wake_{lock_class(schema) & 0xFFFFFFFF:08x}"
+
+
+def notify_sql(conn: Any, channel: str, text: str) -> str:
+    """The ``pg_notify`` of ``text`` on ``channel`` as a statement without parameters (sent
+    with the transaction's ``COMMIT``, one round trip), ending in ``;``."""
+    from psycopg import sql
+
+    return sql.SQL("SELECT pg_notify({}, {});").format(channel, text).as_string(conn)
 
 
 def payload(run_ids: list[str]) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ironflow.runtime.store.base import StoreError, StoreUnavailable
@@ -24,6 +23,34 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ironflow.engine")
 T = TypeVar("T")
+
+
+class Begun:
+    """A transaction begun by a plain ``BEGIN`` (``PostgresSession.begin``): not psycopg's
+    ``transaction()``, which sends its ``BEGIN`` alone, a round trip of its own. Ended by
+    ``COMMIT``, or ``ROLLBACK`` if it failed (``end``)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def end(self, failed: bool, before_commit: str = "") -> None:
+        """``COMMIT``, after ``before_commit`` (statements without parameters, each ending in
+        ``;``) in the same round trip; or ``ROLLBACK`` if ``failed`` (quietly: the failure
+        is what is raised, and a session that cannot roll back is closed, which does)."""
+        import psycopg
+
+        conn = self.conn
+        if not failed:
+            conn.execute(before_commit + "COMMIT")
+            return
+        if conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            conn.close()
 
 
 class PostgresSession:
@@ -85,23 +112,23 @@ class PostgresSession:
             log.info("connected to the PostgreSQL database %s again", self.url)
         return fresh
 
-    def begin(self) -> tuple[psycopg.Connection[Any], AbstractContextManager[Any]]:
-        """``BEGIN`` on the session (the connection and its transaction); a session found
-        closed by its ``BEGIN`` is replaced and ``BEGIN`` sent again (nothing ran yet)."""
+    def begin(self, setup: str = "") -> tuple[psycopg.Connection[Any], Begun]:
+        """``BEGIN`` on the session, with ``setup`` (statements without parameters, each
+        after a ``;``) in the same round trip: the connection and its transaction. A session
+        found closed by its ``BEGIN`` is replaced and ``BEGIN`` sent again (nothing ran yet)."""
         import psycopg
 
+        begin = "BEGIN" + setup
         conn = self.connection()
-        tx = conn.transaction()
         try:
-            tx.__enter__()
+            conn.execute(begin)
         except psycopg.OperationalError as exc:
             if not conn.broken:
                 raise
             self._lost(exc)
             conn = self.connection()
-            tx = conn.transaction()
-            tx.__enter__()
-        return conn, tx
+            conn.execute(begin)
+        return conn, Begun(conn)
 
     def _lost(self, exc: BaseException) -> None:
         """One WARNING per outage: the first failure says so, later ones are quiet until a
