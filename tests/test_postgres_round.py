@@ -240,6 +240,71 @@ def test_a_plain_step_whose_lease_moved_rolls_back_what_follows_it(store):
     assert store.query("SELECT count(*) FROM timers") == [(0,)]
 
 
+def _mail(store: PostgresStore, run_id: str) -> list[int]:
+    """Mail for ``run_id`` (its ready flag set, as a producer does); the inbox positions."""
+    store.query("UPDATE runs SET ready = 1 WHERE id = %s", (run_id,))
+    rows = store.query(
+        "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (%s, 'WaitMatched', 1, '{}'), "
+        "(%s, 'WaitMatched', 2, '{}') RETURNING pos",
+        (run_id, run_id),
+    )
+    return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_a_plain_step_drops_the_mail_its_round_read_in_the_same_statement(store, running):
+    """A resumed run's first round (its mail read, then its step): the mail dropped and the
+    ready flag cleared by the step's one statement (the previous main sent BEGIN, two more
+    statements and COMMIT: five exchanges). Mail sent since the take stays."""
+    add_run(store, "a", "w1")
+    read = _mail(store, "a")
+    later = _mail(store, "a")  # sent after the take read the first two
+    exchanges = Exchanges(store.conn)
+    with store.transaction() as tx:
+        tx.drop_mail(read, ["a"])
+        tx.commit_round(step_batch("a", 1, running), "w1")
+    assert exchanges.count == 1
+    assert history(store) == [("a", 1, "StepCompleted"), ("a", 2, "CommandScheduled")]
+    assert [row[0] for row in store.query("SELECT pos FROM inbox ORDER BY pos")] == later
+    assert store.query("SELECT status, ready FROM runs") == [("running", 0)]
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_a_plain_step_whose_lease_moved_keeps_the_mail_its_round_read(store, running):
+    add_run(store, "a", "w2")
+    read = _mail(store, "a")
+    with pytest.raises(LeaseLost, match="0 of 1 runs still held by w1"), store.transaction() as tx:
+        tx.drop_mail(read, ["a"])
+        tx.commit_round(step_batch("a", 1, running), "w1")
+    assert history(store) == []
+    assert [row[0] for row in store.query("SELECT pos FROM inbox ORDER BY pos")] == read
+    assert store.query("SELECT status, ready, lease_owner FROM runs") == [("running", 1, "w2")]
+
+
+def test_mail_of_another_run_is_dropped_apart_from_the_plain_step(store):
+    """The plain statement drops only its own run's mail: with another run's, the drop goes
+    first, in the transaction, and the step after it."""
+    add_run(store, "a", "w1")
+    add_run(store, "b", "w1")
+    read = _mail(store, "b")
+    with store.transaction() as tx:
+        tx.drop_mail(read, ["b"])
+        tx.commit_round(step_batch("a", 1), "w1")
+    assert history(store) == [("a", 1, "StepCompleted"), ("a", 2, "CommandScheduled")]
+    assert store.query("SELECT count(*) FROM inbox") == [(0,)]
+    assert store.query("SELECT id, ready FROM runs ORDER BY id") == [("a", 0), ("b", 0)]
+
+
+def test_mail_dropped_by_a_transaction_with_nothing_else_commits(store):
+    add_run(store, "a", "w1")
+    read = _mail(store, "a")
+    with store.transaction() as tx:
+        tx.drop_mail(read, ["a"])
+    assert store.query("SELECT count(*) FROM inbox") == [(0,)]
+    assert store.query("SELECT ready FROM runs") == [(0,)]
+    assert store.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
 def test_a_plain_step_waiting_for_a_takeover_sees_the_new_owner_and_writes_nothing(pg_url, store):
     """The step's fence waits for the row lock a takeover holds, then checks the owner on the
     row the takeover committed: refused, not written over it."""

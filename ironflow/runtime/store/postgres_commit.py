@@ -19,8 +19,11 @@ from ironflow.runtime.store.base import Batch, LeaseLost
 from ironflow.runtime.store.postgres_listen import notify_sql, payload
 from ironflow.runtime.store.postgres_locks import Stripes, conflict
 from ironflow.runtime.store.postgres_round import (
+    CLEAR_READY,
+    DROP_MAIL,
     LEASE_LOST_STATE,
     ROUND,
+    MailDrop,
     plain_round,
     round_params,
 )
@@ -51,6 +54,7 @@ class PostgresCommit(Stripes, StatementTransaction):
 
     __slots__ = (
         "exclusive",
+        "mail",
         "notified",
         "round",
         "setup",
@@ -63,6 +67,7 @@ class PostgresCommit(Stripes, StatementTransaction):
 
     tx: Begun | None
     round: Call | None
+    mail: MailDrop | None
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
@@ -71,6 +76,7 @@ class PostgresCommit(Stripes, StatementTransaction):
         self.conn: psycopg.Connection[Any] = store.conn
         self.tx = None
         self.round = None
+        self.mail = None  # ``drop_mail`` held back: for the round's plain statement
         self.setup = ""  # sent with ``BEGIN`` (``PostgresSession.begin``)
         self.fenced = False
         self.shared: set[int] = set()
@@ -94,12 +100,21 @@ class PostgresCommit(Stripes, StatementTransaction):
             raise
         self.conn = conn
         self.tx = tx
+        if self.mail is not None:
+            mail, self.mail = self.mail, None
+            self.send_mail_drop(conn, mail)
         if self.round is not None:
             call, self.round = self.round, None
             self._send(conn, call)
         return conn
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self.tx is None and self.mail is not None and exc is None:
+            try:
+                self.begin()  # mail no round's statement took: dropped in a transaction
+            except BaseException:
+                self.store.lock.release()
+                raise
         if self.tx is None:
             self._exit_unbegun(exc)
             return
@@ -161,8 +176,10 @@ class PostgresCommit(Stripes, StatementTransaction):
         self.fenced = True
         # Parents told of a child's end, or news from this transaction: announced by the call.
         notify = bool(batch.notify) or (self.wakes and not self.notified)
-        call: Call | None = None if notify else plain_round(batch, owner)
-        if call is None:
+        call: Call | None = None if notify else plain_round(batch, owner, self.mail)
+        if call is not None:
+            self.mail = None  # dropped by the plain statement
+        else:
             params = round_params(batch, owner, self.store.channel if notify else None)
             if params is None:
                 return
@@ -176,6 +193,13 @@ class PostgresCommit(Stripes, StatementTransaction):
                 return
             conn = self.begin()
         self._send(conn, call)
+
+    def send_mail_drop(self, conn: psycopg.Connection[Any], mail: MailDrop) -> None:
+        positions, run_ids = mail
+        if positions:
+            conn.execute(DROP_MAIL, (positions,))
+        if run_ids:
+            conn.execute(CLEAR_READY, (run_ids,))
 
     def _send(self, conn: psycopg.Connection[Any], call: Call) -> None:
         """Run a round's statement; a plain step that inserted nothing found its run's lease

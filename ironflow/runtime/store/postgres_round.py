@@ -18,7 +18,9 @@ next command), its lease checked, maybe its row set running, nothing else. That 
 plain statement instead (``plain_round``): the fence is a CTE that locks the run's row and keeps
 it only if this worker holds it, and the rows are inserted from it, so a lease that moved inserts
 nothing (the caller sees the row count and raises ``LeaseLost``). Scalar parameters, no arrays
-and no plpgsql: the client encodes a few values, the server runs one prepared plan.
+and no plpgsql: the client encodes a few values, the server runs one prepared plan. A round that
+read the run's mail (a resumed wait's first step) drops it in the same statement, only if the
+lease held, and clears the run's ``ready`` flag in the fence's update (``MailDrop``).
 """
 
 from __future__ import annotations
@@ -148,31 +150,57 @@ _PLAIN_RUNNING = (
 )
 
 
-def _plain_sql(rows: int, running: bool) -> str:
+# With mail: the fence is an update that clears the ready flag (set running too, if asked),
+# and the mail read is deleted only if the fence kept the row.
+_PLAIN_MAIL = (
+    "UPDATE runs SET ready = 0{running} WHERE id = %s AND lease_owner = %s "
+    "RETURNING id, lease_owner"
+)
+_DROP_HELD_MAIL = (
+    ", d AS (DELETE FROM inbox WHERE pos = ANY(%s::bigint[]) AND EXISTS (SELECT FROM f))"
+)
+
+
+def _plain_sql(rows: int, running: bool, mail: bool) -> str:
     values = ", ".join(
         ["(%s::int, %s::text, %s::bigint, %s::text)"] + ["(%s, %s, %s, %s)"] * (rows - 1)
     )
-    fence = _PLAIN_RUNNING if running else _PLAIN_LOCK
-    # Without the running update the owner is the statement's last parameter.
-    held = "" if running else " WHERE f.lease_owner = %s"
+    if mail:
+        setting = ", status = 'running', updated_us = %s" if running else ""
+        fence = _PLAIN_MAIL.format(running=setting) + ")" + _DROP_HELD_MAIL
+    else:
+        fence = (_PLAIN_RUNNING if running else _PLAIN_LOCK) + ")"
+    # Locked, not updated: the owner is the statement's last parameter.
+    held = " WHERE f.lease_owner = %s" if not (running or mail) else ""
     return (
-        f"WITH f AS ({fence}) INSERT INTO history (run_id, seq, type, ts_us, body) "
+        f"WITH f AS ({fence} INSERT INTO history (run_id, seq, type, ts_us, body) "
         f"SELECT f.id, v.seq, v.type, v.ts, v.body FROM f CROSS JOIN (VALUES {values}) "
         f"AS v(seq, type, ts, body){held}"
     )
 
 
 PLAIN = {
-    (n, running): _plain_sql(n, running)
+    (n, running, mail): _plain_sql(n, running, mail)
     for n in range(1, PLAIN_ROWS + 1)
     for running in (False, True)
+    for mail in (False, True)
 }
 
+# Mail a round read (``Transaction.drop_mail``): the inbox rows' positions, the runs whose
+# ``ready`` flag is cleared. The flag is cleared whatever came since, only where set (no row
+# rewritten): mail sent since ``mail_of`` is an inbox row, which discovery finds.
+MailDrop = tuple[list[int], list[str]]
+CLEAR_READY = "UPDATE runs SET ready = 0 WHERE id = ANY(%s::text[]) AND ready = 1"
+DROP_MAIL = "DELETE FROM inbox WHERE pos = ANY(%s::bigint[])"
 
-def plain_round(batch: Batch, owner: str) -> tuple[str, list[Any], str, str] | None:
-    """The plain statement for ``batch``, its parameters, its run and ``owner``, if ``batch`` is one
-    run's step (see the module docstring); ``None`` otherwise. It inserts ``len(history)``
-    rows, or none if the run's lease moved."""
+
+def plain_round(
+    batch: Batch, owner: str, mail: MailDrop | None = None
+) -> tuple[str, list[Any], str, str] | None:
+    """The plain statement for ``batch`` (dropping ``mail``), its parameters, its run and
+    ``owner``, if ``batch`` is one run's step and the mail is that run's (see the module
+    docstring); ``None`` otherwise. It inserts ``len(history)`` rows, or none (and drops no
+    mail) if the run's lease moved."""
     history = batch.history
     rows = len(history)
     if not 0 < rows <= PLAIN_ROWS or batch.waiting or batch.ended or batch.notify:
@@ -180,6 +208,8 @@ def plain_round(batch: Batch, owner: str) -> tuple[str, list[Any], str, str] | N
     if batch.finished or batch.timers_done or batch.waits_done:
         return None
     run_id = history[0][0]
+    if mail is not None and any(other != run_id for other in mail[1]):
+        return None
     running = batch.running
     if len(running) > 1 or (running and running[0][1] != run_id):
         return None
@@ -189,10 +219,12 @@ def plain_round(batch: Batch, owner: str) -> tuple[str, list[Any], str, str] | N
     if not (running or batch.fenced):
         return None
     params: list[Any] = [running[0][0], run_id, owner] if running else [run_id]
+    if mail is not None:
+        params += [mail[0]] if running else [owner, mail[0]]
     for row in history:
         if row[0] != run_id:
             return None
         params += row[1:]
-    if not running:
+    if not (running or mail is not None):
         params.append(owner)
-    return PLAIN[rows, bool(running)], params, run_id, owner
+    return PLAIN[rows, bool(running), mail is not None], params, run_id, owner

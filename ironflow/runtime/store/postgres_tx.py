@@ -33,7 +33,7 @@ from ironflow.runtime.store.flow_sql import FlowVerbs, statements
 from ironflow.runtime.store.postgres_commit import PostgresCommit
 from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
 from ironflow.runtime.store.postgres_locks import ALL_STRIPES, LOCK_STRIPES
-from ironflow.runtime.store.postgres_round import INSERT_HISTORY, columns
+from ironflow.runtime.store.postgres_round import CLEAR_READY, INSERT_HISTORY, columns
 from ironflow.runtime.store.postgres_schema import NOT_ENDED, STRIPES, stripe
 
 FLOW_LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
@@ -157,11 +157,9 @@ REGISTRY_VERSION = "SELECT value FROM ironflow_meta WHERE key = 'registry_versio
 REGISTERED = "SELECT id, triggers FROM functions"
 
 # Mail.
-CLEAR_READY = "UPDATE runs SET ready = 0 WHERE id = ANY(%s::text[]) AND ready = 1"
 TAKE_MAIL = "DELETE FROM inbox WHERE run_id = ANY(%s::text[]) RETURNING pos, run_id, type, body"
 SEND_MAIL = "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (%s, %s, %s, %s)"
 MAIL_OF = "SELECT pos, run_id, type, body FROM inbox WHERE run_id = ANY(%s::text[]) ORDER BY pos"
-DROP_MAIL = "DELETE FROM inbox WHERE pos = ANY(%s::bigint[])"
 
 # Timers, waits, events. A wait is claimed by whoever deletes its row; one held by another
 # transaction (an emit delivering to it, a round firing its timeout) is skipped, not waited
@@ -308,12 +306,10 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
         return self.conn.execute(MAIL_OF, (run_ids,)).fetchall()
 
     def drop_mail(self, positions: list[int], run_ids: list[str]) -> None:
-        if positions:
-            self.conn.execute(DROP_MAIL, (positions,))
-        if run_ids:
-            # Mail sent since ``mail_of`` is an inbox row, which discovery finds: the flag (a
-            # resume's) is cleared whatever came since, only where set (no row rewritten).
-            self.conn.execute(CLEAR_READY, (run_ids,))
+        if self.tx is None and self.conn is not self.store.conn:  # nothing sent yet
+            self.mail = (positions, run_ids)  # held back for the round's plain statement
+            return
+        self.send_mail_drop(self.conn, (positions, run_ids))
 
     def take_timers(self, keys: list[tuple[str, str, str]], now_us: int) -> set[tuple[str, str]]:
         waits = [(run_id, step_id) for run_id, step_id, kind in keys if kind == kinds.TIMER_WAIT]
