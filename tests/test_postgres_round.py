@@ -477,3 +477,44 @@ def test_an_emit_takes_its_stripes_and_records_in_one_statement_and_announces_on
         ("e1", "paid"),
         ("e2", "paid"),
     ]
+
+
+# --- an emit's exchanges ------------------------------------------------------------------------
+
+
+def test_an_emit_that_wakes_a_wait_is_six_exchanges_and_the_wait_resumes_once(pg_url):
+    """BEGIN; the stripes and the row; the wait paths with the registry's version; the keyed
+    waits; the delivery (wait claimed, its timeout dropped, the event consumed, the mail sent:
+    one statement); NOTIFY with COMMIT. The previous main made 11 exchanges of it."""
+
+    @ironflow.function(id="parked")
+    def parked(ctx: Any) -> Any:
+        event = yield step.wait_for_event("wake", event="go", match="data.k", timeout="1h")
+        return event.data["k"]
+
+    engine = ironflow.Engine(pg_url, poll="1h")
+    emitter = ironflow.Engine(pg_url, poll="1h")  # registers nothing: the registry is read
+    try:
+        engine.register(parked)
+        run_ids = [engine.start(parked.id, {"k": k}) for k in range(3)]
+        engine.run_until_idle()
+        assert engine.store.query("SELECT count(*) FROM timers") == [(3,)]
+        emitter.emit("go", {"k": 0})  # the emitter's statements prepared, its registry read
+        exchanges = Exchanges(emitter.store.conn)  # type: ignore[attr-defined]
+        assert emitter.emit("go", {"k": 1}) == []
+        assert exchanges.count == 6
+        assert emitter.emit("go", {"k": 1}) == []  # the wait is gone: nothing more to hand
+        engine.run_until_idle()
+        assert [engine.get_run(run_id).status for run_id in run_ids] == [
+            "completed",
+            "completed",
+            "waiting",
+        ]
+        assert [engine.get_run(run_id).output for run_id in run_ids[:2]] == [0, 1]
+        # Each delivered wait's timeout is gone with it; the third run's stays.
+        assert engine.store.query("SELECT run_id FROM timers") == [(run_ids[2],)]
+        assert engine.store.query("SELECT count(*) FROM consumed") == [(2,)]
+        assert engine.store.query("SELECT count(*) FROM inbox") == [(0,)]
+    finally:
+        emitter.close()
+        engine.close()

@@ -189,6 +189,25 @@ ADD_WAIT = (
     "match_key = excluded.match_key, seq = excluded.seq"
 )
 WAIT_PATHS = "SELECT DISTINCT match_path FROM waits WHERE event_name = %s"
+# An emit's next reads after its row, in one exchange: the paths its waits match on, and the
+# registry's version (``registry_version``, read next by the same emit, answered from this).
+PATHS_AND_REGISTRY = (
+    "SELECT ARRAY(SELECT DISTINCT match_path FROM waits WHERE event_name = %s), "
+    "(SELECT value FROM ironflow_meta WHERE key = 'registry_version')"
+)
+# A wait handed an event in one statement: claimed (deleted; skipped if another transaction
+# holds it), its timeout dropped, the event consumed and the mail sent, the last three only if
+# the claim got it.
+DELIVER = (
+    "WITH w AS (DELETE FROM waits WHERE (run_id, step_id) IN (SELECT run_id, step_id FROM waits "
+    "WHERE run_id = %(run)s AND step_id = %(step)s FOR UPDATE SKIP LOCKED) RETURNING run_id), "
+    "t AS (DELETE FROM timers WHERE run_id = %(run)s AND step_id = %(step)s "
+    "AND EXISTS (SELECT FROM w)), "
+    "c AS (INSERT INTO consumed SELECT run_id, %(event)s FROM w ON CONFLICT DO NOTHING), "
+    "m AS (INSERT INTO inbox (run_id, type, ts_us, body) "
+    "SELECT run_id, %(type)s, %(ts)s, %(body)s FROM w) "
+    "SELECT count(*) FROM w"
+)
 WAITS_ANY = "SELECT run_id, step_id, seq FROM waits WHERE event_name = %s AND match_path IS NULL"
 WAITS_KEYED = (
     "SELECT run_id, step_id, seq FROM waits "
@@ -216,9 +235,14 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
     """A store's write transaction: the verbs, on this store's statements (how it begins and
     commits: ``PostgresCommit``)."""
 
-    __slots__ = ()
+    __slots__ = ("seen_version",)
 
     FLOW = statements("%s")
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        # The registry's version read with an emit's wait paths (``wait_paths``), in a box.
+        self.seen_version: tuple[str | None] | None = None
 
     def flow_lock(self, function_id: str, key: str) -> None:
         # One advisory lock for every flow-control decision in this schema, held to the end
@@ -366,6 +390,30 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
         return [(row[0], row[1]) for row in self.conn.execute(REGISTERED).fetchall()]
 
     # --- mail, events and waits -----------------------------------------------------------
+
+    def wait_paths(self, event_name: str) -> list[str | None]:
+        found = self.conn.execute(PATHS_AND_REGISTRY, (event_name,)).fetchone()
+        assert found is not None  # one row, always
+        self.seen_version = (None if found[1] is None else str(found[1]),)
+        return list(found[0])
+
+    def registry_version(self) -> str | None:
+        seen, self.seen_version = self.seen_version, None
+        return super().registry_version() if seen is None else seen[0]
+
+    def deliver(self, run_id: str, step_id: str, event_id: str, ts_us: int, body: str) -> None:
+        params = {
+            "run": run_id,
+            "step": step_id,
+            "event": event_id,
+            "type": kinds.MAIL_WAIT_MATCHED,
+            "ts": ts_us,
+            "body": body,
+        }
+        found = self.conn.execute(DELIVER, params).fetchone()
+        if found is not None and found[0]:
+            self.wakes = True
+            self.targets.append(run_id)
 
     def send_mail(self, run_id: str, kind: str, ts_us: int, body: str) -> None:
         self.wakes = True
