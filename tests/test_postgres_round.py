@@ -425,7 +425,8 @@ def test_a_deadlock_the_server_breaks_is_a_write_conflict_not_a_driver_error(pg_
     def take(db: PostgresStore, one: str, two: str) -> None:
         try:
             with db.transaction() as tx:
-                tx.lock((stripe(one),))
+                tx.lock((stripe(one),))  # the first statement: held back to go with BEGIN
+                tx.execute("SELECT 1")  # sends them
                 barrier.wait()
                 tx.lock((stripe(two),))
             outcomes.append(None)
@@ -517,4 +518,27 @@ def test_an_emit_that_wakes_a_wait_is_six_exchanges_and_the_wait_resumes_once(pg
         assert engine.store.query("SELECT count(*) FROM inbox") == [(0,)]
     finally:
         emitter.close()
+        engine.close()
+
+
+def test_a_start_is_three_exchanges_its_stripes_sent_with_begin(pg_url):
+    """BEGIN with the stripes (every one shared: no emit in flight), the run's row, NOTIFY with
+    COMMIT (the previous main made 5 exchanges of it); another worker's take of it still waits
+    for nothing and finds it."""
+
+    @ironflow.function(id="started")
+    def started(ctx: Any) -> Any:
+        return (yield step.run("one", lambda: 1))
+
+    engine = ironflow.Engine(pg_url, poll="1h")
+    try:
+        engine.register(started)
+        engine.start(started.id)  # statements prepared
+        exchanges = Exchanges(engine.store.conn)  # type: ignore[attr-defined]
+        run_id = engine.start(started.id)
+        assert exchanges.count == 3
+        engine.run_until_idle()
+        assert engine.get_run(run_id).output == 1
+        assert engine.store.query("SELECT count(*) FROM runs WHERE status = 'completed'") == [(2,)]
+    finally:
         engine.close()

@@ -125,6 +125,12 @@ class PostgresCommit(Stripes, StatementTransaction):
             notify = notify_sql(self.conn, self.store.channel, payload(self.targets))
         self._end(exc, notify)
 
+    def first(self, statement: str) -> bool:
+        if self.tx is not None or self.conn is self.store.conn or self.round or self.mail:
+            return False
+        self.setup += "; " + statement
+        return True
+
     def _exit_unbegun(self, exc: Any) -> None:
         """Nothing sent yet: the round's call alone is the transaction (a multi-statement
         function call in autocommit commits whole or not at all), if there is one."""

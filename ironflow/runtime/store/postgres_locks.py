@@ -31,6 +31,17 @@ LOCK_STRIPES = (
 ALL_STRIPES = range(STRIPES)
 
 
+def lock_stripes_sql(lock_class: int, keys: list[int], modes: list[bool]) -> str:
+    """``LOCK_STRIPES`` as a statement without parameters (sent with ``BEGIN``): integers and
+    booleans only, written out."""
+    return (
+        f"SELECT count(CASE WHEN x THEN pg_advisory_xact_lock({int(lock_class)}, k) "
+        f"ELSE pg_advisory_xact_lock_shared({int(lock_class)}, k) END) "
+        f"FROM unnest('{{{','.join(str(int(k)) for k in keys)}}}'::int[], "
+        f"'{{{','.join('t' if x else 'f' for x in modes)}}}'::bool[]) AS l(k, x)"
+    )
+
+
 class Stripes:
     """The stripe verbs of ``PostgresTransaction`` (``shared``/``exclusive``: the stripes it
     holds)."""
@@ -43,12 +54,19 @@ class Stripes:
     store: Any
 
     def lock(self, exclusive: Iterable[int] = (), shared: Iterable[int] = ()) -> None:
-        """Take the stripes not held yet, in one statement, in key order."""
+        """Take the stripes not held yet, in one statement, in key order: sent with ``BEGIN``
+        if it is the transaction's first (a run's start: one exchange fewer)."""
         keys, modes = self.wanted(exclusive, shared)
         if keys:
             lock_class = self.store.lock_class
-            self.conn.execute(LOCK_STRIPES, (lock_class, lock_class, keys, modes))
+            if not self.first(lock_stripes_sql(lock_class, keys, modes)):
+                self.conn.execute(LOCK_STRIPES, (lock_class, lock_class, keys, modes))
             self.took(keys, modes)
+
+    def first(self, statement: str) -> bool:
+        """Send ``statement`` (no parameters) with ``BEGIN`` if nothing was sent or held back
+        yet, at the next statement; whether it will be."""
+        raise NotImplementedError
 
     def wanted(
         self, exclusive: Iterable[int], shared: Iterable[int]
