@@ -453,13 +453,13 @@ def test_a_deadlock_the_server_breaks_is_a_write_conflict_not_a_driver_error(pg_
         other.close()
 
 
-def test_an_emit_takes_its_stripes_and_records_in_one_statement_and_announces_once(pg_url, store):
+def test_an_emit_takes_its_stripes_with_begin_and_records_next_and_announces_once(pg_url, store):
     with connect(pg_url) as listener:
         listener.execute(f"LISTEN {store.channel}")
         exchanges = Exchanges(store.conn)
         with store.transaction() as tx:
             tx.record_event("e1", "paid", "{}", 1, None)
-            # BEGIN, then the locks and the row together.
+            # BEGIN with the locks, then the row (and the reads after it).
             assert exchanges.count == 2
             held = tx.execute(
                 "SELECT mode, count(*) FROM pg_locks WHERE locktype = 'advisory' "
@@ -483,8 +483,8 @@ def test_an_emit_takes_its_stripes_and_records_in_one_statement_and_announces_on
 # --- an emit's exchanges ------------------------------------------------------------------------
 
 
-def test_an_emit_that_wakes_a_wait_is_six_exchanges_and_the_wait_resumes_once(pg_url):
-    """BEGIN; the stripes and the row; the wait paths with the registry's version; the keyed
+def test_an_emit_that_wakes_a_wait_is_five_exchanges_and_the_wait_resumes_once(pg_url):
+    """BEGIN with the stripes; the row, the wait paths and the registry's version; the keyed
     waits; the delivery (wait claimed, its timeout dropped, the event consumed, the mail sent:
     one statement); NOTIFY with COMMIT. The previous main made 11 exchanges of it."""
 
@@ -503,7 +503,7 @@ def test_an_emit_that_wakes_a_wait_is_six_exchanges_and_the_wait_resumes_once(pg
         emitter.emit("go", {"k": 0})  # the emitter's statements prepared, its registry read
         exchanges = Exchanges(emitter.store.conn)  # type: ignore[attr-defined]
         assert emitter.emit("go", {"k": 1}) == []
-        assert exchanges.count == 6
+        assert exchanges.count == 5
         assert emitter.emit("go", {"k": 1}) == []  # the wait is gone: nothing more to hand
         engine.run_until_idle()
         assert [engine.get_run(run_id).status for run_id in run_ids] == [

@@ -32,7 +32,7 @@ from ironflow.runtime.store.base import StoreError
 from ironflow.runtime.store.flow_sql import FlowVerbs, statements
 from ironflow.runtime.store.postgres_commit import PostgresCommit
 from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
-from ironflow.runtime.store.postgres_locks import ALL_STRIPES, LOCK_STRIPES
+from ironflow.runtime.store.postgres_locks import ALL_STRIPES, LOCK_STRIPES, lock_stripes_sql
 from ironflow.runtime.store.postgres_round import CLEAR_READY, INSERT_HISTORY, columns
 from ironflow.runtime.store.postgres_schema import NOT_ENDED, STRIPES, stripe
 
@@ -223,6 +223,15 @@ RECORD_EVENT = (
     "SELECT %s, %s, %s, %s, %s, %s "
     f"FROM ({LOCK_STRIPES}) AS locked RETURNING pos"
 )
+# An emit whose stripes were taken before (sent with BEGIN, or reserved by its round): the row,
+# then, from a snapshot taken after the stripes were granted, what ``PATHS_AND_REGISTRY`` reads.
+RECORD_AND_READ = (
+    "WITH e AS (INSERT INTO events (id, name, data, ts_us, idempotency_key, traceparent) "
+    "VALUES (%s, %s, %s, %s, %s, %s) RETURNING pos) "
+    "SELECT (SELECT pos FROM e), "
+    "ARRAY(SELECT DISTINCT match_path FROM waits WHERE event_name = %s), "
+    "(SELECT value FROM ironflow_meta WHERE key = 'registry_version')"
+)
 EVENT_ID_OF_KEY = "SELECT id FROM events WHERE idempotency_key = %s"
 SET_EVENT_STARTED = "UPDATE events SET started = %s WHERE pos = %s"
 UNCONSUMED_EVENTS = (
@@ -235,13 +244,16 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
     """A store's write transaction: the verbs, on this store's statements (how it begins and
     commits: ``PostgresCommit``)."""
 
-    __slots__ = ("seen_version",)
+    __slots__ = ("seen_paths", "seen_version")
 
     FLOW = statements("%s")
 
     def __init__(self, store: Any) -> None:
         super().__init__(store)
-        # The registry's version read with an emit's wait paths (``wait_paths``), in a box.
+        # What an emit read with its row or its wait paths, for its next reads (``wait_paths``,
+        # ``registry_version``): the event's name and its waits' paths; the registry's version
+        # (in a box).
+        self.seen_paths: tuple[str, list[str | None]] | None = None
         self.seen_version: tuple[str | None] | None = None
 
     def flow_lock(self, function_id: str, key: str) -> None:
@@ -392,6 +404,9 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
     # --- mail, events and waits -----------------------------------------------------------
 
     def wait_paths(self, event_name: str) -> list[str | None]:
+        seen, self.seen_paths = self.seen_paths, None
+        if seen is not None and seen[0] == event_name:
+            return seen[1]  # read with the event's row, after its stripes
         found = self.conn.execute(PATHS_AND_REGISTRY, (event_name,)).fetchone()
         assert found is not None  # one row, always
         self.seen_version = (None if found[1] is None else str(found[1]),)
@@ -431,14 +446,23 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
     ) -> int:
         # Every stripe shared with its own exclusive, at once: an emit may start runs next.
         keys, modes = self.wanted((stripe(name),), ALL_STRIPES)
-        store = self.store
-        lock_class = store.lock_class
-        params = (event_id, name, data, ts_us, idempotency_key, traceparent, lock_class, lock_class)
-        found = self.conn.execute(RECORD_EVENT, (*params, keys, modes))
-        self.took(keys, modes)
+        lock_class = self.store.lock_class
+        if keys and self.first(lock_stripes_sql(lock_class, keys, modes)):
+            self.took(keys, modes)  # with BEGIN, before this statement
+            keys = []
         # Announced as the transaction ends, naming the runs it starts or wakes (``targets``).
         self.wakes = True
-        pos: int = found.fetchone()[0]  # type: ignore[index]
+        row = (event_id, name, data, ts_us, idempotency_key, traceparent)
+        if not keys:  # held before this statement: it reads on (``RECORD_AND_READ``)
+            found = self.conn.execute(RECORD_AND_READ, (*row, name)).fetchone()
+            assert found is not None  # one row, always
+            self.seen_paths = (name, list(found[1]))
+            self.seen_version = (None if found[2] is None else str(found[2]),)
+            return int(found[0])
+        pos: int = self.conn.execute(  # type: ignore[index]
+            RECORD_EVENT, (*row, lock_class, lock_class, keys, modes)
+        ).fetchone()[0]
+        self.took(keys, modes)
         return pos
 
     def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
