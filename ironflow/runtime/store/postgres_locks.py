@@ -32,13 +32,12 @@ ALL_STRIPES = range(STRIPES)
 
 
 def lock_stripes_sql(lock_class: int, keys: list[int], modes: list[bool]) -> str:
-    """``LOCK_STRIPES`` as a statement without parameters (sent with ``BEGIN``): integers and
-    booleans only, written out."""
-    return (
-        f"SELECT count(CASE WHEN x THEN pg_advisory_xact_lock({int(lock_class)}, k) "
-        f"ELSE pg_advisory_xact_lock_shared({int(lock_class)}, k) END) "
-        f"FROM unnest('{{{','.join(str(int(k)) for k in keys)}}}'::int[], "
-        f"'{{{','.join('t' if x else 'f' for x in modes)}}}'::bool[]) AS l(k, x)"
+    """What ``LOCK_STRIPES`` takes, as a statement without parameters (sent with ``BEGIN``, so
+    parsed and planned each time: a list of calls, the cheapest to plan), in key order (a
+    target list is computed left to right)."""
+    return "SELECT " + ", ".join(
+        f"pg_advisory_xact_lock{'' if exclusive else '_shared'}({int(lock_class)}, {int(key)})"
+        for key, exclusive in zip(keys, modes, strict=True)
     )
 
 
