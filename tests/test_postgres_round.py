@@ -542,3 +542,20 @@ def test_a_start_is_three_exchanges_its_stripes_sent_with_begin(pg_url):
         assert engine.store.query("SELECT count(*) FROM runs WHERE status = 'completed'") == [(2,)]
     finally:
         engine.close()
+
+
+def test_a_transaction_whose_begin_or_commit_fails_is_not_left_open(store):
+    """``BEGIN`` goes with statements, and ``COMMIT`` after some: one that fails there leaves
+    the session idle (rolled back), usable by the next transaction."""
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        store.begin("; SELECT 1/0")
+    assert store.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    conn, tx = store.begin()
+    conn.execute("INSERT INTO ironflow_meta VALUES ('t', '1')")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        tx.end(False, "SELECT 1/0;")
+    assert store.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert store.query("SELECT count(*) FROM ironflow_meta WHERE key = 't'") == [(0,)]
+    with store.transaction() as transaction:
+        transaction.execute("INSERT INTO ironflow_meta VALUES ('t', '2')")
+    assert store.query("SELECT value FROM ironflow_meta WHERE key = 't'") == [("2",)]

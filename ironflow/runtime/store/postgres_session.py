@@ -38,19 +38,30 @@ class Begun:
     def end(self, failed: bool, before_commit: str = "") -> None:
         """``COMMIT``, after ``before_commit`` (statements without parameters, each ending in
         ``;``) in the same round trip; or ``ROLLBACK`` if ``failed`` (quietly: the failure
-        is what is raised, and a session that cannot roll back is closed, which does)."""
+        is what is raised)."""
         import psycopg
 
-        conn = self.conn
-        if not failed:
-            conn.execute(before_commit + "COMMIT")
-            return
-        if conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        if failed:
+            rollback(self.conn)
             return
         try:
-            conn.execute("ROLLBACK")
+            self.conn.execute(before_commit + "COMMIT")
         except psycopg.Error:
-            conn.close()
+            rollback(self.conn)  # a statement before COMMIT failed: the transaction is aborted
+            raise
+
+
+def rollback(conn: psycopg.Connection[Any]) -> None:
+    """``ROLLBACK`` if a transaction is open, quietly: a session that cannot is closed (and
+    replaced at its next use)."""
+    import psycopg
+
+    if conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        conn.close()
 
 
 class PostgresSession:
@@ -122,12 +133,17 @@ class PostgresSession:
         conn = self.connection()
         try:
             conn.execute(begin)
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             if not conn.broken:
+                rollback(conn)  # the setup failed after BEGIN: not left open, aborted
                 raise
             self._lost(exc)
             conn = self.connection()
-            conn.execute(begin)
+            try:
+                conn.execute(begin)
+            except psycopg.Error:
+                rollback(conn)
+                raise
         return conn, Begun(conn)
 
     def _lost(self, exc: BaseException) -> None:
