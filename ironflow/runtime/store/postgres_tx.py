@@ -31,8 +31,9 @@ from ironflow.runtime.store import rows
 from ironflow.runtime.store.base import StoreError
 from ironflow.runtime.store.flow_sql import FlowVerbs, statements
 from ironflow.runtime.store.postgres_commit import PostgresCommit
+from ironflow.runtime.store.postgres_emit import PostgresEmit
 from ironflow.runtime.store.postgres_flow_events import PostgresFlowStateStatements
-from ironflow.runtime.store.postgres_locks import ALL_STRIPES, LOCK_STRIPES, lock_stripes_sql
+from ironflow.runtime.store.postgres_locks import ALL_STRIPES
 from ironflow.runtime.store.postgres_round import CLEAR_READY, INSERT_HISTORY, columns
 from ironflow.runtime.store.postgres_schema import NOT_ENDED, STRIPES, stripe
 
@@ -160,7 +161,6 @@ REGISTERED = "SELECT id, triggers FROM functions"
 
 # Mail.
 TAKE_MAIL = "DELETE FROM inbox WHERE run_id = ANY(%s::text[]) RETURNING pos, run_id, type, body"
-SEND_MAIL = "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (%s, %s, %s, %s)"
 MAIL_OF = "SELECT pos, run_id, type, body FROM inbox WHERE run_id = ANY(%s::text[]) ORDER BY pos"
 
 # Timers, waits, events. A wait is claimed by whoever deletes its row; one held by another
@@ -191,25 +191,6 @@ ADD_WAIT = (
     "match_key = excluded.match_key, seq = excluded.seq"
 )
 WAIT_PATHS = "SELECT DISTINCT match_path FROM waits WHERE event_name = %s"
-# An emit's next reads after its row, in one exchange: the paths its waits match on, and the
-# registry's version (``registry_version``, read next by the same emit, answered from this).
-PATHS_AND_REGISTRY = (
-    "SELECT ARRAY(SELECT DISTINCT match_path FROM waits WHERE event_name = %s), "
-    "(SELECT value FROM ironflow_meta WHERE key = 'registry_version')"
-)
-# A wait handed an event in one statement: claimed (deleted; skipped if another transaction
-# holds it), its timeout dropped, the event consumed and the mail sent, the last three only if
-# the claim got it.
-DELIVER = (
-    "WITH w AS (DELETE FROM waits WHERE (run_id, step_id) IN (SELECT run_id, step_id FROM waits "
-    "WHERE run_id = %(run)s AND step_id = %(step)s FOR UPDATE SKIP LOCKED) RETURNING run_id), "
-    "t AS (DELETE FROM timers WHERE run_id = %(run)s AND step_id = %(step)s "
-    "AND EXISTS (SELECT FROM w)), "
-    "c AS (INSERT INTO consumed SELECT run_id, %(event)s FROM w ON CONFLICT DO NOTHING), "
-    "m AS (INSERT INTO inbox (run_id, type, ts_us, body) "
-    "SELECT run_id, %(type)s, %(ts)s, %(body)s FROM w) "
-    "SELECT count(*) FROM w"
-)
 WAITS_ANY = "SELECT run_id, step_id, seq FROM waits WHERE event_name = %s AND match_path IS NULL"
 WAITS_KEYED = (
     "SELECT run_id, step_id, seq FROM waits "
@@ -217,23 +198,6 @@ WAITS_KEYED = (
 )
 CONSUME = "INSERT INTO consumed VALUES (%s, %s) ON CONFLICT DO NOTHING"
 EVENT_STARTED = "SELECT started FROM events WHERE idempotency_key = %s"
-# An emit in one statement: its stripes (``LOCK_STRIPES``, those not held yet), then the row
-# (its wake-up is sent as the transaction ends, naming what it started). The row is made from the
-# locks' one-row aggregate, so its pos is drawn after they are granted.
-RECORD_EVENT = (
-    "INSERT INTO events (id, name, data, ts_us, idempotency_key, traceparent) "
-    "SELECT %s, %s, %s, %s, %s, %s "
-    f"FROM ({LOCK_STRIPES}) AS locked RETURNING pos"
-)
-# An emit whose stripes were taken before (sent with BEGIN, or reserved by its round): the row,
-# then, from a snapshot taken after the stripes were granted, what ``PATHS_AND_REGISTRY`` reads.
-RECORD_AND_READ = (
-    "WITH e AS (INSERT INTO events (id, name, data, ts_us, idempotency_key, traceparent) "
-    "VALUES (%s, %s, %s, %s, %s, %s) RETURNING pos) "
-    "SELECT (SELECT pos FROM e), "
-    "ARRAY(SELECT DISTINCT match_path FROM waits WHERE event_name = %s), "
-    "(SELECT value FROM ironflow_meta WHERE key = 'registry_version')"
-)
 EVENT_ID_OF_KEY = "SELECT id FROM events WHERE idempotency_key = %s"
 SET_EVENT_STARTED = "UPDATE events SET started = %s WHERE pos = %s"
 UNCONSUMED_EVENTS = (
@@ -242,11 +206,11 @@ UNCONSUMED_EVENTS = (
 )
 
 
-class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit):
+class PostgresTransaction(PostgresEmit, PostgresFlowStateStatements, FlowVerbs, PostgresCommit):
     """A store's write transaction: the verbs, on this store's statements (how it begins and
     commits: ``PostgresCommit``)."""
 
-    __slots__ = ("seen_paths", "seen_version")
+    __slots__ = ("seen_paths", "seen_version")  # see ``PostgresEmit``
 
     FLOW = statements("%s")
 
@@ -404,68 +368,6 @@ class PostgresTransaction(PostgresFlowStateStatements, FlowVerbs, PostgresCommit
         return [(row[0], row[1]) for row in self.conn.execute(REGISTERED).fetchall()]
 
     # --- mail, events and waits -----------------------------------------------------------
-
-    def wait_paths(self, event_name: str) -> list[str | None]:
-        seen, self.seen_paths = self.seen_paths, None
-        if seen is not None and seen[0] == event_name:
-            return seen[1]  # read with the event's row, after its stripes
-        found = self.conn.execute(PATHS_AND_REGISTRY, (event_name,)).fetchone()
-        assert found is not None  # one row, always
-        self.seen_version = (None if found[1] is None else str(found[1]),)
-        return list(found[0])
-
-    def registry_version(self) -> str | None:
-        seen, self.seen_version = self.seen_version, None
-        return super().registry_version() if seen is None else seen[0]
-
-    def deliver(self, run_id: str, step_id: str, event_id: str, ts_us: int, body: str) -> None:
-        params = {
-            "run": run_id,
-            "step": step_id,
-            "event": event_id,
-            "type": kinds.MAIL_WAIT_MATCHED,
-            "ts": ts_us,
-            "body": body,
-        }
-        found = self.conn.execute(DELIVER, params).fetchone()
-        if found is not None and found[0]:
-            self.wakes = True
-            self.targets.append(run_id)
-
-    def send_mail(self, run_id: str, kind: str, ts_us: int, body: str) -> None:
-        self.wakes = True
-        self.targets.append(run_id)
-        self.conn.execute(SEND_MAIL, (run_id, kind, ts_us, body))
-
-    def record_event(
-        self,
-        event_id: str,
-        name: str,
-        data: str,
-        ts_us: int,
-        idempotency_key: str | None,
-        traceparent: str | None = None,
-    ) -> int:
-        # Every stripe shared with its own exclusive, at once: an emit may start runs next.
-        keys, modes = self.wanted((stripe(name),), ALL_STRIPES)
-        lock_class = self.store.lock_class
-        if keys and self.first(lock_stripes_sql(lock_class, keys, modes)):
-            self.took(keys, modes)  # with BEGIN, before this statement
-            keys = []
-        # Announced as the transaction ends, naming the runs it starts or wakes (``targets``).
-        self.wakes = True
-        row = (event_id, name, data, ts_us, idempotency_key, traceparent)
-        if not keys:  # held before this statement: it reads on (``RECORD_AND_READ``)
-            found = self.conn.execute(RECORD_AND_READ, (*row, name)).fetchone()
-            assert found is not None  # one row, always
-            self.seen_paths = (name, list(found[1]))
-            self.seen_version = (None if found[2] is None else str(found[2]),)
-            return int(found[0])
-        pos: int = self.conn.execute(  # type: ignore[index]
-            RECORD_EVENT, (*row, lock_class, lock_class, keys, modes)
-        ).fetchone()[0]
-        self.took(keys, modes)
-        return pos
 
     def unconsumed_events(self, name: str, after_pos: int, run_id: str) -> list[tuple[Any, ...]]:
         # A wait registration: the name's stripe shared, so no event of it is in flight and
