@@ -295,6 +295,40 @@ def test_mail_of_another_run_is_dropped_apart_from_the_plain_step(store):
     assert store.query("SELECT id, ready FROM runs ORDER BY id") == [("a", 0), ("b", 0)]
 
 
+def test_mail_held_back_for_a_round_call_whose_lease_moved_is_lease_lost_and_kept(store):
+    """The mail drop held back, then a round the plain statement cannot carry (two runs): both
+    sent as the transaction ends, the function's fence refuses, and that is ``LeaseLost``
+    with the transaction rolled back (the drop too) and the session idle, usable next."""
+    add_run(store, "a", "w2")
+    add_run(store, "b", "w1")
+    read = _mail(store, "a")
+    batch = Batch(
+        history=[("a", 1, "StepCompleted", 1, "{}"), ("b", 0, "RunStarted", 1, "{}")],
+        fenced=["a", "b"],
+    )
+    with pytest.raises(LeaseLost, match="1 of 2 runs still held by w1"), store.transaction() as tx:
+        tx.drop_mail(read, ["a"])
+        tx.commit_round(batch, "w1")
+    assert store.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert [row[0] for row in store.query("SELECT pos FROM inbox ORDER BY pos")] == read
+    assert history(store) == []
+    with store.transaction() as tx:
+        tx.set_timer("b", "s1", "sleep", 5, 1)
+    assert store.query("SELECT count(*) FROM timers") == [(1,)]
+
+
+def test_stripes_waiting_for_begin_are_taken_before_a_round_that_follows_them(store):
+    """Stripes held back to go with ``BEGIN``, then only a step: the step is not sent alone in
+    autocommit (which would drop the stripes), but after ``BEGIN`` and them."""
+    add_run(store, "a", "w1")
+    exchanges = Exchanges(store.conn)
+    with store.transaction() as tx:
+        tx.lock(shared=(3,))
+        tx.commit_round(step_batch("a", 1), "w1")
+    assert exchanges.count == 3  # BEGIN with the stripes, the step, COMMIT
+    assert history(store) == [("a", 1, "StepCompleted"), ("a", 2, "CommandScheduled")]
+
+
 def test_mail_dropped_by_a_transaction_with_nothing_else_commits(store):
     add_run(store, "a", "w1")
     read = _mail(store, "a")

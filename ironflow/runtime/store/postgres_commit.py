@@ -112,8 +112,11 @@ class PostgresCommit(Stripes, StatementTransaction):
         if self.tx is None and self.mail is not None and exc is None:
             try:
                 self.begin()  # mail no round's statement took: dropped in a transaction
-            except BaseException:
-                self.store.lock.release()
+            except BaseException as error:
+                if self.tx is None:  # BEGIN failed (``begin`` said why): nothing is open
+                    self.store.lock.release()
+                    raise
+                self._end(error)  # the drop or the round failed: rolled back, said as ours
                 raise
         if self.tx is None:
             self._exit_unbegun(exc)
@@ -194,7 +197,7 @@ class PostgresCommit(Stripes, StatementTransaction):
             call = (ROUND, params, None, owner)
         conn = self.conn
         if self.tx is None and conn is not self.store.conn:  # in ``with``, nothing sent yet
-            if self.round is None:
+            if self.round is None and not self.setup:  # no locks waiting for ``BEGIN``
                 self.round = call  # sent alone when the transaction ends, if nothing follows
                 return
             conn = self.begin()

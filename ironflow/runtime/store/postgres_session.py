@@ -35,6 +35,9 @@ class Begun:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
+    # BEGIN, COMMIT and ROLLBACK are sent unprepared (``prepare=False``): psycopg would prepare
+    # the bare ones after five uses, each a prepared statement a pooler has to track.
+
     def end(self, failed: bool, before_commit: str = "") -> None:
         """``COMMIT``, after ``before_commit`` (statements without parameters, each ending in
         ``;``) in the same round trip; or ``ROLLBACK`` if ``failed`` (quietly: the failure
@@ -45,7 +48,7 @@ class Begun:
             rollback(self.conn)
             return
         try:
-            self.conn.execute(before_commit + "COMMIT")
+            self.conn.execute(before_commit + "COMMIT", prepare=False)
         except psycopg.Error:
             rollback(self.conn)  # a statement before COMMIT failed: the transaction is aborted
             raise
@@ -59,7 +62,7 @@ def rollback(conn: psycopg.Connection[Any]) -> None:
     if conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         return
     try:
-        conn.execute("ROLLBACK")
+        conn.execute("ROLLBACK", prepare=False)
     except psycopg.Error:
         conn.close()
 
@@ -132,7 +135,7 @@ class PostgresSession:
         begin = "BEGIN" + setup
         conn = self.connection()
         try:
-            conn.execute(begin)
+            conn.execute(begin, prepare=False)
         except psycopg.Error as exc:
             if not conn.broken:
                 rollback(conn)  # the setup failed after BEGIN: not left open, aborted
@@ -140,7 +143,7 @@ class PostgresSession:
             self._lost(exc)
             conn = self.connection()
             try:
-                conn.execute(begin)
+                conn.execute(begin, prepare=False)
             except psycopg.Error:
                 rollback(conn)
                 raise
