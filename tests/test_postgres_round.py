@@ -593,3 +593,36 @@ def test_a_transaction_whose_begin_or_commit_fails_is_not_left_open(store):
     with store.transaction() as transaction:
         transaction.execute("INSERT INTO ironflow_meta VALUES ('t', '2')")
     assert store.query("SELECT value FROM ironflow_meta WHERE key = 't'") == [("2",)]
+
+
+def test_a_start_of_a_gated_function_takes_the_stripes_before_the_flow_lock(pg_url):
+    """An emit takes the stripes, then (starting a gated function) the flow-control lock; a
+    direct start of a gated function takes them in the same order, so the two cannot deadlock
+    (before, the start took the flow lock first)."""
+    from ironflow import Singleton
+    from ironflow.runtime.store.postgres_tx import FLOW_LOCK
+
+    @ironflow.function(id="solo", on="solo.go", singleton=Singleton(key="data.k"))
+    def solo(ctx: Any) -> Any:
+        return (yield step.run("one", lambda: 1))
+
+    engine = ironflow.Engine(pg_url, poll="1h")
+    try:
+        engine.register(solo)
+        conn = engine.store.conn  # type: ignore[attr-defined]
+        sent: list[str] = []
+        execute = conn.execute
+
+        def logged(query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(str(query))
+            return execute(query, *args, **kwargs)
+
+        conn.execute = logged  # type: ignore[method-assign]
+        engine.start(solo.id, {"k": 1})
+        stripes = next(i for i, q in enumerate(sent) if "pg_advisory_xact_lock_shared" in q)
+        assert stripes < sent.index(FLOW_LOCK), sent
+        conn.execute = execute  # type: ignore[method-assign]
+        engine.run_until_idle()
+        assert [run.status for run in engine.list_runs()] == ["completed"]
+    finally:
+        engine.close()

@@ -26,6 +26,10 @@ def start(driver: Driver, function_id: str, payload: Any, run_id: str | None) ->
         telemetry.caller_span(f"start {function_id}", attributes) as span,
         driver.store.transaction() as tx,
     ):
+        # The stripes a run's creation takes, first: a start of a function with a start gate
+        # takes the flow-control lock next, and an emit takes them in this order too (taken
+        # the other way round, a start and an emit could deadlock).
+        tx.reserve((), (), True)
         if run_id is not None:
             existing = tx.run_function(run_id)
             if existing is not None:
