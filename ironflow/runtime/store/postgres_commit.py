@@ -9,6 +9,11 @@ is one plain statement instead of the call: ``plain_round``, held back and sent 
 So an ordinary step costs one round trip and one commit, and the call commits whole or not at
 all (the fence raises before any write). Driver errors leave as the store's own (``LeaseLost``,
 ``WriteConflict``, ``StoreError``).
+
+Fewer exchanges still: ``BEGIN`` carries the transaction's ``setup`` (a take's settings, the
+stripes a transaction takes first: ``first``) and ``COMMIT`` its wake-up ``NOTIFY``, each in
+one exchange (``PostgresSession.begin``, ``Begun.end``); a round's mail drop is held back like
+its call, and a plain step carries it (``drop_mail``).
 """
 
 from __future__ import annotations
