@@ -12,12 +12,7 @@ that wakes a wait (eleven before).
 from __future__ import annotations
 
 from ironflow.commands import kinds
-from ironflow.runtime.store.postgres_locks import (
-    ALL_STRIPES,
-    LOCK_STRIPES,
-    Stripes,
-    lock_stripes_sql,
-)
+from ironflow.runtime.store.postgres_locks import ALL_STRIPES, Stripes
 from ironflow.runtime.store.postgres_schema import stripe
 
 SEND_MAIL = "INSERT INTO inbox (run_id, type, ts_us, body) VALUES (%s, %s, %s, %s)"
@@ -40,16 +35,9 @@ DELIVER = (
     "SELECT run_id, %(type)s, %(ts)s, %(body)s FROM w) "
     "SELECT count(*) FROM w"
 )
-# An emit in one statement: its stripes (``LOCK_STRIPES``, those not held yet), then the row
-# (its wake-up is sent as the transaction ends, naming what it started). The row is made from the
-# locks' one-row aggregate, so its pos is drawn after they are granted.
-RECORD_EVENT = (
-    "INSERT INTO events (id, name, data, ts_us, idempotency_key, traceparent) "
-    "SELECT %s, %s, %s, %s, %s, %s "
-    f"FROM ({LOCK_STRIPES}) AS locked RETURNING pos"
-)
-# An emit whose stripes were taken before (sent with BEGIN, or reserved by its round): the row,
-# then, from a snapshot taken after the stripes were granted, what ``PATHS_AND_REGISTRY`` reads.
+# An emit's row, its stripes taken by an earlier statement (with BEGIN, by its round's reserve,
+# or alone): then, from a snapshot taken after they were granted, what ``PATHS_AND_REGISTRY``
+# reads. Its pos is drawn after the stripes are granted too.
 RECORD_AND_READ = (
     "WITH e AS (INSERT INTO events (id, name, data, ts_us, idempotency_key, traceparent) "
     "VALUES (%s, %s, %s, %s, %s, %s) RETURNING pos) "
@@ -113,22 +101,12 @@ class PostgresEmit(Stripes):
         traceparent: str | None = None,
     ) -> int:
         # Every stripe shared with its own exclusive, at once: an emit may start runs next.
-        keys, modes = self.wanted((stripe(name),), ALL_STRIPES)
-        lock_class = self.store.lock_class
-        if keys and self.first(lock_stripes_sql(lock_class, keys, modes)):
-            self.took(keys, modes)  # with BEGIN, before this statement
-            keys = []
+        self.lock((stripe(name),), ALL_STRIPES)  # with BEGIN if first, else a statement alone
         # Announced as the transaction ends, naming the runs it starts or wakes (``targets``).
         self.wakes = True
         row = (event_id, name, data, ts_us, idempotency_key, traceparent)
-        if not keys:  # held before this statement: it reads on (``RECORD_AND_READ``)
-            found = self.conn.execute(RECORD_AND_READ, (*row, name)).fetchone()
-            assert found is not None  # one row, always
-            self.seen_paths = (name, list(found[1]))
-            self.seen_version = (None if found[2] is None else str(found[2]),)
-            return int(found[0])
-        pos: int = self.conn.execute(  # type: ignore[index]
-            RECORD_EVENT, (*row, lock_class, lock_class, keys, modes)
-        ).fetchone()[0]
-        self.took(keys, modes)
-        return pos
+        found = self.conn.execute(RECORD_AND_READ, (*row, name)).fetchone()
+        assert found is not None  # one row, always
+        self.seen_paths = (name, list(found[1]))
+        self.seen_version = (None if found[2] is None else str(found[2]),)
+        return int(found[0])
