@@ -35,7 +35,7 @@ from ironflow.history.events import (
     RunResumed,
     StepCompleted,
 )
-from ironflow.interpreter import determinism, lifecycle, patching, resume
+from ironflow.interpreter import determinism, lifecycle, patching, resume, tasks
 from ironflow.interpreter.context import Context
 from ironflow.interpreter.decision import Decision, Work
 from ironflow.interpreter.determinism import Detail, Fingerprint, Other, scheduled_event, work
@@ -127,8 +127,7 @@ class Interpreter:
         self._recorded_patches: set[str] = set()
         self._batch: list[Any] = []
         self._batch_scanned = True
-        # What resuming a failed run marked (resume.ResumeState): made by the first mark, and
-        # kept across refeeds.
+        # What resuming a failed run marked: made by the first mark, kept across refeeds.
         self._resumed: ResumeState | None = None
         self._reset()
 
@@ -156,6 +155,10 @@ class Interpreter:
         self._ended = False
         self._patches: dict[str, bool] = {}
         self._pos = -1
+
+    def release(self) -> None:
+        """Let go of the workflow's code, for a runtime dropping the run (``tasks.release``)."""
+        tasks.release(self)
 
     # --- feeding -----------------------------------------------------------------------------
 

@@ -331,10 +331,13 @@ class Driver:
         if telemetry.ON:  # what this round committed, reported before ended runs leave
             telemetry.committed(self, batch, now_us)
         self.woken.update(row[0] for row in batch.notify)  # parents told that a child ended
+        # Dropped runs let go of their workflow code (see ``Interpreter.release``).
         for run_id in batch.parked:
-            live_runs.pop(run_id, None)
+            if (dropped := live_runs.pop(run_id, None)) is not None:
+                dropped.interpreter.release()
         for run_id in batch.finished:
-            live_runs.pop(run_id, None)
+            if (dropped := live_runs.pop(run_id, None)) is not None:
+                dropped.interpreter.release()
             # Steps the end abandoned may still be running: remembered until they report, so
             # that a resume in the meantime does not start them a second time.
             if not self.in_flight.get(run_id):

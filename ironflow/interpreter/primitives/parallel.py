@@ -147,6 +147,9 @@ def pump(interp: Interpreter, state: ParallelState) -> None:
     state.pumping = False
     if not state.settled and state.finished == total:
         state.settled = True
+        # Every branch has ended, and each refers to this state: let them go now rather
+        # than leave them to the cyclic garbage collector.
+        state.tasks = []
         resolved(interp, state, state.results, None)
 
 
