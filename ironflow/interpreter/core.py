@@ -97,7 +97,7 @@ class Interpreter:
     a cached interpreter costs what the new events cost, not the whole history.
     """
 
-    # Slots, not a __dict__: a parked run's interpreter is kept per run, so its size counts.
+    # Slots, not a __dict__: a runtime keeps one interpreter per run it holds, so size counts.
     # fmt: off
     __slots__ = (
         "_abandoned", "_batch", "_batch_scanned", "_ended", "_failed_at",

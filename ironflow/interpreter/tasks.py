@@ -241,22 +241,37 @@ def release(interp: Interpreter) -> None:
     generator still suspended is closed now, as dropping it does: its ``finally`` blocks run,
     with the context still usable. The history folded and the status stay.
     """
-    slots = [*interp._waiting.values(), *interp._tent_cmds.values(), *(interp._undos or ())]
-    dismantle([interp._root, *(slot.task for slot in slots)])
     ctx, interp.ctx = interp.ctx, None
     if ctx is not None:
         ctx._log = None  # a ReplayLog and its context refer to each other
-    interp._root = None
-    interp._waiting = {}
-    interp._tent_cmds = {}
-    interp._tent_other = {}
-    interp._undos = None
-    # A kept error's traceback holds the frames that raised it and their callers, which
-    # hold the error and the interpreter; what it said is in the history already.
-    for kept in (interp._failure, interp._handed[0] if interp._handed else None):
-        error = kept
-        while error is not None and error.__traceback__ is not None:
-            error.__traceback__ = None
-            error = error.__cause__ or error.__context__
-    interp._failure = None
-    interp._handed = None
+    root, interp._root = interp._root, None
+    # Most runs end with their one generator finished and nothing waiting: then that is all.
+    if (
+        interp._waiting
+        or interp._tent_cmds
+        or interp._undos
+        or (root is not None and not _finished(root))
+    ):
+        slots = [*interp._waiting.values(), *interp._tent_cmds.values(), *(interp._undos or ())]
+        dismantle([root, *(slot.task for slot in slots)])
+        interp._waiting = {}
+        interp._tent_cmds = {}
+        interp._tent_other = {}
+        interp._undos = None
+    if interp._failure is not None or interp._handed is not None:
+        # A kept error's traceback holds the frames that raised it and their callers,
+        # which hold the error and the interpreter; what it said is in the history already.
+        for kept in (interp._failure, interp._handed[0] if interp._handed else None):
+            error = kept
+            while error is not None and error.__traceback__ is not None:
+                error.__traceback__ = None
+                error = error.__cause__ or error.__context__
+        interp._failure = None
+        interp._handed = None
+
+
+def _finished(task: Task) -> bool:
+    """``task`` refers to nothing that refers back to it: its generator is done (or it had
+    none), and it waits on nothing and holds no slot."""
+    done = getattr(task.gen, "gi_frame", None) is None  # a finished generator has no frame
+    return done and task.waiting is None and not task.unrecorded
